@@ -1,0 +1,26 @@
+"""Typed settings, loaded once per entrypoint and passed down (never a mutable global)."""
+
+from config.settings import (
+    CONFIG_FILE_ENV,
+    ENV_PREFIX,
+    Destination,
+    Settings,
+    SettingsError,
+    load_settings,
+    validate_ae_title,
+)
+from config.vocabulary import REGION_CLASSES, REGIONS, UNSUPPORTED, FractureLevel
+
+__all__ = [
+    "CONFIG_FILE_ENV",
+    "ENV_PREFIX",
+    "REGIONS",
+    "REGION_CLASSES",
+    "UNSUPPORTED",
+    "Destination",
+    "FractureLevel",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+    "validate_ae_title",
+]

@@ -1,0 +1,201 @@
+"""Typed settings for every fracture-triage entrypoint.
+
+Settings come from, highest priority first: keyword overrides given by the
+entrypoint, ``FRACTURE_TRIAGE_*`` environment variables, a TOML file, the
+defaults below. They are loaded once per entrypoint with :func:`load_settings`
+and passed down; the object is frozen so nobody changes it behind another
+component's back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "FRACTURE_TRIAGE_"
+CONFIG_FILE_ENV = f"{ENV_PREFIX}CONFIG"
+
+# PS3.5 6.2: an AE title is at most 16 characters of the default repertoire, no backslash,
+# no control characters, and not only spaces.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the offending key."""
+
+
+def validate_ae_title(value: str) -> str:
+    """Return ``value`` if it is a valid AE title, else raise ``ValueError`` naming it."""
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError(
+            f"AE title {value!r} must be 1-16 printable ASCII characters, no backslash"
+        )
+    return value
+
+
+class Destination(BaseModel):
+    """A DICOM peer that receives the results by C-STORE."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, description="Human name used in logs and the DB.")
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+
+class Settings(BaseSettings):
+    """All settings of the node, the flows and the CLI."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # DICOM node
+    ae_title: str = "FRACTURE_TRIAGE"
+    bind_address: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=0, le=65535, description="0: any free port.")
+    allowed_calling_ae_titles: tuple[str, ...] = Field(
+        default=(),
+        description="Calling AE titles allowed to associate; empty accepts any caller.",
+    )
+    destinations: tuple[Destination, ...] = ()
+    study_stable_seconds: float = Field(
+        default=30.0, gt=0, description="Quiet period after which a study is ready."
+    )
+
+    # Storage and outputs
+    store_dir: Path = Path("var/store")
+    output_dir: Path = Field(
+        default=Path("var/outputs"),
+        description="Local folder destination: every produced object is written here first.",
+    )
+
+    # Audit database
+    database_url: str = "sqlite:///var/fracture_triage.db"
+
+    # Models
+    model_bundle_dir: Path = Path("var/bundles/demo")
+    fracture_suspected_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Overrides the bundle's high-sensitivity operating point.",
+    )
+    fracture_likely_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Overrides the bundle's high-specificity operating point.",
+    )
+    torch_threads: int = Field(default=0, ge=0, description="0 leaves torch's default.")
+
+    # Orchestration
+    prefect_flow_heartbeat: bool = Field(
+        default=True,
+        description="Prefect's flow-run heartbeat (crash detection); costs ~1 s a run.",
+    )
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_own_ae_title(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+    @field_validator("allowed_calling_ae_titles")
+    @classmethod
+    def _check_calling_ae_titles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(validate_ae_title(v) for v in value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError(f"database URL must be sqlite:// or postgresql://, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_thresholds(self) -> Settings:
+        suspected, likely = self.fracture_suspected_threshold, self.fracture_likely_threshold
+        if suspected is not None and likely is not None and likely < suspected:
+            raise ValueError(
+                f"fracture_likely_threshold ({likely}) must not be below "
+                f"fracture_suspected_threshold ({suspected})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The file behind a SQLite URL, or None for other databases and in-memory SQLite."""
+        match = re.match(r"^sqlite(\+\w+)?:///(.+)$", self.database_url)
+        if not match or match.group(2) == ":memory:":
+            return None
+        return Path(match.group(2))
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<settings>"
+        lines.append(f"setting {key!r}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load the settings for one entrypoint.
+
+    Parameters
+    ----------
+    config_file:
+        A TOML file. Defaults to ``$FRACTURE_TRIAGE_CONFIG`` when that is set.
+    **overrides:
+        Values that win over the environment and the file (CLI options, tests).
+
+    Raises
+    ------
+    SettingsError
+        When a value is invalid or a key unknown; the message names the key.
+    """
+    path = config_file if config_file is not None else os.environ.get(CONFIG_FILE_ENV)
+    if path is not None and not Path(path).is_file():
+        raise SettingsError(f"config file {str(path)!r} does not exist")
+
+    class _FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=Path(path) if path else None)
+
+    try:
+        return _FileSettings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None

@@ -1,0 +1,1 @@
+"""Audit database: SQLAlchemy models, migrations, repositories taking the caller's session."""

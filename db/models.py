@@ -1,0 +1,249 @@
+"""SQLAlchemy 2 models of the audit database.
+
+Tables: studies and their instances as received, triage runs with per-image
+and per-study results, the output objects a run produced and their
+deliveries to each destination, and the append-only ``audit_events``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# One naming convention so that migrations name constraints the same on SQLite and PostgreSQL.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+UID = String(64)
+AE_TITLE = String(16)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A time-zone-aware timestamp, stored in UTC; SQLite gives it back aware too."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must be time-zone aware")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dt.datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+    }
+
+
+class StudyStatus(enum.StrEnum):
+    RECEIVING = "receiving"  # instances arriving, not quiet long enough yet
+    READY = "ready"  # quiet period over, waiting for a triage run
+    TRIAGING = "triaging"
+    TRIAGED = "triaged"
+    FAILED = "failed"
+    NOT_TRIAGED = "not_triaged"  # nothing in the study a model can read (e.g. only SRs)
+
+
+class RunStatus(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Store the values (readable in SQL) in a VARCHAR with a CHECK constraint on both dialects.
+    return Enum(
+        cls,
+        native_enum=False,
+        create_constraint=True,
+        length=32,
+        values_callable=lambda members: [m.value for m in members],
+        name=cls.__name__.lower(),
+    )
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus), index=True)
+    first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    ready_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    instances: Mapped[list[Instance]] = relationship(back_populates="study", order_by="Instance.id")
+    runs: Mapped[list[TriageRun]] = relationship(back_populates="study", order_by="TriageRun.id")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    triageable: Mapped[bool] = mapped_column(default=False)
+    path: Mapped[str] = mapped_column(String(512), doc="Relative to the store directory.")
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    calling_ae_title: Mapped[str | None] = mapped_column(AE_TITLE)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    study: Mapped[Study] = relationship(back_populates="instances")
+
+
+class TriageRun(Base):
+    __tablename__ = "triage_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    status: Mapped[RunStatus] = mapped_column(_enum(RunStatus), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+    error: Mapped[str | None] = mapped_column(Text, doc="Reason of a failure; never patient data.")
+
+    study: Mapped[Study] = relationship(back_populates="runs")
+    image_results: Mapped[list[ImageResult]] = relationship(
+        back_populates="run", order_by="ImageResult.id"
+    )
+    study_result: Mapped[StudyResult | None] = relationship(back_populates="run")
+    outputs: Mapped[list[OutputObject]] = relationship(
+        back_populates="run", order_by="OutputObject.id"
+    )
+
+
+class ImageResult(Base):
+    __tablename__ = "image_results"
+    __table_args__ = (UniqueConstraint("run_id", "sop_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("triage_runs.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    region: Mapped[str | None] = mapped_column(String(32))
+    region_probability: Mapped[float] = mapped_column(Float)
+    fracture_probability: Mapped[float | None] = mapped_column(Float)
+    level: Mapped[str | None] = mapped_column(String(32))
+
+    run: Mapped[TriageRun] = relationship(back_populates="image_results")
+
+
+class StudyResult(Base):
+    __tablename__ = "study_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("triage_runs.id"), unique=True)
+    region: Mapped[str | None] = mapped_column(String(32))
+    fracture_probability: Mapped[float | None] = mapped_column(Float)
+    level: Mapped[str | None] = mapped_column(String(32))
+    threshold_suspected: Mapped[float] = mapped_column(Float)
+    threshold_likely: Mapped[float] = mapped_column(Float)
+
+    run: Mapped[TriageRun] = relationship(back_populates="study_result")
+
+
+class OutputObject(Base):
+    """A DICOM object a triage run produced (SR or Secondary Capture)."""
+
+    __tablename__ = "output_objects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("triage_runs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), doc="'sr' or 'sc'.")
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    run: Mapped[TriageRun] = relationship(back_populates="outputs")
+    deliveries: Mapped[list[Delivery]] = relationship(
+        back_populates="output", order_by="Delivery.id"
+    )
+
+
+class Delivery(Base):
+    """One output object to one destination: the outbox row and its outcome."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("output_id", "destination"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    output_id: Mapped[int] = mapped_column(ForeignKey("output_objects.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    sent_at: Mapped[dt.datetime | None]
+
+    output: Mapped[OutputObject] = relationship(back_populates="deliveries")
+
+
+class AuditEvent(Base):
+    """One thing that happened. Rows are only ever inserted."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    occurred_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    event_type: Mapped[str] = mapped_column(String(64), index=True)
+    outcome: Mapped[str] = mapped_column(String(16), doc="'success' or 'failure'.")
+    actor: Mapped[str | None] = mapped_column(
+        String(64), doc="Calling AE title, user or component."
+    )
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

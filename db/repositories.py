@@ -1,0 +1,340 @@
+"""Repositories: the queries the node and the flows need, in the caller's session.
+
+No repository commits: the caller owns the session and decides the transaction,
+so an instance row and its audit event land together or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from db.models import (
+    Delivery,
+    DeliveryStatus,
+    ImageResult,
+    Instance,
+    OutputObject,
+    RunStatus,
+    Study,
+    StudyResult,
+    StudyStatus,
+    TriageRun,
+    utcnow,
+)
+
+#: Statuses after which a new instance reopens the study for another triage.
+_REOPENABLE = (
+    StudyStatus.TRIAGING,
+    StudyStatus.TRIAGED,
+    StudyStatus.FAILED,
+    StudyStatus.NOT_TRIAGED,
+)
+
+
+class RecordOutcome(enum.StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # same SOP Instance, same bytes: nothing changes
+    REPLACED = "replaced"  # same SOP Instance, different bytes: the file was replaced
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """What the SCP knows about an instance it has just written to the store."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+    triageable: bool
+    path: str
+    size_bytes: int
+    sha256: str
+    calling_ae_title: str | None
+
+
+class StudyRepository:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get(self, study_instance_uid: str) -> Study | None:
+        return self._session.scalar(
+            select(Study).where(Study.study_instance_uid == study_instance_uid)
+        )
+
+    def find_instance(self, sop_instance_uid: str) -> Instance | None:
+        return self._session.scalar(
+            select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
+        )
+
+    def record_instance(
+        self, received: ReceivedInstance, now: dt.datetime | None = None
+    ) -> RecordOutcome:
+        """Record a stored instance; reopen its study if it had been triaged already."""
+        now = now or utcnow()
+        study = self.get(received.study_instance_uid)
+        if study is None:
+            study = Study(
+                study_instance_uid=received.study_instance_uid,
+                status=StudyStatus.RECEIVING,
+                first_received_at=now,
+                last_received_at=now,
+            )
+            self._session.add(study)
+            self._session.flush()
+
+        existing = self.find_instance(received.sop_instance_uid)
+        if existing is not None and existing.sha256 == received.sha256:
+            return RecordOutcome.DUPLICATE
+
+        if existing is None:
+            self._session.add(
+                Instance(
+                    study_id=study.id,
+                    series_instance_uid=received.series_instance_uid,
+                    sop_instance_uid=received.sop_instance_uid,
+                    sop_class_uid=received.sop_class_uid,
+                    transfer_syntax_uid=received.transfer_syntax_uid,
+                    modality=received.modality,
+                    triageable=received.triageable,
+                    path=received.path,
+                    size_bytes=received.size_bytes,
+                    sha256=received.sha256,
+                    calling_ae_title=received.calling_ae_title,
+                    received_at=now,
+                )
+            )
+            outcome = RecordOutcome.STORED
+        else:
+            existing.path = received.path
+            existing.size_bytes = received.size_bytes
+            existing.sha256 = received.sha256
+            existing.transfer_syntax_uid = received.transfer_syntax_uid
+            existing.received_at = now
+            outcome = RecordOutcome.REPLACED
+
+        study.last_received_at = now
+        if study.status in _REOPENABLE or study.status == StudyStatus.READY:
+            study.status = StudyStatus.RECEIVING
+        return outcome
+
+    def mark_ready(self, quiet_for: dt.timedelta, now: dt.datetime | None = None) -> list[str]:
+        """Move studies quiet for ``quiet_for`` from RECEIVING to READY; return their UIDs."""
+        now = now or utcnow()
+        result = self._session.execute(
+            update(Study)
+            .where(Study.status == StudyStatus.RECEIVING, Study.last_received_at <= now - quiet_for)
+            .values(status=StudyStatus.READY, ready_at=now, updated_at=now)
+            .returning(Study.study_instance_uid)
+        )
+        return sorted(result.scalars())
+
+    def claim_for_triage(self, study_instance_uid: str) -> bool:
+        """Atomically move a READY study to TRIAGING; False if someone else has it."""
+        result = self._session.execute(
+            update(Study)
+            .where(
+                Study.study_instance_uid == study_instance_uid,
+                Study.status == StudyStatus.READY,
+            )
+            .values(status=StudyStatus.TRIAGING, updated_at=utcnow())
+        )
+        return result.rowcount == 1
+
+    def set_status(
+        self, study_instance_uid: str, status: StudyStatus, *, only_from: StudyStatus | None = None
+    ) -> bool:
+        """Set a study's status, optionally only when it still has ``only_from``."""
+        query = update(Study).where(Study.study_instance_uid == study_instance_uid)
+        if only_from is not None:
+            query = query.where(Study.status == only_from)
+        result = self._session.execute(query.values(status=status, updated_at=utcnow()))
+        return result.rowcount == 1
+
+    def uids_with_status(self, *statuses: StudyStatus) -> list[str]:
+        query = (
+            select(Study.study_instance_uid).where(Study.status.in_(statuses)).order_by(Study.id)
+        )
+        return list(self._session.scalars(query))
+
+    def requeue_interrupted(self) -> list[str]:
+        """At start-up: studies left TRIAGING by a crashed process become READY again."""
+        uids = self.uids_with_status(StudyStatus.TRIAGING)
+        if uids:
+            self._session.execute(
+                update(Study)
+                .where(Study.study_instance_uid.in_(uids))
+                .values(status=StudyStatus.READY, updated_at=utcnow())
+            )
+            self._session.execute(
+                update(TriageRun)
+                .where(
+                    TriageRun.status == RunStatus.RUNNING,
+                    TriageRun.study_id.in_(
+                        select(Study.id).where(Study.study_instance_uid.in_(uids))
+                    ),
+                )
+                .values(status=RunStatus.FAILED, finished_at=utcnow(), error="interrupted")
+            )
+        return uids
+
+    def instances(
+        self, study_instance_uid: str, *, triageable_only: bool = False
+    ) -> list[Instance]:
+        query = (
+            select(Instance)
+            .join(Study)
+            .where(Study.study_instance_uid == study_instance_uid)
+            .order_by(Instance.series_instance_uid, Instance.id)
+        )
+        if triageable_only:
+            query = query.where(Instance.triageable.is_(True))
+        return list(self._session.scalars(query))
+
+
+@dataclass(frozen=True)
+class ImageResultRow:
+    sop_instance_uid: str
+    region: str | None
+    region_probability: float
+    fracture_probability: float | None
+    level: str | None
+
+
+class RunRepository:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get(self, run_id: int) -> TriageRun:
+        run = self._session.get(TriageRun, run_id)
+        if run is None:
+            raise LookupError(f"no triage run with id {run_id}")
+        return run
+
+    def start(
+        self,
+        study_instance_uid: str,
+        *,
+        model_name: str,
+        model_version: str,
+        flow_run_id: str | None = None,
+    ) -> TriageRun:
+        study = StudyRepository(self._session).get(study_instance_uid)
+        if study is None:
+            raise LookupError(f"no study {study_instance_uid}")
+        run = TriageRun(
+            study_id=study.id,
+            status=RunStatus.RUNNING,
+            model_name=model_name,
+            model_version=model_version,
+            flow_run_id=flow_run_id,
+            started_at=utcnow(),
+        )
+        self._session.add(run)
+        self._session.flush()
+        return run
+
+    def record_results(
+        self,
+        run: TriageRun,
+        *,
+        images: Sequence[ImageResultRow],
+        region: str | None,
+        fracture_probability: float | None,
+        level: str | None,
+        threshold_suspected: float,
+        threshold_likely: float,
+    ) -> StudyResult:
+        for image in images:
+            self._session.add(
+                ImageResult(
+                    run_id=run.id,
+                    sop_instance_uid=image.sop_instance_uid,
+                    region=image.region,
+                    region_probability=image.region_probability,
+                    fracture_probability=image.fracture_probability,
+                    level=image.level,
+                )
+            )
+        result = StudyResult(
+            run_id=run.id,
+            region=region,
+            fracture_probability=fracture_probability,
+            level=level,
+            threshold_suspected=threshold_suspected,
+            threshold_likely=threshold_likely,
+        )
+        self._session.add(result)
+        return result
+
+    def finish(self, run: TriageRun, status: RunStatus, error: str | None = None) -> None:
+        run.status = status
+        run.error = error
+        run.finished_at = utcnow()
+
+    def add_output(
+        self,
+        run: TriageRun,
+        *,
+        kind: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        series_instance_uid: str,
+        path: str,
+        destinations: Iterable[str],
+    ) -> OutputObject:
+        """Record an output and queue one delivery per destination (the outbox)."""
+        output = OutputObject(
+            run_id=run.id,
+            kind=kind,
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            series_instance_uid=series_instance_uid,
+            path=path,
+        )
+        self._session.add(output)
+        self._session.flush()
+        for destination in destinations:
+            self._session.add(
+                Delivery(
+                    output_id=output.id, destination=destination, status=DeliveryStatus.PENDING
+                )
+            )
+        return output
+
+    def pending_deliveries(self, run_id: int | None = None) -> list[Delivery]:
+        query = select(Delivery).where(Delivery.status == DeliveryStatus.PENDING)
+        if run_id is not None:
+            query = query.join(OutputObject).where(OutputObject.run_id == run_id)
+        return list(self._session.scalars(query.order_by(Delivery.id)))
+
+    def mark_delivery(
+        self, delivery: Delivery, status: DeliveryStatus, error: str | None = None
+    ) -> None:
+        delivery.status = status
+        delivery.attempts += 1
+        delivery.last_error = error
+        if status == DeliveryStatus.SENT:
+            delivery.sent_at = utcnow()
+
+    def is_our_output(self, sop_instance_uid: str) -> bool:
+        """True for objects this node produced (they are never triaged when they come back)."""
+        query = select(OutputObject.id).where(OutputObject.sop_instance_uid == sop_instance_uid)
+        return self._session.scalar(query) is not None
+
+    def latest_for_study(self, study_instance_uid: str) -> TriageRun | None:
+        query = (
+            select(TriageRun)
+            .join(Study)
+            .where(Study.study_instance_uid == study_instance_uid)
+            .order_by(TriageRun.id.desc())
+            .limit(1)
+        )
+        return self._session.scalar(query)

@@ -1,0 +1,85 @@
+"""Study completion: a study is ready once no instance has arrived for a quiet period."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.audit import AuditEventType, AuditLog
+from db.models import StudyStatus
+from db.repositories import StudyRepository
+
+logger = logging.getLogger(__name__)
+
+ReadyCallback = Callable[[str], None]
+
+
+class StudyCompletionWatcher:
+    """Polls the DB for quiet studies, marks them READY and hands their UIDs on.
+
+    The DB is the source of truth, so a restart finds studies that became ready
+    (or were being triaged) while the node was down.
+    """
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        quiet_for: dt.timedelta,
+        on_ready: ReadyCallback,
+        poll_interval: float | None = None,
+    ) -> None:
+        self._sessions = session_factory
+        self._quiet_for = quiet_for
+        self._on_ready = on_ready
+        self._interval = poll_interval or min(1.0, quiet_for.total_seconds() / 4)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def recover(self) -> list[str]:
+        """Re-queue studies interrupted by a crash and hand on every READY study."""
+        with self._sessions.begin() as session:
+            studies = StudyRepository(session)
+            interrupted = studies.requeue_interrupted()
+            ready = studies.uids_with_status(StudyStatus.READY)
+        if interrupted:
+            logger.warning("re-queued %d studies interrupted during triage", len(interrupted))
+        for uid in ready:
+            self._on_ready(uid)
+        return ready
+
+    def poll_once(self) -> list[str]:
+        with self._sessions.begin() as session:
+            ready = StudyRepository(session).mark_ready(self._quiet_for)
+            audit = AuditLog(session)
+            for uid in ready:
+                audit.record(
+                    AuditEventType.STUDY_READY, actor="completion-watcher", study_instance_uid=uid
+                )
+        for uid in ready:
+            logger.info("study %s is ready", uid)
+            self._on_ready(uid)
+        return ready
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the watcher is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="study-completion", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.poll_once()
+            except Exception:
+                logger.exception("study completion poll failed; retrying")

@@ -1,0 +1,253 @@
+"""The storage SCP: C-ECHO and C-STORE into the durable store and the audit DB.
+
+An instance is answered Success only after its file is fsynced under its final
+name and its row and audit event are committed. Anything else gets a failure
+status and an audit event; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.orm import Session, sessionmaker
+
+from config import Settings
+from db.audit import AuditEventType, AuditLog, Outcome
+from db.repositories import ReceivedInstance, RecordOutcome, StudyRepository
+from dicom_node.statuses import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+)
+from dicom_node.store import InstanceStore
+from dicom_node.uids import InvalidUIDError, validate_uid
+
+logger = logging.getLogger(__name__)
+
+#: Storage SOP classes the models can read: CR and DX (for presentation and processing).
+TRIAGEABLE_SOP_CLASSES: frozenset[str] = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+        "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+    }
+)
+
+#: Transfer syntaxes accepted for every storage SOP class (native and the common compressed).
+ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    RLELossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+)
+
+
+class StoreRefusedError(Exception):
+    """An instance is refused; ``status`` is the DIMSE failure status to answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class StorageSCP:
+    """A pynetdicom storage SCP wired to an :class:`InstanceStore` and the audit DB."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        store: InstanceStore,
+    ) -> None:
+        self._settings = settings
+        self._sessions = session_factory
+        self._store = store
+        self._server: ThreadedAssociationServer | None = None
+
+    # -- association life cycle -------------------------------------------------------
+
+    def build_ae(self) -> AE:
+        ae = AE(ae_title=self._settings.ae_title)
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
+        if self._settings.allowed_calling_ae_titles:
+            ae.require_calling_aet = list(self._settings.allowed_calling_ae_titles)
+        return ae
+
+    def start(self) -> tuple[str, int]:
+        """Start listening in background threads; return the bound (address, port)."""
+        if self._server is not None:
+            raise RuntimeError("the SCP is already running")
+        handlers = [
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_ACCEPTED, self.handle_accepted),
+            (evt.EVT_REJECTED, self.handle_rejected),
+        ]
+        address = (self._settings.bind_address, self._settings.port)
+        self._server = self.build_ae().start_server(address, block=False, evt_handlers=handlers)
+        bound = self._server.server_address
+        logger.info("storage SCP %s listening on %s:%s", self._settings.ae_title, *bound[:2])
+        return bound[0], bound[1]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # -- handlers -------------------------------------------------------------------
+
+    def handle_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def handle_accepted(self, event: evt.Event) -> None:
+        self._audit_association(event, AuditEventType.ASSOCIATION_ACCEPTED, Outcome.SUCCESS)
+
+    def handle_rejected(self, event: evt.Event) -> None:
+        self._audit_association(event, AuditEventType.ASSOCIATION_REJECTED, Outcome.FAILURE)
+
+    def _audit_association(self, event: evt.Event, kind: AuditEventType, outcome: Outcome) -> None:
+        requestor = event.assoc.requestor
+        with self._sessions.begin() as session:
+            AuditLog(session).record(
+                kind,
+                outcome,
+                actor=requestor.ae_title,
+                address=str(requestor.address),
+                port=int(requestor.port),
+            )
+        logger.info("%s from %s at %s", kind, requestor.ae_title, requestor.address)
+
+    def handle_store(self, event: evt.Event) -> int:
+        calling_ae = event.assoc.requestor.ae_title
+        request_sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        try:
+            return self._store_instance(event, calling_ae)
+        except StoreRefusedError as refused:
+            self._audit_refusal(calling_ae, request_sop_uid, refused.reason, refused.status)
+            return refused.status
+        except Exception:
+            # Never crash the association thread; the peer gets a failure and may retry.
+            logger.exception("storing SOP Instance %s failed", _loggable_uid(request_sop_uid))
+            self._audit_refusal(calling_ae, request_sop_uid, "internal error", OUT_OF_RESOURCES)
+            return OUT_OF_RESOURCES
+
+    def _store_instance(self, event: evt.Event, calling_ae: str) -> int:
+        try:
+            encoded = event.encoded_dataset(include_meta=True)
+            header = dcmread(BytesIO(encoded), stop_before_pixels=True)
+        except Exception as error:
+            raise StoreRefusedError(
+                CANNOT_UNDERSTAND, f"dataset cannot be decoded ({type(error).__name__})"
+            ) from None
+
+        try:
+            sop_uid = validate_uid(header.get("SOPInstanceUID"), "SOPInstanceUID")
+            sop_class = validate_uid(header.get("SOPClassUID"), "SOPClassUID")
+            study_uid = validate_uid(header.get("StudyInstanceUID"), "StudyInstanceUID")
+            series_uid = validate_uid(header.get("SeriesInstanceUID"), "SeriesInstanceUID")
+        except InvalidUIDError as error:
+            raise StoreRefusedError(DATASET_DOES_NOT_MATCH_SOP_CLASS, str(error)) from None
+        if sop_uid != event.request.AffectedSOPInstanceUID:
+            raise StoreRefusedError(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPInstanceUID differs from the C-STORE request's Affected SOP Instance UID",
+            )
+        if sop_class != event.request.AffectedSOPClassUID:
+            raise StoreRefusedError(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPClassUID differs from the C-STORE request's Affected SOP Class UID",
+            )
+
+        stored = self._store.write(encoded, study_uid, series_uid, sop_uid)
+        received = ReceivedInstance(
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            sop_class_uid=sop_class,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            modality=_short_string(header.get("Modality")),
+            triageable=sop_class in TRIAGEABLE_SOP_CLASSES,
+            path=stored.relative_path,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            calling_ae_title=calling_ae,
+        )
+        with self._sessions.begin() as session:
+            outcome = StudyRepository(session).record_instance(received)
+            AuditLog(session).record(
+                _AUDIT_FOR_OUTCOME[outcome],
+                actor=calling_ae,
+                study_instance_uid=study_uid,
+                sop_instance_uid=sop_uid,
+                sop_class_uid=sop_class,
+                size_bytes=stored.size_bytes,
+            )
+        logger.debug("%s SOP Instance %s of study %s", outcome, sop_uid, study_uid)
+        return SUCCESS
+
+    def _audit_refusal(self, calling_ae: str, sop_uid: str, reason: str, status: int) -> None:
+        logger.warning(
+            "refused SOP Instance %s from %s: %s", _loggable_uid(sop_uid), calling_ae, reason
+        )
+        try:
+            with self._sessions.begin() as session:
+                AuditLog(session).record(
+                    AuditEventType.INSTANCE_REFUSED,
+                    Outcome.FAILURE,
+                    actor=calling_ae,
+                    sop_instance_uid=_loggable_uid(sop_uid),
+                    reason=reason,
+                    status=f"0x{status:04X}",
+                )
+        except Exception:
+            logger.exception("could not audit a refused instance")
+
+
+_AUDIT_FOR_OUTCOME = {
+    RecordOutcome.STORED: AuditEventType.INSTANCE_STORED,
+    RecordOutcome.DUPLICATE: AuditEventType.INSTANCE_DUPLICATE,
+    RecordOutcome.REPLACED: AuditEventType.INSTANCE_REPLACED,
+}
+
+
+def _loggable_uid(value: Any) -> str | None:
+    try:
+        return validate_uid(value, "UID")
+    except InvalidUIDError:
+        return None
+
+
+def _short_string(value: Any) -> str | None:
+    return str(value)[:16] if value else None

@@ -1,0 +1,420 @@
+"""The triage result as a DICOM Structured Report (TID 1500 Measurement Report).
+
+:func:`build_triage_sr` turns a :class:`~dicom_node.results.StudyFinding` into
+a Comprehensive 3D SR in the source study (new series), following the IHE AI
+Results profile: a device observer (the algorithm), one TID 1501 group for the
+study and one per source image, each with the "Fracture of bone" finding
+(present/absent), the fracture probability, the finding site, the triage level,
+TID 4019 Algorithm Identification and references to the source images.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import RE_VALID_UID
+
+from config import REGIONS, FractureLevel
+from dicom_node.codes import (
+    AI_RESULT_DISCLAIMER,
+    COMMENT,
+    DEVICE_OBSERVER_NAME,
+    FRACTURE_LEVEL,
+    FRACTURE_OF_BONE,
+    NO_UNITS,
+    PLAIN_RADIOGRAPHY,
+    PRIVATE_CODING_SCHEME,
+    PRIVATE_CODING_SCHEME_NAME,
+    PROBABILITY,
+    SYNTHETIC_DATA_WARNING,
+    UNDETERMINED,
+    finding_site,
+    presence,
+)
+from dicom_node.results import AlgorithmIdentity, ImageFinding, StudyFinding, Thresholds
+
+__all__ = ["SR_SERIES_DESCRIPTION", "build_triage_sr", "device_observer_uid"]
+
+logger = logging.getLogger(__name__)
+
+#: Series Description of the SR series (starts with "AI", as PACS filters expect).
+SR_SERIES_DESCRIPTION = "AI fracture triage report"
+
+#: Modalities whose TID 1603 image library descriptors highdicom writes.
+_PROJECTION_MODALITIES = frozenset({"CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA"})
+
+
+def device_observer_uid(algorithm: AlgorithmIdentity) -> str:
+    """Return the Device Observer UID of an algorithm.
+
+    The UID is derived from the algorithm's name and version (a ``2.25`` UID
+    of a name-based UUID), so every report of one model version names the
+    same device.
+
+    Parameters
+    ----------
+    algorithm: dicom_node.results.AlgorithmIdentity
+        The model that produced the result.
+
+    Returns
+    -------
+    str
+        The device observer UID.
+    """
+    return _derived_uid(DEVICE_OBSERVER_NAME, algorithm.name, algorithm.version)
+
+
+def build_triage_sr(
+    source_images: Sequence[Dataset],
+    finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    institution_name: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Build the triage Structured Report of a study.
+
+    Parameters
+    ----------
+    source_images: Sequence[pydicom.Dataset]
+        The source images of the study (their metadata suffices; pixel data is
+        not read). Every image of `finding` must be among them; all must belong
+        to the study ``finding.study_instance_uid``.
+    finding: dicom_node.results.StudyFinding
+        Study-level result and the per-image findings behind it.
+    algorithm: dicom_node.results.AlgorithmIdentity
+        The model that produced `finding`.
+    series_instance_uid: str
+        Series Instance UID of the new SR series.
+    sop_instance_uid: str
+        SOP Instance UID of the SR document.
+    series_number: int
+        Series Number of the SR series (positive).
+    instance_number: int
+        Instance Number of the SR document (positive).
+    institution_name: str | None, optional
+        Institution Name written to the SR.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        The SR document: same patient and study as the sources, COMPLETE,
+        UNVERIFIED and PRELIMINARY (an AI result a reader has not signed).
+
+    Raises
+    ------
+    ValueError
+        When an input is inconsistent (the message names the bad value).
+    TypeError
+        When an input has the wrong type.
+    """
+    if not isinstance(finding, StudyFinding):
+        raise TypeError(f"finding must be a StudyFinding, got {type(finding).__name__}")
+    if not isinstance(algorithm, AlgorithmIdentity):
+        raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
+    sources = _check_sources(source_images, finding.study_instance_uid)
+    _check_uid("series_instance_uid", series_instance_uid)
+    _check_uid("sop_instance_uid", sop_instance_uid)
+    _check_positive_int("series_number", series_number)
+    _check_positive_int("instance_number", instance_number)
+    if series_instance_uid in {str(ds.SeriesInstanceUID) for ds in sources.values()}:
+        raise ValueError(
+            f"series_instance_uid {series_instance_uid} is a source series; the SR needs a new one"
+        )
+    if sop_instance_uid in sources:
+        raise ValueError(
+            f"sop_instance_uid {sop_instance_uid} is a source image's SOP Instance UID"
+        )
+    for image in finding.images:
+        if image.sop_instance_uid not in sources:
+            raise ValueError(
+                f"image finding {image.sop_instance_uid} has no matching source image; "
+                f"sources are {sorted(sources)}"
+            )
+
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name=algorithm.name,
+        version=algorithm.version,
+        manufacturer=algorithm.manufacturer,
+    )
+    groups = [_study_group(finding, algorithm, algorithm_id, sources, sop_instance_uid)]
+    groups.extend(
+        _image_group(index, image, finding.thresholds, algorithm_id, sources, sop_instance_uid)
+        for index, image in enumerate(finding.images, start=1)
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(algorithm),
+        procedure_reported=PLAIN_RADIOGRAPHY,
+        imaging_measurements=groups,
+        referenced_images=[_library_view(ds) for ds in sources.values()],
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(sources.values()),
+        content=report,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=algorithm.manufacturer,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        institution_name=institution_name,
+    )
+    sr.SeriesDescription = SR_SERIES_DESCRIPTION
+    sr.ManufacturerModelName = algorithm.name
+    sr.SoftwareVersions = algorithm.version
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = PRIVATE_CODING_SCHEME
+    scheme.CodingSchemeName = PRIVATE_CODING_SCHEME_NAME
+    scheme.CodingSchemeResponsibleOrganization = algorithm.manufacturer
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    logger.info(
+        "built triage SR %s (series %s) for study %s from %d image(s): region %s, level %s",
+        sop_instance_uid,
+        series_instance_uid,
+        finding.study_instance_uid,
+        len(sources),
+        finding.region,
+        finding.level,
+    )
+    return sr
+
+
+def _observation_context(algorithm: AlgorithmIdentity) -> hd.sr.ObservationContext:
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=device_observer_uid(algorithm),
+        name=DEVICE_OBSERVER_NAME,
+        manufacturer_name=algorithm.manufacturer,
+        model_name=f"{algorithm.name} {algorithm.version}",
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=device,
+        )
+    )
+
+
+def _study_group(
+    finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+    sources: dict[str, Dataset],
+    sop_instance_uid: str,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    comments = [AI_RESULT_DISCLAIMER]
+    if algorithm.trained_on_synthetic_data:
+        comments.append(SYNTHETIC_DATA_WARNING)
+    return _group(
+        tracking_label="fracture triage: study",
+        tracking_uid=_derived_uid(sop_instance_uid, "study"),
+        region=finding.region,
+        probability=finding.fracture_probability,
+        level=finding.level,
+        thresholds=finding.thresholds,
+        algorithm_id=algorithm_id,
+        images=list(sources.values()),
+        comments=comments,
+    )
+
+
+def _image_group(
+    index: int,
+    image: ImageFinding,
+    thresholds: Thresholds,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+    sources: dict[str, Dataset],
+    sop_instance_uid: str,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return _group(
+        tracking_label=f"fracture triage: image {index}",
+        tracking_uid=_derived_uid(sop_instance_uid, image.sop_instance_uid),
+        region=image.region,
+        probability=image.fracture_probability,
+        level=image.level,
+        thresholds=thresholds,
+        algorithm_id=algorithm_id,
+        images=[sources[image.sop_instance_uid]],
+        comments=[],
+    )
+
+
+def _group(
+    *,
+    tracking_label: str,
+    tracking_uid: str,
+    region: str | None,
+    probability: float | None,
+    level: FractureLevel | None,
+    thresholds: Thresholds,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+    images: Sequence[Dataset],
+    comments: list[str],
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """One TID 1501 group: the fracture finding of a study or of one image."""
+    source_refs = [
+        hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=ds.SOPClassUID,
+            referenced_sop_instance_uid=ds.SOPInstanceUID,
+        )
+        for ds in images
+    ]
+    tracking = hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=tracking_label)
+    texts: list[tuple[Code, str]] = []
+    if region is None or probability is None:
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            finding_type=FRACTURE_OF_BONE,
+            algorithm_id=algorithm_id,
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(name=FRACTURE_OF_BONE, value=UNDETERMINED)
+            ],
+            source_images=source_refs,
+        )
+        texts.append(
+            (
+                COMMENT,
+                "No supported anatomical region found; not assessed for fracture "
+                f"(supported regions: {', '.join(REGIONS)})",
+            )
+        )
+    else:
+        if level is None:
+            level = thresholds.level(probability)
+        site = hd.sr.FindingSite(anatomic_location=finding_site(region))
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            finding_type=FRACTURE_OF_BONE,
+            algorithm_id=algorithm_id,
+            finding_sites=[site],
+            measurements=[
+                hd.sr.Measurement(
+                    name=PROBABILITY,
+                    value=round(float(probability), 6),
+                    unit=NO_UNITS,
+                    algorithm_id=algorithm_id,
+                )
+            ],
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(name=FRACTURE_OF_BONE, value=presence(level))
+            ],
+            source_images=source_refs,
+        )
+        texts.append((FRACTURE_LEVEL, level.value))
+        texts.append(
+            (
+                COMMENT,
+                f"Operating points: fracture suspected at p >= {thresholds.suspected:.3f}, "
+                f"likely at p >= {thresholds.likely:.3f}",
+            )
+        )
+    texts.extend((COMMENT, text) for text in comments)
+    container = group[0]
+    for name, value in texts:
+        container.ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=name,
+                value=value,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    return group
+
+
+def _library_view(ds: Dataset) -> Dataset:
+    """The attributes of a source image that the TID 1600 Image Library describes.
+
+    highdicom writes the TID 1603 projection radiography descriptors from
+    Patient Orientation and Imager Pixel Spacing, which radiographs often lack
+    (both are Type 2 or 3 for CR). Those descriptors are optional, so an image
+    without them is described by modality, rows and columns only.
+    """
+    view = Dataset()
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "Rows", "Columns", "FrameOfReferenceUID"):
+        if keyword in ds:
+            setattr(view, keyword, ds[keyword].value)
+    modality = str(ds.get("Modality", "OT"))
+    if modality in _PROJECTION_MODALITIES:
+        orientation = ds.get("PatientOrientation")
+        spacing = ds.get("ImagerPixelSpacing") or ds.get("PixelSpacing")
+        if _has_two_values(orientation) and _has_two_values(spacing):
+            view.PatientOrientation = orientation
+            view.ImagerPixelSpacing = spacing
+        else:
+            logger.debug(
+                "image %s lacks Patient Orientation or pixel spacing: no TID 1603 descriptors",
+                ds.SOPInstanceUID,
+            )
+            modality = "OT"  # only steers highdicom's descriptor choice
+    else:
+        modality = "OT"  # no cross-sectional descriptors in a radiograph report
+    view.Modality = modality
+    return view
+
+
+def _has_two_values(value: object) -> bool:
+    try:
+        return len(value) == 2 and all(str(v) for v in value)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+
+
+def _check_sources(source_images: Sequence[Dataset], study_instance_uid: str) -> dict[str, Dataset]:
+    """Check the source images and index them by SOP Instance UID."""
+    if isinstance(source_images, Dataset) or not isinstance(source_images, Sequence):
+        raise TypeError(
+            f"source_images must be a sequence of datasets, got {type(source_images).__name__}"
+        )
+    if not source_images:
+        raise ValueError(f"study {study_instance_uid}: source_images is empty")
+    sources: dict[str, Dataset] = {}
+    for position, ds in enumerate(source_images):
+        if not isinstance(ds, Dataset):
+            raise TypeError(f"source_images[{position}] is a {type(ds).__name__}, not a Dataset")
+        missing = [
+            keyword
+            for keyword in (
+                "SOPClassUID",
+                "SOPInstanceUID",
+                "StudyInstanceUID",
+                "SeriesInstanceUID",
+            )
+            if not ds.get(keyword)
+        ]
+        if missing:
+            raise ValueError(f"source_images[{position}] lacks {', '.join(missing)}")
+        uid = str(ds.SOPInstanceUID)
+        if ds.StudyInstanceUID != study_instance_uid:
+            raise ValueError(
+                f"source image {uid} belongs to study {ds.StudyInstanceUID}, "
+                f"not to the finding's study {study_instance_uid}"
+            )
+        if uid in sources:
+            raise ValueError(f"source image {uid} is given twice")
+        sources[uid] = ds
+    return sources
+
+
+def _check_uid(name: str, value: str) -> None:
+    if not isinstance(value, str) or len(value) > 64 or not RE_VALID_UID.match(value):
+        raise ValueError(f"{name} is not a valid UID: {value!r}")
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _derived_uid(*parts: str) -> str:
+    """A UID that is the same each time for the same inputs (``2.25`` form, UUID version 5)."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, '|'.join(parts)).int}"

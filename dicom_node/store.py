@@ -1,0 +1,76 @@
+"""The durable instance store: write, fsync, rename; paths only from validated UIDs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_node.uids import validate_uid
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    relative_path: str
+    size_bytes: int
+    sha256: str
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` so that it survives a crash once this returns.
+
+    A temporary file in the same directory is written, fsynced and renamed over
+    ``path``; then the directory is fsynced so the rename itself is durable.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".incoming-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+class InstanceStore:
+    """Files under ``root/<study>/<series>/<sop>.dcm`` (owner-only permissions)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        parts = (
+            validate_uid(study_uid, "StudyInstanceUID"),
+            validate_uid(series_uid, "SeriesInstanceUID"),
+            validate_uid(sop_uid, "SOPInstanceUID") + ".dcm",
+        )
+        return "/".join(parts)
+
+    def absolute(self, relative_path: str) -> Path:
+        path = (self.root / relative_path).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"path {relative_path!r} escapes the store")
+        return path
+
+    def write(
+        self, data: bytes | memoryview, study_uid: str, series_uid: str, sop_uid: str
+    ) -> StoredFile:
+        relative = self.relative_path(study_uid, series_uid, sop_uid)
+        # mkstemp creates the file 0600, so stored instances are owner-only.
+        write_durably(self.absolute(relative), data)
+        return StoredFile(relative, len(data), hashlib.sha256(data).hexdigest())

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import Destination, FractureLevel, SettingsError, load_settings
+
+
+def test_defaults_are_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FRACTURE_TRIAGE_CONFIG", raising=False)
+    settings = load_settings()
+    assert settings.database_url.startswith("sqlite:///")
+    assert settings.study_stable_seconds == 30
+    assert settings.destinations == ()
+
+
+def test_toml_then_env_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        'ae_title = "FROM_FILE"\nport = 4242\nstudy_stable_seconds = 5\n'
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 104\n'
+    )
+    monkeypatch.setenv("FRACTURE_TRIAGE_PORT", "5555")
+    monkeypatch.setenv("FRACTURE_TRIAGE_DATABASE_URL", "postgresql://u@127.0.0.1/x")
+    settings = load_settings(config, study_stable_seconds=1.5)
+    assert settings.ae_title == "FROM_FILE"
+    assert settings.port == 5555  # env beats the file
+    assert settings.study_stable_seconds == 1.5  # overrides beat everything
+    assert settings.database_url == "postgresql://u@127.0.0.1/x"
+    assert settings.destinations == (
+        Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=104),
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("port = 70000", "port"),
+        ('ae_title = "THIS_AE_TITLE_IS_TOO_LONG"', "ae_title"),
+        ("study_stable_seconds = -1", "study_stable_seconds"),
+        ('database_url = "mysql://x"', "database_url"),
+        ("no_such_key = 1", "no_such_key"),
+        (
+            '[[destinations]]\nname = "p"\nae_title = "A\\\\B"\nhost = "h"\nport = 1',
+            "destinations.0.ae_title",
+        ),
+    ],
+)
+def test_bad_value_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(toml + "\n")
+    with pytest.raises(SettingsError, match=f"'{key}'"):
+        load_settings(config)
+
+
+def test_thresholds_must_be_ordered() -> None:
+    with pytest.raises(SettingsError, match="fracture_likely_threshold"):
+        load_settings(None, fracture_suspected_threshold=0.8, fracture_likely_threshold=0.2)
+
+
+def test_missing_config_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings(None)
+    with pytest.raises(Exception, match="frozen"):
+        settings.port = 1  # type: ignore[misc]
+
+
+def test_fracture_levels_from_operating_points() -> None:
+    assert FractureLevel.from_probability(0.1, 0.3, 0.7) is FractureLevel.NOT_SUSPECTED
+    assert FractureLevel.from_probability(0.3, 0.3, 0.7) is FractureLevel.SUSPECTED
+    assert FractureLevel.from_probability(0.9, 0.3, 0.7) is FractureLevel.LIKELY
+    with pytest.raises(ValueError, match="thresholds"):
+        FractureLevel.from_probability(0.5, 0.8, 0.2)

@@ -1,0 +1,65 @@
+"""Shared fixtures: settings in a temp dir, the demo bundle (trained once), sample studies."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+# Prefect reads its settings at import: give the test session its own home, ephemeral API,
+# before anything imports `flows`.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ft-prefect-"))
+
+import pytest
+
+from config import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE_CACHE = REPO / "var" / "test-cache"
+
+
+def _models_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "models").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def demo_bundle() -> Path:
+    """The demo bundle, trained once per models/ source version and cached under var/."""
+    from models.training import train_demo_bundle
+
+    bundle = BUNDLE_CACHE / f"demo-bundle-{_models_fingerprint()}"
+    if not (bundle / "configs" / "metadata.json").is_file():
+        train_demo_bundle(bundle, seed=0)
+    return bundle
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, demo_bundle: Path) -> Callable[..., Settings]:
+    """Settings rooted in the test's temp dir (SQLite, store, outputs), fast completion."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "port": 0,
+            "store_dir": tmp_path / "store",
+            "output_dir": tmp_path / "outputs",
+            "database_url": f"sqlite:///{tmp_path / 'audit.db'}",
+            "model_bundle_dir": demo_bundle,
+            "study_stable_seconds": 1.0,
+            "prefect_flow_heartbeat": False,
+        }
+        values.update(overrides)
+        return load_settings(None, **values)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def sample_studies(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    from models.phantoms import write_sample_studies
+
+    return write_sample_studies(tmp_path_factory.mktemp("samples"))

@@ -1,0 +1,168 @@
+"""The audit DB on SQLite and on a real PostgreSQL: migrations and repositories."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.audit import AuditEventType, AuditLog
+from db.engine import make_engine, make_session_factory
+from db.migrate import current_revision, downgrade, upgrade
+from db.models import Base, DeliveryStatus, RunStatus, StudyStatus
+from db.repositories import ReceivedInstance, RecordOutcome, RunRepository, StudyRepository
+from tests.peers import scratch_postgres_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'audit.db'}")
+        upgrade(engine)
+        yield engine
+        engine.dispose()
+        return
+    with scratch_postgres_database() as url:
+        engine = make_engine(url)
+        upgrade(engine)
+        yield engine
+        engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return make_session_factory(engine)
+
+
+def received(
+    sop: str, sha: str = "a" * 64, study: str = "1.2.3", triageable: bool = True
+) -> ReceivedInstance:
+    return ReceivedInstance(
+        study_instance_uid=study,
+        series_instance_uid=f"{study}.1",
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        modality="DX",
+        triageable=triageable,
+        path=f"{study}/{study}.1/{sop}.dcm",
+        size_bytes=123,
+        sha256=sha,
+        calling_ae_title="MODALITY",
+    )
+
+
+def test_migration_matches_models(engine: Engine) -> None:
+    assert current_revision(engine) == "0001"
+    with engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+
+
+def test_downgrade_removes_every_table(engine: Engine) -> None:
+    downgrade(engine, "base")
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    upgrade(engine)
+    assert "audit_events" in inspect(engine).get_table_names()
+
+
+def test_duplicate_and_changed_resend(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        studies = StudyRepository(session)
+        assert studies.record_instance(received("1.2.3.1.1")) is RecordOutcome.STORED
+        assert studies.record_instance(received("1.2.3.1.1")) is RecordOutcome.DUPLICATE
+        assert (
+            studies.record_instance(received("1.2.3.1.1", sha="b" * 64)) is RecordOutcome.REPLACED
+        )
+    with sessions() as session:
+        instances = StudyRepository(session).instances("1.2.3")
+        assert [i.sha256 for i in instances] == ["b" * 64]
+
+
+def test_quiet_study_becomes_ready_once_and_is_claimed_once(
+    sessions: sessionmaker[Session],
+) -> None:
+    start = dt.datetime.now(dt.UTC)
+    with sessions.begin() as session:
+        StudyRepository(session).record_instance(received("1.2.3.1.1"), now=start)
+    with sessions.begin() as session:
+        studies = StudyRepository(session)
+        assert (
+            studies.mark_ready(dt.timedelta(seconds=30), now=start + dt.timedelta(seconds=10)) == []
+        )
+        assert studies.mark_ready(
+            dt.timedelta(seconds=30), now=start + dt.timedelta(seconds=31)
+        ) == ["1.2.3"]
+        assert (
+            studies.mark_ready(dt.timedelta(seconds=30), now=start + dt.timedelta(seconds=60)) == []
+        )
+    with sessions.begin() as session:
+        assert StudyRepository(session).claim_for_triage("1.2.3") is True
+    with sessions.begin() as session:
+        assert StudyRepository(session).claim_for_triage("1.2.3") is False
+        assert StudyRepository(session).get("1.2.3").status is StudyStatus.TRIAGING
+
+
+def test_late_instance_reopens_a_triaged_study(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        studies = StudyRepository(session)
+        studies.record_instance(received("1.2.3.1.1"))
+        studies.set_status("1.2.3", StudyStatus.TRIAGED)
+        studies.record_instance(received("1.2.3.1.2"))
+        assert studies.get("1.2.3").status is StudyStatus.RECEIVING
+
+
+def test_interrupted_triage_is_requeued(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        studies = StudyRepository(session)
+        studies.record_instance(received("1.2.3.1.1"))
+        studies.set_status("1.2.3", StudyStatus.TRIAGING)
+        run = RunRepository(session).start("1.2.3", model_name="m", model_version="1")
+        run_id = run.id
+    with sessions.begin() as session:
+        assert StudyRepository(session).requeue_interrupted() == ["1.2.3"]
+    with sessions() as session:
+        assert StudyRepository(session).get("1.2.3").status is StudyStatus.READY
+        assert RunRepository(session).get(run_id).status is RunStatus.FAILED
+
+
+def test_outputs_queue_deliveries_and_are_recognised(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        StudyRepository(session).record_instance(received("1.2.3.1.1"))
+        runs = RunRepository(session)
+        run = runs.start("1.2.3", model_name="m", model_version="1")
+        runs.add_output(
+            run,
+            kind="sr",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34",
+            sop_instance_uid="1.2.3.9.1",
+            series_instance_uid="1.2.3.9",
+            path="1.2.3/1.2.3.9/1.2.3.9.1.dcm",
+            destinations=["pacs", "archive"],
+        )
+    with sessions.begin() as session:
+        runs = RunRepository(session)
+        pending = runs.pending_deliveries()
+        assert sorted(d.destination for d in pending) == ["archive", "pacs"]
+        runs.mark_delivery(pending[0], DeliveryStatus.SENT)
+        assert runs.is_our_output("1.2.3.9.1") and not runs.is_our_output("1.2.3.1.1")
+    with sessions() as session:
+        assert len(RunRepository(session).pending_deliveries()) == 1
+
+
+def test_audit_events_round_trip_with_aware_timestamps(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        AuditLog(session).record(
+            AuditEventType.STUDY_READY, study_instance_uid="1.2.3", actor="watcher", views=2
+        )
+    with sessions() as session:
+        (event,) = AuditLog(session).for_study("1.2.3")
+        assert event.event_type == "study_ready"
+        assert event.detail == {"views": 2}
+        assert event.occurred_at.tzinfo is not None

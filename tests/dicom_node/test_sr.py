@@ -1,0 +1,317 @@
+"""The triage SR: content tree, references and dciodvfy validity."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+
+from dicom_node.codes import (
+    AI_RESULT_DISCLAIMER,
+    FINDING_SITE_BY_REGION,
+    SYNTHETIC_DATA_WARNING,
+    finding_site,
+)
+from dicom_node.results import AlgorithmIdentity, StudyFinding
+from dicom_node.sr import build_triage_sr, device_observer_uid
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def _build(images: list[Dataset], finding: StudyFinding, algorithm: AlgorithmIdentity) -> Dataset:
+    return build_triage_sr(
+        images,
+        finding,
+        algorithm,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+        series_number=900,
+        instance_number=1,
+        institution_name="Test Hospital",
+    )
+
+
+def _walk(items: Iterator[Dataset] | list[Dataset]) -> Iterator[Dataset]:
+    for item in items:
+        yield item
+        yield from _walk(item.get("ContentSequence", []))
+
+
+def _name(item: Dataset) -> str:
+    return item.ConceptNameCodeSequence[0].CodeMeaning
+
+
+def _groups(sr: Dataset) -> list[Dataset]:
+    return [item for item in _walk(sr.ContentSequence) if _name(item) == "Measurement Group"]
+
+
+def _children(group: Dataset, name: str) -> list[Dataset]:
+    return [item for item in group.ContentSequence if _name(item) == name]
+
+
+def _code(item: Dataset) -> tuple[str, str]:
+    concept = item.ConceptCodeSequence[0]
+    return concept.CodeValue, concept.CodingSchemeDesignator
+
+
+def _texts(sr: Dataset) -> list[str]:
+    return [item.TextValue for item in _walk(sr.ContentSequence) if item.ValueType == "TEXT"]
+
+
+def _write(sr: Dataset, path: Path) -> Path:
+    sr.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("synthetic", [False, True], ids=["real-data", "synthetic-data"])
+def test_positive_sr_is_valid_and_complete(
+    tmp_path: Path,
+    dx_images: list[Dataset],
+    positive_finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+    synthetic: bool,
+    dciodvfy_clean: Callable[[Path], str],
+) -> None:
+    algorithm = dataclasses.replace(algorithm, trained_on_synthetic_data=synthetic)
+    sr = _build(dx_images, positive_finding, algorithm)
+    path = _write(sr, tmp_path / "sr.dcm")
+    dciodvfy_clean(path)
+
+    sr = pydicom.dcmread(path)
+    source = dx_images[0]
+    assert sr.SOPClassUID == COMPREHENSIVE_3D_SR
+    assert sr.StudyInstanceUID == positive_finding.study_instance_uid == source.StudyInstanceUID
+    assert sr.SeriesInstanceUID not in {ds.SeriesInstanceUID for ds in dx_images}
+    assert sr.SeriesDescription.startswith("AI")
+    assert sr.Modality == "SR"
+    assert sr.Manufacturer == algorithm.manufacturer
+    assert sr.PatientName == source.PatientName
+    assert sr.PatientID == source.PatientID
+    assert sr.CompletionFlag == "COMPLETE"
+    assert sr.VerificationFlag == "UNVERIFIED"
+
+    study_group, image_group, unsupported_group = _groups(sr)
+    # Study group: finding, presence, probability, site, level, algorithm, all images.
+    assert _code(_children(study_group, "Finding")[0]) == ("125605004", "SCT")
+    assert _code(_children(study_group, "Fracture of bone")[0]) == ("52101004", "SCT")
+    (probability,) = _children(study_group, "Probability")
+    assert float(probability.MeasuredValueSequence[0].NumericValue) == pytest.approx(0.83)
+    unit = probability.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
+    assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("1", "UCUM")
+    assert _code(_children(study_group, "Finding Site")[0]) == ("74670003", "SCT")
+    assert _children(study_group, "Fracture triage level")[0].TextValue == "fracture likely"
+    assert _children(study_group, "Algorithm Name")[0].TextValue == algorithm.name
+    assert _children(study_group, "Algorithm Version")[0].TextValue == algorithm.version
+    referenced = {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in _children(study_group, "Source of Measurement")
+    }
+    assert referenced == {ds.SOPInstanceUID for ds in dx_images}
+
+    # Image group of the wrist image.
+    (image_ref,) = _children(image_group, "Source of Measurement")
+    assert image_ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert image_ref.ReferencedSOPSequence[0].ReferencedSOPClassUID == source.SOPClassUID
+    assert _code(_children(image_group, "Fracture of bone")[0]) == ("52101004", "SCT")
+    assert len(_children(image_group, "Probability")) == 1
+
+    # The unsupported image: undetermined, no probability, no site, says why.
+    assert _code(_children(unsupported_group, "Fracture of bone")[0]) == ("373068000", "SCT")
+    assert not _children(unsupported_group, "Probability")
+    assert not _children(unsupported_group, "Finding Site")
+    assert any(
+        "No supported anatomical region" in item.TextValue
+        for item in _children(unsupported_group, "Comment")
+    )
+    ref = _children(unsupported_group, "Source of Measurement")[0]
+    assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == dx_images[1].SOPInstanceUID
+
+    # Image library and evidence reference every source.
+    library = {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in _walk(sr.ContentSequence)
+        if item.ValueType == "IMAGE" and _name(item) == "Source"
+    }
+    assert library == {ds.SOPInstanceUID for ds in dx_images}
+    evidence = {
+        instance.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for instance in series.ReferencedSOPSequence
+    }
+    assert evidence == {ds.SOPInstanceUID for ds in dx_images}
+
+    # Device observer: the algorithm.
+    observer = {_name(item): item for item in sr.ContentSequence}
+    assert observer["Device Observer Name"].TextValue == "fracture-triage"
+    observer_uid = observer["Device Observer UID"].UID
+    assert observer_uid == device_observer_uid(algorithm)
+
+    texts = _texts(sr)
+    assert AI_RESULT_DISCLAIMER in texts
+    assert (SYNTHETIC_DATA_WARNING in texts) is synthetic
+
+
+def test_negative_sr_is_valid(
+    tmp_path: Path,
+    dx_images: list[Dataset],
+    negative_finding: StudyFinding,
+    synthetic_algorithm: AlgorithmIdentity,
+    dciodvfy_clean: Callable[[Path], str],
+) -> None:
+    path = _write(_build(dx_images, negative_finding, synthetic_algorithm), tmp_path / "sr.dcm")
+    dciodvfy_clean(path)
+    sr = pydicom.dcmread(path)
+    groups = _groups(sr)
+    assert len(groups) == 1 + len(dx_images)
+    for group in groups:
+        assert _code(_children(group, "Fracture of bone")[0]) == ("272519000", "SCT")  # Absent
+        assert _code(_children(group, "Finding Site")[0]) == ("16953009", "SCT")  # elbow
+        assert _children(group, "Fracture triage level")[0].TextValue == "no fracture suspected"
+    probabilities = [
+        float(item.MeasuredValueSequence[0].NumericValue)
+        for group in groups
+        for item in _children(group, "Probability")
+    ]
+    assert probabilities == pytest.approx([0.12, 0.12, 0.05])
+    assert SYNTHETIC_DATA_WARNING in _texts(sr)
+
+
+def test_level_is_derived_from_thresholds_when_missing(
+    dx_images: list[Dataset], positive_finding: StudyFinding, algorithm: AlgorithmIdentity
+) -> None:
+    finding = dataclasses.replace(positive_finding, fracture_probability=0.4, level=None)
+    study_group = _groups(_build(dx_images, finding, algorithm))[0]
+    assert _children(study_group, "Fracture triage level")[0].TextValue == "fracture suspected"
+    assert _code(_children(study_group, "Fracture of bone")[0]) == ("52101004", "SCT")
+
+
+def test_sr_without_projection_descriptors(
+    tmp_path: Path,
+    dx_images: list[Dataset],
+    positive_finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+    dciodvfy_clean: Callable[[Path], str],
+) -> None:
+    """Radiographs without Patient Orientation or Imager Pixel Spacing still get a report."""
+    for ds in dx_images:
+        ds.PatientOrientation = None
+        del ds.ImagerPixelSpacing
+    dciodvfy_clean(_write(_build(dx_images, positive_finding, algorithm), tmp_path / "sr.dcm"))
+
+
+def test_dsrdump_prints_the_report(
+    tmp_path: Path,
+    dx_images: list[Dataset],
+    positive_finding: StudyFinding,
+    synthetic_algorithm: AlgorithmIdentity,
+) -> None:
+    dsrdump = shutil.which("dsrdump")
+    if dsrdump is None:
+        pytest.skip("dsrdump (dcmtk) is not installed")
+    path = _write(_build(dx_images, positive_finding, synthetic_algorithm), tmp_path / "sr.dcm")
+    result = subprocess.run(
+        [dsrdump, str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    print(result.stdout, result.stderr)
+    assert result.returncode == 0
+    assert "E:" not in result.stderr
+    assert "Fracture of bone" in result.stdout
+    assert "Wrist joint" in result.stdout
+    assert "UNVERIFIED" in result.stdout
+
+
+def test_finding_site_codes_cover_every_region() -> None:
+    assert FINDING_SITE_BY_REGION["wrist"].value == "74670003"
+    assert FINDING_SITE_BY_REGION["elbow"].value == "16953009"
+    assert {code.scheme_designator for code in FINDING_SITE_BY_REGION.values()} == {"SCT"}
+    with pytest.raises(ValueError, match="'knee'"):
+        finding_site("knee")
+
+
+def test_image_finding_without_source_is_rejected(
+    dx_images: list[Dataset], positive_finding: StudyFinding, algorithm: AlgorithmIdentity
+) -> None:
+    missing = positive_finding.images[1].sop_instance_uid
+    with pytest.raises(ValueError, match=missing):
+        _build(dx_images[:1], positive_finding, algorithm)
+
+
+def test_source_from_another_study_is_rejected(
+    dx_images: list[Dataset], positive_finding: StudyFinding, algorithm: AlgorithmIdentity
+) -> None:
+    other = generate_uid()
+    dx_images[1].StudyInstanceUID = other
+    with pytest.raises(ValueError, match=other):
+        _build(dx_images, positive_finding, algorithm)
+
+
+def test_empty_sources_are_rejected(
+    positive_finding: StudyFinding, algorithm: AlgorithmIdentity
+) -> None:
+    with pytest.raises(ValueError, match="source_images is empty"):
+        _build([], positive_finding, algorithm)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        ("series_instance_uid", "not-a-uid", "not-a-uid"),
+        ("sop_instance_uid", "1.2.3.abc", "1.2.3.abc"),
+        ("series_number", 0, "series_number"),
+        ("instance_number", -1, "instance_number"),
+    ],
+)
+def test_bad_arguments_are_rejected(
+    dx_images: list[Dataset],
+    positive_finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+    keyword: str,
+    value: object,
+    message: str,
+) -> None:
+    arguments = {
+        "series_instance_uid": generate_uid(),
+        "sop_instance_uid": generate_uid(),
+        "series_number": 900,
+        "instance_number": 1,
+        keyword: value,
+    }
+    with pytest.raises(ValueError, match=message):
+        build_triage_sr(dx_images, positive_finding, algorithm, **arguments)
+
+
+def test_source_series_uid_is_rejected(
+    dx_images: list[Dataset], positive_finding: StudyFinding, algorithm: AlgorithmIdentity
+) -> None:
+    series = dx_images[0].SeriesInstanceUID
+    with pytest.raises(ValueError, match=series):
+        build_triage_sr(
+            dx_images,
+            positive_finding,
+            algorithm,
+            series_instance_uid=series,
+            sop_instance_uid=generate_uid(),
+            series_number=900,
+            instance_number=1,
+        )
+
+
+def test_patient_identifiers_are_not_logged(
+    dx_images: list[Dataset],
+    positive_finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("DEBUG", logger="dicom_node")
+    _build(dx_images, positive_finding, algorithm)
+    assert caplog.records
+    assert "Doe" not in caplog.text
+    assert str(dx_images[0].PatientID) not in caplog.text

@@ -1,0 +1,201 @@
+"""Real peers for the tests: dcmtk, dciodvfy, Orthanc, PostgreSQL.
+
+A missing peer skips its test with a clear reason on a developer's box; under
+``CI=true`` it fails instead, so CI can never go green by skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip (developer box) or fail (CI) when a peer is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
+def require_binary(name: str, package: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"{name} not found (apt-get install {package})")
+    assert path is not None
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def assert_dciodvfy_clean(path: Path | str) -> str:
+    """Validate a DICOM file with dicom3tools' ``dciodvfy``; fail on any error.
+
+    Warnings are allowed and returned with the rest of the output.
+    """
+    binary = require_binary("dciodvfy", "dicom3tools")
+    result = subprocess.run(
+        [binary, "-new", str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if "Error" in line]
+    if errors:
+        pytest.fail(f"dciodvfy found {len(errors)} error(s) in {path}:\n{output}")
+    return output
+
+
+# -- Orthanc -----------------------------------------------------------------------------
+
+
+@dataclass
+class Orthanc:
+    """A real Orthanc on loopback with its own config and storage."""
+
+    http_port: int
+    dicom_port: int
+    ae_title: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def request(self, method: str, path: str, body: bytes | dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        with urllib.request.urlopen(request, timeout=120) as response:
+            payload = response.read()
+        content_type = response.headers.get("Content-Type", "")
+        return json.loads(payload) if "json" in content_type else payload
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        return self.request("POST", "/instances", path.read_bytes())
+
+    def study_id(self, study_instance_uid: str) -> str | None:
+        found = self.request("POST", "/tools/lookup", study_instance_uid.encode())
+        for item in found:
+            if item["Type"] == "Study":
+                return item["ID"]
+        return None
+
+    def series_of_study(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        study = self.study_id(study_instance_uid)
+        return [] if study is None else self.get(f"/studies/{study}/series")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@contextmanager
+def run_orthanc(
+    work_dir: Path, modalities: dict[str, tuple[str, str, int]] | None = None
+) -> Iterator[Orthanc]:
+    binary = require_binary("Orthanc", "orthanc")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    http_port, dicom_port = free_port(), free_port()
+    config = {
+        "Name": "fracture-triage-test-pacs",
+        "StorageDirectory": str(work_dir / "storage"),
+        "IndexDirectory": str(work_dir / "index"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "TESTPACS",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "HttpServerEnabled": True,
+        "DicomServerEnabled": True,
+        "DicomModalities": {
+            name: [aet, host, port] for name, (aet, host, port) in (modalities or {}).items()
+        },
+        "DicomAlwaysAllowStore": True,
+        "DicomCheckCalledAet": False,
+        "Plugins": [],
+        "StableAge": 1,
+    }
+    config_path = work_dir / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    log_path = work_dir / "orthanc.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+    orthanc = Orthanc(http_port, dicom_port, "TESTPACS", process, log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                orthanc.get("/system")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"Orthanc did not start: {log_path.read_text(errors='replace')[-2000:]}"
+                    ) from None
+                time.sleep(0.2)
+        yield orthanc
+    finally:
+        orthanc.stop()
+
+
+# -- PostgreSQL --------------------------------------------------------------------------
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "FRACTURE_TRIAGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@contextmanager
+def scratch_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test; dropped afterwards."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except Exception as error:  # pragma: no cover - depends on the box
+        require(False, f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {error}")
+        raise
+    name = f"ft_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+            yield f"{base}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
