@@ -121,7 +121,11 @@ class StudyRepository:
             outcome = RecordOutcome.REPLACED
 
         study.last_received_at = now
-        if study.status in _REOPENABLE or study.status == StudyStatus.READY:
+        if study.status == StudyStatus.READY or (
+            # Only a new view reopens a triaged study: our own SR/SCs coming back from
+            # the PACS (or anything else no model reads) must not trigger another triage.
+            study.status in _REOPENABLE and received.triageable
+        ):
             study.status = StudyStatus.RECEIVING
         return outcome
 

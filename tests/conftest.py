@@ -63,3 +63,11 @@ def sample_studies(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     from models.phantoms import write_sample_studies
 
     return write_sample_studies(tmp_path_factory.mktemp("samples"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Prefect stops its ephemeral API server at interpreter exit and logs that to a
+    # stream pytest has already closed; silence logging once the session is over.
+    import logging
+
+    logging.disable(logging.CRITICAL)

@@ -114,7 +114,9 @@ def test_late_instance_reopens_a_triaged_study(sessions: sessionmaker[Session]) 
         studies = StudyRepository(session)
         studies.record_instance(received("1.2.3.1.1"))
         studies.set_status("1.2.3", StudyStatus.TRIAGED)
-        studies.record_instance(received("1.2.3.1.2"))
+        studies.record_instance(received("1.2.3.1.2", triageable=False))
+        assert studies.get("1.2.3").status is StudyStatus.TRIAGED  # e.g. our SR coming back
+        studies.record_instance(received("1.2.3.1.3"))
         assert studies.get("1.2.3").status is StudyStatus.RECEIVING
 
 

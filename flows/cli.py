@@ -1,0 +1,235 @@
+"""The ``fracture-triage`` command line."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+from sqlalchemy import func, select
+
+from config import Destination, Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from flows.runtime import Runtime
+
+app = typer.Typer(
+    help="AI fracture triage node for musculoskeletal radiographs.", no_args_is_help=True
+)
+db_app = typer.Typer(help="Audit database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console()
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML settings file.", exists=True)
+]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        force=True,
+    )
+    # pynetdicom logs whole datasets at DEBUG; keep it to warnings so no PHI reaches a log.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _settings(config: Path | None, **overrides: object) -> Settings:
+    try:
+        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as error:
+        console.print(f"[red]Invalid settings:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    port: Annotated[int | None, typer.Option(help="Port of the storage SCP.")] = None,
+    bind_address: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    verbose: bool = False,
+) -> None:
+    """Run the node: receive studies, triage them when complete, send the results."""
+    _setup_logging(verbose)
+    settings = _settings(config, port=port, bind_address=bind_address)
+    from flows.runtime import Runtime
+    from flows.service import TriageService
+
+    service = TriageService(Runtime.create(settings))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    host, bound_port = service.start()
+    console.print(f"[green]{settings.ae_title}[/green] listening on {host}:{bound_port}")
+    try:
+        stop.wait()
+    finally:
+        service.stop()
+
+
+@app.command()
+def demo(
+    config: ConfigOption = None,
+    port: Annotated[int, typer.Option(help="Port for the demo node (0: any free port).")] = 0,
+    samples_dir: Annotated[Path, typer.Option(help="Where sample studies are written.")] = Path(
+        "var/samples"
+    ),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for all results.")] = 600,
+) -> None:
+    """Build the demo model if missing, send sample studies to a node over DICOM, show results."""
+    _setup_logging()
+    settings = _settings(config, port=port, study_stable_seconds=2.0)
+    _ensure_bundle(settings.model_bundle_dir)
+
+    from db.models import Study, StudyStatus
+    from dicom_node.sender import send_files
+    from flows.runtime import Runtime
+    from flows.service import TriageService
+    from models.phantoms import write_sample_studies
+
+    study_dirs = write_sample_studies(samples_dir)
+    runtime = Runtime.create(settings)
+    with TriageService(runtime) as service:
+        host, bound_port = service.address or ("127.0.0.1", settings.port)
+        node = Destination(name="demo-node", ae_title=settings.ae_title, host=host, port=bound_port)
+        study_uids = [d.name for d in study_dirs]
+        for study_dir in study_dirs:
+            files = sorted(study_dir.glob("*.dcm"))
+            outcomes = send_files(files, node, "DEMO_MODALITY")
+            sent = sum(o.success for o in outcomes)
+            console.print(f"sent {sent}/{len(files)} instances of study {study_dir.name}")
+
+        finished = {StudyStatus.TRIAGED, StudyStatus.FAILED, StudyStatus.NOT_TRIAGED}
+        deadline = time.monotonic() + timeout
+        with console.status("waiting for the triage results..."):
+            while time.monotonic() < deadline:
+                with runtime.sessions() as session:
+                    statuses = session.execute(
+                        select(Study.status).where(Study.study_instance_uid.in_(study_uids))
+                    ).scalars()
+                    done = sum(status in finished for status in statuses)
+                if done == len(study_uids):
+                    break
+                time.sleep(0.5)
+    _print_results(runtime, study_uids)
+
+
+@app.command("run-study")
+def run_study(
+    study_instance_uid: str,
+    config: ConfigOption = None,
+) -> None:
+    """Triage one stored study now (again, if it was triaged before)."""
+    _setup_logging()
+    settings = _settings(config)
+    from db.migrate import upgrade
+    from flows.prefect_env import flow_run_settings
+    from flows.runtime import Runtime, install_runtime
+    from flows.triage import triage_study
+
+    runtime = Runtime.create(settings)
+    upgrade(runtime.engine)
+    install_runtime(runtime)
+    with flow_run_settings(settings.prefect_flow_heartbeat):
+        summary = triage_study(study_instance_uid, force=True)
+    _print_results(runtime, [summary.study_instance_uid])
+
+
+@app.command()
+def status(config: ConfigOption = None) -> None:
+    """Studies by status and the latest results."""
+    settings = _settings(config)
+    from db.models import Study
+    from flows.runtime import Runtime
+
+    runtime = Runtime.create(settings)
+    with runtime.sessions() as session:
+        counts = session.execute(select(Study.status, func.count()).group_by(Study.status)).all()
+        latest = list(
+            session.scalars(select(Study.study_instance_uid).order_by(Study.id.desc()).limit(10))
+        )
+    table = Table("status", "studies", title="Studies")
+    for name, count in counts:
+        table.add_row(str(name), str(count))
+    console.print(table)
+    if latest:
+        _print_results(runtime, list(reversed(latest)))
+
+
+@app.command("build-demo-bundle")
+def build_demo_bundle(
+    out: Annotated[Path, typer.Option(help="Bundle directory.")] = Path("var/bundles/demo"),
+    seed: int = 0,
+) -> None:
+    """Train the demo bundle on synthetic phantoms (a few minutes on 2 CPU cores)."""
+    _setup_logging()
+    from models.training import train_demo_bundle
+
+    train_demo_bundle(out, seed=seed, progress=True)
+    console.print(f"demo bundle written to {out}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Apply the Alembic migrations to the configured database."""
+    settings = _settings(config)
+    from db.engine import make_engine
+    from db.migrate import current_revision, upgrade
+
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    console.print(f"database at revision {current_revision(engine)}")
+
+
+def _ensure_bundle(bundle_dir: Path) -> None:
+    if (bundle_dir / "configs" / "metadata.json").is_file():
+        return
+    console.print(f"no model bundle at {bundle_dir}: training the demo bundle on phantoms")
+    from models.training import train_demo_bundle
+
+    train_demo_bundle(bundle_dir, progress=True)
+
+
+def _print_results(runtime: Runtime, study_uids: list[str]) -> None:
+    from db.repositories import RunRepository, StudyRepository
+
+    table = Table(title="Triage results", show_lines=False)
+    for column in ("study", "status", "region", "probability", "decision", "outputs"):
+        table.add_column(column)
+    with runtime.sessions() as session:
+        for uid in study_uids:
+            study = StudyRepository(session).get(uid)
+            run = RunRepository(session).latest_for_study(uid)
+            result = run.study_result if run else None
+            outputs = run.outputs if run else []
+            kinds = {kind: sum(o.kind == kind for o in outputs) for kind in ("sr", "sc")}
+            table.add_row(
+                _short(uid),
+                str(study.status) if study else "unknown",
+                (result.region or "unsupported") if result else "-",
+                f"{result.fracture_probability:.2f}"
+                if result and result.fracture_probability is not None
+                else "-",
+                (result.level or "not triaged") if result else (run.error if run else "-"),
+                f"SR x{kinds['sr']}, SC x{kinds['sc']} in {runtime.output_dir / uid}"
+                if outputs
+                else "-",
+            )
+    console.print(table)
+
+
+def _short(uid: str) -> str:
+    return uid if len(uid) <= 24 else f"...{uid[-21:]}"
+
+
+if __name__ == "__main__":
+    app()

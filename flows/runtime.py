@@ -1,0 +1,82 @@
+"""What a process needs to run flows: settings, one engine, the store, the model.
+
+An entrypoint (the CLI's ``serve``/``demo``, a Prefect worker, a test) builds one
+:class:`Runtime` from the settings it loaded and installs it; flows fetch it with
+:func:`current_runtime`. The model is loaded once per process, on first use.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from config import Settings, load_settings
+from db.engine import make_engine, make_session_factory
+from dicom_node.store import InstanceStore
+from models.bundle import load_bundle
+from models.inference import HierarchicalModel
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: InstanceStore
+    _model: HierarchicalModel | None = field(default=None, repr=False)
+    _model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def create(cls, settings: Settings) -> Runtime:
+        engine = make_engine(settings.database_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_session_factory(engine),
+            store=InstanceStore(settings.store_dir),
+        )
+
+    @property
+    def output_dir(self) -> Path:
+        return self.settings.output_dir
+
+    @property
+    def work_dir(self) -> Path:
+        return self.settings.store_dir.parent / "work"
+
+    def model(self) -> HierarchicalModel:
+        with self._model_lock:
+            if self._model is None:
+                if self.settings.torch_threads:
+                    import torch
+
+                    torch.set_num_threads(self.settings.torch_threads)
+                self._model = load_bundle(self.settings.model_bundle_dir)
+            return self._model
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+_installed: Runtime | None = None
+_install_lock = threading.Lock()
+
+
+def install_runtime(runtime: Runtime | None) -> None:
+    """Make ``runtime`` the one flows in this process use (entrypoints and tests only)."""
+    global _installed
+    with _install_lock:
+        _installed = runtime
+
+
+def current_runtime() -> Runtime:
+    """The installed runtime, or one built from the environment (a bare Prefect worker)."""
+    global _installed
+    with _install_lock:
+        if _installed is None:
+            _installed = Runtime.create(load_settings())
+        return _installed

@@ -1,0 +1,73 @@
+"""The node in embedded mode: SCP + completion watcher + in-process triage flows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from db.migrate import upgrade
+from dicom_node.completion import StudyCompletionWatcher
+from dicom_node.scp import StorageSCP
+from flows.prefect_env import flow_run_settings
+from flows.runtime import Runtime, install_runtime
+from flows.triage import TriageSummary, triage_study
+
+logger = logging.getLogger(__name__)
+
+
+class TriageService:
+    """Receives studies and triages each one when it becomes ready.
+
+    Triage runs one study at a time in a worker thread (the models are CPU or
+    GPU bound; more threads would only compete), while the SCP keeps accepting.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.scp = StorageSCP(runtime.settings, runtime.sessions, runtime.store)
+        self.watcher = StudyCompletionWatcher(
+            runtime.sessions,
+            dt.timedelta(seconds=runtime.settings.study_stable_seconds),
+            self.submit,
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage")
+        self._futures: list[Future[TriageSummary | None]] = []
+        self._lock = threading.Lock()
+        self.address: tuple[str, int] | None = None
+
+    def start(self) -> tuple[str, int]:
+        upgrade(self.runtime.engine)
+        install_runtime(self.runtime)
+        self.address = self.scp.start()
+        self.watcher.recover()
+        self.watcher.start()
+        return self.address
+
+    def submit(self, study_instance_uid: str) -> Future[TriageSummary | None]:
+        future = self._executor.submit(self._triage, study_instance_uid)
+        with self._lock:
+            self._futures.append(future)
+        return future
+
+    def _triage(self, study_instance_uid: str) -> TriageSummary | None:
+        try:
+            with flow_run_settings(self.runtime.settings.prefect_flow_heartbeat):
+                return triage_study(study_instance_uid)
+        except Exception:
+            # The flow has recorded the failure (run FAILED, audit event); keep serving.
+            logger.exception("triage flow for study %s failed", study_instance_uid)
+            return None
+
+    def stop(self) -> None:
+        self.watcher.stop()
+        self.scp.stop()
+        self._executor.shutdown(wait=True, cancel_futures=False)
+
+    def __enter__(self) -> TriageService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,577 @@
+"""The ``triage_study`` flow: load, preprocess, region, fracture, Grad-CAM, outputs, send, record.
+
+Tasks pass UIDs, paths and numbers between them, never pixel arrays or patient
+data: tensors go through files in a per-run work directory, so Prefect's state
+(and its database) holds nothing a hospital would call PHI.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow, task
+from prefect.runtime import flow_run
+from pydicom import Dataset, dcmread
+from pydicom.uid import generate_uid
+
+from config import REGIONS, Settings
+from db.audit import AuditEventType, AuditLog, Outcome
+from db.models import Delivery, DeliveryStatus, RunStatus, StudyStatus
+from db.repositories import ImageResultRow, RunRepository, StudyRepository
+from dicom_node.results import (
+    AlgorithmIdentity,
+    BoundingBox,
+    ImageFinding,
+    StudyFinding,
+    Thresholds,
+)
+from dicom_node.secondary_capture import build_overlay_secondary_capture
+from dicom_node.sender import send_files
+from dicom_node.sr import build_triage_sr
+from dicom_node.store import write_durably
+from flows.runtime import Runtime, current_runtime
+from models.decision import aggregate_study, study_region
+from models.inference import HierarchicalModel
+from models.overlay import render_overlay
+from models.preprocessing import Geometry, display_image_from_dataset, preprocess
+
+logger = logging.getLogger(__name__)
+
+SR_SERIES_NUMBER = 9001
+SC_SERIES_NUMBER = 9002
+
+
+@dataclass(frozen=True)
+class TriageSummary:
+    """What ``triage_study`` returns: UIDs, numbers and paths only."""
+
+    study_instance_uid: str
+    status: str
+    run_id: int | None = None
+    region: str | None = None
+    fracture_probability: float | None = None
+    level: str | None = None
+    outputs: tuple[str, ...] = ()
+    undelivered: int = 0
+
+
+# -- tasks -----------------------------------------------------------------------------
+
+
+@task(name="load-study")
+def load_study(study_instance_uid: str) -> list[dict[str, str]]:
+    """The study's triageable instances (CR/DX, not our own outputs) as UID and path."""
+    runtime = current_runtime()
+    with runtime.sessions() as session:
+        runs = RunRepository(session)
+        return [
+            {
+                "sop_instance_uid": instance.sop_instance_uid,
+                "path": str(runtime.store.absolute(instance.path)),
+            }
+            for instance in StudyRepository(session).instances(
+                study_instance_uid, triageable_only=True
+            )
+            if not runs.is_our_output(instance.sop_instance_uid)
+        ]
+
+
+@task(name="preprocess")
+def preprocess_images(sources: list[dict[str, str]], work_dir: str) -> dict[str, Any]:
+    """Decode and preprocess each view; write the batch tensor to the work directory.
+
+    Views that cannot be decoded are reported by UID (and left out of the batch)
+    rather than failing the whole study.
+    """
+    model = current_runtime().model()
+    size = model.metadata.image_size
+    tensors, geometries, used, unreadable = [], [], [], []
+    for source in sources:
+        try:
+            dataset = dcmread(source["path"])
+            display = display_image_from_dataset(dataset)
+        except Exception as error:  # one bad view must not sink the study
+            logger.warning(
+                "cannot preprocess SOP Instance %s: %s",
+                source["sop_instance_uid"],
+                type(error).__name__,
+            )
+            unreadable.append(
+                {"sop_instance_uid": source["sop_instance_uid"], "reason": str(error)[:200]}
+            )
+            continue
+        tensor, geometry = preprocess(display, size)
+        tensors.append(tensor)
+        geometries.append(_geometry_to_dict(geometry))
+        used.append(source)
+    inputs_path = Path(work_dir) / "inputs.npy"
+    inputs_path.parent.mkdir(parents=True, exist_ok=True)
+    if tensors:
+        np.save(inputs_path, np.stack(tensors).astype(np.float32))
+    return {
+        "inputs_path": str(inputs_path),
+        "sources": used,
+        "geometries": geometries,
+        "unreadable": unreadable,
+    }
+
+
+@task(name="classify-region")
+def classify_regions(inputs_path: str) -> list[dict[str, Any]]:
+    images = np.load(inputs_path)
+    return [
+        {"region": region, "region_probability": probability}
+        for region, probability in current_runtime().model().classify_regions(images)
+    ]
+
+
+@task(name="classify-fracture")
+def classify_fractures(inputs_path: str, regions: list[dict[str, Any]]) -> list[float | None]:
+    images = np.load(inputs_path)
+    return current_runtime().model().classify_fractures(images, [r["region"] for r in regions])
+
+
+@task(name="grad-cam")
+def explain(inputs_path: str, regions: list[dict[str, Any]], work_dir: str) -> dict[str, Any]:
+    """Grad-CAM maps (to a file) and their hottest boxes, in model-input coordinates."""
+    images = np.load(inputs_path)
+    explanations = current_runtime().model().explain(images, [r["region"] for r in regions])
+    size = images.shape[-1]
+    cams = np.stack(
+        [cam if cam is not None else np.zeros((size, size), np.float32) for cam, _ in explanations]
+    )
+    cams_path = Path(work_dir) / "cams.npy"
+    np.save(cams_path, cams)
+    return {"cams_path": str(cams_path), "boxes": [box for _, box in explanations]}
+
+
+@task(name="build-outputs")
+def build_outputs(
+    study_instance_uid: str,
+    run_id: int,
+    preprocessed: dict[str, Any],
+    finding: StudyFinding,
+    explanation: dict[str, Any],
+) -> list[dict[str, str]]:
+    """Build the SR and one Grad-CAM Secondary Capture per view; write them to the output dir."""
+    runtime = current_runtime()
+    model = runtime.model()
+    algorithm = algorithm_identity(model)
+    sources = [dcmread(s["path"]) for s in preprocessed["sources"]]
+    cams = np.load(explanation["cams_path"])
+    study_dir = runtime.output_dir / study_instance_uid
+
+    outputs: list[dict[str, str]] = []
+    sr = build_triage_sr(
+        sources,
+        finding,
+        algorithm,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+        series_number=SR_SERIES_NUMBER,
+        instance_number=1,
+    )
+    outputs.append(_write_output(sr, "sr", study_dir))
+
+    sc_series_uid = generate_uid()
+    for number, (source, image, geometry, cam) in enumerate(
+        zip(sources, finding.images, preprocessed["geometries"], cams, strict=True), start=1
+    ):
+        geom = _geometry_from_dict(geometry)
+        display = display_image_from_dataset(source)
+        cam_source = geom.map_to_source(cam) if image.region is not None else None
+        box = _box_tuple(image.box)
+        overlay = render_overlay(
+            display,
+            cam_source,
+            box,
+            dotted=image.level is not None and image.level.name == "SUSPECTED",
+        )
+        sc = build_overlay_secondary_capture(
+            source,
+            overlay,
+            image,
+            algorithm,
+            series_instance_uid=sc_series_uid,
+            sop_instance_uid=generate_uid(),
+            series_number=SC_SERIES_NUMBER,
+            instance_number=number,
+        )
+        outputs.append(_write_output(sc, "sc", study_dir))
+
+    destinations = [d.name for d in runtime.settings.destinations]
+    with runtime.sessions.begin() as session:
+        runs = RunRepository(session)
+        audit = AuditLog(session)
+        run = runs.get(run_id)
+        for output in outputs:
+            runs.add_output(
+                run,
+                kind=output["kind"],
+                sop_class_uid=output["sop_class_uid"],
+                sop_instance_uid=output["sop_instance_uid"],
+                series_instance_uid=output["series_instance_uid"],
+                path=output["path"],
+                destinations=destinations,
+            )
+            audit.record(
+                AuditEventType.OUTPUT_CREATED,
+                actor="triage",
+                study_instance_uid=study_instance_uid,
+                sop_instance_uid=output["sop_instance_uid"],
+                kind=output["kind"],
+            )
+    return outputs
+
+
+@task(name="send", retries=2, retry_delay_seconds=[2, 10])
+def send_outputs(run_id: int) -> int:
+    """C-STORE the run's pending deliveries; raise (and so retry) while any is undelivered."""
+    runtime = current_runtime()
+    settings = runtime.settings
+    by_name = {d.name: d for d in settings.destinations}
+    with runtime.sessions() as session:
+        pending = RunRepository(session).pending_deliveries(run_id)
+        plan: dict[str, list[tuple[int, str, str]]] = {}
+        for delivery in pending:
+            plan.setdefault(delivery.destination, []).append(
+                (delivery.id, delivery.output.sop_instance_uid, delivery.output.path)
+            )
+    failures = 0
+    for name, items in plan.items():
+        destination = by_name.get(name)
+        if destination is None:
+            continue
+        outcomes = send_files(
+            [runtime.output_dir / path for _, _, path in items], destination, settings.ae_title
+        )
+        with runtime.sessions.begin() as session:
+            runs, audit = RunRepository(session), AuditLog(session)
+            for (delivery_id, sop_uid, _), outcome in zip(items, outcomes, strict=True):
+                delivery = session.get_one(Delivery, delivery_id)
+                if outcome.success:
+                    runs.mark_delivery(delivery, DeliveryStatus.SENT)
+                    audit.record(AuditEventType.OUTPUT_SENT, actor=name, sop_instance_uid=sop_uid)
+                else:
+                    failures += 1
+                    # Stays pending: the task's retries (and later the outbox) try again.
+                    runs.mark_delivery(delivery, DeliveryStatus.PENDING, outcome.error)
+                    audit.record(
+                        AuditEventType.OUTPUT_SEND_FAILED,
+                        Outcome.FAILURE,
+                        actor=name,
+                        sop_instance_uid=sop_uid,
+                        reason=outcome.error,
+                    )
+    if failures:
+        raise RuntimeError(f"{failures} deliveries of run {run_id} failed")
+    return 0
+
+
+# -- the flow ----------------------------------------------------------------------------
+
+
+@flow(name="triage-study", log_prints=False, persist_result=False)
+def triage_study(study_instance_uid: str, force: bool = False) -> TriageSummary:
+    """Triage one study: two-stage model, SR and Grad-CAM SCs, sent to every destination.
+
+    Parameters
+    ----------
+    study_instance_uid:
+        The study to triage (its instances are in the store and the DB).
+    force:
+        Triage even when the study is not READY (a re-run from the CLI).
+    """
+    runtime = current_runtime()
+    if not _claim(runtime, study_instance_uid, force):
+        logger.info("study %s is not ready (or already taken); skipped", study_instance_uid)
+        return TriageSummary(study_instance_uid, status="skipped")
+
+    sources = load_study(study_instance_uid)
+    if not sources:
+        _finish_without_run(runtime, study_instance_uid, "no triageable instances")
+        return TriageSummary(study_instance_uid, status=StudyStatus.NOT_TRIAGED.value)
+
+    model = runtime.model()
+    run_id = _start_run(runtime, study_instance_uid, model)
+    work_dir = runtime.work_dir / str(run_id)
+    try:
+        preprocessed = preprocess_images(sources, str(work_dir))
+        if not preprocessed["sources"]:
+            raise ValueError("no view of the study could be decoded")
+        regions = classify_regions(preprocessed["inputs_path"])
+        fractures = classify_fractures(preprocessed["inputs_path"], regions)
+        explanation = explain(preprocessed["inputs_path"], regions, str(work_dir))
+        finding = decide(
+            study_instance_uid,
+            [s["sop_instance_uid"] for s in preprocessed["sources"]],
+            regions,
+            fractures,
+            explanation["boxes"],
+            [_geometry_from_dict(g) for g in preprocessed["geometries"]],
+            model,
+            runtime.settings,
+        )
+        _record_results(runtime, run_id, finding)
+        outputs = build_outputs(study_instance_uid, run_id, preprocessed, finding, explanation)
+    except Exception as error:
+        _fail_run(runtime, study_instance_uid, run_id, error)
+        raise
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    undelivered = 0
+    if runtime.settings.destinations:
+        state = send_outputs(run_id, return_state=True)
+        if state.is_failed():
+            undelivered = _give_up_deliveries(runtime, run_id)
+    _finish_run(runtime, study_instance_uid, run_id, finding, model)
+    return TriageSummary(
+        study_instance_uid,
+        status=StudyStatus.TRIAGED.value,
+        run_id=run_id,
+        region=finding.region,
+        fracture_probability=finding.fracture_probability,
+        level=finding.level.value if finding.level else None,
+        outputs=tuple(o["path"] for o in outputs),
+        undelivered=undelivered,
+    )
+
+
+# -- pure decision logic -----------------------------------------------------------------
+
+
+def decide(
+    study_instance_uid: str,
+    sop_instance_uids: Sequence[str],
+    regions: Sequence[dict[str, Any]],
+    fractures: Sequence[float | None],
+    boxes: Sequence[Sequence[float] | None],
+    geometries: Sequence[Geometry],
+    model: HierarchicalModel,
+    settings: Settings,
+) -> StudyFinding:
+    """Turn per-view model outputs into the study finding, with the bundle's operating points."""
+    images = []
+    for uid, region, probability, box, geometry in zip(
+        sop_instance_uids, regions, fractures, boxes, geometries, strict=True
+    ):
+        name = region["region"]
+        if name is None or probability is None:
+            images.append(ImageFinding(uid, None, float(region["region_probability"])))
+            continue
+        thresholds = thresholds_for(model, name, settings)
+        source_box = BoundingBox(*geometry.box_to_source(*box)) if box is not None else None
+        images.append(
+            ImageFinding(
+                uid,
+                name,
+                float(region["region_probability"]),
+                float(probability),
+                thresholds.level(float(probability)),
+                source_box,
+            )
+        )
+
+    region = study_region([image.region for image in images])
+    if region is None:
+        thresholds = thresholds_for(model, REGIONS[0], settings)
+        return StudyFinding(study_instance_uid, None, None, None, thresholds, tuple(images))
+    thresholds = thresholds_for(model, region, settings)
+    probability = aggregate_study(
+        [
+            i.fracture_probability
+            for i in images
+            if i.region == region and i.fracture_probability is not None
+        ],
+        model.metadata.study_aggregation,
+    )
+    return StudyFinding(
+        study_instance_uid,
+        region,
+        probability,
+        thresholds.level(probability),
+        thresholds,
+        tuple(images),
+    )
+
+
+def thresholds_for(model: HierarchicalModel, region: str, settings: Settings) -> Thresholds:
+    """The bundle's operating points for ``region``, unless the site overrides them."""
+    suspected, likely = model.thresholds_for(region)
+    if settings.fracture_suspected_threshold is not None:
+        suspected = settings.fracture_suspected_threshold
+    if settings.fracture_likely_threshold is not None:
+        likely = settings.fracture_likely_threshold
+    return Thresholds(suspected, max(likely, suspected))
+
+
+def algorithm_identity(model: HierarchicalModel) -> AlgorithmIdentity:
+    metadata = model.metadata
+    return AlgorithmIdentity(
+        name=metadata.name,
+        version=metadata.version,
+        trained_on_synthetic_data=metadata.trained_on_synthetic_data,
+    )
+
+
+# -- DB bookkeeping (small helpers of the flow, each one transaction) ---------------------
+
+
+def _claim(runtime: Runtime, study_instance_uid: str, force: bool) -> bool:
+    with runtime.sessions.begin() as session:
+        studies = StudyRepository(session)
+        if studies.claim_for_triage(study_instance_uid):
+            return True
+        if force and studies.get(study_instance_uid) is not None:
+            return studies.set_status(study_instance_uid, StudyStatus.TRIAGING)
+        return False
+
+
+def _start_run(runtime: Runtime, study_instance_uid: str, model: HierarchicalModel) -> int:
+    flow_run_id = flow_run.get_id()
+    with runtime.sessions.begin() as session:
+        run = RunRepository(session).start(
+            study_instance_uid,
+            model_name=model.metadata.name,
+            model_version=model.metadata.version,
+            flow_run_id=str(flow_run_id) if flow_run_id else None,
+        )
+        AuditLog(session).record(
+            AuditEventType.TRIAGE_STARTED,
+            actor="triage",
+            study_instance_uid=study_instance_uid,
+            run_id=run.id,
+            model_name=model.metadata.name,
+            model_version=model.metadata.version,
+        )
+        return run.id
+
+
+def _record_results(runtime: Runtime, run_id: int, finding: StudyFinding) -> None:
+    with runtime.sessions.begin() as session:
+        runs = RunRepository(session)
+        runs.record_results(
+            runs.get(run_id),
+            images=[
+                ImageResultRow(
+                    i.sop_instance_uid,
+                    i.region,
+                    i.region_probability,
+                    i.fracture_probability,
+                    i.level.value if i.level else None,
+                )
+                for i in finding.images
+            ],
+            region=finding.region,
+            fracture_probability=finding.fracture_probability,
+            level=finding.level.value if finding.level else None,
+            threshold_suspected=finding.thresholds.suspected,
+            threshold_likely=finding.thresholds.likely,
+        )
+
+
+def _finish_run(
+    runtime: Runtime,
+    study_instance_uid: str,
+    run_id: int,
+    finding: StudyFinding,
+    model: HierarchicalModel,
+) -> None:
+    with runtime.sessions.begin() as session:
+        runs = RunRepository(session)
+        runs.finish(runs.get(run_id), RunStatus.SUCCEEDED)
+        # A study reopened by a late instance stays RECEIVING and is triaged again.
+        StudyRepository(session).set_status(
+            study_instance_uid, StudyStatus.TRIAGED, only_from=StudyStatus.TRIAGING
+        )
+        AuditLog(session).record(
+            AuditEventType.TRIAGE_FINISHED,
+            actor="triage",
+            study_instance_uid=study_instance_uid,
+            run_id=run_id,
+            model_name=model.metadata.name,
+            model_version=model.metadata.version,
+            region=finding.region,
+            level=finding.level.value if finding.level else None,
+        )
+
+
+def _fail_run(runtime: Runtime, study_instance_uid: str, run_id: int, error: Exception) -> None:
+    reason = f"{type(error).__name__}: {str(error)[:300]}"
+    logger.error("triage of study %s failed: %s", study_instance_uid, type(error).__name__)
+    with runtime.sessions.begin() as session:
+        runs = RunRepository(session)
+        runs.finish(runs.get(run_id), RunStatus.FAILED, reason)
+        StudyRepository(session).set_status(
+            study_instance_uid, StudyStatus.FAILED, only_from=StudyStatus.TRIAGING
+        )
+        AuditLog(session).record(
+            AuditEventType.TRIAGE_FAILED,
+            Outcome.FAILURE,
+            actor="triage",
+            study_instance_uid=study_instance_uid,
+            run_id=run_id,
+            reason=reason,
+        )
+
+
+def _finish_without_run(runtime: Runtime, study_instance_uid: str, reason: str) -> None:
+    with runtime.sessions.begin() as session:
+        StudyRepository(session).set_status(
+            study_instance_uid, StudyStatus.NOT_TRIAGED, only_from=StudyStatus.TRIAGING
+        )
+        AuditLog(session).record(
+            AuditEventType.TRIAGE_SKIPPED,
+            actor="triage",
+            study_instance_uid=study_instance_uid,
+            reason=reason,
+        )
+
+
+def _give_up_deliveries(runtime: Runtime, run_id: int) -> int:
+    """After the send task's retries: mark what is still pending as failed (audited above)."""
+    with runtime.sessions.begin() as session:
+        runs = RunRepository(session)
+        pending = runs.pending_deliveries(run_id)
+        for delivery in pending:
+            delivery.status = DeliveryStatus.FAILED
+        return len(pending)
+
+
+# -- small conversions --------------------------------------------------------------------
+
+
+def _write_output(dataset: Dataset, kind: str, study_dir: Path) -> dict[str, str]:
+    path = study_dir / dataset.SeriesInstanceUID / f"{dataset.SOPInstanceUID}.dcm"
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    write_durably(path, buffer.getbuffer())
+    return {
+        "kind": kind,
+        "sop_class_uid": str(dataset.SOPClassUID),
+        "sop_instance_uid": str(dataset.SOPInstanceUID),
+        "series_instance_uid": str(dataset.SeriesInstanceUID),
+        "path": str(path.relative_to(study_dir.parent)),
+    }
+
+
+def _geometry_to_dict(geometry: Geometry) -> dict[str, Any]:
+    return asdict(geometry)
+
+
+def _geometry_from_dict(values: dict[str, Any]) -> Geometry:
+    return Geometry(**values)
+
+
+def _box_tuple(box: BoundingBox | None) -> tuple[float, float, float, float] | None:
+    if box is None:
+        return None
+    return (box.row_min, box.col_min, box.row_max, box.col_max)

@@ -1,0 +1,236 @@
+"""Two-stage inference: region classifier, then that region's fracture classifier + Grad-CAM."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from config import REGION_CLASSES, REGIONS, UNSUPPORTED
+from models.bundle import BundleMetadata
+from models.gradcam import CamExplainer, hottest_box
+from models.networks import gradcam_target_layer
+
+logger = logging.getLogger(__name__)
+
+#: Fraction of the CAM maximum that delimits the hot box.
+BOX_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """Model output for one image (all coordinates in model-input pixels).
+
+    Attributes
+    ----------
+    region
+        Supported region, or None (unsupported or not confident enough).
+    region_probability
+        Softmax probability of the arg-max region class.
+    region_probabilities
+        Probability per class of :data:`config.REGION_CLASSES`.
+    fracture_probability
+        Probability of a fracture from the region's network; None without a region.
+    cam
+        Grad-CAM of the fracture output, float32 (S, S) in [0, 1]; None without a region.
+    box
+        Hottest box ``(row_min, col_min, row_max, col_max)`` of ``cam``; None without one.
+    """
+
+    region: str | None
+    region_probability: float
+    region_probabilities: dict[str, float]
+    fracture_probability: float | None
+    cam: np.ndarray | None
+    box: tuple[int, int, int, int] | None
+
+
+def fracture_probability(logits: torch.Tensor) -> torch.Tensor:
+    """Fracture probability from (N, 1) sigmoid or (N, 2) softmax logits."""
+    if logits.dim() != 2 or logits.shape[1] not in (1, 2):
+        raise ValueError(f"fracture logits shape {tuple(logits.shape)} is not (N, 1) or (N, 2)")
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=1)[:, 1]
+
+
+class HierarchicalModel:
+    """Region network plus one fracture network per region, in eval mode.
+
+    Parameters
+    ----------
+    metadata
+        The bundle metadata (thresholds, image size, network specs).
+    region_network
+        Stage 1, logits over :data:`config.REGION_CLASSES`.
+    fracture_networks
+        Stage 2 per region in ``metadata.regions``.
+    device
+        Torch device to run on.
+    """
+
+    def __init__(
+        self,
+        metadata: BundleMetadata,
+        region_network: nn.Module,
+        fracture_networks: dict[str, nn.Module],
+        device: str | torch.device = "cpu",
+    ) -> None:
+        missing = [region for region in metadata.regions if region not in fracture_networks]
+        if missing:
+            raise ValueError(f"no fracture network for regions {missing}")
+        self.metadata = metadata
+        self.device = torch.device(device)
+        self.region_network = region_network.to(self.device).eval()
+        self.fracture_networks = {
+            region: fracture_networks[region].to(self.device).eval() for region in metadata.regions
+        }
+        self._explainers: dict[str, CamExplainer] = {}
+        # Grad-CAM explains the fracture logit: index 0 of a sigmoid head, 1 of a softmax head.
+        self._fracture_class = 0 if metadata.fracture_network.out_channels == 1 else 1
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square model input."""
+        return self.metadata.image_size
+
+    def thresholds_for(self, region: str) -> tuple[float, float]:
+        """``(suspected, likely)`` operating points of ``region``.
+
+        Raises
+        ------
+        ValueError
+            If ``region`` is not one of the bundle's regions.
+        """
+        if region not in self.metadata.thresholds:
+            raise ValueError(f"no thresholds for region {region!r}; expected one of {REGIONS}")
+        points = self.metadata.thresholds[region]
+        return points.suspected, points.likely
+
+    def _explainer(self, region: str) -> CamExplainer:
+        if region not in self._explainers:
+            self._explainers[region] = CamExplainer(
+                self.fracture_networks[region],
+                gradcam_target_layer(self.metadata.fracture_network),
+            )
+        return self._explainers[region]
+
+    def _as_batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        batch = torch.as_tensor(images, dtype=torch.float32)
+        size = self.image_size
+        if batch.dim() != 4 or tuple(batch.shape[1:]) != (1, size, size):
+            raise ValueError(
+                f"images shape {tuple(batch.shape)} is not (N, 1, {size}, {size}); "
+                "run models.preprocessing.preprocess first"
+            )
+        if not torch.isfinite(batch).all():
+            raise ValueError("images contain non-finite values")
+        return batch.to(self.device)
+
+    def classify_regions(self, images: np.ndarray | torch.Tensor) -> list[tuple[str | None, float]]:
+        """Stage 1: ``(region or None, probability of the arg-max class)`` per image.
+
+        The region is None when the arg-max class is 'unsupported' or its
+        probability is below the bundle's ``region_min_probability``.
+        """
+        return [(region, max(probs.values())) for region, probs in self._regions(images)]
+
+    def _regions(
+        self, images: np.ndarray | torch.Tensor
+    ) -> list[tuple[str | None, dict[str, float]]]:
+        batch = self._as_batch(images)
+        if batch.shape[0] == 0:
+            return []
+        with torch.no_grad():
+            region_probs = torch.softmax(self.region_network(batch), dim=1).cpu().numpy()
+        if region_probs.shape[1] != len(REGION_CLASSES):
+            raise ValueError(
+                f"region network gives {region_probs.shape[1]} classes; "
+                f"expected {len(REGION_CLASSES)}"
+            )
+        results = []
+        for probs in region_probs:
+            name = REGION_CLASSES[int(np.argmax(probs))]
+            confident = float(probs.max()) >= self.metadata.region_min_probability
+            by_class = {c: float(p) for c, p in zip(REGION_CLASSES, probs, strict=True)}
+            results.append((name if name != UNSUPPORTED and confident else None, by_class))
+        return results
+
+    def _by_region(self, regions: list[str | None]) -> dict[str, list[int]]:
+        unknown = {r for r in regions if r is not None and r not in self.fracture_networks}
+        if unknown:
+            raise ValueError(f"no fracture network for regions {sorted(unknown)}")
+        groups: dict[str, list[int]] = {}
+        for index, region in enumerate(regions):
+            if region is not None:
+                groups.setdefault(region, []).append(index)
+        return groups
+
+    def classify_fractures(
+        self, images: np.ndarray | torch.Tensor, regions: list[str | None]
+    ) -> list[float | None]:
+        """Stage 2: fracture probability per image from its region's network (None without)."""
+        batch = self._as_batch(images)
+        if len(regions) != batch.shape[0]:
+            raise ValueError(f"{len(regions)} regions for {batch.shape[0]} images")
+        fracture: list[float | None] = [None] * batch.shape[0]
+        for region, indices in self._by_region(regions).items():
+            with torch.no_grad():
+                logits = self.fracture_networks[region](batch[indices])
+            for k, i in enumerate(indices):
+                fracture[i] = float(fracture_probability(logits)[k])
+        return fracture
+
+    def explain(
+        self, images: np.ndarray | torch.Tensor, regions: list[str | None]
+    ) -> list[tuple[np.ndarray | None, tuple[int, int, int, int] | None]]:
+        """Grad-CAM of the fracture output and its hottest box, per image (None without region)."""
+        batch = self._as_batch(images)
+        if len(regions) != batch.shape[0]:
+            raise ValueError(f"{len(regions)} regions for {batch.shape[0]} images")
+        explained: list[tuple[np.ndarray | None, tuple[int, int, int, int] | None]] = [
+            (None, None)
+        ] * batch.shape[0]
+        for region, indices in self._by_region(regions).items():
+            maps = self._explainer(region)(batch[indices], self._fracture_class)
+            for k, i in enumerate(indices):
+                explained[i] = (maps[k], hottest_box(maps[k], BOX_FRACTION))
+        return explained
+
+    def predict(
+        self, images: np.ndarray | torch.Tensor, explain: bool = True
+    ) -> list[ImagePrediction]:
+        """Classify region, then fracture, and explain with Grad-CAM.
+
+        Parameters
+        ----------
+        images
+            Preprocessed batch (N, 1, S, S), S = ``metadata.image_size``.
+        explain
+            Compute Grad-CAM maps and boxes (needs a backward pass per region batch).
+
+        Returns
+        -------
+        list of ImagePrediction
+            One per image, in input order.
+        """
+        regions = self._regions(images)
+        names = [name for name, _ in regions]
+        fractures = self.classify_fractures(images, names)
+        explained = self.explain(images, names) if explain else [(None, None)] * len(names)
+        return [
+            ImagePrediction(
+                region=name,
+                region_probability=max(probs.values()),
+                region_probabilities=probs,
+                fracture_probability=fracture,
+                cam=cam,
+                box=box,
+            )
+            for (name, probs), fracture, (cam, box) in zip(
+                regions, fractures, explained, strict=True
+            )
+        ]
