@@ -74,6 +74,19 @@ def assert_dciodvfy_clean(path: Path | str) -> str:
     return output
 
 
+def nema_cr(name: str) -> Path:
+    """A NEMA CR test image from the pydicom-data package (e.g. RG3_J2KR: JPEG 2000)."""
+    import warnings
+
+    from pydicom.data import get_testdata_files
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom-data warns that it cannot download extras
+        files = get_testdata_files(f"{name}.dcm")
+    require(bool(files), f"pydicom-data file {name} is not installed (pip install pydicom-data)")
+    return Path(files[0])
+
+
 # -- Orthanc -----------------------------------------------------------------------------
 
 

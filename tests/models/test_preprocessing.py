@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -18,6 +17,7 @@ from models.preprocessing import (
     preprocess,
     preprocessing_transform,
 )
+from tests.peers import nema_cr
 
 
 def _dataset(stored: np.ndarray, photometric: str = "MONOCHROME2", **extra: object) -> Dataset:
@@ -164,10 +164,7 @@ def test_box_round_trip_and_heatmap_mapping() -> None:
 
 
 def _nema(name: str) -> pydicom.Dataset:
-    files = get_testdata_files(f"{name}*")
-    if not files:
-        pytest.skip(f"pydicom-data file {name} is not installed")
-    return pydicom.dcmread(files[0])
+    return pydicom.dcmread(nema_cr(name))
 
 
 def test_real_cr_image_renders_sensibly() -> None:

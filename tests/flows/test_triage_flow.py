@@ -1,0 +1,113 @@
+"""The triage flow on real radiographs and the CLI demo, with real dcmtk peers."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from config import Settings
+from db.models import OutputObject, RunStatus, Study, StudyStatus
+from db.repositories import RunRepository
+from flows.cli import app
+from flows.runtime import Runtime
+from flows.service import TriageService
+from tests.peers import assert_dciodvfy_clean, nema_cr, require_binary
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for_status(runtime: Runtime, study_uid: str, timeout: float = 240) -> StudyStatus:
+    finished = {StudyStatus.TRIAGED, StudyStatus.FAILED, StudyStatus.NOT_TRIAGED}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with runtime.sessions() as session:
+            study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+            if study is not None and study.status in finished:
+                return study.status
+        time.sleep(0.5)
+    raise AssertionError(f"study {study_uid} not finished after {timeout} s")
+
+
+def test_real_jpeg2000_cr_is_triaged_with_valid_outputs(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real NEMA extremity CR (MONOCHROME1, JPEG 2000) sent by storescu."""
+    storescu = require_binary("storescu", "dcmtk")
+    source = nema_cr("RG3_J2KR")
+    header = dcmread(source, stop_before_pixels=True)
+    runtime = Runtime.create(make_settings())
+    caplog.set_level(logging.DEBUG)
+    with TriageService(runtime) as service:
+        assert service.address is not None
+        subprocess.run(
+            [
+                storescu,
+                "-xv",  # propose JPEG 2000 lossless, the file's transfer syntax
+                "-aec",
+                "FRACTURE_TRIAGE",
+                "127.0.0.1",
+                str(service.address[1]),
+                str(source),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        assert wait_for_status(runtime, header.StudyInstanceUID) is StudyStatus.TRIAGED
+
+    with runtime.sessions() as session:
+        run = RunRepository(session).latest_for_study(header.StudyInstanceUID)
+        assert run is not None and run.status is RunStatus.SUCCEEDED
+        (image,) = run.image_results
+        assert image.sop_instance_uid == header.SOPInstanceUID
+        outputs = list(session.scalars(select(OutputObject).order_by(OutputObject.id)))
+    assert [o.kind for o in outputs] == ["sr", "sc"]
+    for output in outputs:
+        path = runtime.output_dir / output.path
+        assert_dciodvfy_clean(path)
+        produced = dcmread(path)
+        assert produced.StudyInstanceUID == header.StudyInstanceUID
+        assert produced.SeriesInstanceUID != header.SeriesInstanceUID
+    sc = dcmread(runtime.output_dir / outputs[1].path)
+    assert (sc.Rows, sc.Columns) == (header.Rows, header.Columns)
+    assert sc.BurnedInAnnotation == "YES"
+
+    # Logs carry UIDs, never the patient's name or ID.
+    for value in (str(header.PatientName), str(header.PatientID)):
+        if value:
+            assert value not in caplog.text
+
+
+def test_demo_command_prints_the_triage_table(
+    tmp_path: Path, demo_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in {
+        "STORE_DIR": tmp_path / "store",
+        "OUTPUT_DIR": tmp_path / "outputs",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'audit.db'}",
+        "MODEL_BUNDLE_DIR": demo_bundle,
+        "PREFECT_FLOW_HEARTBEAT": "false",
+    }.items():
+        monkeypatch.setenv(f"FRACTURE_TRIAGE_{key}", str(value))
+    result = CliRunner().invoke(
+        app, ["demo", "--samples-dir", str(tmp_path / "samples"), "--timeout", "300"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Triage results" in result.output
+    for expected in ("wrist", "hand", "elbow", "unsupported"):
+        assert expected in result.output
+
+    studies = sorted(p.name for p in (tmp_path / "samples").iterdir() if p.is_dir())
+    assert len(studies) == 4
+    for study in studies:
+        files = list((tmp_path / "outputs" / study).rglob("*.dcm"))
+        kinds = {str(dcmread(f, stop_before_pixels=True).Modality) for f in files}
+        assert "SR" in kinds, f"no SR for study {study}"
