@@ -81,6 +81,22 @@ class Settings(BaseSettings):
     study_stable_seconds: float = Field(
         default=30.0, gt=0, description="Quiet period after which a study is ready."
     )
+    study_max_age_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A study still receiving this long after its first instance is triaged anyway.",
+    )
+
+    # Limits: what is over a limit is refused with a failure status and audited.
+    max_associations: int = Field(default=10, ge=1, description="Concurrent associations.")
+    max_pdu_bytes: int = Field(default=262_144, ge=0, description="Maximum PDU; 0: unlimited.")
+    max_instance_bytes: int = Field(default=512 * 1024**2, gt=0)
+    max_image_pixels: int = Field(
+        default=100_000_000, gt=0, description="Rows x Columns above which an image is refused."
+    )
+    min_free_disk_bytes: int = Field(
+        default=1024**3, ge=0, description="Instances are refused when the store has less free."
+    )
 
     # Storage and outputs
     store_dir: Path = Path("var/store")
@@ -130,6 +146,15 @@ class Settings(BaseSettings):
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
             raise ValueError(f"database URL must be sqlite:// or postgresql://, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_study_timing(self) -> Settings:
+        if self.study_max_age_seconds < self.study_stable_seconds:
+            raise ValueError(
+                f"study_max_age_seconds ({self.study_max_age_seconds}) must not be below "
+                f"study_stable_seconds ({self.study_stable_seconds})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> Settings:

@@ -11,7 +11,7 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -129,12 +129,24 @@ class StudyRepository:
             study.status = StudyStatus.RECEIVING
         return outcome
 
-    def mark_ready(self, quiet_for: dt.timedelta, now: dt.datetime | None = None) -> list[str]:
-        """Move studies quiet for ``quiet_for`` from RECEIVING to READY; return their UIDs."""
+    def mark_ready(
+        self,
+        quiet_for: dt.timedelta,
+        now: dt.datetime | None = None,
+        max_age: dt.timedelta | None = None,
+    ) -> list[str]:
+        """Move studies from RECEIVING to READY; return their UIDs.
+
+        A study is ready when quiet for ``quiet_for``, or when its first instance is
+        older than ``max_age`` (so a study that trickles in forever is still triaged).
+        """
         now = now or utcnow()
+        due = Study.last_received_at <= now - quiet_for
+        if max_age is not None:
+            due = or_(due, Study.first_received_at <= now - max_age)
         result = self._session.execute(
             update(Study)
-            .where(Study.status == StudyStatus.RECEIVING, Study.last_received_at <= now - quiet_for)
+            .where(Study.status == StudyStatus.RECEIVING, due)
             .values(status=StudyStatus.READY, ready_at=now, updated_at=now)
             .returning(Study.study_instance_uid)
         )

@@ -31,9 +31,11 @@ class StudyCompletionWatcher:
         quiet_for: dt.timedelta,
         on_ready: ReadyCallback,
         poll_interval: float | None = None,
+        max_age: dt.timedelta | None = None,
     ) -> None:
         self._sessions = session_factory
         self._quiet_for = quiet_for
+        self._max_age = max_age
         self._on_ready = on_ready
         self._interval = poll_interval or min(1.0, quiet_for.total_seconds() / 4)
         self._stop = threading.Event()
@@ -53,7 +55,7 @@ class StudyCompletionWatcher:
 
     def poll_once(self) -> list[str]:
         with self._sessions.begin() as session:
-            ready = StudyRepository(session).mark_ready(self._quiet_for)
+            ready = StudyRepository(session).mark_ready(self._quiet_for, max_age=self._max_age)
             audit = AuditLog(session)
             for uid in ready:
                 audit.record(

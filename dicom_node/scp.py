@@ -8,10 +8,12 @@ status and an audit event; nothing is dropped silently.
 from __future__ import annotations
 
 import logging
+import shutil
 from io import BytesIO
 from typing import Any
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
+from pydicom.encaps import generate_fragments
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -103,6 +105,8 @@ class StorageSCP:
             ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
         if self._settings.allowed_calling_ae_titles:
             ae.require_calling_aet = list(self._settings.allowed_calling_ae_titles)
+        ae.maximum_associations = self._settings.max_associations
+        ae.maximum_pdu_size = self._settings.max_pdu_bytes
         return ae
 
     def start(self) -> tuple[str, int]:
@@ -164,13 +168,35 @@ class StorageSCP:
             return OUT_OF_RESOURCES
 
     def _store_instance(self, event: evt.Event, calling_ae: str) -> int:
+        free = shutil.disk_usage(self._store.root).free
+        if free < self._settings.min_free_disk_bytes:
+            raise StoreRefusedError(OUT_OF_RESOURCES, f"store disk nearly full ({free} bytes free)")
+        encoded = event.encoded_dataset(include_meta=True)
+        if len(encoded) > self._settings.max_instance_bytes:
+            raise StoreRefusedError(
+                OUT_OF_RESOURCES,
+                f"instance of {len(encoded)} bytes exceeds max_instance_bytes "
+                f"({self._settings.max_instance_bytes})",
+            )
         try:
-            encoded = event.encoded_dataset(include_meta=True)
-            header = dcmread(BytesIO(encoded), stop_before_pixels=True)
+            header = dcmread(BytesIO(encoded))
+            rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
         except Exception as error:
             raise StoreRefusedError(
                 CANNOT_UNDERSTAND, f"dataset cannot be decoded ({type(error).__name__})"
             ) from None
+        if rows * columns > self._settings.max_image_pixels:
+            raise StoreRefusedError(
+                OUT_OF_RESOURCES,
+                f"image of {rows} x {columns} pixels exceeds max_image_pixels "
+                f"({self._settings.max_image_pixels})",
+            )
+        try:
+            pixel_problem = pixel_data_problem(header)
+        except Exception as error:
+            pixel_problem = f"pixel data cannot be decoded ({type(error).__name__})"
+        if pixel_problem:
+            raise StoreRefusedError(CANNOT_UNDERSTAND, pixel_problem)
 
         try:
             sop_uid = validate_uid(header.get("SOPInstanceUID"), "SOPInstanceUID")
@@ -233,6 +259,31 @@ class StorageSCP:
                 )
         except Exception:
             logger.exception("could not audit a refused instance")
+
+
+def pixel_data_problem(dataset: Dataset) -> str | None:
+    """Why the Pixel Data cannot be what the header declares, or None if it can.
+
+    A dataset cut short in its last element still parses; only comparing the
+    pixel data with Rows, Columns and the bit depth shows that it is truncated.
+    """
+    if "PixelData" not in dataset:
+        return None
+    syntax = dataset.file_meta.TransferSyntaxUID
+    if syntax.is_compressed:
+        fragments = sum(1 for _ in generate_fragments(dataset.PixelData))
+        return None if fragments else "encapsulated pixel data holds no fragment"
+    expected_bits = (
+        int(dataset.Rows)
+        * int(dataset.Columns)
+        * int(dataset.get("SamplesPerPixel", 1))
+        * int(dataset.get("NumberOfFrames", 1) or 1)
+        * int(dataset.BitsAllocated)
+    )
+    actual = len(dataset.PixelData)
+    if actual * 8 < expected_bits:
+        return f"pixel data has {actual} bytes, the header declares {(expected_bits + 7) // 8}"
+    return None
 
 
 _AUDIT_FOR_OUTCOME = {

@@ -41,6 +41,7 @@ def _setup_logging(verbose: bool = False) -> None:
     )
     # pynetdicom logs whole datasets at DEBUG; keep it to warnings so no PHI reaches a log.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one per line
 
 
 def _settings(config: Path | None, **overrides: object) -> Settings:
@@ -202,33 +203,40 @@ def _ensure_bundle(bundle_dir: Path) -> None:
 def _print_results(runtime: Runtime, study_uids: list[str]) -> None:
     from db.repositories import RunRepository, StudyRepository
 
-    table = Table(title="Triage results", show_lines=False)
+    table = Table(title="Triage results")
     for column in ("study", "status", "region", "probability", "decision", "outputs"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     with runtime.sessions() as session:
         for uid in study_uids:
             study = StudyRepository(session).get(uid)
             run = RunRepository(session).latest_for_study(uid)
             result = run.study_result if run else None
             outputs = run.outputs if run else []
-            kinds = {kind: sum(o.kind == kind for o in outputs) for kind in ("sr", "sc")}
+            sr = sum(o.kind == "sr" for o in outputs)
+            sc = sum(o.kind == "sc" for o in outputs)
+            if result is None:
+                region = probability = "-"
+                decision = run.error if run and run.error else "-"
+            elif result.region is None:
+                region, probability, decision = "unsupported", "-", "no supported region"
+            else:
+                region = result.region
+                probability = f"{result.fracture_probability:.2f}"
+                decision = result.level or "-"
             table.add_row(
                 _short(uid),
                 str(study.status) if study else "unknown",
-                (result.region or "unsupported") if result else "-",
-                f"{result.fracture_probability:.2f}"
-                if result and result.fracture_probability is not None
-                else "-",
-                (result.level or "not triaged") if result else (run.error if run else "-"),
-                f"SR x{kinds['sr']}, SC x{kinds['sc']} in {runtime.output_dir / uid}"
-                if outputs
-                else "-",
+                region,
+                probability,
+                decision,
+                f"SR {sr}, SC {sc}" if outputs else "-",
             )
     console.print(table)
+    console.print(f"Output files: {runtime.output_dir}/<study UID>/<series UID>/<SOP UID>.dcm")
 
 
 def _short(uid: str) -> str:
-    return uid if len(uid) <= 24 else f"...{uid[-21:]}"
+    return uid if len(uid) <= 16 else f"…{uid[-15:]}"
 
 
 if __name__ == "__main__":

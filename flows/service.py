@@ -31,6 +31,7 @@ class TriageService:
             runtime.sessions,
             dt.timedelta(seconds=runtime.settings.study_stable_seconds),
             self.submit,
+            max_age=dt.timedelta(seconds=runtime.settings.study_max_age_seconds),
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage")
         self._futures: list[Future[TriageSummary | None]] = []

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
 from sqlalchemy import select
 
@@ -18,7 +22,11 @@ from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from db.models import Instance
 from dicom_node.scp import StorageSCP
-from dicom_node.statuses import DATASET_DOES_NOT_MATCH_SOP_CLASS
+from dicom_node.statuses import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+)
 from dicom_node.store import InstanceStore
 from tests.dicom_node.conftest import make_dx
 from tests.peers import require_binary
@@ -141,6 +149,9 @@ def test_unknown_calling_ae_is_rejected_and_audited(start_scp: Callable[..., Run
         timeout=30,
     )
     assert refused.returncode != 0
+    deadline = time.monotonic() + 10  # the SCP audits after it has sent the reject
+    while not node.events(AuditEventType.ASSOCIATION_REJECTED) and time.monotonic() < deadline:
+        time.sleep(0.05)
     (event,) = node.events(AuditEventType.ASSOCIATION_REJECTED)
     assert event.actor == "STRANGER"
     allowed = subprocess.run(
@@ -195,3 +206,106 @@ def test_path_traversal_uid_is_refused_and_nothing_is_written(
         )
         == 0
     )
+
+
+def _echo_ok(node: RunningSCP) -> bool:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.settings.ae_title)
+    try:
+        return assoc.is_established and assoc.send_c_echo().Status == 0
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _send_file(node: RunningSCP, path: Path) -> int:
+    """Send a file's bytes as they are: pynetdicom streams it without decoding."""
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(DigitalXRayImageStorageForPresentation, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.settings.ae_title)
+    assert assoc.is_established
+    try:
+        return assoc.send_c_store(path).Status
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+        assoc.release()
+
+
+def _good_dx(index: int) -> Dataset:
+    return make_dx(
+        study_instance_uid="1.2.826.0.1.3680043.10.1.2",
+        series_instance_uid="1.2.826.0.1.3680043.10.1.2.1",
+        sop_instance_uid=f"1.2.826.0.1.3680043.10.1.2.1.{index}",
+    )
+
+
+def test_huge_declared_image_is_refused(start_scp: Callable[..., RunningSCP]) -> None:
+    node = start_scp()
+    ds = _good_dx(1)
+    ds.Rows = ds.Columns = 65_535  # the most US allows; declared only, pixel data stays small
+    assert _send(node, ds) == OUT_OF_RESOURCES
+    (event,) = node.events(AuditEventType.INSTANCE_REFUSED)
+    assert "max_image_pixels" in event.detail["reason"]
+    assert _echo_ok(node)
+
+
+def test_instance_over_the_size_limit_is_refused(start_scp: Callable[..., RunningSCP]) -> None:
+    node = start_scp(max_instance_bytes=10_000)
+    assert _send(node, _good_dx(1)) == OUT_OF_RESOURCES
+    (event,) = node.events(AuditEventType.INSTANCE_REFUSED)
+    assert "max_instance_bytes" in event.detail["reason"]
+
+
+def test_nearly_full_disk_refuses_instances(start_scp: Callable[..., RunningSCP]) -> None:
+    node = start_scp(min_free_disk_bytes=2**62)  # more than any disk has free
+    assert _send(node, _good_dx(1)) == OUT_OF_RESOURCES
+    (event,) = node.events(AuditEventType.INSTANCE_REFUSED)
+    assert "disk" in event.detail["reason"]
+    assert not any(node.store.root.rglob("*.dcm"))
+
+
+def test_truncated_dataset_is_refused(start_scp: Callable[..., RunningSCP], tmp_path: Path) -> None:
+    node = start_scp()
+    path = tmp_path / "whole.dcm"
+    _good_dx(1).save_as(path, enforce_file_format=True)
+    truncated = tmp_path / "truncated.dcm"
+    data = path.read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])  # cut inside the pixel data element
+    status = _send_file(node, truncated)
+    assert status != 0
+    assert node.events(AuditEventType.INSTANCE_REFUSED)
+    assert not any(node.store.root.rglob("*.dcm"))
+    assert _echo_ok(node)
+
+
+def test_wrong_value_length_is_refused(
+    start_scp: Callable[..., RunningSCP], tmp_path: Path
+) -> None:
+    node = start_scp()
+    path = tmp_path / "bad-vr.dcm"
+    _good_dx(1).save_as(path, enforce_file_format=True)
+    data = bytearray(path.read_bytes())
+    # Rows (0028,0010) US: give it a 3-byte value length, which no US value can have.
+    tag = bytes.fromhex("28001000") + b"US"
+    at = data.index(tag)
+    data[at + 6 : at + 8] = (3).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    assert _send_file(node, path) == CANNOT_UNDERSTAND
+    (event,) = node.events(AuditEventType.INSTANCE_REFUSED)
+    assert "cannot be decoded" in event.detail["reason"]
+    assert _echo_ok(node)
+
+
+def test_garbage_bytes_on_the_port_do_not_hurt_the_node(
+    start_scp: Callable[..., RunningSCP],
+) -> None:
+    node = start_scp()
+    for payload in (os.urandom(4096), b"\x01\x00\x00\x00\xff\xff\xff\xff" + os.urandom(64)):
+        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
+            sock.sendall(payload)
+            sock.settimeout(5)
+            with contextlib.suppress(TimeoutError, ConnectionResetError):
+                sock.recv(1024)
+    assert _echo_ok(node)
