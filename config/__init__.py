@@ -6,6 +6,7 @@ from config.settings import (
     Destination,
     Settings,
     SettingsError,
+    TlsSettings,
     load_settings,
     validate_ae_title,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "FractureLevel",
     "Settings",
     "SettingsError",
+    "TlsSettings",
     "load_settings",
     "validate_ae_title",
 ]

@@ -43,6 +43,30 @@ def validate_ae_title(value: str) -> str:
     return value
 
 
+class TlsSettings(BaseModel):
+    """The node's TLS identity: PEM files, checked to exist at load time.
+
+    Only paths are held here; the key is read by :mod:`ssl` when a context is
+    built and never enters the settings, a log or a repr.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cert_file: Path = Field(description="PEM certificate (chain) of the node.")
+    key_file: Path = Field(description="PEM private key of the node, unencrypted.")
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle to verify peers; set, the SCP requires client certificates.",
+    )
+
+    @field_validator("cert_file", "key_file", "ca_file")
+    @classmethod
+    def _check_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {str(value)!r} does not exist")
+        return value
+
+
 class Destination(BaseModel):
     """A DICOM peer that receives the results by C-STORE."""
 
@@ -52,6 +76,10 @@ class Destination(BaseModel):
     ae_title: str
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
+    tls: bool = Field(
+        default=False,
+        description="Send over TLS, with the node's certificate and CA when `tls` is set.",
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -78,6 +106,9 @@ class Settings(BaseSettings):
         description="Calling AE titles allowed to associate; empty accepts any caller.",
     )
     destinations: tuple[Destination, ...] = ()
+    tls: TlsSettings | None = Field(
+        default=None, description="TLS for the SCP (and the identity used by TLS destinations)."
+    )
     study_stable_seconds: float = Field(
         default=30.0, gt=0, description="Quiet period after which a study is ready."
     )
@@ -97,6 +128,11 @@ class Settings(BaseSettings):
     min_free_disk_bytes: int = Field(
         default=1024**3, ge=0, description="Instances are refused when the store has less free."
     )
+
+    # Outbox: transient send failures are retried with exponential backoff up to a cap.
+    outbox_retry_base_seconds: float = Field(default=5.0, gt=0)
+    outbox_retry_cap_seconds: float = Field(default=300.0, gt=0)
+    outbox_poll_seconds: float = Field(default=2.0, gt=0)
 
     # Storage and outputs
     store_dir: Path = Path("var/store")

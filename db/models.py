@@ -226,6 +226,9 @@ class Delivery(Base):
     status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(
+        index=True, doc="When the outbox may try again; None: at once."
+    )
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     sent_at: Mapped[dt.datetime | None]
 

@@ -331,12 +331,31 @@ class RunRepository:
             query = query.join(OutputObject).where(OutputObject.run_id == run_id)
         return list(self._session.scalars(query.order_by(Delivery.id)))
 
+    def due_deliveries(
+        self, now: dt.datetime | None = None, run_id: int | None = None
+    ) -> list[Delivery]:
+        """Pending deliveries whose backoff has expired (all of a run's when ``run_id``)."""
+        now = now or utcnow()
+        query = select(Delivery).where(
+            Delivery.status == DeliveryStatus.PENDING,
+            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+        )
+        if run_id is not None:
+            query = query.join(OutputObject).where(OutputObject.run_id == run_id)
+        return list(self._session.scalars(query.order_by(Delivery.id)))
+
     def mark_delivery(
-        self, delivery: Delivery, status: DeliveryStatus, error: str | None = None
+        self,
+        delivery: Delivery,
+        status: DeliveryStatus,
+        error: str | None = None,
+        retry_at: dt.datetime | None = None,
     ) -> None:
+        """Record one attempt: sent, failed for good, or pending again until ``retry_at``."""
         delivery.status = status
         delivery.attempts += 1
         delivery.last_error = error
+        delivery.next_attempt_at = retry_at if status == DeliveryStatus.PENDING else None
         if status == DeliveryStatus.SENT:
             delivery.sent_at = utcnow()
 

@@ -43,6 +43,7 @@ from dicom_node.statuses import (
     SUCCESS,
 )
 from dicom_node.store import InstanceStore
+from dicom_node.tls import server_context
 from dicom_node.uids import InvalidUIDError, validate_uid
 
 logger = logging.getLogger(__name__)
@@ -120,9 +121,17 @@ class StorageSCP:
             (evt.EVT_REJECTED, self.handle_rejected),
         ]
         address = (self._settings.bind_address, self._settings.port)
-        self._server = self.build_ae().start_server(address, block=False, evt_handlers=handlers)
+        ssl_context = server_context(self._settings.tls) if self._settings.tls else None
+        self._server = self.build_ae().start_server(
+            address, block=False, evt_handlers=handlers, ssl_context=ssl_context
+        )
         bound = self._server.server_address
-        logger.info("storage SCP %s listening on %s:%s", self._settings.ae_title, *bound[:2])
+        logger.info(
+            "storage SCP %s listening on %s:%s%s",
+            self._settings.ae_title,
+            *bound[:2],
+            " (TLS)" if ssl_context else "",
+        )
         return bound[0], bound[1]
 
     def stop(self) -> None:

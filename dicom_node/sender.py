@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,15 +24,24 @@ class SendOutcome:
     success: bool
     status: int | None
     error: str | None = None
+    #: True when sending again cannot help (the peer refuses the SOP class or the data set).
+    permanent: bool = False
 
 
 def send_files(
-    paths: list[Path], destination: Destination, calling_ae_title: str, timeout: float = 30
+    paths: list[Path],
+    destination: Destination,
+    calling_ae_title: str,
+    timeout: float = 30,
+    *,
+    tls: ssl.SSLContext | None = None,
 ) -> list[SendOutcome]:
     """C-STORE ``paths`` to ``destination`` over one association.
 
     Every file gets an outcome: a refused association or a dropped connection
     is reported per file, never raised, so the caller can record each delivery.
+    With ``tls``, the association runs over TLS with that client context; the
+    destination's host is the name its certificate is checked against.
     """
     datasets = [dcmread(path) for path in paths]
     ae = AE(ae_title=calling_ae_title)
@@ -41,12 +51,18 @@ def send_files(
     ):
         ae.add_requested_context(sop_class, syntax)
 
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    assoc = ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        tls_args=(tls, destination.host) if tls is not None else None,
+    )
     if not assoc.is_established:
-        reason = "association rejected" if assoc.is_rejected else "association failed"
+        reason, permanent = _association_failure(assoc)
         logger.warning("%s by destination %s", reason, destination.name)
         return [
-            SendOutcome(ds.SOPInstanceUID, destination.name, False, None, reason) for ds in datasets
+            SendOutcome(ds.SOPInstanceUID, destination.name, False, None, reason, permanent)
+            for ds in datasets
         ]
 
     outcomes = []
@@ -59,10 +75,29 @@ def send_files(
     return outcomes
 
 
+def _association_failure(assoc: Association) -> tuple[str, bool]:
+    """Why an association did not come up, and whether trying again could help.
+
+    Final: a rejected-permanent (result 1), or an accepted association in which the
+    peer accepted none of our presentation contexts (it refuses the SOP classes).
+    Transient: rejected-transient, and a peer that is down or does not answer.
+    """
+    result = getattr(assoc.acceptor.primitive, "result", None)
+    if assoc.is_rejected:
+        return "association rejected", result == 0x01
+    if result == 0x00:
+        return "no presentation context accepted: SOP class refused by the destination", True
+    return "association failed (destination unreachable or not answering)", False
+
+
 def _store_one(assoc: Association, ds: Dataset, destination: Destination) -> SendOutcome:
     uid = str(ds.SOPInstanceUID)
     if not assoc.is_established:
         return SendOutcome(uid, destination.name, False, None, "association lost")
+    if not any(cx.abstract_syntax == ds.SOPClassUID for cx in assoc.accepted_contexts):
+        return SendOutcome(
+            uid, destination.name, False, None, "SOP class refused by the destination", True
+        )
     status = assoc.send_c_store(ds)
     code = getattr(status, "Status", None)
     if code is None:
@@ -70,4 +105,8 @@ def _store_one(assoc: Association, ds: Dataset, destination: Destination) -> Sen
     category = code_to_category(code)
     if category in ("Success", "Warning"):
         return SendOutcome(uid, destination.name, True, code)
-    return SendOutcome(uid, destination.name, False, code, f"status 0x{code:04X} ({category})")
+    # 0xA7xx (out of resources) is worth retrying; other failures describe the data set.
+    permanent = category == "Failure" and not 0xA700 <= code <= 0xA7FF
+    return SendOutcome(
+        uid, destination.name, False, code, f"status 0x{code:04X} ({category})", permanent
+    )

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings, load_settings
 from db.engine import make_engine, make_session_factory
+from dicom_node.outbox import Outbox
 from dicom_node.store import InstanceStore
 from models.bundle import load_bundle
 from models.inference import HierarchicalModel
@@ -28,6 +29,7 @@ class Runtime:
     sessions: sessionmaker[Session]
     store: InstanceStore
     _model: HierarchicalModel | None = field(default=None, repr=False)
+    _outbox: Outbox | None = field(default=None, repr=False)
     _model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -47,6 +49,13 @@ class Runtime:
     @property
     def work_dir(self) -> Path:
         return self.settings.store_dir.parent / "work"
+
+    @property
+    def outbox(self) -> Outbox:
+        with self._model_lock:
+            if self._outbox is None:
+                self._outbox = Outbox(self.settings, self.sessions)
+            return self._outbox
 
     def model(self) -> HierarchicalModel:
         with self._model_lock:

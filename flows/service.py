@@ -9,6 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from db.migrate import upgrade
 from dicom_node.completion import StudyCompletionWatcher
+from dicom_node.outbox import OutboxWorker
 from dicom_node.scp import StorageSCP
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
@@ -33,6 +34,7 @@ class TriageService:
             self.submit,
             max_age=dt.timedelta(seconds=runtime.settings.study_max_age_seconds),
         )
+        self.outbox = OutboxWorker(runtime.outbox, runtime.settings.outbox_poll_seconds)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage")
         self._futures: list[Future[TriageSummary | None]] = []
         self._lock = threading.Lock()
@@ -44,6 +46,7 @@ class TriageService:
         self.address = self.scp.start()
         self.watcher.recover()
         self.watcher.start()
+        self.outbox.start()  # also sends what a previous run left pending
         return self.address
 
     def submit(self, study_instance_uid: str) -> Future[TriageSummary | None]:
@@ -65,6 +68,7 @@ class TriageService:
         self.watcher.stop()
         self.scp.stop()
         self._executor.shutdown(wait=True, cancel_futures=False)
+        self.outbox.stop()
 
     def __enter__(self) -> TriageService:
         self.start()

@@ -23,7 +23,7 @@ from pydicom.uid import generate_uid
 
 from config import REGIONS, Settings
 from db.audit import AuditEventType, AuditLog, Outcome
-from db.models import Delivery, DeliveryStatus, RunStatus, StudyStatus
+from db.models import RunStatus, StudyStatus
 from db.repositories import ImageResultRow, RunRepository, StudyRepository
 from dicom_node.results import (
     AlgorithmIdentity,
@@ -33,7 +33,6 @@ from dicom_node.results import (
     Thresholds,
 )
 from dicom_node.secondary_capture import build_overlay_secondary_capture
-from dicom_node.sender import send_files
 from dicom_node.sr import build_triage_sr
 from dicom_node.store import write_durably
 from flows.runtime import Runtime, current_runtime
@@ -231,48 +230,15 @@ def build_outputs(
     return outputs
 
 
-@task(name="send", retries=2, retry_delay_seconds=[2, 10])
-def send_outputs(run_id: int) -> int:
-    """C-STORE the run's pending deliveries; raise (and so retry) while any is undelivered."""
-    runtime = current_runtime()
-    settings = runtime.settings
-    by_name = {d.name: d for d in settings.destinations}
-    with runtime.sessions() as session:
-        pending = RunRepository(session).pending_deliveries(run_id)
-        plan: dict[str, list[tuple[int, str, str]]] = {}
-        for delivery in pending:
-            plan.setdefault(delivery.destination, []).append(
-                (delivery.id, delivery.output.sop_instance_uid, delivery.output.path)
-            )
-    failures = 0
-    for name, items in plan.items():
-        destination = by_name.get(name)
-        if destination is None:
-            continue
-        outcomes = send_files(
-            [runtime.output_dir / path for _, _, path in items], destination, settings.ae_title
-        )
-        with runtime.sessions.begin() as session:
-            runs, audit = RunRepository(session), AuditLog(session)
-            for (delivery_id, sop_uid, _), outcome in zip(items, outcomes, strict=True):
-                delivery = session.get_one(Delivery, delivery_id)
-                if outcome.success:
-                    runs.mark_delivery(delivery, DeliveryStatus.SENT)
-                    audit.record(AuditEventType.OUTPUT_SENT, actor=name, sop_instance_uid=sop_uid)
-                else:
-                    failures += 1
-                    # Stays pending: the task's retries (and later the outbox) try again.
-                    runs.mark_delivery(delivery, DeliveryStatus.PENDING, outcome.error)
-                    audit.record(
-                        AuditEventType.OUTPUT_SEND_FAILED,
-                        Outcome.FAILURE,
-                        actor=name,
-                        sop_instance_uid=sop_uid,
-                        reason=outcome.error,
-                    )
-    if failures:
-        raise RuntimeError(f"{failures} deliveries of run {run_id} failed")
-    return 0
+@task(name="send")
+def send_outputs(run_id: int) -> dict[str, int]:
+    """One outbox pass over the run's deliveries; what fails transiently stays queued.
+
+    No task retries here: the outbox retries with backoff (and across restarts),
+    so a PACS that is down for an hour does not hold the flow run open.
+    """
+    result = current_runtime().outbox.send_due(run_id)
+    return {"sent": result.sent, "failed": result.failed, "retrying": result.retrying}
 
 
 # -- the flow ----------------------------------------------------------------------------
@@ -329,9 +295,8 @@ def triage_study(study_instance_uid: str, force: bool = False) -> TriageSummary:
 
     undelivered = 0
     if runtime.settings.destinations:
-        state = send_outputs(run_id, return_state=True)
-        if state.is_failed():
-            undelivered = _give_up_deliveries(runtime, run_id)
+        sent = send_outputs(run_id)
+        undelivered = sent["failed"] + sent["retrying"]
     _finish_run(runtime, study_instance_uid, run_id, finding, model)
     return TriageSummary(
         study_instance_uid,
@@ -534,16 +499,6 @@ def _finish_without_run(runtime: Runtime, study_instance_uid: str, reason: str) 
             study_instance_uid=study_instance_uid,
             reason=reason,
         )
-
-
-def _give_up_deliveries(runtime: Runtime, run_id: int) -> int:
-    """After the send task's retries: mark what is still pending as failed (audited above)."""
-    with runtime.sessions.begin() as session:
-        runs = RunRepository(session)
-        pending = runs.pending_deliveries(run_id)
-        for delivery in pending:
-            delivery.status = DeliveryStatus.FAILED
-        return len(pending)
 
 
 # -- small conversions --------------------------------------------------------------------

@@ -1,0 +1,165 @@
+"""The durable outbox against real peers: an absent PACS, then dcmtk's storescp."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+from sqlalchemy.orm import Session, sessionmaker
+
+from config import Destination, Settings, load_settings
+from db.audit import AuditEventType, AuditLog
+from db.engine import make_engine, make_session_factory
+from db.migrate import upgrade
+from db.models import Delivery, DeliveryStatus
+from db.repositories import ReceivedInstance, RunRepository, StudyRepository
+from dicom_node.outbox import Backoff, Outbox, OutboxPass
+from tests.dicom_node.conftest import make_dx
+from tests.peers import free_port, require_binary, wait_for_port
+
+STUDY = "1.2.826.0.1.3680043.10.2.1"
+
+
+@pytest.fixture
+def pacs_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, pacs_port: int) -> Settings:
+    return load_settings(
+        None,
+        store_dir=tmp_path / "store",
+        output_dir=tmp_path / "outputs",
+        database_url=f"sqlite:///{tmp_path / 'audit.db'}",
+        destinations=(Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=pacs_port),),
+        outbox_retry_base_seconds=0.2,
+        outbox_retry_cap_seconds=1.0,
+    )
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def queue_output(settings: Settings, sessions: sessionmaker[Session], index: int = 1) -> str:
+    """One produced object on disk and its delivery row, as a triage run leaves them."""
+    sop_uid = f"{STUDY}.9.{index}"
+    ds = make_dx(
+        study_instance_uid=STUDY, series_instance_uid=f"{STUDY}.9", sop_instance_uid=sop_uid
+    )
+    relative = f"{STUDY}/{STUDY}.9/{sop_uid}.dcm"
+    (settings.output_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(settings.output_dir / relative, enforce_file_format=True)
+    with sessions.begin() as session:
+        if StudyRepository(session).get(STUDY) is None:
+            StudyRepository(session).record_instance(
+                ReceivedInstance(
+                    STUDY,
+                    f"{STUDY}.1",
+                    f"{STUDY}.1.1",
+                    ds.SOPClassUID,
+                    "1.2.840.10008.1.2.1",
+                    "DX",
+                    True,
+                    "x",
+                    1,
+                    "0" * 64,
+                    None,
+                )
+            )
+        runs = RunRepository(session)
+        run = runs.start(STUDY, model_name="m", model_version="1")
+        runs.add_output(
+            run,
+            kind="sc",
+            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=sop_uid,
+            series_instance_uid=f"{STUDY}.9",
+            path=relative,
+            destinations=["pacs"],
+        )
+    return sop_uid
+
+
+def deliveries(sessions: sessionmaker[Session]) -> list[Delivery]:
+    with sessions() as session:
+        return list(session.query(Delivery).order_by(Delivery.id))
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    backoff = Backoff(base_seconds=2, cap_seconds=30)
+    assert [backoff.delay(n).total_seconds() for n in (1, 2, 3, 4, 5, 6)] == [2, 4, 8, 16, 30, 30]
+    with pytest.raises(ValueError, match="backoff"):
+        Backoff(base_seconds=5, cap_seconds=1)
+
+
+def test_absent_pacs_is_retried_with_backoff_then_gets_each_object_once(
+    settings: Settings, sessions: sessionmaker[Session], pacs_port: int, tmp_path: Path
+) -> None:
+    storescp = require_binary("storescp", "dcmtk")
+    sop_uid = queue_output(settings, sessions)
+    outbox = Outbox(settings, sessions)
+
+    # The PACS is down: the delivery stays pending, with a backoff, and is audited.
+    assert outbox.send_due().retrying == 1
+    (delivery,) = deliveries(sessions)
+    assert delivery.status is DeliveryStatus.PENDING and delivery.attempts == 1
+    assert delivery.next_attempt_at is not None
+    assert delivery.next_attempt_at > dt.datetime.now(dt.UTC)
+    assert outbox.send_due().retrying == 0  # not due yet: nothing is attempted
+
+    received = tmp_path / "pacs"
+    received.mkdir()
+    pacs = subprocess.Popen(
+        [storescp, "-aet", "PACS", "-od", str(received), "--fork", str(pacs_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(pacs_port)
+        time.sleep(settings.outbox_retry_base_seconds * 2)
+        assert outbox.send_due().sent == 1
+        assert outbox.send_due() == OutboxPass()  # nothing left to send
+    finally:
+        pacs.terminate()
+        pacs.wait(timeout=10)
+
+    (delivery,) = deliveries(sessions)
+    assert delivery.status is DeliveryStatus.SENT and delivery.attempts == 2
+    files = list(received.iterdir())
+    assert len(files) == 1 and sop_uid in files[0].name  # same SOP Instance UID, exactly once
+    with sessions() as session:
+        audit = AuditLog(session)
+        assert len(audit.of_type(AuditEventType.OUTPUT_SEND_FAILED)) == 1
+        assert len(audit.of_type(AuditEventType.OUTPUT_SENT)) == 1
+
+
+def test_refused_sop_class_fails_for_good(
+    settings: Settings, sessions: sessionmaker[Session], pacs_port: int
+) -> None:
+    queue_output(settings, sessions)
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(CTImageStorage)  # a PACS that takes CT only: DX is refused
+    server = ae.start_server(("127.0.0.1", pacs_port), block=False)
+    try:
+        result = Outbox(settings, sessions).send_due()
+    finally:
+        server.shutdown()
+    assert (result.failed, result.retrying) == (1, 0)
+    (delivery,) = deliveries(sessions)
+    assert delivery.status is DeliveryStatus.FAILED
+    assert "refused" in (delivery.last_error or "")
+    with sessions() as session:
+        (event,) = AuditLog(session).of_type(AuditEventType.OUTPUT_SEND_FAILED)
+        assert event.detail["permanent"] is True

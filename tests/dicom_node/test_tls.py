@@ -1,0 +1,303 @@
+"""DICOM over TLS: the SCP with a server certificate and required client certificates,
+pynetdicom and dcmtk (echoscu, storescu) as TLS peers, plain TCP refused."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pynetdicom import AE
+from sqlalchemy import select
+
+from config import Destination, TlsSettings, load_settings
+from db.models import Instance
+from dicom_node import tls as node_tls
+from dicom_node.sender import send_files
+from dicom_node.tls import client_context
+from tests.dicom_node.conftest import make_dx
+from tests.dicom_node.test_scp import RunningSCP
+from tests.peers import require, require_binary
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A throw-away CA with a server (127.0.0.1, localhost) and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a CA that signed nothing here
+
+
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _write_key(key: rsa.RSAPrivateKey, path: Path) -> Path:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
+def _write_cert(cert: x509.Certificate, path: Path) -> Path:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _ca(name: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    key = _key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _leaf(
+    ca_key: rsa.RSAPrivateKey, ca_cert: x509.Certificate, name: str, server: bool
+) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    key = _key()
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return key, builder.sign(ca_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    directory = tmp_path_factory.mktemp("pki")
+    ca_key, ca_cert = _ca("fracture-triage test CA")
+    server_key, server_cert = _leaf(ca_key, ca_cert, "fracture-triage node", server=True)
+    client_key, client_cert = _leaf(ca_key, ca_cert, "test PACS", server=False)
+    _, other_cert = _ca("unrelated CA")
+    return Pki(
+        ca=_write_cert(ca_cert, directory / "ca.pem"),
+        server_cert=_write_cert(server_cert, directory / "server.pem"),
+        server_key=_write_key(server_key, directory / "server.key"),
+        client_cert=_write_cert(client_cert, directory / "client.pem"),
+        client_key=_write_key(client_key, directory / "client.key"),
+        other_ca=_write_cert(other_cert, directory / "other-ca.pem"),
+    )
+
+
+@pytest.fixture
+def tls_node(tmp_path: Path, pki: Pki) -> Iterator[RunningSCP]:
+    """The SCP on a free port, TLS with the test server certificate, client certs required."""
+    settings = load_settings(
+        None,
+        port=0,
+        store_dir=tmp_path / "store",
+        database_url=f"sqlite:///{tmp_path / 'audit.db'}",
+        tls={"cert_file": pki.server_cert, "key_file": pki.server_key, "ca_file": pki.ca},
+    )
+    node = RunningSCP(settings)
+    yield node
+    node.stop()
+
+
+def _client_identity(pki: Pki) -> TlsSettings:
+    return TlsSettings(cert_file=pki.client_cert, key_file=pki.client_key, ca_file=pki.ca)
+
+
+def _echo(node: RunningSCP, tls_args: tuple | None, timeout: float = 10) -> bool:
+    ae = AE(ae_title="TESTSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.settings.ae_title, tls_args=tls_args)
+    try:
+        return assoc.is_established and assoc.send_c_echo().Status == 0
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _dx_file(directory: Path, index: int = 1) -> Path:
+    ds = make_dx(
+        study_instance_uid="1.2.826.0.1.3680043.10.1.3",
+        series_instance_uid="1.2.826.0.1.3680043.10.1.3.1",
+        sop_instance_uid=f"1.2.826.0.1.3680043.10.1.3.1.{index}",
+        seed=index,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"dx{index}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _stored_uids(node: RunningSCP) -> list[str]:
+    with node.sessions() as session:
+        return [i.sop_instance_uid for i in session.scalars(select(Instance).order_by(Instance.id))]
+
+
+def test_pynetdicom_echo_and_store_over_tls(tls_node: RunningSCP, pki: Pki, tmp_path: Path) -> None:
+    context = client_context(_client_identity(pki))
+    assert _echo(tls_node, (context, "127.0.0.1"))
+
+    path = _dx_file(tmp_path / "send")
+    destination = Destination(
+        name="node", ae_title=tls_node.settings.ae_title, host="127.0.0.1", port=tls_node.port
+    )
+    (outcome,) = send_files([path], destination, "TESTSCU", tls=context)
+    assert outcome.success, outcome.error
+    assert _stored_uids(tls_node) == ["1.2.826.0.1.3680043.10.1.3.1.1"]
+
+
+def test_plain_tcp_association_is_refused(tls_node: RunningSCP, pki: Pki) -> None:
+    assert not _echo(tls_node, None)
+    # The node still serves TLS peers afterwards.
+    assert _echo(tls_node, (client_context(_client_identity(pki)), "127.0.0.1"))
+
+
+def test_client_without_certificate_is_refused(tls_node: RunningSCP, pki: Pki) -> None:
+    anonymous = client_context(None, pki.ca)  # trusts the node, offers no certificate
+    assert not _echo(tls_node, (anonymous, "127.0.0.1"))
+
+
+def test_node_with_untrusted_certificate_is_not_sent_to(
+    tls_node: RunningSCP, pki: Pki, tmp_path: Path
+) -> None:
+    identity = TlsSettings(cert_file=pki.client_cert, key_file=pki.client_key, ca_file=pki.other_ca)
+    destination = Destination(
+        name="node", ae_title=tls_node.settings.ae_title, host="127.0.0.1", port=tls_node.port
+    )
+    (outcome,) = send_files(
+        [_dx_file(tmp_path / "send")], destination, "TESTSCU", tls=client_context(identity)
+    )
+    assert not outcome.success
+    assert _stored_uids(tls_node) == []
+
+
+def test_silent_peer_does_not_block_the_accept_loop(
+    tls_node: RunningSCP, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node_tls, "HANDSHAKE_TIMEOUT_SECONDS", 1.0)
+    with socket.create_connection(("127.0.0.1", tls_node.port), timeout=5):
+        time.sleep(0.2)  # connected, never says hello
+        started = time.monotonic()
+        assert _echo(tls_node, (client_context(_client_identity(pki)), "127.0.0.1"), timeout=8)
+        assert time.monotonic() - started < 8
+
+
+def _dcmtk_tls(binary: str) -> str:
+    path = require_binary(binary, "dcmtk")
+    help_text = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30)
+    require("--enable-tls" in help_text.stdout, f"this dcmtk {binary} is built without TLS")
+    return path
+
+
+def _dcmtk_tls_args(pki: Pki) -> list[str]:
+    return ["+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca)]
+
+
+def test_dcmtk_echoscu_over_tls(tls_node: RunningSCP, pki: Pki) -> None:
+    echoscu = _dcmtk_tls("echoscu")
+    command = [echoscu, *_dcmtk_tls_args(pki), "-aec", tls_node.settings.ae_title]
+    result = subprocess.run(
+        [*command, "127.0.0.1", str(tls_node.port)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Without TLS the same peer gets nowhere.
+    plain = subprocess.run(
+        [echoscu, "-aec", tls_node.settings.ae_title, "127.0.0.1", str(tls_node.port)],
+        capture_output=True,
+        timeout=30,
+    )
+    assert plain.returncode != 0
+
+
+def test_dcmtk_storescu_over_tls(tls_node: RunningSCP, pki: Pki, tmp_path: Path) -> None:
+    storescu = _dcmtk_tls("storescu")
+    path = _dx_file(tmp_path / "send", index=2)
+    command = [storescu, *_dcmtk_tls_args(pki), "-aet", "MODALITY", "-aec"]
+    result = subprocess.run(
+        [*command, tls_node.settings.ae_title, "127.0.0.1", str(tls_node.port), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _stored_uids(tls_node) == ["1.2.826.0.1.3680043.10.1.3.1.2"]
+
+
+def test_server_context_requires_tls_1_2(pki: Pki) -> None:
+    server = node_tls.server_context(
+        TlsSettings(cert_file=pki.server_cert, key_file=pki.server_key, ca_file=pki.ca)
+    )
+    assert server.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert server.verify_mode == ssl.CERT_REQUIRED
+    no_ca = node_tls.server_context(TlsSettings(cert_file=pki.server_cert, key_file=pki.server_key))
+    assert no_ca.verify_mode == ssl.CERT_NONE
+    client = client_context(None)
+    assert client.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert client.verify_mode == ssl.CERT_REQUIRED and client.check_hostname
