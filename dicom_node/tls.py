@@ -26,7 +26,11 @@ class _ServerContext(ssl.SSLContext):
     def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         previous = sock.gettimeout()
         sock.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
-        wrapped = super().wrap_socket(sock, *args, **kwargs)
+        try:
+            wrapped = super().wrap_socket(sock, *args, **kwargs)
+        except BaseException:
+            sock.close()  # pynetdicom drops the failed connection without closing it
+            raise
         wrapped.settimeout(previous)
         return wrapped
 
