@@ -33,10 +33,11 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest
 
-# The real DICOM peers the tests talk to (Debian): dcmtk, Orthanc, dicom3tools, docker-compose.
+# The real DICOM peers the tests talk to (Debian): dcmtk, Orthanc (+ DICOMweb), dicom3tools,
+# docker-compose.
 peers:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc dicom3tools docker-compose
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc orthanc-dicomweb dicom3tools docker-compose
 
 clean:
 	rm -rf var .pytest_cache

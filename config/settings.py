@@ -12,9 +12,18 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -68,10 +77,11 @@ class TlsSettings(BaseModel):
 
 
 class Destination(BaseModel):
-    """A DICOM peer that receives the results by C-STORE."""
+    """A DICOM peer that receives the results by C-STORE (DIMSE)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    kind: Literal["dimse"] = "dimse"
     name: str = Field(min_length=1, description="Human name used in logs and the DB.")
     ae_title: str
     host: str = Field(min_length=1)
@@ -85,6 +95,60 @@ class Destination(BaseModel):
     @classmethod
     def _check_ae_title(cls, value: str) -> str:
         return validate_ae_title(value)
+
+
+class DicomWebDestination(BaseModel):
+    """A PACS that receives the results by DICOMweb STOW-RS."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["dicomweb"]
+    name: str = Field(min_length=1, description="Human name used in logs and the DB.")
+    url: str = Field(description="DICOMweb base URL, e.g. https://pacs.example.org/dicom-web.")
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify an https peer.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"DICOMweb URL must be http(s)://host/..., got {value!r}")
+        return value.rstrip("/")
+
+
+def _destination_kind(value: Any) -> str:
+    # DIMSE is the default: existing configs name no kind.
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind or "dimse"
+
+
+AnyDestination = Annotated[
+    Annotated[Destination, Tag("dimse")] | Annotated[DicomWebDestination, Tag("dicomweb")],
+    Discriminator(_destination_kind),
+]
+
+
+class OutputSettings(BaseModel):
+    """Which DICOM objects a triage run produces; each can be switched off per site."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sr: bool = Field(default=True, description="TID 1500 SR, with a planar ROI per positive view.")
+    sr_rois: bool = Field(
+        default=True, description="Planar ROIs (SCOORD) in the SR, drawn by OHIF-style viewers."
+    )
+    summary: bool = Field(default=True, description="One summary table Secondary Capture.")
+    annotated: bool = Field(
+        default=True, description="One annotated Secondary Capture per view (box, heatmap)."
+    )
+    heatmap: bool = Field(
+        default=True, description="Grad-CAM heatmap on the annotated captures; off: boxes only."
+    )
+    gsps: bool = Field(
+        default=True, description="Grayscale Softcopy Presentation State with the boxes."
+    )
+    parametric_map: bool = Field(
+        default=True, description="Grad-CAM heatmap as a DICOM Parametric Map."
+    )
 
 
 class Settings(BaseSettings):
@@ -105,7 +169,7 @@ class Settings(BaseSettings):
         default=(),
         description="Calling AE titles allowed to associate; empty accepts any caller.",
     )
-    destinations: tuple[Destination, ...] = ()
+    destinations: tuple[AnyDestination, ...] = ()
     tls: TlsSettings | None = Field(
         default=None, description="TLS for the SCP (and the identity used by TLS destinations)."
     )
@@ -139,6 +203,9 @@ class Settings(BaseSettings):
     output_dir: Path = Field(
         default=Path("var/outputs"),
         description="Local folder destination: every produced object is written here first.",
+    )
+    outputs: OutputSettings = Field(
+        default_factory=OutputSettings, description="Which result objects are produced."
     )
 
     # Audit database
@@ -226,10 +293,16 @@ class Settings(BaseSettings):
         return Path(match.group(2))
 
 
+_DESTINATION_KINDS = ("dimse", "dicomweb")
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<settings>"
+        # Leave out the destination-kind tags pydantic puts in union locations: the key a
+        # user wrote is destinations.0.ae_title, not destinations.0.dimse.ae_title.
+        parts = [str(p) for p in item["loc"] if p not in _DESTINATION_KINDS]
+        key = ".".join(parts) or "<settings>"
         lines.append(f"setting {key!r}: {item['msg']}")
     return "; ".join(lines)
 

@@ -19,17 +19,18 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from config import Destination, Settings
+from config import AnyDestination, DicomWebDestination, Settings
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.models import Delivery, DeliveryStatus, utcnow
 from db.repositories import RunRepository
+from dicom_node.dicomweb import stow_files
 from dicom_node.sender import SendOutcome, send_files
 from dicom_node.tls import client_context
 
 logger = logging.getLogger(__name__)
 
-#: Sends one destination's files; the default is a DIMSE C-STORE association.
-Sender = Callable[[list[Path], Destination], list[SendOutcome]]
+#: Sends one destination's files; the default is C-STORE or STOW-RS by destination kind.
+Sender = Callable[[list[Path], AnyDestination], list[SendOutcome]]
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,12 @@ class Outbox:
         self._backoff = Backoff(
             settings.outbox_retry_base_seconds, settings.outbox_retry_cap_seconds
         )
-        self._send = sender or self._send_dimse
+        self._send = sender or self._send_any
         self._lock = threading.Lock()  # one pass at a time: no delivery is sent twice at once
 
-    def _send_dimse(self, paths: list[Path], destination: Destination) -> list[SendOutcome]:
+    def _send_any(self, paths: list[Path], destination: AnyDestination) -> list[SendOutcome]:
+        if isinstance(destination, DicomWebDestination):
+            return stow_files(paths, destination)
         tls = client_context(self._settings.tls) if destination.tls else None
         return send_files(paths, destination, self._settings.ae_title, tls=tls)
 

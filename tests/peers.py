@@ -138,14 +138,25 @@ class Orthanc:
                 self.process.kill()
 
 
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
 @contextmanager
 def run_orthanc(
-    work_dir: Path, modalities: dict[str, tuple[str, str, int]] | None = None
+    work_dir: Path,
+    modalities: dict[str, tuple[str, str, int]] | None = None,
+    *,
+    dicomweb: bool = False,
+    http_port: int | None = None,
+    dicom_port: int | None = None,
 ) -> Iterator[Orthanc]:
+    """A real Orthanc; ``dicomweb`` loads its DICOMweb plugin (Debian orthanc-dicomweb)."""
     binary = require_binary("Orthanc", "orthanc")
+    if dicomweb:
+        require(ORTHANC_DICOMWEB_PLUGIN.is_file(), "apt-get install orthanc-dicomweb")
     work_dir.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
-    config = {
+    http_port, dicom_port = http_port or free_port(), dicom_port or free_port()
+    config: dict[str, Any] = {
         "Name": "fracture-triage-test-pacs",
         "StorageDirectory": str(work_dir / "storage"),
         "IndexDirectory": str(work_dir / "index"),
@@ -161,7 +172,8 @@ def run_orthanc(
         },
         "DicomAlwaysAllowStore": True,
         "DicomCheckCalledAet": False,
-        "Plugins": [],
+        "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)] if dicomweb else [],
+        "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
         "StableAge": 1,
     }
     config_path = work_dir / "orthanc.json"

@@ -13,7 +13,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy.orm import Session, sessionmaker
 
-from config import Destination, Settings, load_settings
+from config import Destination, DicomWebDestination, Settings, load_settings
 from db.audit import AuditEventType, AuditLog
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
@@ -21,7 +21,7 @@ from db.models import Delivery, DeliveryStatus
 from db.repositories import ReceivedInstance, RunRepository, StudyRepository
 from dicom_node.outbox import Backoff, Outbox, OutboxPass
 from tests.dicom_node.conftest import make_dx
-from tests.peers import free_port, require_binary, wait_for_port
+from tests.peers import free_port, require_binary, run_orthanc, wait_for_port
 
 STUDY = "1.2.826.0.1.3680043.10.2.1"
 
@@ -163,3 +163,40 @@ def test_refused_sop_class_fails_for_good(
     with sessions() as session:
         (event,) = AuditLog(session).of_type(AuditEventType.OUTPUT_SEND_FAILED)
         assert event.detail["permanent"] is True
+
+
+def test_dicomweb_destination_gets_the_object_by_stow_rs(
+    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    with run_orthanc(tmp_path / "orthanc", dicomweb=True) as orthanc:
+        stow = settings.model_copy(
+            update={
+                "destinations": (
+                    DicomWebDestination(
+                        kind="dicomweb", name="pacs", url=f"{orthanc.url}/dicom-web"
+                    ),
+                )
+            }
+        )
+        sop_uid = queue_output(stow, sessions)
+        assert Outbox(stow, sessions).send_due() == OutboxPass(sent=1)
+        found = orthanc.request("POST", "/tools/lookup", sop_uid.encode())
+        assert [item["Type"] for item in found] == ["Instance"]
+    (delivery,) = deliveries(sessions)
+    assert delivery.status is DeliveryStatus.SENT
+
+
+def test_dicomweb_server_down_is_retried(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    down = settings.model_copy(
+        update={
+            "destinations": (
+                DicomWebDestination(
+                    kind="dicomweb", name="pacs", url=f"http://127.0.0.1:{free_port()}/dicom-web"
+                ),
+            )
+        }
+    )
+    queue_output(down, sessions)
+    assert Outbox(down, sessions).send_due() == OutboxPass(retrying=1)
