@@ -145,12 +145,19 @@ class StorageSCP:
         return SUCCESS
 
     def handle_accepted(self, event: evt.Event) -> None:
-        self._audit_association(event, AuditEventType.ASSOCIATION_ACCEPTED, Outcome.SUCCESS)
+        # Proposed SOP classes (or transfer syntaxes) we do not accept are refused per
+        # presentation context; the audit names them so a refused modality is visible.
+        refused = sorted({str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts})
+        self._audit_association(
+            event, AuditEventType.ASSOCIATION_ACCEPTED, Outcome.SUCCESS, refused_contexts=refused
+        )
 
     def handle_rejected(self, event: evt.Event) -> None:
         self._audit_association(event, AuditEventType.ASSOCIATION_REJECTED, Outcome.FAILURE)
 
-    def _audit_association(self, event: evt.Event, kind: AuditEventType, outcome: Outcome) -> None:
+    def _audit_association(
+        self, event: evt.Event, kind: AuditEventType, outcome: Outcome, **detail: object
+    ) -> None:
         requestor = event.assoc.requestor
         with self._sessions.begin() as session:
             AuditLog(session).record(
@@ -159,6 +166,7 @@ class StorageSCP:
                 actor=requestor.ae_title,
                 address=str(requestor.address),
                 port=int(requestor.port),
+                **detail,
             )
         logger.info("%s from %s at %s", kind, requestor.ae_title, requestor.address)
 

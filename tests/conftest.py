@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -65,9 +66,58 @@ def sample_studies(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_sample_studies(tmp_path_factory.mktemp("samples"))
 
 
+# -- no patient data in any log line ---------------------------------------------------------
+
+#: Patient names, IDs and accession numbers the test data carries (tests/dicom_node/conftest.py,
+#: models/phantoms.py's sample studies). None of them may ever reach a log record.
+PATIENT_DATA = (
+    "Doe^Jane",
+    "PID-0042",
+    "ACC123",
+    "Phantom^Wanda",
+    "Phantom^Henry",
+    "Phantom^Elena",
+    "Phantom^Charles",
+    "PHANTOM-00",
+)
+OUR_PACKAGES = ("config", "db", "models", "dicom_node", "flows")
+
+
+class PatientDataScanner(logging.Handler):
+    """Collects every log record that mentions patient data, from any logger."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:
+            text = str(record.msg)
+        if record.exc_info:
+            text += logging.Formatter().formatException(record.exc_info)
+        for value in PATIENT_DATA:
+            if value in text:
+                self.leaks.append(f"{record.name}: {text[:300]}")
+
+
+_scanner = PatientDataScanner()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logging.getLogger().addHandler(_scanner)
+    for name in OUR_PACKAGES:
+        logging.getLogger(name).setLevel(logging.DEBUG)  # scan our debug lines too
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _scanner.leaks:
+        print("\nPATIENT DATA IN LOGS:\n" + "\n".join(_scanner.leaks[:20]))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     # Prefect stops its ephemeral API server at interpreter exit and logs that to a
     # stream pytest has already closed; silence logging once the session is over.
-    import logging
-
     logging.disable(logging.CRITICAL)

@@ -309,3 +309,18 @@ def test_garbage_bytes_on_the_port_do_not_hurt_the_node(
             with contextlib.suppress(TimeoutError, ConnectionResetError):
                 sock.recv(1024)
     assert _echo_ok(node)
+
+
+def test_unsupported_sop_class_is_refused_and_audited(start_scp: Callable[..., RunningSCP]) -> None:
+    node = start_scp()
+    worklist_find = "1.2.840.10008.5.1.4.31"  # Modality Worklist: not a storage service
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(worklist_find)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.settings.ae_title)
+    assert not assoc.is_established  # no acceptable presentation context
+    deadline = time.monotonic() + 10
+    while not node.events(AuditEventType.ASSOCIATION_ACCEPTED) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (event,) = node.events(AuditEventType.ASSOCIATION_ACCEPTED)
+    assert event.detail["refused_contexts"] == [worklist_find]
+    assert _echo_ok(node)
