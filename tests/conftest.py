@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,14 @@ def demo_bundle() -> Path:
 
     bundle = BUNDLE_CACHE / f"demo-bundle-{_models_fingerprint()}"
     if not (bundle / "configs" / "metadata.json").is_file():
-        train_demo_bundle(bundle, seed=0)
+        # Train beside the target and rename: concurrent test sessions never see half a bundle.
+        partial = BUNDLE_CACHE / f".partial-{os.getpid()}-{bundle.name}"
+        shutil.rmtree(partial, ignore_errors=True)
+        train_demo_bundle(partial, seed=0)
+        try:
+            partial.rename(bundle)
+        except OSError:  # another session finished first: use its bundle
+            shutil.rmtree(partial, ignore_errors=True)
     return bundle
 
 
