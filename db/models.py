@@ -236,9 +236,14 @@ class Delivery(Base):
 
 
 class AuditEvent(Base):
-    """One thing that happened. Rows are only ever inserted."""
+    """One thing that happened. Rows are only ever inserted (the database enforces it).
+
+    ``previous_hash`` and ``event_hash`` chain the events (see :mod:`db.audit`);
+    ``previous_hash`` is unique, so two events can never follow the same one.
+    """
 
     __tablename__ = "audit_events"
+    __table_args__ = (UniqueConstraint("previous_hash"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     occurred_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
@@ -250,3 +255,19 @@ class AuditEvent(Base):
     study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
     sop_instance_uid: Mapped[str | None] = mapped_column(UID)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    previous_hash: Mapped[str] = mapped_column(
+        String(64), doc="event_hash of the event before this one (64 zeros for the first)."
+    )
+    event_hash: Mapped[str] = mapped_column(
+        String(64), doc="SHA-256 (hex) of this event's canonical content and previous_hash."
+    )
+
+
+class AuditExportCursor(Base):
+    """How far an exporter (e.g. the syslog/ATNA export) has sent the audit trail."""
+
+    __tablename__ = "audit_export_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

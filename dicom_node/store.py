@@ -26,13 +26,27 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def make_private_dirs(directory: Path) -> None:
+    """``mkdir -p`` where every folder created is owner-only (0700).
+
+    ``Path.mkdir(parents=True, mode=...)`` applies ``mode`` to the last folder only;
+    the study folder above a series would get the umask's default (often 0755).
+    """
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
 def write_durably(path: Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` so that it survives a crash once this returns.
 
     A temporary file in the same directory is written, fsynced and renamed over
     ``path``; then the directory is fsynced so the rename itself is durable.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(path.parent)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".incoming-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -51,7 +65,7 @@ class InstanceStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self.root)
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         parts = (

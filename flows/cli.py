@@ -16,6 +16,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from config import Destination, Settings, SettingsError, load_settings
+from flows.audit_cli import audit_app
 
 if TYPE_CHECKING:
     from flows.runtime import Runtime
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Audit database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
 console = Console()
 
 ConfigOption = Annotated[
