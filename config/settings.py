@@ -151,6 +151,26 @@ class OutputSettings(BaseModel):
     )
 
 
+class AuditSyslogSettings(BaseModel):
+    """Export of the audit trail as DICOM audit messages (PS3.15 A.5) to a syslog collector.
+
+    RFC 5424 messages over TCP with octet-counting framing (RFC 6587; RFC 5425 with
+    ``tls``), facility authpriv, MSGID ``IHE+RFC-3881``, as IHE ATNA's audit record
+    repository expects.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=6514, ge=1, le=65535, description="6514: syslog over TLS.")
+    tls: bool = Field(
+        default=False,
+        description="TLS, verifying the collector against tls.ca_file (or the system CAs).",
+    )
+    app_name: str = Field(default="fracture-triage", min_length=1, max_length=48)
+    poll_seconds: float = Field(default=2.0, gt=0, description="How often new events are sent.")
+
+
 class Settings(BaseSettings):
     """All settings of the node, the flows and the CLI."""
 
@@ -210,6 +230,10 @@ class Settings(BaseSettings):
 
     # Audit database
     database_url: str = "sqlite:///var/fracture_triage.db"
+    audit_syslog: AuditSyslogSettings | None = Field(
+        default=None,
+        description="Send every audit event to this syslog collector (ATNA); None: off.",
+    )
 
     # Models
     model_bundle_dir: Path = Path("var/bundles/demo")

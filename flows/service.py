@@ -8,6 +8,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from db.migrate import upgrade
+from dicom_node.audit_export import export_worker
 from dicom_node.completion import StudyCompletionWatcher
 from dicom_node.outbox import OutboxWorker
 from dicom_node.scp import StorageSCP
@@ -35,6 +36,7 @@ class TriageService:
             max_age=dt.timedelta(seconds=runtime.settings.study_max_age_seconds),
         )
         self.outbox = OutboxWorker(runtime.outbox, runtime.settings.outbox_poll_seconds)
+        self.audit_export = export_worker(runtime.settings, runtime.sessions)  # None: off
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage")
         self._futures: list[Future[TriageSummary | None]] = []
         self._lock = threading.Lock()
@@ -47,6 +49,8 @@ class TriageService:
         self.watcher.recover()
         self.watcher.start()
         self.outbox.start()  # also sends what a previous run left pending
+        if self.audit_export is not None:
+            self.audit_export.start()  # resumes after the last event the collector got
         return self.address
 
     def submit(self, study_instance_uid: str) -> Future[TriageSummary | None]:
@@ -69,6 +73,8 @@ class TriageService:
         self.scp.stop()
         self._executor.shutdown(wait=True, cancel_futures=False)
         self.outbox.stop()
+        if self.audit_export is not None:
+            self.audit_export.stop()  # after everything else, so their last events go too
 
     def __enter__(self) -> TriageService:
         self.start()
