@@ -146,9 +146,6 @@ class OutputSettings(BaseModel):
     gsps: bool = Field(
         default=True, description="Grayscale Softcopy Presentation State with the boxes."
     )
-    parametric_map: bool = Field(
-        default=True, description="Grad-CAM heatmap as a DICOM Parametric Map."
-    )
 
 
 class AuditSyslogSettings(BaseModel):

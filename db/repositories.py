@@ -373,3 +373,25 @@ class RunRepository:
             .limit(1)
         )
         return self._session.scalar(query)
+
+    def previous_sr_output(
+        self, study_instance_uid: str, before_run_id: int
+    ) -> OutputObject | None:
+        """The SR of the study's latest successful run before ``before_run_id``, if any.
+
+        A re-run's report supersedes it (Predecessor Documents Sequence).
+        """
+        query = (
+            select(OutputObject)
+            .join(TriageRun, OutputObject.run_id == TriageRun.id)
+            .join(Study, TriageRun.study_id == Study.id)
+            .where(
+                Study.study_instance_uid == study_instance_uid,
+                TriageRun.id < before_run_id,
+                TriageRun.status == RunStatus.SUCCEEDED,
+                OutputObject.kind == "sr",
+            )
+            .order_by(TriageRun.id.desc(), OutputObject.id.desc())
+            .limit(1)
+        )
+        return self._session.scalar(query)

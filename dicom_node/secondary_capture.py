@@ -19,9 +19,11 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import RE_VALID_UID, ExplicitVRLittleEndian
 
 from dicom_node.codes import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
+from dicom_node.equipment import contributing_equipment
 from dicom_node.results import AlgorithmIdentity, ImageFinding
 
 __all__ = [
+    "SC_BOXES_SERIES_DESCRIPTION",
     "SC_SERIES_DESCRIPTION",
     "banner_lines",
     "build_overlay_secondary_capture",
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 #: Series Description of the overlay series (starts with "AI", as PACS filters expect).
 SC_SERIES_DESCRIPTION = "AI fracture heatmap"
+#: Series Description when the site switched the heatmap off (boxes only).
+SC_BOXES_SERIES_DESCRIPTION = "AI fracture annotations"
 
 _TEXT_COLOUR = (255, 255, 255)
 _WARNING_COLOUR = (255, 214, 0)
@@ -144,6 +148,7 @@ def build_overlay_secondary_capture(
     sop_instance_uid: str,
     series_number: int,
     instance_number: int,
+    heatmap: bool = True,
 ) -> Dataset:
     """Build the Secondary Capture of an image's heatmap overlay.
 
@@ -166,6 +171,9 @@ def build_overlay_secondary_capture(
         Series Number of the overlay series (positive).
     instance_number: int
         Instance Number of the SC image (positive).
+    heatmap: bool, optional
+        Whether `overlay_rgb` holds the Grad-CAM heatmap (default) or the
+        box only; it steers the Series and Derivation Descriptions.
 
     Returns
     -------
@@ -245,17 +253,21 @@ def build_overlay_secondary_capture(
         patient_orientation=("A", "F"),
         laterality=laterality if laterality in ("L", "R") else None,
         transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=contributing_equipment(
+            algorithm, "AI fracture triage: annotated copy of the view"
+        ),
     )
     orientation = source.get("PatientOrientation")
     sc.PatientOrientation = orientation if orientation else None
-    sc.SeriesDescription = SC_SERIES_DESCRIPTION
+    sc.SeriesDescription = SC_SERIES_DESCRIPTION if heatmap else SC_BOXES_SERIES_DESCRIPTION
     sc.ManufacturerModelName = algorithm.name
     sc.SoftwareVersions = algorithm.version
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = AI_RESULT_DISCLAIMER
+    drawn = "Grad-CAM heatmap and finding box" if heatmap else "finding box"
     sc.DerivationDescription = (
-        f"Grad-CAM heatmap of {algorithm.name} {algorithm.version} over the source image, "
-        "with a burned-in AI result banner"
+        f"{drawn} of {algorithm.name} {algorithm.version} over the source image "
+        "(dotted: suspected, solid: likely), with a burned-in AI result banner"
     )
     if source.get("LossyImageCompression") == "01":
         sc.LossyImageCompression = "01"

@@ -6,6 +6,12 @@ Results profile: a device observer (the algorithm), one TID 1501 group for the
 study and one per source image, each with the "Fracture of bone" finding
 (present/absent), the fracture probability, the finding site, the triage level,
 TID 4019 Algorithm Identification and references to the source images.
+
+A view with a positive finding (fracture suspected or likely) and a box gets a
+TID 1410 planar ROI group instead: the same finding, probability, site and
+level, plus a closed POLYLINE SCOORD around the box on the source image, so
+OHIF-style viewers draw it over the original. A re-run's report names the
+report it supersedes in the Predecessor Documents Sequence.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import uuid
 from collections.abc import Sequence
 
 import highdicom as hd
+import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -37,9 +44,16 @@ from dicom_node.codes import (
     finding_site,
     presence,
 )
-from dicom_node.results import AlgorithmIdentity, ImageFinding, StudyFinding, Thresholds
+from dicom_node.equipment import contributing_equipment
+from dicom_node.results import (
+    AlgorithmIdentity,
+    BoundingBox,
+    ImageFinding,
+    StudyFinding,
+    Thresholds,
+)
 
-__all__ = ["SR_SERIES_DESCRIPTION", "build_triage_sr", "device_observer_uid"]
+__all__ = ["SR_SERIES_DESCRIPTION", "box_polyline", "build_triage_sr", "device_observer_uid"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +94,8 @@ def build_triage_sr(
     series_number: int,
     instance_number: int,
     institution_name: str | None = None,
+    include_rois: bool = True,
+    previous_versions: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the triage Structured Report of a study.
 
@@ -103,6 +119,12 @@ def build_triage_sr(
         Instance Number of the SR document (positive).
     institution_name: str | None, optional
         Institution Name written to the SR.
+    include_rois: bool, optional
+        Give each positive view with a box a TID 1410 planar ROI (default);
+        ``False`` keeps every view a plain TID 1501 group.
+    previous_versions: Sequence[pydicom.Dataset], optional
+        Earlier triage reports of the study that this one supersedes (their
+        headers suffice); listed in the Predecessor Documents Sequence.
 
     Returns
     -------
@@ -148,9 +170,18 @@ def build_triage_sr(
     )
     groups = [_study_group(finding, algorithm, algorithm_id, sources, sop_instance_uid)]
     groups.extend(
-        _image_group(index, image, finding.thresholds, algorithm_id, sources, sop_instance_uid)
+        _image_group(
+            index,
+            image,
+            finding.thresholds,
+            algorithm_id,
+            sources,
+            sop_instance_uid,
+            include_rois=include_rois,
+        )
         for index, image in enumerate(finding.images, start=1)
     )
+    previous = _check_previous_versions(previous_versions, finding.study_instance_uid)
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=PLAIN_RADIOGRAPHY,
@@ -169,6 +200,8 @@ def build_triage_sr(
         is_final=False,
         is_verified=False,
         institution_name=institution_name,
+        previous_versions=previous or None,
+        contributing_equipment=contributing_equipment(algorithm, "AI fracture triage report"),
     )
     sr.SeriesDescription = SR_SERIES_DESCRIPTION
     sr.ManufacturerModelName = algorithm.name
@@ -228,6 +261,30 @@ def _study_group(
     )
 
 
+def box_polyline(box: BoundingBox, rows: int, columns: int) -> np.ndarray:
+    """The closed POLYLINE (column, row) of a box, for SCOORD and GSPS graphics.
+
+    The box holds 0-based inclusive pixel indices; DICOM image coordinates put
+    (0, 0) at the top left corner of the top left pixel, so the outline runs
+    along the outer pixel edges: from (col_min, row_min) to (col_max + 1,
+    row_max + 1), clipped to the image. Five points, the last equal to the first.
+    """
+    if not isinstance(box, BoundingBox):
+        raise TypeError(f"box must be a BoundingBox, got {type(box).__name__}")
+    left = min(float(box.col_min), columns - 1.0)
+    top = min(float(box.row_min), rows - 1.0)
+    right = min(float(box.col_max) + 1.0, float(columns))
+    bottom = min(float(box.row_max) + 1.0, float(rows))
+    return np.array(
+        [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]],
+        dtype=np.float32,
+    )
+
+
+def _is_positive(image: ImageFinding) -> bool:
+    return image.level in (FractureLevel.SUSPECTED, FractureLevel.LIKELY)
+
+
 def _image_group(
     index: int,
     image: ImageFinding,
@@ -235,7 +292,29 @@ def _image_group(
     algorithm_id: hd.sr.AlgorithmIdentification,
     sources: dict[str, Dataset],
     sop_instance_uid: str,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    *,
+    include_rois: bool,
+) -> (
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+):
+    source = sources[image.sop_instance_uid]
+    roi = None
+    if (
+        include_rois
+        and _is_positive(image)
+        and image.box is not None
+        and source.get("Rows")
+        and source.get("Columns")
+    ):
+        roi = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=box_polyline(image.box, int(source.Rows), int(source.Columns)),
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=source.SOPClassUID,
+                referenced_sop_instance_uid=source.SOPInstanceUID,
+            ),
+        )
     return _group(
         tracking_label=f"fracture triage: image {index}",
         tracking_uid=_derived_uid(sop_instance_uid, image.sop_instance_uid),
@@ -244,8 +323,9 @@ def _image_group(
         level=image.level,
         thresholds=thresholds,
         algorithm_id=algorithm_id,
-        images=[sources[image.sop_instance_uid]],
+        images=[source],
         comments=[],
+        roi=roi,
     )
 
 
@@ -260,8 +340,16 @@ def _group(
     algorithm_id: hd.sr.AlgorithmIdentification,
     images: Sequence[Dataset],
     comments: list[str],
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """One TID 1501 group: the fracture finding of a study or of one image."""
+    roi: hd.sr.ImageRegion | None = None,
+) -> (
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+):
+    """One group: the fracture finding of a study or of one image.
+
+    TID 1501 with references to its source images, or, with `roi`, TID 1410
+    whose image region both outlines the finding and names its source image.
+    """
     source_refs = [
         hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=ds.SOPClassUID,
@@ -292,12 +380,12 @@ def _group(
         if level is None:
             level = thresholds.level(probability)
         site = hd.sr.FindingSite(anatomic_location=finding_site(region))
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            finding_type=FRACTURE_OF_BONE,
-            algorithm_id=algorithm_id,
-            finding_sites=[site],
-            measurements=[
+        content: dict[str, object] = {
+            "tracking_identifier": tracking,
+            "finding_type": FRACTURE_OF_BONE,
+            "algorithm_id": algorithm_id,
+            "finding_sites": [site],
+            "measurements": [
                 hd.sr.Measurement(
                     name=PROBABILITY,
                     value=round(float(probability), 6),
@@ -305,11 +393,18 @@ def _group(
                     algorithm_id=algorithm_id,
                 )
             ],
-            qualitative_evaluations=[
+            "qualitative_evaluations": [
                 hd.sr.QualitativeEvaluation(name=FRACTURE_OF_BONE, value=presence(level))
             ],
-            source_images=source_refs,
-        )
+        }
+        if roi is not None:
+            group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                referenced_region=roi, **content
+            )
+        else:
+            group = hd.sr.MeasurementsAndQualitativeEvaluations(
+                source_images=source_refs, **content
+            )
         texts.append((FRACTURE_LEVEL, level.value))
         texts.append(
             (
@@ -403,6 +498,25 @@ def _check_sources(source_images: Sequence[Dataset], study_instance_uid: str) ->
             raise ValueError(f"source image {uid} is given twice")
         sources[uid] = ds
     return sources
+
+
+def _check_previous_versions(
+    previous_versions: Sequence[Dataset], study_instance_uid: str
+) -> list[Dataset]:
+    if isinstance(previous_versions, Dataset) or not isinstance(previous_versions, Sequence):
+        raise TypeError(
+            "previous_versions must be a sequence of datasets, "
+            f"got {type(previous_versions).__name__}"
+        )
+    for position, ds in enumerate(previous_versions):
+        if not isinstance(ds, Dataset):
+            raise TypeError(f"previous_versions[{position}] is a {type(ds).__name__}")
+        if ds.get("StudyInstanceUID") != study_instance_uid:
+            raise ValueError(
+                f"previous report {ds.get('SOPInstanceUID')} belongs to study "
+                f"{ds.get('StudyInstanceUID')}, not to {study_instance_uid}"
+            )
+    return list(previous_versions)
 
 
 def _check_uid(name: str, value: str) -> None:

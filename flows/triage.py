@@ -21,10 +21,11 @@ from prefect.runtime import flow_run
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
-from config import REGIONS, Settings
+from config import REGIONS, FractureLevel, Settings
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.models import RunStatus, StudyStatus
 from db.repositories import ImageResultRow, RunRepository, StudyRepository
+from dicom_node.presentation_state import build_triage_gsps
 from dicom_node.results import (
     AlgorithmIdentity,
     BoundingBox,
@@ -35,6 +36,7 @@ from dicom_node.results import (
 from dicom_node.secondary_capture import build_overlay_secondary_capture
 from dicom_node.sr import build_triage_sr
 from dicom_node.store import write_durably
+from dicom_node.summary import build_summary_secondary_capture
 from flows.runtime import Runtime, current_runtime
 from models.decision import aggregate_study, study_region
 from models.inference import HierarchicalModel
@@ -45,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 SR_SERIES_NUMBER = 9001
 SC_SERIES_NUMBER = 9002
+SUMMARY_SERIES_NUMBER = 9003
+GSPS_SERIES_NUMBER = 9004
 
 
 @dataclass(frozen=True)
@@ -159,8 +163,14 @@ def build_outputs(
     finding: StudyFinding,
     explanation: dict[str, Any],
 ) -> list[dict[str, str]]:
-    """Build the SR and one Grad-CAM Secondary Capture per view; write them to the output dir."""
+    """Build the result objects the site switched on; write them to the output directory.
+
+    SR (with planar ROIs, superseding the previous run's SR), one summary SC, one
+    annotated SC per view (box dotted when suspected, solid when likely; heatmap
+    optional) and one GSPS over the original views. Every run writes new series.
+    """
     runtime = current_runtime()
+    switches = runtime.settings.outputs
     model = runtime.model()
     algorithm = algorithm_identity(model)
     sources = [dcmread(s["path"]) for s in preprocessed["sources"]]
@@ -168,30 +178,59 @@ def build_outputs(
     study_dir = runtime.output_dir / study_instance_uid
 
     outputs: list[dict[str, str]] = []
-    sr = build_triage_sr(
-        sources,
-        finding,
-        algorithm,
-        series_instance_uid=generate_uid(),
-        sop_instance_uid=generate_uid(),
-        series_number=SR_SERIES_NUMBER,
-        instance_number=1,
-    )
-    outputs.append(_write_output(sr, "sr", study_dir))
+    if switches.sr:
+        sr = build_triage_sr(
+            sources,
+            finding,
+            algorithm,
+            series_instance_uid=generate_uid(),
+            sop_instance_uid=generate_uid(),
+            series_number=SR_SERIES_NUMBER,
+            instance_number=1,
+            include_rois=switches.sr_rois,
+            previous_versions=_previous_reports(runtime, study_instance_uid, run_id),
+        )
+        outputs.append(_write_output(sr, "sr", study_dir))
+
+    if switches.summary:
+        summary = build_summary_secondary_capture(
+            sources,
+            finding,
+            algorithm,
+            series_instance_uid=generate_uid(),
+            sop_instance_uid=generate_uid(),
+            series_number=SUMMARY_SERIES_NUMBER,
+            instance_number=1,
+        )
+        outputs.append(_write_output(summary, "summary", study_dir))
+
+    if switches.gsps:
+        gsps = build_triage_gsps(
+            sources,
+            finding,
+            algorithm,
+            series_instance_uid=generate_uid(),
+            sop_instance_uid=generate_uid(),
+            series_number=GSPS_SERIES_NUMBER,
+            instance_number=1,
+        )
+        outputs.append(_write_output(gsps, "gsps", study_dir))
 
     sc_series_uid = generate_uid()
     for number, (source, image, geometry, cam) in enumerate(
         zip(sources, finding.images, preprocessed["geometries"], cams, strict=True), start=1
     ):
-        geom = _geometry_from_dict(geometry)
-        display = display_image_from_dataset(source)
-        cam_source = geom.map_to_source(cam) if image.region is not None else None
-        box = _box_tuple(image.box)
+        if not switches.annotated:
+            break
+        cam_source = None
+        if switches.heatmap and image.region is not None:
+            cam_source = _geometry_from_dict(geometry).map_to_source(cam)
+        box, dotted = overlay_box(image)
         overlay = render_overlay(
-            display,
+            display_image_from_dataset(source),  # the source's VOI: bone looks like bone
             cam_source,
             box,
-            dotted=image.level is not None and image.level.name == "SUSPECTED",
+            dotted=dotted,
         )
         sc = build_overlay_secondary_capture(
             source,
@@ -202,6 +241,7 @@ def build_outputs(
             sop_instance_uid=generate_uid(),
             series_number=SC_SERIES_NUMBER,
             instance_number=number,
+            heatmap=switches.heatmap,
         )
         outputs.append(_write_output(sc, "sc", study_dir))
 
@@ -228,6 +268,36 @@ def build_outputs(
                 kind=output["kind"],
             )
     return outputs
+
+
+def overlay_box(image: ImageFinding) -> tuple[tuple[float, float, float, float] | None, bool]:
+    """The box to burn into a view's annotated SC and whether it is dotted.
+
+    Positive views only: dotted when the fracture is suspected (high-sensitivity
+    operating point), solid when likely (high-specificity point); none otherwise.
+    """
+    if image.level not in (FractureLevel.SUSPECTED, FractureLevel.LIKELY):
+        return None, False
+    return _box_tuple(image.box), image.level is FractureLevel.SUSPECTED
+
+
+def _previous_reports(runtime: Runtime, study_instance_uid: str, run_id: int) -> list[Dataset]:
+    """The SR of the study's previous successful run (header only), which the new SR supersedes."""
+    with runtime.sessions() as session:
+        previous = RunRepository(session).previous_sr_output(study_instance_uid, run_id)
+        relative = previous.path if previous is not None else None
+    if relative is None:
+        return []
+    path = runtime.output_dir / relative
+    try:
+        return [dcmread(path, stop_before_pixels=True)]
+    except (OSError, ValueError) as error:
+        logger.warning(
+            "previous SR of study %s unreadable (%s): the new SR names no predecessor",
+            study_instance_uid,
+            type(error).__name__,
+        )
+        return []
 
 
 @task(name="send")

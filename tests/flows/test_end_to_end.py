@@ -1,4 +1,10 @@
-"""One study through everything: Orthanc -> node -> Prefect flow -> SR + SCs -> Orthanc."""
+"""One study through everything: Orthanc -> node -> Prefect flow -> AI results -> Orthanc.
+
+The AI results of a study with a fracture: the SR with a planar ROI per positive
+view, the summary SC, one annotated SC per view (dotted box: suspected, solid
+box: likely, none when negative) and the GSPS. A forced re-run supersedes the
+SR and writes new series.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,55 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from sqlalchemy import func, select
 
 from config import Destination, Settings
 from db.audit import AuditEventType, AuditLog
 from db.models import Delivery, DeliveryStatus, RunStatus, Study, StudyStatus, TriageRun
 from db.repositories import RunRepository
+from dicom_node.summary import SUMMARY_SERIES_DESCRIPTION
+from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime
 from flows.service import TriageService
+from flows.triage import triage_study
+from models.overlay import BOX_COLOUR
 from tests.peers import Orthanc, assert_dciodvfy_clean, free_port, run_orthanc
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image
+GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"  # Grayscale Softcopy Presentation State
+
+
+def _walk(items: list[Dataset]) -> list[Dataset]:
+    found = []
+    for item in items:
+        found.append(item)
+        found.extend(_walk(item.get("ContentSequence", [])))
+    return found
+
+
+def box_style(rgb: np.ndarray) -> str | None:
+    """'solid', 'dotted' or None: the burned-in box on an annotated SC, from its pixels.
+
+    Box pixels are exactly BOX_COLOUR; the heatmap is blended (never pure) and the
+    banner text is white or amber. The box's longest edge row tells the style.
+    """
+    mask = np.all(rgb == BOX_COLOUR, axis=-1)
+    counts = mask.sum(axis=1)
+    if counts.max() < 8:
+        return None
+    row = mask[int(counts.argmax())]
+    columns = np.flatnonzero(row)
+    fill = len(columns) / (columns.max() - columns.min() + 1)
+    return "solid" if fill > 0.95 else "dotted"
+
+
+POSITIVE_LEVELS = ("fracture suspected", "fracture likely")
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
@@ -81,10 +120,15 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
 
             def results_arrived() -> dict[str, list[str]] | None:
                 found = ai_instances(orthanc, study_uid)
-                complete = SR_CLASS in found and len(found.get(SC_CLASS, [])) == len(files)
+                complete = (
+                    len(found.get(SR_CLASS, [])) == 1
+                    # one annotated SC per view and the summary
+                    and len(found.get(SC_CLASS, [])) == len(files) + 1
+                    and len(found.get(GSPS_CLASS, [])) == 1
+                )
                 return found if complete else None
 
-            found = wait_until(results_arrived, timeout=300, what="the SR and SCs in Orthanc")
+            found = wait_until(results_arrived, timeout=300, what="the SR, SCs and GSPS in Orthanc")
 
             # Every object Orthanc received passes the reference validator.
             for instance_ids in found.values():
@@ -106,6 +150,52 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
                 str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files
             }
             assert "synthetic" in str(sr).lower()
+            source_uids = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+
+            with runtime.sessions() as session:
+                run = RunRepository(session).latest_for_study(study_uid)
+                assert run is not None
+                levels = {i.sop_instance_uid: i.level for i in run.image_results}
+            positive = {uid for uid, level in levels.items() if level in POSITIVE_LEVELS}
+            assert positive, "the phantom study with a fracture has a positive view"
+
+            # SR: one planar ROI (SCOORD on its source image) per positive view.
+            scoords = [i for i in _walk(sr.ContentSequence) if i.ValueType == "SCOORD"]
+            roi_images = {
+                i.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                for i in scoords
+            }
+            assert len(scoords) == len(positive) and roi_images == positive
+
+            # Summary SC and annotated SCs with the right box style per view.
+            summaries, annotated = [], {}
+            for instance_id in found[SC_CLASS]:
+                sc = dcmread(tmp_path / f"{instance_id}.dcm")
+                assert sc.SeriesDescription.startswith("AI")
+                if sc.SeriesDescription == SUMMARY_SERIES_DESCRIPTION:
+                    summaries.append(sc)
+                else:
+                    annotated[sc.SourceImageSequence[0].ReferencedSOPInstanceUID] = sc
+            (summary,) = summaries
+            assert summary.Columns == 1024
+            assert {i.ReferencedSOPInstanceUID for i in summary.ReferencedImageSequence} == (
+                source_uids
+            )
+            assert set(annotated) == source_uids
+            for uid, sc in annotated.items():
+                expected = {"fracture suspected": "dotted", "fracture likely": "solid"}.get(
+                    levels[uid] or ""
+                )
+                assert box_style(sc.pixel_array) == expected, (uid, levels[uid])
+
+            # GSPS over the original views: a box on each positive view.
+            gsps = dcmread(tmp_path / f"{found[GSPS_CLASS][0]}.dcm")
+            boxed = {
+                a.ReferencedImageSequence[0].ReferencedSOPInstanceUID
+                for a in gsps.GraphicAnnotationSequence
+                if "GraphicObjectSequence" in a
+            }
+            assert boxed == positive
 
             with runtime.sessions() as session:
                 study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
@@ -134,3 +224,29 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
             with runtime.sessions() as session:
                 runs = session.scalar(select(func.count()).select_from(TriageRun))
                 assert runs == 1
+
+            # Reprocessing (e.g. a new model version): the new SR supersedes the first,
+            # and every result goes into new series.
+            first_series = {s["ID"] for s in orthanc.series_of_study(study_uid)}
+            with flow_run_settings(settings.prefect_flow_heartbeat):
+                rerun = triage_study(study_uid, force=True)
+            assert rerun.status == StudyStatus.TRIAGED.value and rerun.undelivered == 0
+            with runtime.sessions() as session:
+                first_sr, second_sr = (
+                    o
+                    for run in session.scalars(select(TriageRun).order_by(TriageRun.id))
+                    for o in run.outputs
+                    if o.kind == "sr"
+                )
+                first_sr_uid, second_sr_path = first_sr.sop_instance_uid, second_sr.path
+                first_sr_series = first_sr.series_instance_uid
+            second = dcmread(runtime.output_dir / second_sr_path)
+            (predecessor,) = second.PredecessorDocumentsSequence
+            (series,) = predecessor.ReferencedSeriesSequence
+            assert series.SeriesInstanceUID == first_sr_series
+            assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first_sr_uid
+            assert second.SeriesInstanceUID != first_sr_series
+            new_series = [
+                s for s in orthanc.series_of_study(study_uid) if s["ID"] not in first_series
+            ]
+            assert len(new_series) == 4  # SR, summary, annotated SCs, GSPS

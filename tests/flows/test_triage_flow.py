@@ -69,14 +69,15 @@ def test_real_jpeg2000_cr_is_triaged_with_valid_outputs(
         (image,) = run.image_results
         assert image.sop_instance_uid == header.SOPInstanceUID
         outputs = list(session.scalars(select(OutputObject).order_by(OutputObject.id)))
-    assert [o.kind for o in outputs] == ["sr", "sc"]
+    assert [o.kind for o in outputs] == ["sr", "summary", "gsps", "sc"]
     for output in outputs:
         path = runtime.output_dir / output.path
         assert_dciodvfy_clean(path)
         produced = dcmread(path)
         assert produced.StudyInstanceUID == header.StudyInstanceUID
         assert produced.SeriesInstanceUID != header.SeriesInstanceUID
-    sc = dcmread(runtime.output_dir / outputs[1].path)
+    (sc_output,) = [o for o in outputs if o.kind == "sc"]
+    sc = dcmread(runtime.output_dir / sc_output.path)
     assert (sc.Rows, sc.Columns) == (header.Rows, header.Columns)
     assert sc.BurnedInAnnotation == "YES"
 
