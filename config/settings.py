@@ -249,6 +249,14 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=0, ge=0, description="0 leaves torch's default.")
 
     # Orchestration
+    prefect_api_url: str | None = Field(
+        default=None,
+        description="A Prefect server's API (server mode): the node creates flow runs of the "
+        "triage deployment and workers execute them. None: flows run in the node (embedded).",
+    )
+    retention_days: int = Field(
+        default=30, ge=0, description="The nightly purge deletes pixel data older than this."
+    )
     prefect_flow_heartbeat: bool = Field(
         default=True,
         description="Prefect's flow-run heartbeat (crash detection); costs ~1 s a run.",

@@ -52,6 +52,8 @@ class AuditEventType(enum.StrEnum):
     OUTPUT_CREATED = "output_created"
     OUTPUT_SENT = "output_sent"
     OUTPUT_SEND_FAILED = "output_send_failed"
+    REPROCESS_REQUESTED = "reprocess_requested"
+    PURGE = "purge"
 
 
 class Outcome(enum.StrEnum):

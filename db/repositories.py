@@ -10,8 +10,11 @@ import datetime as dt
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -74,21 +77,40 @@ class StudyRepository:
             select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
         )
 
+    def _get_or_create(self, study_instance_uid: str, now: dt.datetime) -> Study:
+        """The study's row, inserted if absent.
+
+        Several associations often bring the first instances of one study at once:
+        INSERT ... ON CONFLICT DO NOTHING lets every one of them go on with the row
+        the first one created, instead of failing on the unique constraint.
+        """
+        study = self.get(study_instance_uid)
+        if study is not None:
+            return study
+        dialect = self._session.get_bind().dialect.name
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        self._session.execute(
+            insert(Study)
+            .values(
+                study_instance_uid=study_instance_uid,
+                status=StudyStatus.RECEIVING,
+                first_received_at=now,
+                last_received_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+        )
+        study = self.get(study_instance_uid)
+        if study is None:  # pragma: no cover - the insert or the other writer created it
+            raise LookupError(f"study {study_instance_uid} vanished while being recorded")
+        return study
+
     def record_instance(
         self, received: ReceivedInstance, now: dt.datetime | None = None
     ) -> RecordOutcome:
         """Record a stored instance; reopen its study if it had been triaged already."""
         now = now or utcnow()
-        study = self.get(received.study_instance_uid)
-        if study is None:
-            study = Study(
-                study_instance_uid=received.study_instance_uid,
-                status=StudyStatus.RECEIVING,
-                first_received_at=now,
-                last_received_at=now,
-            )
-            self._session.add(study)
-            self._session.flush()
+        study = self._get_or_create(received.study_instance_uid, now)
 
         existing = self.find_instance(received.sop_instance_uid)
         if existing is not None and existing.sha256 == received.sha256:
@@ -159,6 +181,22 @@ class StudyRepository:
             .where(
                 Study.study_instance_uid == study_instance_uid,
                 Study.status == StudyStatus.READY,
+            )
+            .values(status=StudyStatus.TRIAGING, updated_at=utcnow())
+        )
+        return result.rowcount == 1
+
+    def claim_forced(self, study_instance_uid: str) -> bool:
+        """Move a study in any state but TRIAGING to TRIAGING (a deliberate re-run).
+
+        A study someone is triaging right now is left alone, so a reprocess and the
+        node's own triage never work on the same study at once.
+        """
+        result = self._session.execute(
+            update(Study)
+            .where(
+                Study.study_instance_uid == study_instance_uid,
+                Study.status != StudyStatus.TRIAGING,
             )
             .values(status=StudyStatus.TRIAGING, updated_at=utcnow())
         )
@@ -395,3 +433,26 @@ class RunRepository:
             .limit(1)
         )
         return self._session.scalar(query)
+
+
+def node_status(session: Session, latest: int = 10) -> dict[str, Any]:
+    """Counts for ``fracture-triage status``: studies by status, deliveries, model versions."""
+    studies = dict(session.execute(select(Study.status, func.count()).group_by(Study.status)).all())
+    deliveries = dict(
+        session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
+    )
+    models = session.execute(
+        select(TriageRun.model_name, TriageRun.model_version, func.count()).group_by(
+            TriageRun.model_name, TriageRun.model_version
+        )
+    ).all()
+    return {
+        "studies": {str(k): v for k, v in studies.items()},
+        "deliveries": {str(k): v for k, v in deliveries.items()},
+        "models": {f"{name} {version}": count for name, version, count in models},
+        "latest": list(
+            session.scalars(
+                select(Study.study_instance_uid).order_by(Study.id.desc()).limit(latest)
+            )
+        ),
+    }

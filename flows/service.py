@@ -60,6 +60,9 @@ class TriageService:
         return future
 
     def _triage(self, study_instance_uid: str) -> TriageSummary | None:
+        if self.runtime.settings.prefect_api_url:
+            self._create_flow_run(study_instance_uid)
+            return None
         try:
             with flow_run_settings(self.runtime.settings.prefect_flow_heartbeat):
                 return triage_study(study_instance_uid)
@@ -67,6 +70,28 @@ class TriageService:
             # The flow has recorded the failure (run FAILED, audit event); keep serving.
             logger.exception("triage flow for study %s failed", study_instance_uid)
             return None
+
+    def _create_flow_run(self, study_instance_uid: str) -> None:
+        """Server mode: a flow run of the triage deployment, for a worker to execute."""
+        from prefect.deployments import run_deployment
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from flows.deployments import TRIAGE_DEPLOYMENT
+
+        try:
+            with temporary_settings(
+                updates={PREFECT_API_URL: self.runtime.settings.prefect_api_url}
+            ):
+                run = run_deployment(
+                    TRIAGE_DEPLOYMENT,
+                    parameters={"study_instance_uid": study_instance_uid},
+                    timeout=0,  # create the run and return: a worker executes it
+                    as_subflow=False,
+                )
+            logger.info("study %s: flow run %s created", study_instance_uid, run.id)
+        except Exception:
+            # The study stays READY; the watcher's recovery hands it on again at restart.
+            logger.exception("could not create a flow run for study %s", study_instance_uid)
 
     def stop(self) -> None:
         self.watcher.stop()

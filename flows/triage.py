@@ -465,9 +465,7 @@ def _claim(runtime: Runtime, study_instance_uid: str, force: bool) -> bool:
         studies = StudyRepository(session)
         if studies.claim_for_triage(study_instance_uid):
             return True
-        if force and studies.get(study_instance_uid) is not None:
-            return studies.set_status(study_instance_uid, StudyStatus.TRIAGING)
-        return False
+        return force and studies.claim_forced(study_instance_uid)
 
 
 def _start_run(runtime: Runtime, study_instance_uid: str, model: HierarchicalModel) -> int:

@@ -324,3 +324,19 @@ def test_unsupported_sop_class_is_refused_and_audited(start_scp: Callable[..., R
     (event,) = node.events(AuditEventType.ASSOCIATION_ACCEPTED)
     assert event.detail["refused_contexts"] == [worklist_find]
     assert _echo_ok(node)
+
+
+def test_first_instances_of_one_study_over_concurrent_associations(
+    start_scp: Callable[..., RunningSCP],
+) -> None:
+    """Four associations bring the first views of one study at once: all are stored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    node = start_scp()
+    views = [_good_dx(index) for index in range(1, 9)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = list(pool.map(lambda ds: _send(node, ds), views))
+    assert statuses == [0] * len(views)
+    with node.sessions() as session:
+        assert len(list(session.scalars(select(Instance)))) == len(views)
+    assert not node.events(AuditEventType.INSTANCE_REFUSED)

@@ -1,0 +1,215 @@
+"""Admin flows: reprocess studies, retry the outbox, purge old pixel data.
+
+``reprocess`` selects studies (received-date range, statuses, regions, model
+version older than a given one), optionally fetches them again from the PACS by
+C-FIND + C-MOVE to the node's own AE, and triages each one again with the model
+that is configured now. Prefect sees UIDs, dates and counts only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from packaging.version import InvalidVersion, Version
+from prefect import flow, task
+from sqlalchemy import select
+
+from config import Destination
+from db.audit import AuditEventType, AuditLog
+from db.models import Instance, Study, StudyStatus, utcnow
+from db.repositories import RunRepository
+from dicom_node.query import StudyQuery, find_studies, move_study
+from flows.runtime import Runtime, current_runtime
+from flows.triage import triage_study
+
+logger = logging.getLogger(__name__)
+
+Source = Literal["local", "pacs"]
+
+
+@dataclass(frozen=True)
+class ReprocessCriteria:
+    """Which studies to triage again; every criterion that is set must hold."""
+
+    received_from: dt.date | None = None
+    received_to: dt.date | None = None
+    statuses: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+    model_version_older_than: str | None = None
+
+    def __post_init__(self) -> None:
+        known = {s.value for s in StudyStatus}
+        unknown = [s for s in self.statuses if s not in known]
+        if unknown:
+            raise ValueError(f"unknown study statuses {unknown}; expected some of {sorted(known)}")
+        if self.model_version_older_than is not None:
+            Version(self.model_version_older_than)  # raises InvalidVersion naming the value
+
+
+def select_studies(runtime: Runtime, criteria: ReprocessCriteria) -> list[str]:
+    """Study UIDs in the local DB that match ``criteria`` (oldest first)."""
+    query = select(Study).order_by(Study.id)
+    if criteria.received_from is not None:
+        query = query.where(Study.first_received_at >= _start_of(criteria.received_from))
+    if criteria.received_to is not None:
+        query = query.where(
+            Study.first_received_at < _start_of(criteria.received_to + dt.timedelta(days=1))
+        )
+    if criteria.statuses:
+        query = query.where(Study.status.in_([StudyStatus(s) for s in criteria.statuses]))
+    selected = []
+    with runtime.sessions() as session:
+        runs = RunRepository(session)
+        for study in session.scalars(query):
+            latest = runs.latest_for_study(study.study_instance_uid)
+            result = latest.study_result if latest else None
+            if criteria.regions and (result is None or result.region not in criteria.regions):
+                continue
+            if criteria.model_version_older_than is not None and not _older(
+                latest.model_version if latest else None, criteria.model_version_older_than
+            ):
+                continue
+            selected.append(study.study_instance_uid)
+    return selected
+
+
+def _older(version: str | None, than: str) -> bool:
+    if version is None:
+        return True  # never triaged: older than any model
+    try:
+        return Version(version) < Version(than)
+    except InvalidVersion:
+        return True
+
+
+def _start_of(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
+
+
+@task(name="fetch-from-pacs", retries=2, retry_delay_seconds=[5, 30])
+def fetch_from_pacs(
+    pacs_name: str, date_from: dt.date | None, date_to: dt.date | None, modality: str | None
+) -> list[str]:
+    """C-FIND the PACS, C-MOVE each match to our own AE; return the moved study UIDs."""
+    runtime = current_runtime()
+    settings = runtime.settings
+    pacs = _pacs(runtime, pacs_name)
+    query = StudyQuery(date_from=date_from, date_to=date_to, modality=modality)
+    moved = []
+    for match in find_studies(pacs, settings.ae_title, query):
+        result = move_study(pacs, settings.ae_title, match.study_instance_uid, settings.ae_title)
+        logger.info(
+            "moved study %s: %d completed, %d failed",
+            match.study_instance_uid,
+            result.completed,
+            result.failed,
+        )
+        moved.append(match.study_instance_uid)
+    return moved
+
+
+def _pacs(runtime: Runtime, name: str) -> Destination:
+    for destination in runtime.settings.destinations:
+        if destination.name == name and isinstance(destination, Destination):
+            return destination
+    raise ValueError(f"no DIMSE destination named {name!r} to query")
+
+
+@flow(name="reprocess", persist_result=False)
+def reprocess(
+    received_from: dt.date | None = None,
+    received_to: dt.date | None = None,
+    statuses: Sequence[str] = (),
+    regions: Sequence[str] = (),
+    model_version_older_than: str | None = None,
+    source: Source = "local",
+    pacs: str | None = None,
+    modality: str | None = None,
+    requested_by: str = "system",
+) -> dict[str, int]:
+    """Triage matching studies again with the configured model.
+
+    With ``source="pacs"`` the studies of the date range are first fetched from the
+    destination named ``pacs`` by C-FIND + C-MOVE (to this node's own AE), so a
+    study whose pixels were purged, or that never reached the node, is triaged too.
+    """
+    runtime = current_runtime()
+    criteria = ReprocessCriteria(
+        received_from=None if source == "pacs" else received_from,
+        received_to=None if source == "pacs" else received_to,
+        statuses=tuple(statuses),
+        regions=tuple(regions),
+        model_version_older_than=model_version_older_than,
+    )
+    if source == "pacs":
+        if pacs is None:
+            raise ValueError("source 'pacs' needs the name of the destination to query")
+        candidates = fetch_from_pacs(pacs, received_from, received_to, modality)
+        matching = set(select_studies(runtime, criteria))
+        study_uids = [uid for uid in candidates if uid in matching]
+    else:
+        study_uids = select_studies(runtime, criteria)
+
+    with runtime.sessions.begin() as session:
+        AuditLog(session).record(
+            AuditEventType.REPROCESS_REQUESTED,
+            actor=requested_by,
+            studies=len(study_uids),
+            source=source,
+            model_version_older_than=model_version_older_than,
+        )
+    triaged = failed = 0
+    for uid in study_uids:
+        try:
+            summary = triage_study(uid, force=True)
+            triaged += summary.status == StudyStatus.TRIAGED.value
+        except Exception:
+            logger.exception("reprocessing study %s failed", uid)
+            failed += 1
+    return {"selected": len(study_uids), "triaged": triaged, "failed": failed}
+
+
+@flow(name="retry-outbox", persist_result=False)
+def retry_outbox() -> dict[str, int]:
+    """Send every due delivery now (the node's outbox thread does this continuously)."""
+    result = current_runtime().outbox.send_due()
+    return {"sent": result.sent, "failed": result.failed, "retrying": result.retrying}
+
+
+@flow(name="purge-store", persist_result=False)
+def purge_store(older_than_days: int, requested_by: str = "system") -> dict[str, int]:
+    """Delete stored pixel data received more than ``older_than_days`` ago; keep the DB rows.
+
+    Audit events, results and the instance rows stay, so the audit trail still tells
+    the whole story of a purged study; the instance's file is gone.
+    """
+    if older_than_days < 0:
+        raise ValueError(f"older_than_days must not be negative, got {older_than_days}")
+    runtime = current_runtime()
+    cutoff = utcnow() - dt.timedelta(days=older_than_days)
+    removed = freed = 0
+    with runtime.sessions() as session:
+        instances = list(session.scalars(select(Instance).where(Instance.received_at < cutoff)))
+        targets = [(i.path, i.study.study_instance_uid) for i in instances]
+    studies: set[str] = set()
+    for relative, study_uid in targets:
+        path = runtime.store.absolute(relative)
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink()
+            removed += 1
+            studies.add(study_uid)
+    with runtime.sessions.begin() as session:
+        audit = AuditLog(session)
+        for study_uid in sorted(studies):
+            audit.record(
+                AuditEventType.PURGE,
+                actor=requested_by,
+                study_instance_uid=study_uid,
+                older_than_days=older_than_days,
+            )
+    return {"files": removed, "bytes": freed, "studies": len(studies)}

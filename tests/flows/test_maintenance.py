@@ -1,0 +1,162 @@
+"""Admin flows: reprocess with a new model version (local and from the PACS), purge."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from config import Destination, Settings
+from db.audit import AuditEventType, AuditLog
+from db.models import Instance, RunStatus, StudyStatus, TriageRun
+from dicom_node.sender import send_files
+from flows.cli import app
+from flows.maintenance import ReprocessCriteria, purge_store, reprocess, select_studies
+from flows.runtime import Runtime, install_runtime
+from flows.service import TriageService
+from tests.peers import free_port, run_orthanc
+
+pytestmark = pytest.mark.slow
+
+
+def bundle_with_version(bundle: Path, version: str, target: Path) -> Path:
+    """A copy of ``bundle`` that says it is model version ``version``."""
+    shutil.copytree(bundle, target)
+    metadata_path = target / "configs" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["version"] = version
+    metadata_path.write_text(json.dumps(metadata, indent=2))
+    return target
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def runs_of(runtime: Runtime) -> list[tuple[str, RunStatus]]:
+    with runtime.sessions() as session:
+        return [(r.model_version, r.status) for r in session.scalars(select(TriageRun))]
+
+
+def ingest(runtime: Runtime, study_dir: Path) -> str:
+    """Send a sample study to a running node and wait for its triage."""
+    with TriageService(runtime) as service:
+        assert service.address is not None
+        node = Destination(
+            name="node", ae_title="FRACTURE_TRIAGE", host="127.0.0.1", port=service.address[1]
+        )
+        files = sorted(study_dir.glob("*.dcm"))
+        assert all(o.success for o in send_files(files, node, "MODALITY"))
+        wait_for(
+            lambda: len(runs_of(runtime)) == 1 and runs_of(runtime)[0][1] is not RunStatus.RUNNING,
+            240,
+            "the first triage",
+        )
+    return str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def test_reprocess_with_a_new_model_version_and_purge(
+    make_settings: Callable[..., Settings],
+    sample_studies: list[Path],
+    demo_bundle: Path,
+    tmp_path: Path,
+) -> None:
+    runtime = Runtime.create(make_settings())
+    study_uid = ingest(runtime, sample_studies[1])
+    assert runs_of(runtime) == [("0.1.0", RunStatus.SUCCEEDED)]
+
+    upgraded = make_settings(
+        model_bundle_dir=bundle_with_version(demo_bundle, "0.2.0", tmp_path / "bundle-0.2.0")
+    )
+    runtime = Runtime.create(upgraded)
+    install_runtime(runtime)
+    criteria = ReprocessCriteria(model_version_older_than="0.2.0")
+    assert select_studies(runtime, criteria) == [study_uid]
+    assert reprocess(model_version_older_than="0.2.0", requested_by="admin") == {
+        "selected": 1,
+        "triaged": 1,
+        "failed": 0,
+    }
+    assert runs_of(runtime) == [("0.1.0", RunStatus.SUCCEEDED), ("0.2.0", RunStatus.SUCCEEDED)]
+    # Idempotent: nothing is older than 0.2.0 any more.
+    assert select_studies(runtime, criteria) == []
+    with runtime.sessions() as session:
+        (event,) = AuditLog(session).of_type(AuditEventType.REPROCESS_REQUESTED)
+        assert event.actor == "admin"
+
+    # Purge: pixel data goes, the DB rows and the audit trail stay.
+    assert purge_store(0, requested_by="admin")["files"] == 2
+    with runtime.sessions() as session:
+        paths = [runtime.store.absolute(i.path) for i in session.scalars(select(Instance))]
+        assert len(paths) == 2 and not any(p.exists() for p in paths)
+        assert AuditLog(session).of_type(AuditEventType.PURGE)
+        assert AuditLog(session).for_study(study_uid)
+
+
+def test_reprocess_from_the_pacs_by_c_move(
+    make_settings: Callable[..., Settings], sample_studies: list[Path], tmp_path: Path
+) -> None:
+    node_port = free_port()
+    with run_orthanc(
+        tmp_path / "orthanc", modalities={"triage": ("FRACTURE_TRIAGE", "127.0.0.1", node_port)}
+    ) as orthanc:
+        files = sorted(sample_studies[2].glob("*.dcm"))
+        for path in files:
+            orthanc.upload(path)
+        study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        pacs = Destination(
+            name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=orthanc.dicom_port
+        )
+        settings = make_settings(port=node_port, destinations=(pacs,), study_stable_seconds=30.0)
+        runtime = Runtime.create(settings)
+        with TriageService(runtime):
+            result = reprocess(source="pacs", pacs="pacs", requested_by="admin")
+        assert result == {"selected": 1, "triaged": 1, "failed": 0}
+        with runtime.sessions() as session:
+            moved = sorted(session.scalars(select(Instance.sop_instance_uid)))
+        assert moved == sorted(
+            str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files
+        )
+        assert [s for _, s in runs_of(runtime)] == [RunStatus.SUCCEEDED]
+        series = orthanc.series_of_study(study_uid)
+        assert any(s["MainDicomTags"].get("Modality") == "SR" for s in series)
+
+
+def test_reprocess_cli_prints_json(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    for key, value in {
+        "STORE_DIR": settings.store_dir,
+        "OUTPUT_DIR": settings.output_dir,
+        "DATABASE_URL": settings.database_url,
+        "MODEL_BUNDLE_DIR": settings.model_bundle_dir,
+        "PREFECT_FLOW_HEARTBEAT": "false",
+    }.items():
+        monkeypatch.setenv(f"FRACTURE_TRIAGE_{key}", str(value))
+    result = CliRunner().invoke(app, ["reprocess", "--status", "failed", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1]) == {
+        "selected": 0,
+        "triaged": 0,
+        "failed": 0,
+    }
+    status = CliRunner().invoke(app, ["status", "--json"])
+    assert status.exit_code == 0, status.output
+    report = json.loads(status.output.strip().splitlines()[-1])
+    assert report["studies"] == {} and report["deliveries"] == {} and report["latest"] == []
+    bad = CliRunner().invoke(app, ["reprocess", "--status", "exploded"])
+    assert bad.exit_code != 0 and "unknown study statuses" in bad.output
+    assert StudyStatus.FAILED.value == "failed"
