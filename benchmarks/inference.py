@@ -1,0 +1,224 @@
+"""Inference: the per-image pipeline, stage by stage, against the bare networks.
+
+The reference is measured in the same process on the same tensors: the region
+network's forward, the fracture network's forward and Grad-CAM. The pipeline adds
+decoding, preprocessing, the hierarchy's bookkeeping, output encoding (overlay,
+Secondary Capture, SR) and Prefect's orchestration of one study.
+
+    python -m benchmarks.inference --bundle var/bundles/demo [--images 8] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydicom import dcmread
+from pydicom.uid import JPEG2000Lossless, generate_uid
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.common import machine_description
+from config import FractureLevel
+from dicom_node.results import AlgorithmIdentity, ImageFinding, StudyFinding, Thresholds
+from dicom_node.secondary_capture import build_overlay_secondary_capture
+from dicom_node.sr import build_triage_sr
+from models.bundle import load_bundle
+from models.gradcam import CamExplainer
+from models.networks import gradcam_target_layer
+from models.overlay import render_overlay
+from models.phantoms import phantom_dataset, render_phantom
+from models.preprocessing import display_image_from_dataset, preprocess
+
+
+def timed(function: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``repeats`` calls (after one warm-up call)."""
+    function()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def write_inputs(directory: Path, count: int, rows: int, compressed: bool) -> list[Path]:
+    rng = np.random.default_rng(0)
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for index in range(count):
+        phantom = render_phantom("wrist", index % 2 == 0, rng, size=256)
+        ds = phantom_dataset(
+            phantom,
+            patient_name="Bench^Mark",
+            patient_id="BENCH",
+            study_instance_uid=study,
+            series_instance_uid=series,
+            sop_instance_uid=generate_uid(),
+            accession_number="B1",
+            instance_number=index + 1,
+            rows=rows,
+        )
+        if compressed:
+            ds.compress(JPEG2000Lossless)
+        path = directory / f"{index}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def orchestration_seconds(tasks: int, repeats: int) -> float:
+    """Prefect's cost of one flow run with ``tasks`` no-op tasks (the triage flow has 8)."""
+    from prefect import flow, task
+
+    from flows.prefect_env import flow_run_settings
+
+    @task
+    def noop(value: int) -> int:
+        return value
+
+    @flow(persist_result=False)
+    def empty_flow() -> None:
+        for index in range(tasks):
+            noop(index)
+
+    with flow_run_settings(heartbeat=False):
+        return timed(empty_flow, repeats)
+
+
+def measure(bundle: Path, images: int, rows: int, compressed: bool, repeats: int) -> dict:
+    model = load_bundle(bundle)
+    size = model.image_size
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_inputs(Path(tmp), images, rows, compressed)
+        datasets = [dcmread(p) for p in paths]
+        displays = [display_image_from_dataset(ds) for ds in datasets]
+        batch = np.stack([preprocess(d, size)[0] for d in displays])
+        regions = [r for r, _ in model.classify_regions(batch)]
+        regions = [r or "wrist" for r in regions]  # time stage 2 on every image
+        tensor = torch.as_tensor(batch)
+        region_net = model.region_network
+        fracture_net = model.fracture_networks["wrist"]
+        explainer = CamExplainer(
+            fracture_net, gradcam_target_layer(model.metadata.fracture_network)
+        )
+
+        def bare() -> None:
+            with torch.no_grad():
+                region_net(tensor)
+                fracture_net(tensor)
+            explainer(tensor, 0)
+
+        stages = {
+            "decode": lambda: [dcmread(p).pixel_array for p in paths],
+            "preprocess": lambda: [
+                preprocess(display_image_from_dataset(ds), size) for ds in datasets
+            ],
+            "stage 1 (region)": lambda: model.classify_regions(batch),
+            "stage 2 (fracture)": lambda: model.classify_fractures(batch, regions),
+            "Grad-CAM": lambda: model.explain(batch, regions),
+        }
+        algorithm = AlgorithmIdentity("bench", "1", trained_on_synthetic_data=True)
+        findings = [
+            ImageFinding(ds.SOPInstanceUID, "wrist", 0.9, 0.8, FractureLevel.LIKELY)
+            for ds in datasets
+        ]
+        study = StudyFinding(
+            datasets[0].StudyInstanceUID,
+            "wrist",
+            0.8,
+            FractureLevel.LIKELY,
+            Thresholds(0.3, 0.7),
+            tuple(findings),
+        )
+
+        def encode() -> None:
+            series = generate_uid()
+            for number, (ds, display, finding) in enumerate(
+                zip(datasets, displays, findings, strict=True)
+            ):
+                overlay = render_overlay(display, None, (10, 10, 50, 50), dotted=False)
+                sc = build_overlay_secondary_capture(
+                    ds,
+                    overlay,
+                    finding,
+                    algorithm,
+                    series_instance_uid=series,
+                    sop_instance_uid=generate_uid(),
+                    series_number=9002,
+                    instance_number=number + 1,
+                )
+                sc.save_as(BytesIO(), enforce_file_format=True)
+            sr = build_triage_sr(
+                datasets,
+                study,
+                algorithm,
+                series_instance_uid=generate_uid(),
+                sop_instance_uid=generate_uid(),
+                series_number=9001,
+                instance_number=1,
+            )
+            sr.save_as(BytesIO(), enforce_file_format=True)
+
+        stages["output encoding"] = encode
+        per_image = {name: timed(fn, repeats) / images for name, fn in stages.items()}
+        per_image["orchestration (Prefect, per study / images)"] = (
+            orchestration_seconds(8, repeats) / images
+        )
+        reference = timed(bare, repeats) / images
+    total = sum(per_image.values())
+    return {
+        "input": "JPEG 2000 lossless" if compressed else "uncompressed",
+        "images": images,
+        "rows": rows,
+        "per_image_seconds": {k: round(v, 5) for k, v in per_image.items()},
+        "pipeline_seconds_per_image": round(total, 5),
+        "bare_model_seconds_per_image": round(reference, 5),
+        "ratio_pipeline_to_bare": round(total / reference, 2),
+        "goal_met": (total / reference) <= 1.5 if not compressed else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=Path("var/bundles/demo"))
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = [
+        measure(args.bundle, args.images, args.rows, compressed, args.repeats)
+        for compressed in (False, True)
+    ]
+    console = Console()
+    for result in results:
+        table = Table(title=f"Per image, {result['input']} {result['rows']}x{result['rows']}")
+        table.add_column("stage")
+        table.add_column("ms", justify="right")
+        for name, seconds in result["per_image_seconds"].items():
+            table.add_row(name, f"{seconds * 1000:.1f}")
+        table.add_row("pipeline total", f"{result['pipeline_seconds_per_image'] * 1000:.1f}")
+        table.add_row(
+            "bare networks + Grad-CAM", f"{result['bare_model_seconds_per_image'] * 1000:.1f}"
+        )
+        table.add_row("ratio", str(result["ratio_pipeline_to_bare"]))
+        console.print(table)
+    if args.json:
+        args.json.write_text(
+            json.dumps({"machine": machine_description(), "results": results}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
