@@ -254,6 +254,12 @@ class Settings(BaseSettings):
         description="A Prefect server's API (server mode): the node creates flow runs of the "
         "triage deployment and workers execute them. None: flows run in the node (embedded).",
     )
+    triage_timeout_seconds: float = Field(
+        default=1800.0,
+        gt=0,
+        description="A study claimed longer ago without a result is triaged again "
+        "(its worker was killed or lost).",
+    )
     retention_days: int = Field(
         default=30, ge=0, description="The nightly purge deletes pixel data older than this."
     )

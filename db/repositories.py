@@ -218,9 +218,19 @@ class StudyRepository:
         )
         return list(self._session.scalars(query))
 
-    def requeue_interrupted(self) -> list[str]:
-        """At start-up: studies left TRIAGING by a crashed process become READY again."""
-        uids = self.uids_with_status(StudyStatus.TRIAGING)
+    def requeue_interrupted(
+        self, stale_after: dt.timedelta | None = None, now: dt.datetime | None = None
+    ) -> list[str]:
+        """Studies left TRIAGING by a crashed process (or a killed worker) become READY again.
+
+        At start-up every TRIAGING study is interrupted (``stale_after`` None). While
+        running, only those claimed longer ago than ``stale_after`` are: their worker
+        died without finishing, so the study is picked up again.
+        """
+        query = select(Study.study_instance_uid).where(Study.status == StudyStatus.TRIAGING)
+        if stale_after is not None:
+            query = query.where(Study.updated_at <= (now or utcnow()) - stale_after)
+        uids = list(self._session.scalars(query.order_by(Study.id)))
         if uids:
             self._session.execute(
                 update(Study)
@@ -235,7 +245,11 @@ class StudyRepository:
                         select(Study.id).where(Study.study_instance_uid.in_(uids))
                     ),
                 )
-                .values(status=RunStatus.FAILED, finished_at=utcnow(), error="interrupted")
+                .values(
+                    status=RunStatus.FAILED,
+                    finished_at=utcnow(),
+                    error="interrupted" if stale_after is None else "timed out (worker lost)",
+                )
             )
         return uids
 

@@ -32,10 +32,12 @@ class StudyCompletionWatcher:
         on_ready: ReadyCallback,
         poll_interval: float | None = None,
         max_age: dt.timedelta | None = None,
+        triage_timeout: dt.timedelta | None = None,
     ) -> None:
         self._sessions = session_factory
         self._quiet_for = quiet_for
         self._max_age = max_age
+        self._triage_timeout = triage_timeout
         self._on_ready = on_ready
         self._interval = poll_interval or min(1.0, quiet_for.total_seconds() / 4)
         self._stop = threading.Event()
@@ -55,7 +57,13 @@ class StudyCompletionWatcher:
 
     def poll_once(self) -> list[str]:
         with self._sessions.begin() as session:
-            ready = StudyRepository(session).mark_ready(self._quiet_for, max_age=self._max_age)
+            studies = StudyRepository(session)
+            ready = studies.mark_ready(self._quiet_for, max_age=self._max_age)
+            if self._triage_timeout is not None:
+                stale = studies.requeue_interrupted(stale_after=self._triage_timeout)
+                if stale:
+                    logger.warning("re-queued %d studies whose triage timed out", len(stale))
+                ready += stale
             audit = AuditLog(session)
             for uid in ready:
                 audit.record(

@@ -34,6 +34,7 @@ class TriageService:
             dt.timedelta(seconds=runtime.settings.study_stable_seconds),
             self.submit,
             max_age=dt.timedelta(seconds=runtime.settings.study_max_age_seconds),
+            triage_timeout=dt.timedelta(seconds=runtime.settings.triage_timeout_seconds),
         )
         self.outbox = OutboxWorker(runtime.outbox, runtime.settings.outbox_poll_seconds)
         self.audit_export = export_worker(runtime.settings, runtime.sessions)  # None: off

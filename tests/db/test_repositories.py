@@ -168,3 +168,21 @@ def test_audit_events_round_trip_with_aware_timestamps(sessions: sessionmaker[Se
         assert event.event_type == "study_ready"
         assert event.detail == {"views": 2}
         assert event.occurred_at.tzinfo is not None
+
+
+def test_a_study_whose_worker_died_is_picked_up_again(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        studies = StudyRepository(session)
+        studies.record_instance(received("1.2.3.1.1"))
+        studies.set_status("1.2.3", StudyStatus.TRIAGING)
+        run_id = RunRepository(session).start("1.2.3", model_name="m", model_version="1").id
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    with sessions.begin() as session:
+        studies = StudyRepository(session)
+        assert studies.requeue_interrupted(dt.timedelta(minutes=30), now=soon) == []
+        assert studies.requeue_interrupted(dt.timedelta(minutes=30), now=later) == ["1.2.3"]
+    with sessions() as session:
+        assert StudyRepository(session).get("1.2.3").status is StudyStatus.READY
+        run = RunRepository(session).get(run_id)
+        assert run.status is RunStatus.FAILED and "worker lost" in (run.error or "")
