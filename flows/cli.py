@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -13,9 +14,10 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from config import Destination, Settings, SettingsError, load_settings
+from flows import admin_cli
 from flows.audit_cli import audit_app
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="Audit database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
+admin_cli.register(app)
 console = Console()
 
 ConfigOption = Annotated[
@@ -148,24 +151,32 @@ def run_study(
 
 
 @app.command()
-def status(config: ConfigOption = None) -> None:
-    """Studies by status and the latest results."""
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Queue, running and failed studies, the outbox, model versions in use, latest results."""
     settings = _settings(config)
-    from db.models import Study
+    from db.repositories import node_status
     from flows.runtime import Runtime
 
     runtime = Runtime.create(settings)
     with runtime.sessions() as session:
-        counts = session.execute(select(Study.status, func.count()).group_by(Study.status)).all()
-        latest = list(
-            session.scalars(select(Study.study_instance_uid).order_by(Study.id.desc()).limit(10))
-        )
-    table = Table("status", "studies", title="Studies")
-    for name, count in counts:
-        table.add_row(str(name), str(count))
-    console.print(table)
-    if latest:
-        _print_results(runtime, list(reversed(latest)))
+        report = node_status(session)
+    if as_json:
+        typer.echo(json.dumps(report, default=str))
+        return
+    for title, key in (
+        ("Studies", "studies"),
+        ("Outbox", "deliveries"),
+        ("Model versions in use", "models"),
+    ):
+        table = Table("what", "count", title=title)
+        for name, count in report[key].items():
+            table.add_row(str(name), str(count))
+        console.print(table)
+    if report["latest"]:
+        _print_results(runtime, list(reversed(report["latest"])))
 
 
 @app.command("build-demo-bundle")
