@@ -130,9 +130,25 @@ def pytest_configure(config: pytest.Config) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG)  # scan our debug lines too
 
 
+def prefect_store_leaks() -> list[str]:
+    """Files of the session's Prefect home (its API database, logs) that hold patient data.
+
+    Flow-run parameters, task results, run names and run logs all end up there.
+    """
+    home = Path(os.environ["PREFECT_HOME"])
+    leaks = []
+    for path in home.rglob("*"):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        leaks += [f"{path.name}: {value}" for value in PATIENT_DATA if value.encode() in data]
+    return leaks
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _scanner.leaks:
-        print("\nPATIENT DATA IN LOGS:\n" + "\n".join(_scanner.leaks[:20]))
+    leaks = _scanner.leaks + prefect_store_leaks()
+    if leaks:
+        print("\nPATIENT DATA IN LOGS OR PREFECT'S STORE:\n" + "\n".join(leaks[:20]))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
