@@ -186,6 +186,10 @@ class Settings(BaseSettings):
         default=(),
         description="Calling AE titles allowed to associate; empty accepts any caller.",
     )
+    allowed_calling_hosts: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="Optional host check: calling AE title -> the IP addresses it may call from.",
+    )
     destinations: tuple[AnyDestination, ...] = ()
     tls: TlsSettings | None = Field(
         default=None, description="TLS for the SCP (and the identity used by TLS destinations)."

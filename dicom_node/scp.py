@@ -117,6 +117,7 @@ class StorageSCP:
         handlers = [
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_ACCEPTED, self.handle_accepted),
             (evt.EVT_REJECTED, self.handle_rejected),
         ]
@@ -144,6 +145,35 @@ class StorageSCP:
     def handle_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
+    def handle_requested(self, event: evt.Event) -> None:
+        """Reject before negotiation: a calling AE from a host not allowed for it, or a
+        store whose disk is nearly full (better than failing half-way through a study)."""
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        address = str(assoc.requestor.address)
+        allowed_hosts = self._settings.allowed_calling_hosts.get(calling)
+        if allowed_hosts is not None and address not in allowed_hosts:
+            # rejected-permanent, service-user, calling AE title not recognised
+            self._reject(
+                event, (0x01, 0x01, 0x03), calling, f"host {address} not allowed for {calling}"
+            )
+            return
+        free = shutil.disk_usage(self._store.root).free
+        if free < self._settings.min_free_disk_bytes:
+            # rejected-transient, service-provider (presentation), local limit exceeded
+            self._reject(
+                event, (0x02, 0x03, 0x02), calling, f"store disk nearly full ({free} bytes free)"
+            )
+
+    def _reject(
+        self, event: evt.Event, reason: tuple[int, int, int], calling: str, why: str
+    ) -> None:
+        event.assoc.acse.send_reject(*reason)
+        self._audit_association(
+            event, AuditEventType.ASSOCIATION_REJECTED, Outcome.FAILURE, actor=calling, reason=why
+        )
+        event.assoc.kill()
+
     def handle_accepted(self, event: evt.Event) -> None:
         # Proposed SOP classes (or transfer syntaxes) we do not accept are refused per
         # presentation context; the audit names them so a refused modality is visible.
@@ -159,16 +189,17 @@ class StorageSCP:
         self, event: evt.Event, kind: AuditEventType, outcome: Outcome, **detail: object
     ) -> None:
         requestor = event.assoc.requestor
+        actor = detail.pop("actor", None) or requestor.ae_title
         with self._sessions.begin() as session:
             AuditLog(session).record(
                 kind,
                 outcome,
-                actor=requestor.ae_title,
+                actor=actor,
                 address=str(requestor.address),
                 port=int(requestor.port),
                 **detail,
             )
-        logger.info("%s from %s at %s", kind, requestor.ae_title, requestor.address)
+        logger.info("%s from %s at %s", kind, actor, requestor.address)
 
     def handle_store(self, event: evt.Event) -> int:
         calling_ae = event.assoc.requestor.ae_title

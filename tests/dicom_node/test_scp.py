@@ -258,12 +258,48 @@ def test_instance_over_the_size_limit_is_refused(start_scp: Callable[..., Runnin
     assert "max_instance_bytes" in event.detail["reason"]
 
 
-def test_nearly_full_disk_refuses_instances(start_scp: Callable[..., RunningSCP]) -> None:
+def _rejected_events(node: RunningSCP) -> list:
+    deadline = time.monotonic() + 10  # the SCP audits right after it sent the reject
+    while not node.events(AuditEventType.ASSOCIATION_REJECTED) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return node.events(AuditEventType.ASSOCIATION_REJECTED)
+
+
+def test_nearly_full_disk_refuses_new_associations(start_scp: Callable[..., RunningSCP]) -> None:
     node = start_scp(min_free_disk_bytes=2**62)  # more than any disk has free
-    assert _send(node, _good_dx(1)) == OUT_OF_RESOURCES
-    (event,) = node.events(AuditEventType.INSTANCE_REFUSED)
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(DigitalXRayImageStorageForPresentation)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.settings.ae_title)
+    assert assoc.is_rejected
+    assert assoc.acceptor.primitive.result == 0x02  # transient: try again later
+    (event,) = _rejected_events(node)
     assert "disk" in event.detail["reason"]
     assert not any(node.store.root.rglob("*.dcm"))
+
+
+def test_calling_ae_from_a_host_not_allowed_is_rejected(
+    start_scp: Callable[..., RunningSCP],
+) -> None:
+    echoscu = require_binary("echoscu", "dcmtk")
+    node = start_scp(allowed_calling_hosts={"KNOWN_PACS": ("127.0.0.2",)})
+    refused = subprocess.run(
+        [
+            echoscu,
+            "-aet",
+            "KNOWN_PACS",
+            "-aec",
+            node.settings.ae_title,
+            "127.0.0.1",
+            str(node.port),
+        ],
+        capture_output=True,
+        timeout=30,
+    )
+    assert refused.returncode != 0
+    (event,) = _rejected_events(node)
+    assert event.actor == "KNOWN_PACS" and "not allowed" in event.detail["reason"]
+    # Another AE without a host rule still gets in, and the node still answers.
+    assert _echo_ok(node)
 
 
 def test_truncated_dataset_is_refused(start_scp: Callable[..., RunningSCP], tmp_path: Path) -> None:
