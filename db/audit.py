@@ -40,6 +40,7 @@ AUDIT_CHAIN_LOCK_KEY = 0x4654_4155_4449_5431
 class AuditEventType(enum.StrEnum):
     ASSOCIATION_ACCEPTED = "association_accepted"
     ASSOCIATION_REJECTED = "association_rejected"
+    CONNECTION_DROPPED = "connection_dropped"  # a connection that never asked to associate
     INSTANCE_STORED = "instance_stored"
     INSTANCE_DUPLICATE = "instance_duplicate"
     INSTANCE_REPLACED = "instance_replaced"

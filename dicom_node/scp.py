@@ -118,6 +118,7 @@ class StorageSCP:
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_REQUESTED, self.handle_requested),
+            (evt.EVT_CONN_CLOSE, self.handle_connection_closed),
             (evt.EVT_ACCEPTED, self.handle_accepted),
             (evt.EVT_REJECTED, self.handle_rejected),
         ]
@@ -173,6 +174,24 @@ class StorageSCP:
             event, AuditEventType.ASSOCIATION_REJECTED, Outcome.FAILURE, actor=calling, reason=why
         )
         event.assoc.kill()
+
+    def handle_connection_closed(self, event: evt.Event) -> None:
+        """Audit a connection that closed without a valid association request.
+
+        Garbage on the port, a port scan, or a peer speaking another protocol: pynetdicom
+        drops it; the audit trail records who it was.
+        """
+        if event.assoc.requestor.primitive is not None:
+            return  # a real association request: accepted/rejected events tell its story
+        address = event.assoc.requestor.address
+        with self._sessions.begin() as session:
+            AuditLog(session).record(
+                AuditEventType.CONNECTION_DROPPED,
+                Outcome.FAILURE,
+                address=str(address),
+                reason="connection closed without a valid A-ASSOCIATE-RQ",
+            )
+        logger.warning("connection from %s closed without a valid association request", address)
 
     def handle_accepted(self, event: evt.Event) -> None:
         # Proposed SOP classes (or transfer syntaxes) we do not accept are refused per

@@ -345,6 +345,11 @@ def test_garbage_bytes_on_the_port_do_not_hurt_the_node(
             with contextlib.suppress(TimeoutError, ConnectionResetError):
                 sock.recv(1024)
     assert _echo_ok(node)
+    deadline = time.monotonic() + 10
+    while len(node.events(AuditEventType.CONNECTION_DROPPED)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    dropped = node.events(AuditEventType.CONNECTION_DROPPED)
+    assert len(dropped) == 2 and all(e.detail["address"] == "127.0.0.1" for e in dropped)
 
 
 def test_unsupported_sop_class_is_refused_and_audited(start_scp: Callable[..., RunningSCP]) -> None:
