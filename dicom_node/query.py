@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
 from pynetdicom.status import code_to_category
@@ -59,6 +61,22 @@ class MoveResult:
     failed: int
     warning: int
     status: int
+
+
+#: Storage SOP classes we ask to receive over a C-GET association (its contexts are limited,
+#: 128 in all): the radiographs we triage and the objects a PACS commonly keeps beside them.
+GET_STORAGE_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.1",  # CR
+    "1.2.840.10008.5.1.4.1.1.1.1",  # DX for presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # DX for processing
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+)
+
+#: A C-STORE handler (the SCP's), called for each instance the PACS sends back.
+StoreHandler = Callable[[evt.Event], int]
 
 
 def _date_range(start: dt.date | None, end: dt.date | None) -> str:
@@ -145,4 +163,60 @@ def move_study(
     )
     if code_to_category(code) not in ("Success", "Warning"):
         raise QueryError(f"C-MOVE of study {study_instance_uid} failed: status 0x{code:04X}")
+    return result
+
+
+def get_study(
+    pacs: Destination,
+    calling_ae_title: str,
+    study_instance_uid: str,
+    store: StoreHandler,
+    timeout: float = 600,
+) -> MoveResult:
+    """C-GET one study: the PACS sends it back over our own association.
+
+    The PACS needs to know our AE title, but no route back to us (unlike C-MOVE, it
+    needs neither our host nor our port, so it works through NAT); each instance goes
+    through ``store``, normally :meth:`dicom_node.scp.StorageSCP.handle_store`, so it
+    is stored, recorded and audited exactly like one that arrived by C-STORE.
+    """
+    model = StudyRootQueryRetrieveInformationModelGet
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = validate_uid(study_instance_uid, "StudyInstanceUID")
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(model)
+    for sop_class in GET_STORAGE_CLASSES:
+        ae.add_requested_context(sop_class)
+    roles = [build_role(sop_class, scp_role=True) for sop_class in GET_STORAGE_CLASSES]
+    assoc = ae.associate(
+        pacs.host,
+        pacs.port,
+        ae_title=pacs.ae_title,
+        ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, store)],
+    )
+    if not assoc.is_established:
+        raise QueryError(f"no association with {pacs.name} for C-GET")
+    last: Dataset | None = None
+    try:
+        for status, _ in assoc.send_c_get(identifier, model):
+            if getattr(status, "Status", None) is None:
+                raise QueryError(f"C-GET from {pacs.name}: no response")
+            last = status
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if last is None:
+        raise QueryError(f"C-GET from {pacs.name}: no response")
+    code = int(last.Status)
+    result = MoveResult(
+        completed=int(last.get("NumberOfCompletedSuboperations", 0) or 0),
+        failed=int(last.get("NumberOfFailedSuboperations", 0) or 0),
+        warning=int(last.get("NumberOfWarningSuboperations", 0) or 0),
+        status=code,
+    )
+    if code_to_category(code) not in ("Success", "Warning"):
+        raise QueryError(f"C-GET of study {study_instance_uid} failed: status 0x{code:04X}")
     return result
