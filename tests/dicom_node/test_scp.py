@@ -381,3 +381,28 @@ def test_first_instances_of_one_study_over_concurrent_associations(
     with node.sessions() as session:
         assert len(list(session.scalars(select(Instance)))) == len(views)
     assert not node.events(AuditEventType.INSTANCE_REFUSED)
+
+
+def test_100000_by_100000_declared_image_is_refused(
+    start_scp: Callable[..., RunningSCP], tmp_path: Path
+) -> None:
+    """US cannot hold 100000, so a hostile sender writes Rows/Columns with VR UL."""
+    node = start_scp()
+    path = tmp_path / "huge.dcm"
+    _good_dx(1).save_as(path, enforce_file_format=True)
+    data = bytes(path.read_bytes())
+    for element in ("28001000", "28001100"):  # Rows, Columns: US, length 2
+        at = data.index(bytes.fromhex(element) + b"US")
+        data = (
+            data[:at]
+            + bytes.fromhex(element)
+            + b"UL"
+            + (4).to_bytes(2, "little")
+            + (100_000).to_bytes(4, "little")
+            + data[at + 10 :]
+        )
+    path.write_bytes(data)
+    assert _send_file(node, path) == OUT_OF_RESOURCES
+    (event,) = node.events(AuditEventType.INSTANCE_REFUSED)
+    assert "100000 x 100000" in event.detail["reason"]
+    assert _echo_ok(node)
