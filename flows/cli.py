@@ -192,6 +192,141 @@ def build_demo_bundle(
     console.print(f"demo bundle written to {out}")
 
 
+LayoutOption = Annotated[
+    str,
+    typer.Option("--layout", help="Data layout: mura, csv (path, region, label[, box]), dicom."),
+]
+
+
+def _load_data(data: Path, layout: str, labels: Path | None) -> list:  # type: ignore[type-arg]
+    from models.datasets import LAYOUTS, DatasetError, load_records
+
+    if layout not in LAYOUTS:
+        console.print(f"[red]Unknown layout {layout!r}[/red]; choose one of {', '.join(LAYOUTS)}")
+        raise typer.Exit(2)
+    try:
+        return load_records(data, layout, labels)  # type: ignore[arg-type]
+    except DatasetError as error:
+        console.print(f"[red]Cannot load {data}:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Data set: MURA folder, CSV file or DICOM folder.")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    layout: LayoutOption = "mura",
+    labels: Annotated[
+        Path | None, typer.Option(help="DICOM layout: labels CSV (default DATA/labels.csv).")
+    ] = None,
+    architecture: Annotated[
+        str, typer.Option(help="densenet121, densenet-small, efficientnet-b0, efficientnet-b1.")
+    ] = "densenet121",
+    image_size: Annotated[int, typer.Option(help="Model input side in pixels.")] = 320,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs of each stage (default: the recipe's).")
+    ] = None,
+    batch_size: int = 16,
+    device: Annotated[str, typer.Option(help="auto (the GPU when present), cpu or cuda.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/training/ checkpoints.")] = False,
+    name: str = "fracture-triage",
+    version: str = "0.1.0",
+    synthetic: Annotated[
+        bool, typer.Option(help="Mark the bundle as trained on phantoms.")
+    ] = False,
+    seed: int = 0,
+) -> None:
+    """Train a two-stage bundle (region, then per-region fracture) on labelled radiographs."""
+    _setup_logging()
+    from pydantic import ValidationError
+
+    from models.training import TrainConfig
+    from models.training import train as train_bundle
+
+    records = _load_data(data, layout, labels)
+    options: dict[str, object] = {
+        "architecture": architecture,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "device": device,
+        "resume": resume,
+        "name": name,
+        "version": version,
+        "seed": seed,
+        "trained_on_synthetic_data": synthetic,
+        "training_data": f"{layout} data set at {data.name}",
+    }
+    if epochs is not None:
+        options.update(region_epochs=epochs, fracture_epochs=epochs, finetune_epochs=epochs)
+    try:
+        config = TrainConfig(**options)  # type: ignore[arg-type]
+    except ValidationError as error:
+        console.print(f"[red]Invalid training option:[/red] {error}")
+        raise typer.Exit(2) from None
+    train_bundle(config, records, out, progress=True)
+    console.print(f"bundle written to {out} (model card: {out / 'docs' / 'README.md'})")
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[Path, typer.Option(help="Bundle directory to evaluate.")],
+    data: Annotated[Path, typer.Option(help="Data set: MURA folder, CSV file or DICOM folder.")],
+    out: Annotated[Path, typer.Option(help="Report folder (report.md, PNG figures).")],
+    layout: LayoutOption = "mura",
+    labels: Annotated[Path | None, typer.Option(help="DICOM layout: labels CSV.")] = None,
+    split: Annotated[
+        str, typer.Option(help="test (the held-out split by patient, as in training) or all.")
+    ] = "test",
+    occlusion: Annotated[bool, typer.Option(help="Add occlusion sensitivity.")] = False,
+    seed: Annotated[int, typer.Option(help="The training seed (same patient split).")] = 0,
+) -> None:
+    """Evaluate a bundle: AUROC with CI, operating points, kappa, calibration, ROC, report."""
+    _setup_logging()
+    from models.datasets import split_by_patient
+    from models.evaluation import evaluate_bundle
+    from models.training import TrainConfig
+
+    records = _load_data(data, layout, labels)
+    if split == "test":
+        defaults = TrainConfig()
+        records = split_by_patient(records, defaults.val_fraction, defaults.test_fraction, seed)[
+            "test"
+        ]
+    elif split != "all":
+        console.print(f"[red]Unknown split {split!r}[/red]; choose test or all")
+        raise typer.Exit(2)
+    result = evaluate_bundle(
+        bundle,
+        records,
+        out,
+        data_description=f"{layout} data set {data.name}, {split} split",
+        occlusion=occlusion,
+    )
+    overall = result.metrics.get("overall", {})
+    console.print(
+        f"AUROC {overall.get('auroc')} (95% CI {overall.get('auroc_ci')}), region accuracy "
+        f"{result.metrics['region_accuracy']}; report: {result.report}"
+    )
+
+
+@app.command("make-phantom-dataset")
+def make_phantom_dataset(
+    out: Annotated[Path, typer.Option(help="Folder to write the phantom data set into.")],
+    layout: LayoutOption = "mura",
+    size: Annotated[int, typer.Option(help="Phantom image side in pixels.")] = 128,
+    seed: int = 0,
+) -> None:
+    """Write a small synthetic data set in the MURA, CSV or DICOM layout (for trying train)."""
+    _setup_logging()
+    from models.datasets import LAYOUTS, write_phantom_dataset
+
+    if layout not in LAYOUTS:
+        console.print(f"[red]Unknown layout {layout!r}[/red]; choose one of {', '.join(LAYOUTS)}")
+        raise typer.Exit(2)
+    path = write_phantom_dataset(out, layout, size=size, seed=seed)  # type: ignore[arg-type]
+    console.print(f"phantom {layout} data set written; pass --data {path} --layout {layout}")
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Apply the Alembic migrations to the configured database."""

@@ -74,6 +74,13 @@ class BundleMetadata(BaseModel):
     region_min_probability: float = Field(ge=0.0, le=1.0)
     thresholds: dict[str, OperatingPoints]
     study_aggregation: Literal["mean", "max"] = "mean"
+    temperatures: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Temperature-scaling calibration per network: key 'region' for stage 1 and a region "
+            "name for its fracture network; logits are divided by it. Absent means 1.0."
+        ),
+    )
     metrics: dict[str, Any] = Field(default_factory=dict)
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     monai_version: str = monai.__version__
@@ -100,11 +107,64 @@ class BundleMetadata(BaseModel):
         unknown = [region for region in self.thresholds if region not in self.regions]
         if unknown:
             raise ValueError(f"thresholds for unknown regions {unknown}")
+        allowed = ("region", *self.regions)
+        for network, temperature in self.temperatures.items():
+            if network not in allowed:
+                raise ValueError(f"temperature for unknown network {network!r}; expected {allowed}")
+            if not 1e-3 <= temperature <= 1e3:
+                raise ValueError(
+                    f"temperature {temperature} of {network!r} is outside [0.001, 1000]"
+                )
         try:
             datetime.fromisoformat(self.created)
         except ValueError as error:
             raise ValueError(f"created {self.created!r} is not an ISO timestamp") from error
         return self
+
+    def temperature(self, network: str) -> float:
+        """Calibration temperature of ``network`` ('region' or a region name); 1.0 if absent."""
+        return float(self.temperatures.get(network, 1.0))
+
+
+def _metric_lines(metrics: dict[str, Any]) -> str:
+    lines = []
+    for key, value in metrics.items():
+        if key in ("figures", "evaluation"):
+            continue
+        lines.append(f"- {key}: {value}")
+    return "\n".join(lines) or "- none"
+
+
+def _evaluation_section(metadata: BundleMetadata) -> str:
+    evaluation = metadata.metrics.get("evaluation")
+    figures = metadata.metrics.get("figures") or {}
+    if not evaluation and not figures:
+        return ""
+    parts = ["\n## Evaluation\n"]
+    if isinstance(evaluation, dict):
+        overall = evaluation.get("overall", {})
+        parts.append(f"Data: {evaluation.get('data', 'not recorded')}\n")
+        if overall:
+            parts.append(
+                "| scope | studies | AUROC (95% CI) | sens@suspected | spec@suspected "
+                "| sens@likely | spec@likely | kappa@suspected | ECE |"
+            )
+            parts.append("|---|---|---|---|---|---|---|---|---|")
+            for scope, row in [("overall", overall), *evaluation.get("regions", {}).items()]:
+                parts.append(
+                    f"| {scope} | {row.get('studies')} | {row.get('auroc')} "
+                    f"({row.get('auroc_ci')}) | {row.get('sensitivity_suspected')} | "
+                    f"{row.get('specificity_suspected')} | {row.get('sensitivity_likely')} | "
+                    f"{row.get('specificity_likely')} | {row.get('kappa_suspected')} | "
+                    f"{row.get('ece')} |"
+                )
+            parts.append("")
+        for key in ("region_accuracy", "gradcam_box_hit_rate"):
+            if key in evaluation:
+                parts.append(f"- {key}: {evaluation[key]}")
+    for name, file in figures.items():
+        parts.append(f"\n![{name}]({Path(file).relative_to(MODEL_CARD_FILE.parent)})")
+    return "\n".join(parts) + "\n"
 
 
 def _model_card(metadata: BundleMetadata) -> str:
@@ -112,7 +172,10 @@ def _model_card(metadata: BundleMetadata) -> str:
         f"| {region} | {points.suspected:.3f} | {points.likely:.3f} |"
         for region, points in metadata.thresholds.items()
     )
-    metrics = "\n".join(f"- {key}: {value}" for key, value in metadata.metrics.items()) or "- none"
+    metrics = _metric_lines(metadata.metrics)
+    temperatures = (
+        ", ".join(f"{k} {v:.3f}" for k, v in metadata.temperatures.items()) or "none (1.0)"
+    )
     synthetic = (
         "\n**This bundle was trained on synthetic data only. It is NOT for clinical use.**\n"
         if metadata.trained_on_synthetic_data
@@ -138,6 +201,7 @@ def _model_card(metadata: BundleMetadata) -> str:
   a region below probability {metadata.region_min_probability} counts as unsupported.
 - Stage 2 (fracture): one `{metadata.fracture_network.architecture}` per region.
 - Study probability: {metadata.study_aggregation} of the image probabilities.
+- Calibration (temperature scaling, fitted on the validation split): {temperatures}.
 - Explanation: Grad-CAM on the fracture output.
 
 ## Operating points
@@ -149,7 +213,7 @@ def _model_card(metadata: BundleMetadata) -> str:
 ## Held-out metrics
 
 {metrics}
-
+{_evaluation_section(metadata)}
 ## Versions
 
 Created {metadata.created} with MONAI {metadata.monai_version}, PyTorch {metadata.torch_version}.
@@ -200,6 +264,32 @@ def save_bundle(
     (path / MODEL_CARD_FILE).write_text(_model_card(metadata))
     logger.info("saved bundle %s %s to %s", metadata.name, metadata.version, path)
     return path
+
+
+def update_metadata(path: Path, **updates: Any) -> BundleMetadata:
+    """Rewrite a bundle's metadata with ``updates`` (validated) and regenerate its model card.
+
+    Parameters
+    ----------
+    path
+        Bundle directory.
+    **updates
+        Metadata fields to replace, e.g. ``metrics=...``.
+
+    Returns
+    -------
+    BundleMetadata
+        The new metadata.
+    """
+    path = Path(path)
+    current = load_metadata(path)
+    try:
+        metadata = BundleMetadata.model_validate({**current.model_dump(), **updates})
+    except ValidationError as error:
+        raise BundleError(f"metadata update for {path} is invalid: {error}") from error
+    (path / METADATA_FILE).write_text(metadata.model_dump_json(indent=2) + "\n")
+    (path / MODEL_CARD_FILE).write_text(_model_card(metadata))
+    return metadata
 
 
 def load_metadata(path: Path) -> BundleMetadata:

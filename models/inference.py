@@ -145,7 +145,8 @@ class HierarchicalModel:
         if batch.shape[0] == 0:
             return []
         with torch.no_grad():
-            region_probs = torch.softmax(self.region_network(batch), dim=1).cpu().numpy()
+            logits = self.region_network(batch) / self.metadata.temperature("region")
+            region_probs = torch.softmax(logits, dim=1).cpu().numpy()
         if region_probs.shape[1] != len(REGION_CLASSES):
             raise ValueError(
                 f"region network gives {region_probs.shape[1]} classes; "
@@ -180,8 +181,10 @@ class HierarchicalModel:
         for region, indices in self._by_region(regions).items():
             with torch.no_grad():
                 logits = self.fracture_networks[region](batch[indices])
+                # Temperature scaling: the probability written into the SR is calibrated.
+                probabilities = fracture_probability(logits / self.metadata.temperature(region))
             for k, i in enumerate(indices):
-                fracture[i] = float(fracture_probability(logits)[k])
+                fracture[i] = float(probabilities[k])
         return fracture
 
     def explain(

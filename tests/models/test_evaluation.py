@@ -1,0 +1,137 @@
+"""Operating points, calibration, metrics; train() then evaluate_bundle() end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from config import REGIONS
+from models.bundle import load_bundle
+from models.datasets import load_records, split_by_patient, write_phantom_csv, write_phantom_mura
+from models.evaluation import (
+    auroc,
+    bootstrap_auroc_ci,
+    cohen_kappa,
+    evaluate_bundle,
+    expected_calibration_error,
+    fit_temperature,
+)
+from models.training import TrainConfig, pick_operating_points, train
+
+
+def test_thresholds_on_a_known_score_set_give_the_expected_sensitivity() -> None:
+    rng = np.random.default_rng(0)
+    positives = rng.uniform(0.3, 1.0, 200)
+    negatives = rng.uniform(0.0, 0.7, 300)
+    labels = np.r_[np.ones(200), np.zeros(300)]
+    scores = np.r_[positives, negatives]
+    for target in (0.8, 0.9, 0.95):
+        suspected, likely = pick_operating_points(labels, scores, target, target)
+        sensitivity = float((positives >= suspected).mean())
+        specificity = float((negatives < likely).mean())
+        # The highest threshold that reaches the target: exactly ceil(target * n) positives.
+        assert sensitivity == pytest.approx(np.ceil(target * 200) / 200)
+        assert specificity == pytest.approx(np.ceil(target * 300) / 300)
+        assert suspected <= likely
+
+
+def test_temperature_scaling_lowers_ece_on_overconfident_scores() -> None:
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(0.0, 1.5, 4000)
+    labels = (rng.uniform(size=4000) < 1 / (1 + np.exp(-true_logits))).astype(int)
+    overconfident = 3.0 * true_logits
+    before = expected_calibration_error(labels, 1 / (1 + np.exp(-overconfident)))
+    temperature = fit_temperature(torch.as_tensor(overconfident)[:, None], labels)
+    after = expected_calibration_error(labels, 1 / (1 + np.exp(-overconfident / temperature)))
+    assert temperature == pytest.approx(3.0, rel=0.15)
+    assert after < before / 2 and after < 0.03, (before, after)
+    # Multi-class logits (stage 1) too.
+    logits = torch.randn(500, 8) * 4
+    targets = torch.distributions.Categorical(logits=logits / 4).sample()
+    assert fit_temperature(logits, targets) == pytest.approx(4.0, rel=0.25)
+
+
+def test_metric_helpers() -> None:
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
+    assert auroc(labels, scores) == pytest.approx(8 / 9)
+    low, high = bootstrap_auroc_ci(np.tile(labels, 10), np.tile(scores, 10))
+    assert low <= 8 / 9 <= high
+    assert cohen_kappa(np.array([1, 0, 1, 0]), np.array([1, 0, 1, 0])) == 1.0
+    assert cohen_kappa(np.array([1, 0, 1, 0]), np.array([0, 1, 0, 1])) == -1.0
+    with pytest.raises(ValueError, match="2 positives, 0 negatives"):
+        auroc(np.array([1, 1]), np.array([0.1, 0.2]))
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_writes_a_loadable_bundle_with_a_model_card(tmp_path: Path) -> None:
+    mura = write_phantom_mura(tmp_path / "data", (6, 3), size=48, seed=2)
+    records = load_records(mura, "mura")
+    config = TrainConfig(
+        architecture="densenet-small",
+        image_size=48,
+        batch_size=32,
+        region_epochs=2,
+        fracture_epochs=2,
+        finetune_epochs=1,
+        max_steps_per_epoch=3,
+        learning_rate=3e-3,
+        unsupported_phantoms=40,
+        trained_on_synthetic_data=True,
+        val_fraction=0.25,
+    )
+    bundle = train(config, records, tmp_path / "bundle", progress=False)
+    model = load_bundle(bundle)
+    metadata = model.metadata
+    assert set(metadata.temperatures) == {"region", *REGIONS}
+    assert all(t > 0 for t in metadata.temperatures.values())
+    for region in REGIONS:
+        suspected, likely = model.thresholds_for(region)
+        assert 0.0 <= suspected <= likely <= 1.0
+    checkpoints = bundle / "training" / "checkpoints"
+    assert (checkpoints / "region.pt").is_file() and (checkpoints / "fracture-wrist.pt").is_file()
+    splits = json.loads((bundle / "training" / "splits.json").read_text())
+    assert not set(splits["train"]) & set(splits["val"])
+    assert not set(splits["train"]) & set(splits["test"])
+
+    # Resume: every stage is complete, so nothing is trained again and the weights match.
+    before = model.region_network.state_dict()
+    train(config.model_copy(update={"resume": True}), records, tmp_path / "bundle", False)
+    after = load_bundle(bundle).region_network.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    test = split_by_patient(records, config.val_fraction, config.test_fraction)["test"]
+    evaluation = evaluate_bundle(bundle, test, tmp_path / "report", progress=False)
+    for name in ("report.md", "metrics.json", "roc.png", "reliability.png"):
+        assert (tmp_path / "report" / name).is_file(), name
+    with Image.open(tmp_path / "report" / "roc.png") as image:
+        assert image.size[0] >= 300
+    assert evaluation.metrics["overall"]["studies"] > 0
+    assert "AUROC" in evaluation.report.read_text()
+    # The metrics and figures are in the bundle, and the node still loads it.
+    evaluated = load_bundle(bundle)
+    assert evaluated.metadata.metrics["evaluation"]["images"] == len(test)
+    assert evaluated.metadata.metrics["figures"]["roc"] == "docs/roc.png"
+    assert (bundle / "docs" / "roc.png").is_file()
+    card = (bundle / "docs" / "README.md").read_text()
+    assert "## Evaluation" in card and "![roc](roc.png)" in card
+
+
+@pytest.mark.slow
+def test_demo_bundle_evaluation_meets_the_bars(demo_bundle_dir: Path, tmp_path: Path) -> None:
+    """Held-out phantoms with known breaks (CSV layout): region, AUROC, Grad-CAM boxes."""
+    labels = write_phantom_csv(tmp_path / "data", per_class=16, size=256, seed=77)
+    records = load_records(labels, "csv")
+    evaluation = evaluate_bundle(
+        demo_bundle_dir, records, tmp_path / "report", write_into_bundle=False, progress=False
+    )
+    metrics = evaluation.metrics
+    assert metrics["region_accuracy"] >= 0.9, metrics["region_accuracy"]
+    assert metrics["overall"]["auroc"] >= 0.9, metrics["overall"]
+    assert metrics["gradcam_detected_positives_with_box"] >= 20
+    assert metrics["gradcam_box_hit_rate"] >= 0.8, metrics["gradcam_box_hit_rate"]
