@@ -115,6 +115,21 @@ class DicomWebDestination(BaseModel):
         return value.rstrip("/")
 
 
+class Hl7Destination(BaseModel):
+    """A RIS that receives the worklist flag (HL7 v2 ORU^R01) over MLLP."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["hl7"]
+    name: str = Field(min_length=1, description="Human name used in logs and the DB.")
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    sending_facility: str = Field(default="", description="MSH-4.")
+    receiving_application: str = Field(default="RIS", description="MSH-5.")
+    receiving_facility: str = Field(default="", description="MSH-6.")
+    timeout_seconds: float = Field(default=30.0, gt=0, description="Connect and ACK timeout.")
+
+
 def _destination_kind(value: Any) -> str:
     # DIMSE is the default: existing configs name no kind.
     kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
@@ -122,7 +137,9 @@ def _destination_kind(value: Any) -> str:
 
 
 AnyDestination = Annotated[
-    Annotated[Destination, Tag("dimse")] | Annotated[DicomWebDestination, Tag("dicomweb")],
+    Annotated[Destination, Tag("dimse")]
+    | Annotated[DicomWebDestination, Tag("dicomweb")]
+    | Annotated[Hl7Destination, Tag("hl7")],
     Discriminator(_destination_kind),
 ]
 

@@ -20,10 +20,12 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import AnyDestination, DicomWebDestination, Settings
+from config.settings import Hl7Destination
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.models import Delivery, DeliveryStatus, utcnow
 from db.repositories import RunRepository
 from dicom_node.dicomweb import stow_files
+from dicom_node.hl7_oru import send_mllp_files
 from dicom_node.sender import SendOutcome, send_files
 from dicom_node.tls import client_context
 
@@ -81,6 +83,20 @@ class Outbox:
         self._lock = threading.Lock()  # one pass at a time: no delivery is sent twice at once
 
     def _send_any(self, paths: list[Path], destination: AnyDestination) -> list[SendOutcome]:
+        if isinstance(destination, Hl7Destination):
+            return [
+                SendOutcome(path.stem, destination.name, r.success, None, r.error, r.permanent)
+                for path, r in zip(
+                    paths,
+                    send_mllp_files(
+                        paths,
+                        destination.host,
+                        destination.port,
+                        timeout=destination.timeout_seconds,
+                    ),
+                    strict=True,
+                )
+            ]
         if isinstance(destination, DicomWebDestination):
             return stow_files(paths, destination)
         tls = client_context(self._settings.tls) if destination.tls else None

@@ -22,9 +22,11 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
 from config import REGIONS, FractureLevel, Settings
+from config.settings import Hl7Destination
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.models import RunStatus, StudyStatus
 from db.repositories import ImageResultRow, RunRepository, StudyRepository
+from dicom_node.hl7_oru import build_oru_r01, is_flagged
 from dicom_node.presentation_state import build_triage_gsps
 from dicom_node.results import (
     AlgorithmIdentity,
@@ -245,7 +247,17 @@ def build_outputs(
         )
         outputs.append(_write_output(sc, "sc", study_dir))
 
-    destinations = [d.name for d in runtime.settings.destinations]
+    # DICOM objects go to the DICOM destinations; a positive study's worklist flag
+    # (HL7 ORU^R01, one message per RIS, addressed to it) to the HL7 ones.
+    destinations = [
+        d.name for d in runtime.settings.destinations if not isinstance(d, Hl7Destination)
+    ]
+    for output in outputs:
+        output["destinations"] = destinations
+    if is_flagged(finding):
+        for ris in runtime.settings.destinations:
+            if isinstance(ris, Hl7Destination):
+                outputs.append(_write_worklist_flag(sources[0], finding, algorithm, ris, study_dir))
     with runtime.sessions.begin() as session:
         runs = RunRepository(session)
         audit = AuditLog(session)
@@ -258,7 +270,7 @@ def build_outputs(
                 sop_instance_uid=output["sop_instance_uid"],
                 series_instance_uid=output["series_instance_uid"],
                 path=output["path"],
-                destinations=destinations,
+                destinations=output.pop("destinations"),
             )
             audit.record(
                 AuditEventType.OUTPUT_CREATED,
@@ -268,6 +280,36 @@ def build_outputs(
                 kind=output["kind"],
             )
     return outputs
+
+
+def _write_worklist_flag(
+    source: Dataset,
+    finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+    ris: Hl7Destination,
+    study_dir: Path,
+) -> dict[str, Any]:
+    """Write the ORU^R01 for one RIS to ``<study>/hl7/<uid>.hl7``; the outbox sends it."""
+    uid = generate_uid(prefix=None)  # 2.25.<uuid>: the message's key in the outputs table
+    message = build_oru_r01(
+        source,
+        finding,
+        algorithm,
+        control_id=uid.rsplit(".", 1)[-1][-20:],
+        sending_facility=ris.sending_facility,
+        receiving_application=ris.receiving_application,
+        receiving_facility=ris.receiving_facility,
+    )
+    path = study_dir / "hl7" / f"{uid}.hl7"
+    write_durably(path, message.encode("utf-8"))
+    return {
+        "kind": "hl7",
+        "sop_class_uid": "",
+        "sop_instance_uid": uid,
+        "series_instance_uid": "",
+        "path": str(path.relative_to(study_dir.parent)),
+        "destinations": [ris.name],
+    }
 
 
 def overlay_box(image: ImageFinding) -> tuple[tuple[float, float, float, float] | None, bool]:

@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import hl7
 import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from sqlalchemy import func, select
 
 from config import Destination, Settings
+from config.settings import Hl7Destination
 from db.audit import AuditEventType, AuditLog
 from db.models import Delivery, DeliveryStatus, RunStatus, Study, StudyStatus, TriageRun
 from db.repositories import RunRepository
@@ -27,6 +29,7 @@ from flows.runtime import Runtime
 from flows.service import TriageService
 from flows.triage import triage_study
 from models.overlay import BOX_COLOUR
+from tests.hl7_listener import run_mllp_listener
 from tests.peers import Orthanc, assert_dciodvfy_clean, free_port, run_orthanc
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
@@ -97,15 +100,20 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
     tmp_path: Path, make_settings: Callable[..., Settings], sample_studies: list[Path]
 ) -> None:
     node_port = free_port()
-    with run_orthanc(
-        tmp_path / "orthanc", modalities={"triage": ("FRACTURE_TRIAGE", "127.0.0.1", node_port)}
-    ) as orthanc:
+    with (
+        run_orthanc(
+            tmp_path / "orthanc",
+            modalities={"triage": ("FRACTURE_TRIAGE", "127.0.0.1", node_port)},
+        ) as orthanc,
+        run_mllp_listener() as ris,
+    ):
         settings = make_settings(
             port=node_port,
             destinations=(
                 Destination(
                     name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=orthanc.dicom_port
                 ),
+                Hl7Destination(kind="hl7", name="ris", host="127.0.0.1", port=ris.port),
             ),
         )
         study_dir = sample_studies[0]  # a study with a fracture
@@ -197,6 +205,14 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
             }
             assert boxed == positive
 
+            # The RIS got one ORU^R01 for the positive study, with its accession number.
+            (oru,) = ris.wait_for(1)
+            accession = str(dcmread(files[0], stop_before_pixels=True).AccessionNumber)
+            parsed = hl7.parse(oru)
+            assert str(parsed.segment("MSH")[9]) == "ORU^R01^ORU_R01"
+            assert str(parsed.segment("OBR")[2]) == accession
+            assert "fracture" in str(parsed.segments("OBX")[0][5])
+
             with runtime.sessions() as session:
                 study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
                 assert study is not None and study.status is StudyStatus.TRIAGED
@@ -250,3 +266,4 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
                 s for s in orthanc.series_of_study(study_uid) if s["ID"] not in first_series
             ]
             assert len(new_series) == 4  # SR, summary, annotated SCs, GSPS
+            assert len(ris.wait_for(2)) == 2  # and a new worklist flag
