@@ -33,11 +33,12 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest
 
-# The real DICOM peers the tests talk to (Debian): dcmtk, Orthanc (+ DICOMweb), dicom3tools,
-# docker-compose.
+# The real peers the tests talk to (Debian): dcmtk, Orthanc (+ DICOMweb, web viewer),
+# dicom3tools, docker-compose, and chromium with its driver for the browser test.
 peers:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc orthanc-dicomweb dicom3tools docker-compose
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc orthanc-dicomweb orthanc-webviewer dicom3tools \
+		docker-compose chromium chromium-driver
 
 clean:
 	rm -rf var .pytest_cache

@@ -139,6 +139,7 @@ class Orthanc:
 
 
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+ORTHANC_WEBVIEWER_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancWebViewer.so")
 
 
 @contextmanager
@@ -147,6 +148,7 @@ def run_orthanc(
     modalities: dict[str, tuple[str, str, int]] | None = None,
     *,
     dicomweb: bool = False,
+    plugins: tuple[Path, ...] = (),
     http_port: int | None = None,
     dicom_port: int | None = None,
 ) -> Iterator[Orthanc]:
@@ -172,7 +174,7 @@ def run_orthanc(
         },
         "DicomAlwaysAllowStore": True,
         "DicomCheckCalledAet": False,
-        "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)] if dicomweb else [],
+        "Plugins": [str(p) for p in ((ORTHANC_DICOMWEB_PLUGIN,) if dicomweb else ()) + plugins],
         "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
         "StableAge": 1,
     }

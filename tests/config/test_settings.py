@@ -76,3 +76,12 @@ def test_fracture_levels_from_operating_points() -> None:
     assert FractureLevel.from_probability(0.9, 0.3, 0.7) is FractureLevel.LIKELY
     with pytest.raises(ValueError, match="thresholds"):
         FractureLevel.from_probability(0.5, 0.8, 0.2)
+
+
+def test_the_example_config_loads() -> None:
+    """config/node.example.toml stays a valid, complete example."""
+    example = Path(__file__).resolve().parents[2] / "config" / "node.example.toml"
+    settings = load_settings(example)
+    assert settings.ae_title == "FRACTURE_TRIAGE"
+    assert [d.name for d in settings.destinations] == ["pacs"]
+    assert settings.outputs.heatmap is True

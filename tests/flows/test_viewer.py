@@ -1,0 +1,153 @@
+"""Checked as a person would: the AI results in Orthanc's web UI, in headless Chromium.
+
+The screenshots are kept under test-artifacts/ (the README's pictures come from them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from config import Destination, Settings
+from dicom_node.secondary_capture import SC_SERIES_DESCRIPTION
+from flows.runtime import Runtime
+from flows.service import TriageService
+from tests.peers import (
+    ORTHANC_WEBVIEWER_PLUGIN,
+    Orthanc,
+    free_port,
+    require,
+    require_binary,
+    run_orthanc,
+)
+
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    chromium = require_binary("chromium", "chromium")
+    driver_path = require_binary("chromedriver", "chromium-driver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        require(False, "selenium is not installed (pip install -e .[dev])")
+        raise
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager fetch a browser
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def ai_series(orthanc: Orthanc, study_uid: str) -> dict[str, dict]:
+    return {
+        s["MainDicomTags"].get("SeriesDescription", ""): s
+        for s in orthanc.series_of_study(study_uid)
+        if s["MainDicomTags"].get("SeriesDescription", "").startswith("AI")
+    }
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_ai_series_are_listed_and_the_summary_renders_in_the_browser(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    sample_studies: list[Path],
+    browser: object,
+) -> None:
+    require(ORTHANC_WEBVIEWER_PLUGIN.is_file(), "apt-get install orthanc-webviewer")
+    ARTIFACTS.mkdir(exist_ok=True)
+    node_port = free_port()
+    with run_orthanc(
+        tmp_path / "orthanc",
+        modalities={"triage": ("FRACTURE_TRIAGE", "127.0.0.1", node_port)},
+        plugins=(ORTHANC_WEBVIEWER_PLUGIN,),
+    ) as orthanc:
+        pacs = Destination(
+            name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=orthanc.dicom_port
+        )
+        settings = make_settings(port=node_port, destinations=(pacs,))
+        files = sorted(sample_studies[0].glob("*.dcm"))
+        for path in files:
+            orthanc.upload(path)
+        study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        study_id = orthanc.study_id(study_uid)
+        with TriageService(Runtime.create(settings)):
+            orthanc.request(
+                "POST", "/modalities/triage/store", {"Resources": [study_id], "Synchronous": True}
+            )
+
+            def all_series_arrived() -> dict[str, dict] | None:
+                found = ai_series(orthanc, study_uid)  # SR, summary, annotated views, GSPS
+                return found if len(found) >= 4 and SC_SERIES_DESCRIPTION in found else None
+
+            series = wait_until(all_series_arrived, 300, "the AI series in Orthanc")
+
+        # The study page of Orthanc Explorer lists the AI series by description.
+        browser.get(f"{orthanc.url}/app/explorer.html#study?uuid={study_id}")
+        wait_until(lambda: "AI fracture" in browser.page_source, 60, "the series list")
+        for description in series:
+            assert description in browser.page_source
+        browser.save_screenshot(str(ARTIFACTS / "orthanc-study.png"))
+
+        # The summary image renders (Orthanc decodes our DICOM to PNG for the browser).
+        summary = next(s for d, s in series.items() if "summary" in d.lower())
+        browser.get(f"{orthanc.url}/instances/{summary['Instances'][0]}/preview")
+        width = wait_until(
+            lambda: browser.execute_script(
+                "const i = document.querySelector('img'); return i && i.complete && i.naturalWidth;"
+            ),
+            60,
+            "the summary image",
+        )
+        assert width >= 1024
+        browser.save_screenshot(str(ARTIFACTS / "summary-in-browser.png"))
+
+        # The annotated views open in the Orthanc web viewer.
+        annotated = series[SC_SERIES_DESCRIPTION]
+        browser.get(f"{orthanc.url}/web-viewer/app/viewer.html?series={annotated['ID']}")
+        wait_until(
+            lambda: browser.execute_script("return document.querySelectorAll('canvas').length"),
+            60,
+            "the web viewer's canvas",
+        )
+        time.sleep(2)  # let the viewer draw the first image
+        browser.save_screenshot(str(ARTIFACTS / "web-viewer-annotated.png"))
+        for name in ("orthanc-study.png", "summary-in-browser.png", "web-viewer-annotated.png"):
+            assert (ARTIFACTS / name).stat().st_size > 10_000  # a real picture, not a blank page
+        shutil.copy(tmp_path / "orthanc" / "orthanc.log", ARTIFACTS / "orthanc-viewer-test.log")
