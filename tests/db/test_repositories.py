@@ -186,3 +186,22 @@ def test_a_study_whose_worker_died_is_picked_up_again(sessions: sessionmaker[Ses
         assert StudyRepository(session).get("1.2.3").status is StudyStatus.READY
         run = RunRepository(session).get(run_id)
         assert run.status is RunStatus.FAILED and "worker lost" in (run.error or "")
+
+
+def test_a_study_that_trickles_in_forever_is_ready_after_its_max_age(
+    sessions: sessionmaker[Session],
+) -> None:
+    start = dt.datetime.now(dt.UTC)
+    with sessions.begin() as session:
+        studies = StudyRepository(session)
+        for minute in range(0, 70, 5):  # a new view every 5 minutes: never quiet for 30 s
+            studies.record_instance(
+                received(f"1.2.3.1.{minute + 1}"), now=start + dt.timedelta(minutes=minute)
+            )
+    late = start + dt.timedelta(minutes=65, seconds=10)
+    with sessions.begin() as session:
+        studies = StudyRepository(session)
+        assert studies.mark_ready(dt.timedelta(seconds=30), now=late) == []
+        assert studies.mark_ready(
+            dt.timedelta(seconds=30), now=late, max_age=dt.timedelta(hours=1)
+        ) == ["1.2.3"]

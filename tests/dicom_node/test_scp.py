@@ -406,3 +406,20 @@ def test_100000_by_100000_declared_image_is_refused(
     (event,) = node.events(AuditEventType.INSTANCE_REFUSED)
     assert "100000 x 100000" in event.detail["reason"]
     assert _echo_ok(node)
+
+
+def test_associations_over_the_limit_are_rejected_transiently(
+    start_scp: Callable[..., RunningSCP],
+) -> None:
+    node = start_scp(max_associations=1)
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    first = ae.associate("127.0.0.1", node.port, ae_title=node.settings.ae_title)
+    assert first.is_established
+    try:
+        second = ae.associate("127.0.0.1", node.port, ae_title=node.settings.ae_title)
+        assert second.is_rejected
+        assert second.acceptor.primitive.result == 0x02  # transient: local limit exceeded
+    finally:
+        first.release()
+    assert _echo_ok(node)
