@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pydicom import Dataset
@@ -143,17 +143,29 @@ def move_study(
     identifier.QueryRetrieveLevel = "STUDY"
     identifier.StudyInstanceUID = validate_uid(study_instance_uid, "StudyInstanceUID")
     assoc = _associate(pacs, calling_ae_title, model, timeout)
+    responses = assoc.send_c_move(identifier, move_destination, model)
+    return _retrieve_result(assoc, responses, pacs, "C-MOVE", study_instance_uid)
+
+
+def _retrieve_result(
+    assoc: Association,
+    responses: Iterator[tuple[Dataset, Dataset | None]],
+    pacs: Destination,
+    operation: str,
+    study_instance_uid: str,
+) -> MoveResult:
+    """The final status of a C-MOVE or C-GET, its sub-operation counts, and the release."""
     last: Dataset | None = None
     try:
-        for status, _ in assoc.send_c_move(identifier, move_destination, model):
+        for status, _ in responses:
             if getattr(status, "Status", None) is None:
-                raise QueryError(f"C-MOVE from {pacs.name}: no response")
+                raise QueryError(f"{operation} from {pacs.name}: no response")
             last = status
     finally:
         if assoc.is_established:
             assoc.release()
     if last is None:
-        raise QueryError(f"C-MOVE from {pacs.name}: no response")
+        raise QueryError(f"{operation} from {pacs.name}: no response")
     code = int(last.Status)
     result = MoveResult(
         completed=int(last.get("NumberOfCompletedSuboperations", 0) or 0),
@@ -162,7 +174,7 @@ def move_study(
         status=code,
     )
     if code_to_category(code) not in ("Success", "Warning"):
-        raise QueryError(f"C-MOVE of study {study_instance_uid} failed: status 0x{code:04X}")
+        raise QueryError(f"{operation} of study {study_instance_uid} failed: status 0x{code:04X}")
     return result
 
 
@@ -199,24 +211,5 @@ def get_study(
     )
     if not assoc.is_established:
         raise QueryError(f"no association with {pacs.name} for C-GET")
-    last: Dataset | None = None
-    try:
-        for status, _ in assoc.send_c_get(identifier, model):
-            if getattr(status, "Status", None) is None:
-                raise QueryError(f"C-GET from {pacs.name}: no response")
-            last = status
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    if last is None:
-        raise QueryError(f"C-GET from {pacs.name}: no response")
-    code = int(last.Status)
-    result = MoveResult(
-        completed=int(last.get("NumberOfCompletedSuboperations", 0) or 0),
-        failed=int(last.get("NumberOfFailedSuboperations", 0) or 0),
-        warning=int(last.get("NumberOfWarningSuboperations", 0) or 0),
-        status=code,
-    )
-    if code_to_category(code) not in ("Success", "Warning"):
-        raise QueryError(f"C-GET of study {study_instance_uid} failed: status 0x{code:04X}")
-    return result
+    responses = assoc.send_c_get(identifier, model)
+    return _retrieve_result(assoc, responses, pacs, "C-GET", study_instance_uid)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select, text
@@ -27,26 +26,6 @@ from db.models import AuditEvent
 from db.repositories import ReceivedInstance, StudyRepository
 from db.roles import DEFAULT_APP_ROLE
 from tests.peers import scratch_postgres_database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'audit.db'}")
-        upgrade(engine)
-        yield engine
-        engine.dispose()
-        return
-    with scratch_postgres_database() as url:
-        engine = make_engine(url)
-        upgrade(engine)
-        yield engine
-        engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return make_session_factory(engine)
 
 
 @pytest.fixture

@@ -3,41 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.audit import AuditEventType, AuditLog
-from db.engine import make_engine, make_session_factory
 from db.migrate import current_revision, downgrade, upgrade
 from db.models import Base, DeliveryStatus, RunStatus, StudyStatus
 from db.repositories import ReceivedInstance, RecordOutcome, RunRepository, StudyRepository
-from tests.peers import scratch_postgres_database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'audit.db'}")
-        upgrade(engine)
-        yield engine
-        engine.dispose()
-        return
-    with scratch_postgres_database() as url:
-        engine = make_engine(url)
-        upgrade(engine)
-        yield engine
-        engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return make_session_factory(engine)
 
 
 def received(
