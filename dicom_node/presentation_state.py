@@ -15,13 +15,13 @@ from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom import Dataset
-from pydicom.uid import RE_VALID_UID
 
 from config import FractureLevel
 from dicom_node.codes import AI_RESULT_DISCLAIMER
 from dicom_node.equipment import common_laterality, contributing_equipment
 from dicom_node.results import AlgorithmIdentity, ImageFinding, StudyFinding
 from dicom_node.sr import box_polyline
+from dicom_node.uids import check_new_uid
 
 __all__ = ["GSPS_LAYER", "GSPS_SERIES_DESCRIPTION", "build_triage_gsps", "gsps_text"]
 
@@ -79,12 +79,8 @@ def build_triage_gsps(
         raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
     if isinstance(source_images, Dataset) or not source_images:
         raise ValueError("source_images must be a non-empty sequence of datasets")
-    for name, uid in (
-        ("series_instance_uid", series_instance_uid),
-        ("sop_instance_uid", sop_instance_uid),
-    ):
-        if not isinstance(uid, str) or len(uid) > 64 or not RE_VALID_UID.match(uid):
-            raise ValueError(f"{name} is not a valid UID: {uid!r}")
+    check_new_uid("series_instance_uid", series_instance_uid)
+    check_new_uid("sop_instance_uid", sop_instance_uid)
     sources = {str(ds.SOPInstanceUID): ds for ds in source_images}
     for ds in source_images:
         if ds.get("StudyInstanceUID") != finding.study_instance_uid:

@@ -16,11 +16,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import RE_VALID_UID, ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.codes import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
 from dicom_node.equipment import contributing_equipment
 from dicom_node.results import AlgorithmIdentity, ImageFinding
+from dicom_node.uids import check_new_uid, check_positive_number
 
 __all__ = [
     "SC_BOXES_SERIES_DESCRIPTION",
@@ -218,12 +219,8 @@ def build_overlay_secondary_capture(
             f"finding is for image {finding.sop_instance_uid}, not for the source "
             f"{source.SOPInstanceUID}"
         )
-    for name, uid in (
-        ("series_instance_uid", series_instance_uid),
-        ("sop_instance_uid", sop_instance_uid),
-    ):
-        if not isinstance(uid, str) or len(uid) > 64 or not RE_VALID_UID.match(uid):
-            raise ValueError(f"{name} is not a valid UID: {uid!r}")
+    check_new_uid("series_instance_uid", series_instance_uid)
+    check_new_uid("sop_instance_uid", sop_instance_uid)
     if series_instance_uid == source.SeriesInstanceUID:
         raise ValueError(
             f"series_instance_uid {series_instance_uid} is the source series; "
@@ -231,9 +228,8 @@ def build_overlay_secondary_capture(
         )
     if sop_instance_uid == source.SOPInstanceUID:
         raise ValueError(f"sop_instance_uid {sop_instance_uid} is the source's SOP Instance UID")
-    for name, number in (("series_number", series_number), ("instance_number", instance_number)):
-        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-            raise ValueError(f"{name} must be a positive integer, got {number!r}")
+    check_positive_number("series_number", series_number)
+    check_positive_number("instance_number", instance_number)
 
     pixels = burn_banner(overlay_rgb, lines)
     laterality = source.get("ImageLaterality") or source.get("Laterality")

@@ -25,7 +25,6 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import RE_VALID_UID
 
 from config import REGIONS, FractureLevel
 from dicom_node.codes import (
@@ -52,6 +51,7 @@ from dicom_node.results import (
     StudyFinding,
     Thresholds,
 )
+from dicom_node.uids import check_new_uid, check_positive_number
 
 __all__ = ["SR_SERIES_DESCRIPTION", "box_polyline", "build_triage_sr", "device_observer_uid"]
 
@@ -144,10 +144,10 @@ def build_triage_sr(
     if not isinstance(algorithm, AlgorithmIdentity):
         raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
     sources = _check_sources(source_images, finding.study_instance_uid)
-    _check_uid("series_instance_uid", series_instance_uid)
-    _check_uid("sop_instance_uid", sop_instance_uid)
-    _check_positive_int("series_number", series_number)
-    _check_positive_int("instance_number", instance_number)
+    check_new_uid("series_instance_uid", series_instance_uid)
+    check_new_uid("sop_instance_uid", sop_instance_uid)
+    check_positive_number("series_number", series_number)
+    check_positive_number("instance_number", instance_number)
     if series_instance_uid in {str(ds.SeriesInstanceUID) for ds in sources.values()}:
         raise ValueError(
             f"series_instance_uid {series_instance_uid} is a source series; the SR needs a new one"
@@ -517,16 +517,6 @@ def _check_previous_versions(
                 f"{ds.get('StudyInstanceUID')}, not to {study_instance_uid}"
             )
     return list(previous_versions)
-
-
-def _check_uid(name: str, value: str) -> None:
-    if not isinstance(value, str) or len(value) > 64 or not RE_VALID_UID.match(value):
-        raise ValueError(f"{name} is not a valid UID: {value!r}")
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _derived_uid(*parts: str) -> str:

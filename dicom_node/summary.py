@@ -18,12 +18,13 @@ import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
-from pydicom.uid import RE_VALID_UID, ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian
 
 from config import FractureLevel
 from dicom_node.codes import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
 from dicom_node.equipment import common_laterality, contributing_equipment
 from dicom_node.results import AlgorithmIdentity, ImageFinding, StudyFinding
+from dicom_node.uids import check_new_uid, check_positive_number
 
 __all__ = [
     "SUMMARY_SERIES_DESCRIPTION",
@@ -207,17 +208,12 @@ def build_summary_secondary_capture(
                 f"source image {ds.get('SOPInstanceUID')} is not of study "
                 f"{finding.study_instance_uid}"
             )
-    for name, uid in (
-        ("series_instance_uid", series_instance_uid),
-        ("sop_instance_uid", sop_instance_uid),
-    ):
-        if not isinstance(uid, str) or len(uid) > 64 or not RE_VALID_UID.match(uid):
-            raise ValueError(f"{name} is not a valid UID: {uid!r}")
+    check_new_uid("series_instance_uid", series_instance_uid)
+    check_new_uid("sop_instance_uid", sop_instance_uid)
     if series_instance_uid in {str(ds.SeriesInstanceUID) for ds in source_images}:
         raise ValueError(f"series_instance_uid {series_instance_uid} is a source series")
-    for name, number in (("series_number", series_number), ("instance_number", instance_number)):
-        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-            raise ValueError(f"{name} must be a positive integer, got {number!r}")
+    check_positive_number("series_number", series_number)
+    check_positive_number("instance_number", instance_number)
 
     pixels = render_summary(source_images, finding, algorithm)
     sc = hd.sc.SCImage.from_ref_dataset(
