@@ -89,6 +89,20 @@ def write_study(directory: Path, count: int = 3) -> list[Path]:
     return paths
 
 
+def _echoscu(echoscu: str, node: RunningSCP, calling_ae: str) -> subprocess.CompletedProcess[bytes]:
+    """dcmtk's echoscu from ``calling_ae`` to the node."""
+    command = [
+        echoscu,
+        "-aet",
+        calling_ae,
+        "-aec",
+        node.settings.ae_title,
+        "127.0.0.1",
+        str(node.port),
+    ]
+    return subprocess.run(command, capture_output=True, timeout=30)
+
+
 def test_echoscu_gets_success(start_scp: Callable[..., RunningSCP]) -> None:
     echoscu = require_binary("echoscu", "dcmtk")
     node = start_scp()
@@ -154,19 +168,7 @@ def test_unknown_calling_ae_is_rejected_and_audited(start_scp: Callable[..., Run
         time.sleep(0.05)
     (event,) = node.events(AuditEventType.ASSOCIATION_REJECTED)
     assert event.actor == "STRANGER"
-    allowed = subprocess.run(
-        [
-            echoscu,
-            "-aet",
-            "KNOWN_PACS",
-            "-aec",
-            node.settings.ae_title,
-            "127.0.0.1",
-            str(node.port),
-        ],
-        capture_output=True,
-        timeout=30,
-    )
+    allowed = _echoscu(echoscu, node, "KNOWN_PACS")
     assert allowed.returncode == 0
 
 
@@ -282,19 +284,7 @@ def test_calling_ae_from_a_host_not_allowed_is_rejected(
 ) -> None:
     echoscu = require_binary("echoscu", "dcmtk")
     node = start_scp(allowed_calling_hosts={"KNOWN_PACS": ("127.0.0.2",)})
-    refused = subprocess.run(
-        [
-            echoscu,
-            "-aet",
-            "KNOWN_PACS",
-            "-aec",
-            node.settings.ae_title,
-            "127.0.0.1",
-            str(node.port),
-        ],
-        capture_output=True,
-        timeout=30,
-    )
+    refused = _echoscu(echoscu, node, "KNOWN_PACS")
     assert refused.returncode != 0
     (event,) = _rejected_events(node)
     assert event.actor == "KNOWN_PACS" and "not allowed" in event.detail["reason"]
