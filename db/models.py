@@ -150,6 +150,14 @@ class TriageRun(Base):
     status: Mapped[RunStatus] = mapped_column(_enum(RunStatus), index=True)
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
+    device_uid: Mapped[str | None] = mapped_column(
+        UID, doc="Device Observer UID of the model (its identity in the SR)."
+    )
+    input_key: Mapped[str | None] = mapped_column(
+        String(64),
+        index=True,
+        doc="SHA-256 over the model's identity and the source instances (UIDs and contents).",
+    )
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None]
@@ -201,7 +209,9 @@ class OutputObject(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("triage_runs.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(16), doc="'sr' or 'sc'.")
+    kind: Mapped[str] = mapped_column(
+        String(16), doc="'sr', 'sc', 'summary', 'gsps', 'kos' (a rejection note), ..."
+    )
     sop_class_uid: Mapped[str] = mapped_column(UID)
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     series_instance_uid: Mapped[str] = mapped_column(UID)

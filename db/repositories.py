@@ -292,6 +292,8 @@ class RunRepository:
         *,
         model_name: str,
         model_version: str,
+        device_uid: str | None = None,
+        input_key: str | None = None,
         flow_run_id: str | None = None,
     ) -> TriageRun:
         study = StudyRepository(self._session).get(study_instance_uid)
@@ -302,6 +304,8 @@ class RunRepository:
             status=RunStatus.RUNNING,
             model_name=model_name,
             model_version=model_version,
+            device_uid=device_uid,
+            input_key=input_key,
             flow_run_id=flow_run_id,
             started_at=utcnow(),
         )
@@ -426,6 +430,39 @@ class RunRepository:
         )
         return self._session.scalar(query)
 
+    def succeeded_with_input_key(self, input_key: str) -> TriageRun | None:
+        """The successful run that already triaged these instances with this model, if any."""
+        query = (
+            select(TriageRun)
+            .where(TriageRun.input_key == input_key, TriageRun.status == RunStatus.SUCCEEDED)
+            .order_by(TriageRun.id.desc())
+            .limit(1)
+        )
+        return self._session.scalar(query)
+
+    def previous_outputs(
+        self, study_instance_uid: str, before_run_id: int, kinds: Iterable[str] | None = None
+    ) -> list[OutputObject]:
+        """Outputs (of ``kinds``, or all) of the study's latest successful run before a run.
+
+        A new run supersedes them: its SR names the old SR as predecessor, and a
+        rejection note withdraws the old objects at the destinations.
+        """
+        previous = (
+            select(func.max(TriageRun.id))
+            .join(Study, TriageRun.study_id == Study.id)
+            .where(
+                Study.study_instance_uid == study_instance_uid,
+                TriageRun.id < before_run_id,
+                TriageRun.status == RunStatus.SUCCEEDED,
+            )
+            .scalar_subquery()
+        )
+        query = select(OutputObject).where(OutputObject.run_id == previous)
+        if kinds is not None:
+            query = query.where(OutputObject.kind.in_(list(kinds)))
+        return list(self._session.scalars(query.order_by(OutputObject.id)))
+
     def previous_sr_output(
         self, study_instance_uid: str, before_run_id: int
     ) -> OutputObject | None:
@@ -433,20 +470,8 @@ class RunRepository:
 
         A re-run's report supersedes it (Predecessor Documents Sequence).
         """
-        query = (
-            select(OutputObject)
-            .join(TriageRun, OutputObject.run_id == TriageRun.id)
-            .join(Study, TriageRun.study_id == Study.id)
-            .where(
-                Study.study_instance_uid == study_instance_uid,
-                TriageRun.id < before_run_id,
-                TriageRun.status == RunStatus.SUCCEEDED,
-                OutputObject.kind == "sr",
-            )
-            .order_by(TriageRun.id.desc(), OutputObject.id.desc())
-            .limit(1)
-        )
-        return self._session.scalar(query)
+        reports = self.previous_outputs(study_instance_uid, before_run_id, ["sr"])
+        return reports[-1] if reports else None
 
 
 def node_status(session: Session, latest: int = 10) -> dict[str, Any]:

@@ -53,7 +53,13 @@ from dicom_node.results import (
 )
 from dicom_node.uids import check_new_uid, check_positive_number
 
-__all__ = ["SR_SERIES_DESCRIPTION", "box_polyline", "build_triage_sr", "device_observer_uid"]
+__all__ = [
+    "SR_SERIES_DESCRIPTION",
+    "box_polyline",
+    "build_triage_sr",
+    "device_observer",
+    "device_observer_uid",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -223,19 +229,21 @@ def build_triage_sr(
     return sr
 
 
-def _observation_context(algorithm: AlgorithmIdentity) -> hd.sr.ObservationContext:
+def device_observer(algorithm: AlgorithmIdentity) -> hd.sr.ObserverContext:
+    """The algorithm as the device observer of a report or key object selection."""
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=device_observer_uid(algorithm),
         name=DEVICE_OBSERVER_NAME,
         manufacturer_name=algorithm.manufacturer,
         model_name=f"{algorithm.name} {algorithm.version}",
     )
-    return hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device,
-            observer_identifying_attributes=device,
-        )
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device
     )
+
+
+def _observation_context(algorithm: AlgorithmIdentity) -> hd.sr.ObservationContext:
+    return hd.sr.ObservationContext(observer_device_context=device_observer(algorithm))
 
 
 def _study_group(

@@ -135,7 +135,8 @@ def reprocess(
             progress.update(bar, completed=done or 0)
             time.sleep(0.5)
         worker.join()
-        progress.update(bar, completed=outcome.get("triaged", 0) + outcome.get("failed", 0))
+        finished = sum(outcome.get(k, 0) for k in ("triaged", "unchanged", "failed"))
+        progress.update(bar, completed=finished)
     if not outcome:
         console.print("[red]reprocess failed; see the log[/red]")
         raise typer.Exit(1)

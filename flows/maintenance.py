@@ -24,7 +24,7 @@ from db.models import Instance, Study, StudyStatus, utcnow
 from db.repositories import RunRepository
 from dicom_node.query import StudyQuery, find_studies, move_study
 from flows.runtime import Runtime, current_runtime
-from flows.triage import triage_study
+from flows.triage import UNCHANGED, triage_study
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,11 @@ def reprocess(
 ) -> dict[str, int]:
     """Triage matching studies again with the configured model.
 
+    Studies whose instances this very model has triaged already are left as they
+    are (counted as ``unchanged``); a newer model triages them again, and its
+    results supersede the old ones (new SR naming its predecessor, and an IOCM
+    rejection note withdrawing the old objects at the destinations).
+
     With ``source="pacs"`` the studies of the date range are first fetched from the
     destination named ``pacs`` by C-FIND + C-MOVE (to this node's own AE), so a
     study whose pixels were purged, or that never reached the node, is triaged too.
@@ -162,15 +167,21 @@ def reprocess(
             source=source,
             model_version_older_than=model_version_older_than,
         )
-    triaged = failed = 0
+    triaged = unchanged = failed = 0
     for uid in study_uids:
         try:
             summary = triage_study(uid, force=True)
             triaged += summary.status == StudyStatus.TRIAGED.value
+            unchanged += summary.status == UNCHANGED
         except Exception:
             logger.exception("reprocessing study %s failed", uid)
             failed += 1
-    return {"selected": len(study_uids), "triaged": triaged, "failed": failed}
+    return {
+        "selected": len(study_uids),
+        "triaged": triaged,
+        "unchanged": unchanged,
+        "failed": failed,
+    }
 
 
 @flow(name="retry-outbox", persist_result=False)

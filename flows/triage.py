@@ -7,6 +7,7 @@ data: tensors go through files in a per-run work directory, so Prefect's state
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from db.models import RunStatus, StudyStatus
 from db.repositories import ImageResultRow, RunRepository, StudyRepository
 from dicom_node.hl7_oru import build_oru_r01, is_flagged
 from dicom_node.presentation_state import build_triage_gsps
+from dicom_node.rejection_note import build_rejection_note
 from dicom_node.results import (
     AlgorithmIdentity,
     BoundingBox,
@@ -36,7 +38,7 @@ from dicom_node.results import (
     Thresholds,
 )
 from dicom_node.secondary_capture import build_overlay_secondary_capture
-from dicom_node.sr import build_triage_sr
+from dicom_node.sr import build_triage_sr, device_observer_uid
 from dicom_node.store import write_durably
 from dicom_node.summary import build_summary_secondary_capture
 from flows.runtime import Runtime, current_runtime
@@ -51,6 +53,14 @@ SR_SERIES_NUMBER = 9001
 SC_SERIES_NUMBER = 9002
 SUMMARY_SERIES_NUMBER = 9003
 GSPS_SERIES_NUMBER = 9004
+REJECTION_NOTE_SERIES_NUMBER = 9009
+
+#: Output kinds that are not DICOM objects in the study (never named by a rejection note).
+NOT_REJECTABLE_KINDS = frozenset({"hl7", "kos"})
+
+
+#: Status of a triage that found the same instances already triaged by the same model.
+UNCHANGED = "unchanged"
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ def load_study(study_instance_uid: str) -> list[dict[str, str]]:
         return [
             {
                 "sop_instance_uid": instance.sop_instance_uid,
+                "sha256": instance.sha256,
                 "path": str(runtime.store.absolute(instance.path)),
             }
             for instance in StudyRepository(session).instances(
@@ -249,9 +260,7 @@ def build_outputs(
 
     # DICOM objects go to the DICOM destinations; a positive study's worklist flag
     # (HL7 ORU^R01, one message per RIS, addressed to it) to the HL7 ones.
-    destinations = [
-        d.name for d in runtime.settings.destinations if not isinstance(d, Hl7Destination)
-    ]
+    destinations = _dicom_destinations(runtime.settings)
     for output in outputs:
         output["destinations"] = destinations
     if is_flagged(finding):
@@ -342,6 +351,65 @@ def _previous_reports(runtime: Runtime, study_instance_uid: str, run_id: int) ->
         return []
 
 
+@task(name="reject-superseded")
+def reject_superseded(study_instance_uid: str, run_id: int) -> list[dict[str, str]]:
+    """Withdraw the previous run's DICOM objects with an IOCM rejection note (KOS).
+
+    The note goes to the DICOM destinations like every other output; an IOCM-aware
+    PACS hides what it names, any other shows the note beside the new results.
+    """
+    runtime = current_runtime()
+    with runtime.sessions() as session:
+        superseded = [
+            (o.sop_instance_uid, o.path)
+            for o in RunRepository(session).previous_outputs(study_instance_uid, run_id)
+            if o.kind not in NOT_REJECTABLE_KINDS
+        ]
+    rejected = []
+    for uid, relative in superseded:
+        try:
+            rejected.append(dcmread(runtime.output_dir / relative, stop_before_pixels=True))
+        except (OSError, ValueError) as error:
+            # Never withdraw what we cannot name exactly; the audit trail still tells.
+            logger.warning(
+                "superseded object %s unreadable (%s): not in the rejection note",
+                uid,
+                type(error).__name__,
+            )
+    if not rejected:
+        return []
+    algorithm = algorithm_identity(runtime.model())
+    note = build_rejection_note(
+        rejected,
+        algorithm,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+        series_number=REJECTION_NOTE_SERIES_NUMBER,
+        instance_number=1,
+        reason=f"Superseded by {algorithm.name} {algorithm.version} (triage run {run_id})",
+    )
+    output = _write_output(note, "kos", runtime.output_dir / study_instance_uid)
+    with runtime.sessions.begin() as session:
+        RunRepository(session).add_output(
+            RunRepository(session).get(run_id),
+            kind=output["kind"],
+            sop_class_uid=output["sop_class_uid"],
+            sop_instance_uid=output["sop_instance_uid"],
+            series_instance_uid=output["series_instance_uid"],
+            path=output["path"],
+            destinations=_dicom_destinations(runtime.settings),
+        )
+        AuditLog(session).record(
+            AuditEventType.OUTPUT_CREATED,
+            actor="triage",
+            study_instance_uid=study_instance_uid,
+            sop_instance_uid=output["sop_instance_uid"],
+            kind=output["kind"],
+            rejects=len(rejected),
+        )
+    return [output]
+
+
 @task(name="send")
 def send_outputs(run_id: int) -> dict[str, int]:
     """One outbox pass over the run's deliveries; what fails transiently stays queued.
@@ -378,7 +446,15 @@ def triage_study(study_instance_uid: str, force: bool = False) -> TriageSummary:
         return TriageSummary(study_instance_uid, status=StudyStatus.NOT_TRIAGED.value)
 
     model = runtime.model()
-    run_id = _start_run(runtime, study_instance_uid, model)
+    algorithm = algorithm_identity(model)
+    key = input_key(algorithm, sources)
+    earlier = _earlier_identical_run(runtime, key)
+    if earlier is not None:
+        # The same instances, the same model: the result would be the same. Re-sent
+        # studies and repeated reprocess requests cost nothing and leave no duplicates.
+        _finish_unchanged(runtime, study_instance_uid, earlier, algorithm)
+        return TriageSummary(study_instance_uid, status=UNCHANGED, run_id=earlier)
+    run_id = _start_run(runtime, study_instance_uid, algorithm, key)
     work_dir = runtime.work_dir / str(run_id)
     try:
         preprocessed = preprocess_images(sources, str(work_dir))
@@ -399,6 +475,7 @@ def triage_study(study_instance_uid: str, force: bool = False) -> TriageSummary:
         )
         _record_results(runtime, run_id, finding)
         outputs = build_outputs(study_instance_uid, run_id, preprocessed, finding, explanation)
+        outputs += reject_superseded(study_instance_uid, run_id)
     except Exception as error:
         _fail_run(runtime, study_instance_uid, run_id, error)
         raise
@@ -499,6 +576,21 @@ def algorithm_identity(model: HierarchicalModel) -> AlgorithmIdentity:
     )
 
 
+def input_key(algorithm: AlgorithmIdentity, sources: Sequence[dict[str, str]]) -> str:
+    """What makes a result: the model's identity and the exact source instances.
+
+    SHA-256 over the model's name, version and device UID and each source's SOP
+    Instance UID with the SHA-256 of its stored file, so a study re-sent unchanged
+    maps to the same key while a changed instance or another model does not.
+    """
+    digest = hashlib.sha256()
+    for part in (algorithm.name, algorithm.version, device_observer_uid(algorithm)):
+        digest.update(part.encode() + b"\0")
+    for uid, sha256 in sorted((s["sop_instance_uid"], s["sha256"]) for s in sources):
+        digest.update(f"{uid}:{sha256}".encode() + b"\0")
+    return digest.hexdigest()
+
+
 # -- DB bookkeeping (small helpers of the flow, each one transaction) ---------------------
 
 
@@ -510,13 +602,17 @@ def _claim(runtime: Runtime, study_instance_uid: str, force: bool) -> bool:
         return force and studies.claim_forced(study_instance_uid)
 
 
-def _start_run(runtime: Runtime, study_instance_uid: str, model: HierarchicalModel) -> int:
+def _start_run(
+    runtime: Runtime, study_instance_uid: str, algorithm: AlgorithmIdentity, key: str
+) -> int:
     flow_run_id = flow_run.get_id()
     with runtime.sessions.begin() as session:
         run = RunRepository(session).start(
             study_instance_uid,
-            model_name=model.metadata.name,
-            model_version=model.metadata.version,
+            model_name=algorithm.name,
+            model_version=algorithm.version,
+            device_uid=device_observer_uid(algorithm),
+            input_key=key,
             flow_run_id=str(flow_run_id) if flow_run_id else None,
         )
         AuditLog(session).record(
@@ -524,10 +620,41 @@ def _start_run(runtime: Runtime, study_instance_uid: str, model: HierarchicalMod
             actor="triage",
             study_instance_uid=study_instance_uid,
             run_id=run.id,
-            model_name=model.metadata.name,
-            model_version=model.metadata.version,
+            model_name=algorithm.name,
+            model_version=algorithm.version,
         )
         return run.id
+
+
+def _earlier_identical_run(runtime: Runtime, key: str) -> int | None:
+    with runtime.sessions() as session:
+        run = RunRepository(session).succeeded_with_input_key(key)
+        return run.id if run is not None else None
+
+
+def _finish_unchanged(
+    runtime: Runtime, study_instance_uid: str, earlier_run_id: int, algorithm: AlgorithmIdentity
+) -> None:
+    logger.info(
+        "study %s: run %d already triaged these instances with %s %s; nothing to do",
+        study_instance_uid,
+        earlier_run_id,
+        algorithm.name,
+        algorithm.version,
+    )
+    with runtime.sessions.begin() as session:
+        StudyRepository(session).set_status(
+            study_instance_uid, StudyStatus.TRIAGED, only_from=StudyStatus.TRIAGING
+        )
+        AuditLog(session).record(
+            AuditEventType.TRIAGE_SKIPPED,
+            actor="triage",
+            study_instance_uid=study_instance_uid,
+            run_id=earlier_run_id,
+            model_name=algorithm.name,
+            model_version=algorithm.version,
+            reason="unchanged: these instances were triaged by this model already",
+        )
 
 
 def _record_results(runtime: Runtime, run_id: int, finding: StudyFinding) -> None:
@@ -626,6 +753,10 @@ def _write_output(dataset: Dataset, kind: str, study_dir: Path) -> dict[str, str
         "series_instance_uid": str(dataset.SeriesInstanceUID),
         "path": str(path.relative_to(study_dir.parent)),
     }
+
+
+def _dicom_destinations(settings: Settings) -> list[str]:
+    return [d.name for d in settings.destinations if not isinstance(d, Hl7Destination)]
 
 
 def _geometry_to_dict(geometry: Geometry) -> dict[str, Any]:

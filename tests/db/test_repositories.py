@@ -34,7 +34,7 @@ def received(
 
 
 def test_migration_matches_models(engine: Engine) -> None:
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []

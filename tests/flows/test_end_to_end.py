@@ -25,9 +25,9 @@ from db.models import Delivery, DeliveryStatus, RunStatus, Study, StudyStatus, T
 from db.repositories import RunRepository
 from dicom_node.summary import SUMMARY_SERIES_DESCRIPTION
 from flows.prefect_env import flow_run_settings
-from flows.runtime import Runtime
+from flows.runtime import Runtime, install_runtime
 from flows.service import TriageService
-from flows.triage import triage_study
+from flows.triage import UNCHANGED, triage_study
 from models.overlay import BOX_COLOUR
 from tests.hl7_listener import run_mllp_listener
 from tests.peers import Orthanc, assert_dciodvfy_clean, free_port, run_orthanc
@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.peers, pytest.mark.slow]
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image
 GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"  # Grayscale Softcopy Presentation State
+KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"  # Key Object Selection (rejection note)
 
 
 def _walk(items: list[Dataset]) -> list[Dataset]:
@@ -97,7 +98,10 @@ def push_study(orthanc: Orthanc, study_uid: str) -> None:
 
 
 def test_orthanc_study_is_triaged_and_results_arrive_back(
-    tmp_path: Path, make_settings: Callable[..., Settings], sample_studies: list[Path]
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    sample_studies: list[Path],
+    upgraded_bundle: Path,
 ) -> None:
     node_port = free_port()
     with (
@@ -241,11 +245,28 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
                 runs = session.scalar(select(func.count()).select_from(TriageRun))
                 assert runs == 1
 
-            # Reprocessing (e.g. a new model version): the new SR supersedes the first,
-            # and every result goes into new series.
+            # The same instances, the same model: triaging again changes nothing.
             first_series = {s["ID"] for s in orthanc.series_of_study(study_uid)}
             with flow_run_settings(settings.prefect_flow_heartbeat):
-                rerun = triage_study(study_uid, force=True)
+                again = triage_study(study_uid, force=True)
+            assert again.status == UNCHANGED
+            assert {s["ID"] for s in orthanc.series_of_study(study_uid)} == first_series
+
+            # A new model version: the new SR supersedes the first, every result goes
+            # into new series, and an IOCM rejection note withdraws the old objects.
+            first_ai = {uid for uids in ai_instances(orthanc, study_uid).values() for uid in uids}
+            first_ai_uids = {
+                orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in first_ai
+            }
+            upgraded = Runtime.create(
+                settings.model_copy(update={"model_bundle_dir": upgraded_bundle})
+            )
+            install_runtime(upgraded)
+            try:
+                with flow_run_settings(settings.prefect_flow_heartbeat):
+                    rerun = triage_study(study_uid, force=True)
+            finally:
+                install_runtime(runtime)
             assert rerun.status == StudyStatus.TRIAGED.value and rerun.undelivered == 0
             with runtime.sessions() as session:
                 first_sr, second_sr = (
@@ -265,5 +286,18 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
             new_series = [
                 s for s in orthanc.series_of_study(study_uid) if s["ID"] not in first_series
             ]
-            assert len(new_series) == 4  # SR, summary, annotated SCs, GSPS
+            assert len(new_series) == 5  # SR, summary, annotated SCs, GSPS, rejection note
+            (note_id,) = ai_instances(orthanc, study_uid)[KOS_CLASS]
+            note_path = tmp_path / "rejection-note.dcm"
+            note_path.write_bytes(orthanc.get(f"/instances/{note_id}/file"))
+            assert_dciodvfy_clean(note_path)
+            note = dcmread(note_path)
+            assert note.ConceptNameCodeSequence[0].CodeValue == "113001"
+            withdrawn = {
+                sop.ReferencedSOPInstanceUID
+                for study in note.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence
+                for sop in series.ReferencedSOPSequence
+            }
+            assert withdrawn == first_ai_uids
             assert len(ris.wait_for(2)) == 2  # and a new worklist flag

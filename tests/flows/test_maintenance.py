@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,25 +14,15 @@ from typer.testing import CliRunner
 
 from config import Destination, Settings
 from db.audit import AuditEventType, AuditLog
-from db.models import Instance, RunStatus, StudyStatus, TriageRun
+from db.models import Instance, OutputObject, RunStatus, StudyStatus, TriageRun
 from dicom_node.sender import send_files
 from flows.cli import app
 from flows.maintenance import ReprocessCriteria, purge_store, reprocess, select_studies
 from flows.runtime import Runtime, install_runtime
 from flows.service import TriageService
-from tests.peers import free_port, run_orthanc
+from tests.peers import assert_dciodvfy_clean, free_port, run_orthanc
 
 pytestmark = pytest.mark.slow
-
-
-def bundle_with_version(bundle: Path, version: str, target: Path) -> Path:
-    """A copy of ``bundle`` that says it is model version ``version``."""
-    shutil.copytree(bundle, target)
-    metadata_path = target / "configs" / "metadata.json"
-    metadata = json.loads(metadata_path.read_text())
-    metadata["version"] = version
-    metadata_path.write_text(json.dumps(metadata, indent=2))
-    return target
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -70,16 +59,27 @@ def ingest(runtime: Runtime, study_dir: Path) -> str:
 def test_reprocess_with_a_new_model_version_and_purge(
     make_settings: Callable[..., Settings],
     sample_studies: list[Path],
-    demo_bundle: Path,
-    tmp_path: Path,
+    upgraded_bundle: Path,
 ) -> None:
     runtime = Runtime.create(make_settings())
     study_uid = ingest(runtime, sample_studies[1])
     assert runs_of(runtime) == [("0.1.0", RunStatus.SUCCEEDED)]
 
-    upgraded = make_settings(
-        model_bundle_dir=bundle_with_version(demo_bundle, "0.2.0", tmp_path / "bundle-0.2.0")
-    )
+    # Idempotent: the same instances and the same model are not triaged twice.
+    install_runtime(runtime)
+    assert reprocess(statuses=["triaged"], requested_by="admin") == {
+        "selected": 1,
+        "triaged": 0,
+        "unchanged": 1,
+        "failed": 0,
+    }
+    assert runs_of(runtime) == [("0.1.0", RunStatus.SUCCEEDED)]
+    with runtime.sessions() as session:
+        (skipped,) = AuditLog(session).of_type(AuditEventType.TRIAGE_SKIPPED)
+        assert skipped.study_instance_uid == study_uid and "unchanged" in skipped.detail["reason"]
+        first_outputs = {o.sop_instance_uid: o.kind for o in session.scalars(select(OutputObject))}
+
+    upgraded = make_settings(model_bundle_dir=upgraded_bundle)
     runtime = Runtime.create(upgraded)
     install_runtime(runtime)
     criteria = ReprocessCriteria(model_version_older_than="0.2.0")
@@ -87,14 +87,31 @@ def test_reprocess_with_a_new_model_version_and_purge(
     assert reprocess(model_version_older_than="0.2.0", requested_by="admin") == {
         "selected": 1,
         "triaged": 1,
+        "unchanged": 0,
         "failed": 0,
     }
     assert runs_of(runtime) == [("0.1.0", RunStatus.SUCCEEDED), ("0.2.0", RunStatus.SUCCEEDED)]
+    # The new results supersede the old: an IOCM rejection note names every old object.
+    with runtime.sessions() as session:
+        (note,) = session.scalars(select(OutputObject).where(OutputObject.kind == "kos"))
+        note_path = runtime.output_dir / note.path
+        (run_id,) = session.scalars(select(TriageRun.id).where(TriageRun.model_version == "0.2.0"))
+        assert note.run_id == run_id
+    assert_dciodvfy_clean(note_path)
+    kos = dcmread(note_path)
+    assert kos.ConceptNameCodeSequence[0].CodeValue == "113001"
+    rejected = {
+        sop.ReferencedSOPInstanceUID
+        for study in kos.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert rejected == {uid for uid, kind in first_outputs.items() if kind != "hl7"}
     # Idempotent: nothing is older than 0.2.0 any more.
     assert select_studies(runtime, criteria) == []
     with runtime.sessions() as session:
-        (event,) = AuditLog(session).of_type(AuditEventType.REPROCESS_REQUESTED)
-        assert event.actor == "admin"
+        events = AuditLog(session).of_type(AuditEventType.REPROCESS_REQUESTED)
+        assert len(events) == 2 and all(event.actor == "admin" for event in events)
 
     # Purge: pixel data goes, the DB rows and the audit trail stay.
     assert purge_store(0, requested_by="admin")["files"] == 2
@@ -123,7 +140,7 @@ def test_reprocess_from_the_pacs_by_c_move(
         runtime = Runtime.create(settings)
         with TriageService(runtime):
             result = reprocess(source="pacs", pacs="pacs", requested_by="admin")
-        assert result == {"selected": 1, "triaged": 1, "failed": 0}
+        assert result == {"selected": 1, "triaged": 1, "unchanged": 0, "failed": 0}
         with runtime.sessions() as session:
             moved = sorted(session.scalars(select(Instance.sop_instance_uid)))
         assert moved == sorted(
@@ -151,6 +168,7 @@ def test_reprocess_cli_prints_json(
     assert json.loads(result.output.strip().splitlines()[-1]) == {
         "selected": 0,
         "triaged": 0,
+        "unchanged": 0,
         "failed": 0,
     }
     status = CliRunner().invoke(app, ["status", "--json"])

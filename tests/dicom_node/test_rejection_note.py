@@ -1,0 +1,131 @@
+"""IOCM rejection notes for superseded AI objects: valid KOS, every object referenced."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+
+from config import FractureLevel
+from dicom_node.presentation_state import build_triage_gsps
+from dicom_node.rejection_note import (
+    REJECTION_NOTE_SERIES_DESCRIPTION,
+    build_rejection_note,
+)
+from dicom_node.results import AlgorithmIdentity, ImageFinding, StudyFinding
+from dicom_node.sr import build_triage_sr, device_observer_uid
+from tests.dicom_node.conftest import PATIENT_ID, THRESHOLDS
+
+KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+
+
+@pytest.fixture
+def superseded(
+    study_uid: str, dx_images: list[Dataset], algorithm: AlgorithmIdentity
+) -> list[Dataset]:
+    """What an earlier run left in the PACS: an SR and a GSPS."""
+    finding = StudyFinding(
+        study_uid,
+        "wrist",
+        0.2,
+        FractureLevel.NOT_SUSPECTED,
+        THRESHOLDS,
+        tuple(
+            ImageFinding(ds.SOPInstanceUID, "wrist", 0.9, 0.2, FractureLevel.NOT_SUSPECTED)
+            for ds in dx_images
+        ),
+    )
+    common = {"sop_instance_uid": generate_uid(), "instance_number": 1}
+    sr = build_triage_sr(
+        dx_images, finding, algorithm, series_instance_uid=generate_uid(), series_number=9001,
+        **common,
+    )  # fmt: skip
+    gsps = build_triage_gsps(
+        dx_images, finding, algorithm, series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(), series_number=9004, instance_number=1,
+    )  # fmt: skip
+    return [sr, gsps]
+
+
+def _note(superseded: list[Dataset], algorithm: AlgorithmIdentity, **overrides: object) -> Dataset:
+    arguments: dict[str, object] = {
+        "series_instance_uid": generate_uid(),
+        "sop_instance_uid": generate_uid(),
+        "series_number": 9010,
+        "instance_number": 1,
+        "reason": "Superseded by fracture-wrist-densenet 2.0.0 (triage run 7)",
+        "now": dt.datetime(2026, 11, 22, 10, 30, tzinfo=dt.UTC),
+    }
+    arguments.update(overrides)
+    return build_rejection_note(superseded, algorithm, **arguments)  # type: ignore[arg-type]
+
+
+def test_rejection_note_is_a_valid_iocm_kos_naming_every_superseded_object(
+    tmp_path: Path,
+    superseded: list[Dataset],
+    algorithm: AlgorithmIdentity,
+    dciodvfy_clean: Callable[[Path], str],
+) -> None:
+    newer = AlgorithmIdentity(name=algorithm.name, version="2.0.0")
+    path = tmp_path / "kos.dcm"
+    _note(superseded, newer).save_as(path, enforce_file_format=True)
+    dciodvfy_clean(path)
+    note = pydicom.dcmread(path)
+
+    assert note.SOPClassUID == KOS_CLASS and note.Modality == "KO"
+    title = note.ConceptNameCodeSequence[0]
+    assert (title.CodeValue, title.CodingSchemeDesignator) == ("113001", "DCM")
+    assert title.CodeMeaning == "Rejected for Quality Reasons"
+    assert note.StudyInstanceUID == superseded[0].StudyInstanceUID
+    assert note.PatientID == PATIENT_ID  # inherited from the rejected objects
+    assert note.SeriesDescription == REJECTION_NOTE_SERIES_DESCRIPTION
+    assert note.SeriesDescription.startswith("AI")
+    assert note.SeriesDate and note.SeriesTime
+
+    referenced = {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in note.ContentSequence
+        if item.ValueType in ("COMPOSITE", "IMAGE")
+    }
+    assert referenced == {str(ds.SOPInstanceUID) for ds in superseded}
+    evidence = {
+        sop.ReferencedSOPInstanceUID
+        for study in note.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert evidence == referenced
+    texts = [
+        i.TextValue
+        for i in note.ContentSequence
+        if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "113012"
+    ]  # Key Object Description
+    assert texts == ["Superseded by fracture-wrist-densenet 2.0.0 (triage run 7)"]
+    observer_uids = [i.UID for i in note.ContentSequence if i.ValueType == "UIDREF"]
+    assert observer_uids == [device_observer_uid(newer)]
+    assert any(
+        item.get("SoftwareVersions") == "2.0.0" for item in note.ContributingEquipmentSequence
+    )
+
+
+def test_rejection_note_checks_its_inputs(
+    superseded: list[Dataset], algorithm: AlgorithmIdentity, dx_images: list[Dataset]
+) -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        _note([], algorithm)
+    with pytest.raises(ValueError, match="belongs to a rejected object"):
+        _note(superseded, algorithm, sop_instance_uid=str(superseded[0].SOPInstanceUID))
+    with pytest.raises(ValueError, match="reason"):
+        _note(superseded, algorithm, reason="  ")
+    other_study = copy.deepcopy(dx_images[0])
+    other_study.StudyInstanceUID = generate_uid()
+    with pytest.raises(ValueError, match="2 studies"):
+        _note([*superseded, other_study], algorithm)
+    with pytest.raises(ValueError, match="series_number"):
+        _note(superseded, algorithm, series_number=0)
