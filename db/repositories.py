@@ -40,6 +40,11 @@ _REOPENABLE = (
 )
 
 
+#: Errors of runs a crash or a lost worker left RUNNING (see requeue_interrupted).
+RUN_INTERRUPTED = "interrupted"
+RUN_WORKER_LOST = "timed out (worker lost)"
+
+
 class RecordOutcome(enum.StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"  # same SOP Instance, same bytes: nothing changes
@@ -248,7 +253,7 @@ class StudyRepository:
                 .values(
                     status=RunStatus.FAILED,
                     finished_at=utcnow(),
-                    error="interrupted" if stale_after is None else "timed out (worker lost)",
+                    error=RUN_INTERRUPTED if stale_after is None else RUN_WORKER_LOST,
                 )
             )
         return uids
@@ -429,6 +434,21 @@ class RunRepository:
             .limit(1)
         )
         return self._session.scalar(query)
+
+    def lost_flow_run_ids(self, study_instance_uid: str) -> list[str]:
+        """Prefect flow runs of the study's runs that a crash or a lost worker abandoned."""
+        query = (
+            select(TriageRun.flow_run_id)
+            .join(Study, TriageRun.study_id == Study.id)
+            .where(
+                Study.study_instance_uid == study_instance_uid,
+                TriageRun.status == RunStatus.FAILED,
+                TriageRun.error.in_([RUN_INTERRUPTED, RUN_WORKER_LOST]),
+                TriageRun.flow_run_id.is_not(None),
+            )
+            .order_by(TriageRun.id)
+        )
+        return [uid for uid in self._session.scalars(query) if uid]
 
     def succeeded_with_input_key(self, input_key: str) -> TriageRun | None:
         """The successful run that already triaged these instances with this model, if any."""

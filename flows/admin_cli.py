@@ -81,12 +81,46 @@ def reprocess(
     pacs: Annotated[
         str | None, typer.Option(help="Destination to query with --source pacs.")
     ] = None,
+    at: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            help="Server mode: when the flow run starts (e.g. 2026-11-23T02:00); default now."
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Server mode: follow the flow run until it ends.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Triage matching studies again with the configured model, showing progress."""
+    """Triage matching studies again with the configured model, showing progress.
+
+    Embedded (no prefect_api_url): runs the reprocess flow here. Server mode:
+    creates a flow run of the reprocess deployment, now or ``--at`` a later time,
+    for a worker to execute (off-peak reprocessing), and prints its id.
+    """
     if source not in ("local", "pacs"):
         raise typer.BadParameter(f"source must be 'local' or 'pacs', got {source!r}")
     settings = _settings(config)
+    if settings.prefect_api_url:
+        _schedule_reprocess(
+            settings,
+            {
+                "received_from": received_from.date().isoformat() if received_from else None,
+                "received_to": received_to.date().isoformat() if received_to else None,
+                "statuses": list(status or ()),
+                "regions": list(region or ()),
+                "model_version_older_than": model_older_than,
+                "source": source,
+                "pacs": pacs,
+                "requested_by": getpass.getuser(),
+            },
+            at,
+            wait,
+            as_json,
+        )
+        return
+    if at is not None:
+        raise typer.BadParameter("--at needs server mode (prefect_api_url)")
     runtime = _runtime(settings)
     from db.models import RunStatus, TriageRun, utcnow
     from flows.maintenance import ReprocessCriteria, select_studies
@@ -141,6 +175,54 @@ def reprocess(
         console.print("[red]reprocess failed; see the log[/red]")
         raise typer.Exit(1)
     _emit(outcome, as_json, "Reprocess")
+
+
+def _schedule_reprocess(
+    settings: Settings,
+    parameters: dict[str, Any],
+    at: dt.datetime | None,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Create (and optionally follow) a flow run of the reprocess deployment."""
+    import os
+
+    from prefect.deployments import run_deployment
+
+    from flows.deployments import REPROCESS_DEPLOYMENT
+
+    os.environ["PREFECT_API_URL"] = str(settings.prefect_api_url)
+    when = at.astimezone() if at is not None else None  # naive --at: local time
+    run = run_deployment(
+        REPROCESS_DEPLOYMENT,
+        parameters={k: v for k, v in parameters.items() if v not in (None, [])},
+        scheduled_time=when,
+        timeout=0,
+        as_subflow=False,
+    )
+    if wait:
+        from prefect.client.orchestration import get_client
+
+        with (
+            get_client(sync_client=True) as client,
+            console.status(f"flow run {run.name}", spinner="dots") as spinner,
+        ):
+            while run.state is None or not run.state.is_final():
+                time.sleep(2)
+                run = client.read_flow_run(run.id)
+                state = run.state.name if run.state else "unknown"
+                spinner.update(f"flow run {run.name}: {state}")
+    _emit(
+        {
+            "flow_run_id": str(run.id),
+            "flow_run_name": run.name,
+            "deployment": REPROCESS_DEPLOYMENT,
+            "scheduled_time": (run.expected_start_time or run.next_scheduled_start_time),
+            "state": run.state.name if run.state else None,
+        },
+        as_json,
+        "Reprocess flow run",
+    )
 
 
 def retry_outbox(config: ConfigOption = None, as_json: JsonOption = False) -> None:

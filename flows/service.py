@@ -8,6 +8,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from db.migrate import upgrade
+from db.repositories import RunRepository
 from dicom_node.audit_export import export_worker
 from dicom_node.completion import StudyCompletionWatcher
 from dicom_node.outbox import OutboxWorker
@@ -83,6 +84,7 @@ class TriageService:
             with temporary_settings(
                 updates={PREFECT_API_URL: self.runtime.settings.prefect_api_url}
             ):
+                self._crash_abandoned_flow_runs(study_instance_uid)
                 run = run_deployment(
                     TRIAGE_DEPLOYMENT,
                     parameters={"study_instance_uid": study_instance_uid},
@@ -93,6 +95,34 @@ class TriageService:
         except Exception:
             # The study stays READY; the watcher's recovery hands it on again at restart.
             logger.exception("could not create a flow run for study %s", study_instance_uid)
+
+    def _crash_abandoned_flow_runs(self, study_instance_uid: str) -> None:
+        """Mark the flow runs of a killed worker CRASHED in Prefect.
+
+        A worker that dies mid-run leaves its flow run RUNNING on the server, holding
+        the deployment's inference slot; the watcher has failed our run and made the
+        study READY again, so the server is told too and the slot is freed.
+        """
+        from prefect.client.orchestration import get_client
+        from prefect.states import Crashed
+
+        with self.runtime.sessions() as session:
+            abandoned = RunRepository(session).lost_flow_run_ids(study_instance_uid)
+        if not abandoned:
+            return
+        with get_client(sync_client=True) as client:
+            for flow_run_id in abandoned:
+                state = client.read_flow_run(flow_run_id).state
+                if state is None or state.is_final():
+                    continue
+                client.set_flow_run_state(
+                    flow_run_id, Crashed(message="worker lost; study triaged again"), force=True
+                )
+                logger.warning(
+                    "study %s: flow run %s of a lost worker marked crashed",
+                    study_instance_uid,
+                    flow_run_id,
+                )
 
     def stop(self) -> None:
         self.watcher.stop()
