@@ -144,6 +144,53 @@ AnyDestination = Annotated[
 ]
 
 
+class PrioritySettings(BaseModel):
+    """Which studies go first, and when the backlog may be reprocessed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    urgent_calling_ae_titles: tuple[str, ...] = Field(
+        default=(),
+        description="Studies sent by these AEs (e.g. the emergency department's CR) are "
+        "urgent: triaged before any other ready study.",
+    )
+    urgent_modalities: tuple[str, ...] = Field(
+        default=(), description="Studies with an instance of these modalities are urgent."
+    )
+    reprocess_hours: tuple[int, int] | None = Field(
+        default=None,
+        description="Off-peak window [start, end) in local hours, e.g. [22, 6]: reprocessing "
+        "only triages studies inside it and defers the rest to its next run. None: any time.",
+    )
+
+    @field_validator("urgent_calling_ae_titles")
+    @classmethod
+    def _check_ae_titles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(validate_ae_title(v) for v in value)
+
+    @field_validator("reprocess_hours")
+    @classmethod
+    def _check_hours(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not all(0 <= hour <= 23 for hour in value):
+            raise ValueError(f"reprocess_hours must be two hours 0-23, got {list(value)}")
+        if value is not None and value[0] == value[1]:
+            raise ValueError(f"reprocess_hours {list(value)} is an empty window")
+        return value
+
+    def is_urgent(self, calling_ae_title: str | None, modality: str | None) -> bool:
+        """The site's urgency rule for one received instance."""
+        return (calling_ae_title or "").strip() in self.urgent_calling_ae_titles or (
+            modality is not None and modality in self.urgent_modalities
+        )
+
+    def may_reprocess_at(self, hour: int) -> bool:
+        """Whether reprocessing may run at local ``hour`` (0-23)."""
+        if self.reprocess_hours is None:
+            return True
+        start, end = self.reprocess_hours
+        return start <= hour < end if start < end else hour >= start or hour < end
+
+
 class OutputSettings(BaseModel):
     """Which DICOM objects a triage run produces; each can be switched off per site."""
 
@@ -280,6 +327,14 @@ class Settings(BaseSettings):
         gt=0,
         description="A study claimed longer ago without a result is triaged again "
         "(its worker was killed or lost).",
+    )
+    batch_max_studies: int = Field(
+        default=16,
+        ge=1,
+        description="triage_batch takes at most this many ready studies into one run.",
+    )
+    priority: PrioritySettings = Field(
+        default_factory=PrioritySettings, description="Urgent studies and off-peak reprocessing."
     )
     retention_days: int = Field(
         default=30, ge=0, description="The nightly purge deletes pixel data older than this."

@@ -113,6 +113,9 @@ class Study(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus), index=True)
+    urgent: Mapped[bool] = mapped_column(
+        default=False, doc="The site's urgency rule matched an instance: triaged first."
+    )
     first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     ready_at: Mapped[dt.datetime | None]

@@ -66,6 +66,7 @@ class ReceivedInstance:
     size_bytes: int
     sha256: str
     calling_ae_title: str | None
+    urgent: bool = False
 
 
 class StudyRepository:
@@ -148,6 +149,7 @@ class StudyRepository:
             outcome = RecordOutcome.REPLACED
 
         study.last_received_at = now
+        study.urgent = study.urgent or received.urgent
         if study.status == StudyStatus.READY or (
             # Only a new view reopens a triaged study: our own SR/SCs coming back from
             # the PACS (or anything else no model reads) must not trigger another triage.
@@ -190,6 +192,18 @@ class StudyRepository:
             .values(status=StudyStatus.TRIAGING, updated_at=utcnow())
         )
         return result.rowcount == 1
+
+    def claim_ready(self, limit: int, among: Sequence[str] | None = None) -> list[str]:
+        """Claim up to ``limit`` READY studies (of ``among``, if given): urgent, then oldest.
+
+        Each is claimed with the same conditional update as :meth:`claim_for_triage`,
+        so concurrent workers never take one study twice.
+        """
+        query = select(Study.study_instance_uid).where(Study.status == StudyStatus.READY)
+        if among is not None:
+            query = query.where(Study.study_instance_uid.in_(list(among)))
+        query = query.order_by(Study.urgent.desc(), Study.ready_at, Study.id).limit(limit)
+        return [uid for uid in self._session.scalars(query).all() if self.claim_for_triage(uid)]
 
     def claim_forced(self, study_instance_uid: str) -> bool:
         """Move a study in any state but TRIAGING to TRIAGING (a deliberate re-run).

@@ -284,18 +284,20 @@ class StorageSCP:
             )
 
         stored = self._store.write(encoded, study_uid, series_uid, sop_uid)
+        modality = _short_string(header.get("Modality"))
         received = ReceivedInstance(
             study_instance_uid=study_uid,
             series_instance_uid=series_uid,
             sop_instance_uid=sop_uid,
             sop_class_uid=sop_class,
             transfer_syntax_uid=str(event.context.transfer_syntax),
-            modality=_short_string(header.get("Modality")),
+            modality=modality,
             triageable=sop_class in TRIAGEABLE_SOP_CLASSES,
             path=stored.relative_path,
             size_bytes=stored.size_bytes,
             sha256=stored.sha256,
             calling_ae_title=calling_ae,
+            urgent=self._settings.priority.is_urgent(calling_ae, modality),
         )
         with self._sessions.begin() as session:
             outcome = StudyRepository(session).record_instance(received)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
 from flows.maintenance import purge_store, reprocess, retry_outbox
-from flows.triage import triage_study
+from flows.triage import triage_batch, triage_study
 
 #: The deployment the node creates its flow runs of.
 TRIAGE_DEPLOYMENT = "triage-study/node"
@@ -30,6 +30,14 @@ def deployments(purge_after_days: int = 30) -> list[RunnerDeployment]:
             concurrency_limit=INFERENCE_SLOTS,
             entrypoint_type=module,
             description="Triage one study; the node creates these runs when a study is ready.",
+        ),
+        triage_batch.to_deployment(
+            name="ready",
+            tags=["triage", "inference"],
+            concurrency_limit=INFERENCE_SLOTS,
+            entrypoint_type=module,
+            description="Triage every READY study (urgent first) in one run, views batched "
+            "through the models: for a backlog, or a GPU worker taking work in bulk.",
         ),
         reprocess.to_deployment(
             name="manual",

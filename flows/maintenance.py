@@ -167,8 +167,15 @@ def reprocess(
             source=source,
             model_version_older_than=model_version_older_than,
         )
-    triaged = unchanged = failed = 0
-    for uid in study_uids:
+    triaged = unchanged = failed = deferred = 0
+    priority = runtime.settings.priority
+    for index, uid in enumerate(study_uids):
+        if not priority.may_reprocess_at(dt.datetime.now().hour):
+            # Outside the off-peak window: live studies have the models; the rest waits
+            # for the next (scheduled) reprocess run, which selects them again.
+            deferred = len(study_uids) - index
+            logger.info("outside the reprocess window: %d studies deferred", deferred)
+            break
         try:
             summary = triage_study(uid, force=True)
             triaged += summary.status == StudyStatus.TRIAGED.value
@@ -181,6 +188,7 @@ def reprocess(
         "triaged": triaged,
         "unchanged": unchanged,
         "failed": failed,
+        "deferred": deferred,
     }
 
 

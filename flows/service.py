@@ -15,7 +15,7 @@ from dicom_node.outbox import OutboxWorker
 from dicom_node.scp import StorageSCP
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
-from flows.triage import TriageSummary, triage_study
+from flows.triage import TriageSummary, triage_batch
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 class TriageService:
     """Receives studies and triages each one when it becomes ready.
 
-    Triage runs one study at a time in a worker thread (the models are CPU or
-    GPU bound; more threads would only compete), while the SCP keeps accepting.
+    Triage runs in one worker thread (the models are CPU or GPU bound; more
+    threads would only compete), a batch of ready studies at a time, urgent ones
+    first, while the SCP keeps accepting.
     """
 
     def __init__(self, runtime: Runtime) -> None:
@@ -40,7 +41,7 @@ class TriageService:
         self.outbox = OutboxWorker(runtime.outbox, runtime.settings.outbox_poll_seconds)
         self.audit_export = export_worker(runtime.settings, runtime.sessions)  # None: off
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage")
-        self._futures: list[Future[TriageSummary | None]] = []
+        self._futures: list[Future[list[TriageSummary]]] = []
         self._lock = threading.Lock()
         self.address: tuple[str, int] | None = None
 
@@ -55,23 +56,28 @@ class TriageService:
             self.audit_export.start()  # resumes after the last event the collector got
         return self.address
 
-    def submit(self, study_instance_uid: str) -> Future[TriageSummary | None]:
+    def submit(self, study_instance_uid: str) -> Future[list[TriageSummary]]:
         future = self._executor.submit(self._triage, study_instance_uid)
         with self._lock:
             self._futures.append(future)
         return future
 
-    def _triage(self, study_instance_uid: str) -> TriageSummary | None:
+    def _triage(self, study_instance_uid: str) -> list[TriageSummary]:
+        """Embedded: one triage_batch run for every study ready by now (urgent first).
+
+        Studies that became ready while the previous batch ran are taken together;
+        a later call finds them claimed already and returns at once.
+        """
         if self.runtime.settings.prefect_api_url:
             self._create_flow_run(study_instance_uid)
-            return None
+            return []
         try:
             with flow_run_settings(self.runtime.settings.prefect_flow_heartbeat):
-                return triage_study(study_instance_uid)
+                return triage_batch()
         except Exception:
-            # The flow has recorded the failure (run FAILED, audit event); keep serving.
-            logger.exception("triage flow for study %s failed", study_instance_uid)
-            return None
+            # The flow has recorded each failure (runs FAILED, audit events); keep serving.
+            logger.exception("triage batch including study %s failed", study_instance_uid)
+            return []
 
     def _create_flow_run(self, study_instance_uid: str) -> None:
         """Server mode: a flow run of the triage deployment, for a worker to execute."""

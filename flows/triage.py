@@ -80,23 +80,25 @@ class TriageSummary:
 # -- tasks -----------------------------------------------------------------------------
 
 
-@task(name="load-study")
-def load_study(study_instance_uid: str) -> list[dict[str, str]]:
-    """The study's triageable instances (CR/DX, not our own outputs) as UID and path."""
+@task(name="load-studies")
+def load_studies(study_instance_uids: list[str]) -> dict[str, list[dict[str, str]]]:
+    """Each study's triageable instances (CR/DX, not our own outputs): UID, hash and path."""
     runtime = current_runtime()
     with runtime.sessions() as session:
         runs = RunRepository(session)
-        return [
-            {
-                "sop_instance_uid": instance.sop_instance_uid,
-                "sha256": instance.sha256,
-                "path": str(runtime.store.absolute(instance.path)),
-            }
-            for instance in StudyRepository(session).instances(
-                study_instance_uid, triageable_only=True
-            )
-            if not runs.is_our_output(instance.sop_instance_uid)
-        ]
+        studies = StudyRepository(session)
+        return {
+            uid: [
+                {
+                    "sop_instance_uid": instance.sop_instance_uid,
+                    "sha256": instance.sha256,
+                    "path": str(runtime.store.absolute(instance.path)),
+                }
+                for instance in studies.instances(uid, triageable_only=True)
+                if not runs.is_our_output(instance.sop_instance_uid)
+            ]
+            for uid in study_instance_uids
+        }
 
 
 @task(name="preprocess")
@@ -434,54 +436,151 @@ def triage_study(study_instance_uid: str, force: bool = False) -> TriageSummary:
         The study to triage (its instances are in the store and the DB).
     force:
         Triage even when the study is not READY (a re-run from the CLI).
+
+    Raises
+    ------
+    Exception
+        Whatever made the triage fail, after the run is recorded as failed.
     """
     runtime = current_runtime()
     if not _claim(runtime, study_instance_uid, force):
         logger.info("study %s is not ready (or already taken); skipped", study_instance_uid)
         return TriageSummary(study_instance_uid, status="skipped")
+    (outcome,) = _triage_claimed(runtime, [study_instance_uid])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
-    sources = load_study(study_instance_uid)
-    if not sources:
-        _finish_without_run(runtime, study_instance_uid, "no triageable instances")
-        return TriageSummary(study_instance_uid, status=StudyStatus.NOT_TRIAGED.value)
 
+@flow(name="triage-batch", log_prints=False, persist_result=False)
+def triage_batch(
+    study_instance_uids: list[str] | None = None, max_studies: int | None = None
+) -> list[TriageSummary]:
+    """Triage several studies in one run: their views go through the models together.
+
+    One flow run and one set of model tasks for the batch: Prefect's per-run and
+    per-task overhead, and the model's per-call overhead, are shared by every
+    study, and a GPU gets full batches. Each study still gets its own triage run,
+    results, outputs and audit events; one study failing does not fail the others.
+
+    Parameters
+    ----------
+    study_instance_uids:
+        Studies to triage (each only if READY); ``None``: the READY studies, urgent
+        ones first, then oldest first.
+    max_studies:
+        At most this many studies (default: the ``batch_max_studies`` setting).
+    """
+    runtime = current_runtime()
+    limit = max_studies or runtime.settings.batch_max_studies
+    claimed = _claim_ready(runtime, study_instance_uids, limit)
+    if not claimed:
+        return []
+    return [
+        outcome
+        if isinstance(outcome, TriageSummary)
+        else TriageSummary(uid, status=StudyStatus.FAILED.value)
+        for uid, outcome in zip(claimed, _triage_claimed(runtime, claimed), strict=True)
+    ]
+
+
+def _triage_claimed(runtime: Runtime, study_uids: Sequence[str]) -> list[TriageSummary | Exception]:
+    """Triage studies this process has claimed; one outcome (or the error) per study."""
     model = runtime.model()
     algorithm = algorithm_identity(model)
-    key = input_key(algorithm, sources)
-    earlier = _earlier_identical_run(runtime, key)
-    if earlier is not None:
-        # The same instances, the same model: the result would be the same. Re-sent
-        # studies and repeated reprocess requests cost nothing and leave no duplicates.
-        _finish_unchanged(runtime, study_instance_uid, earlier, algorithm)
-        return TriageSummary(study_instance_uid, status=UNCHANGED, run_id=earlier)
-    run_id = _start_run(runtime, study_instance_uid, algorithm, key)
-    work_dir = runtime.work_dir / str(run_id)
+    outcomes: dict[str, TriageSummary | Exception] = {}
+    runs: dict[str, int] = {}
+    batch: list[dict[str, str]] = []
+    for uid, sources in load_studies(list(study_uids)).items():
+        if not sources:
+            _finish_without_run(runtime, uid, "no triageable instances")
+            outcomes[uid] = TriageSummary(uid, status=StudyStatus.NOT_TRIAGED.value)
+            continue
+        key = input_key(algorithm, sources)
+        earlier = _earlier_identical_run(runtime, key)
+        if earlier is not None:
+            # The same instances, the same model: the result would be the same. Re-sent
+            # studies and repeated reprocess requests cost nothing and leave no duplicates.
+            _finish_unchanged(runtime, uid, earlier, algorithm)
+            outcomes[uid] = TriageSummary(uid, status=UNCHANGED, run_id=earlier)
+            continue
+        runs[uid] = _start_run(runtime, uid, algorithm, key)
+        batch += [{**source, "study_instance_uid": uid} for source in sources]
+    if not runs:
+        return [outcomes[uid] for uid in study_uids]
+
+    work_dir = runtime.work_dir / f"batch-{min(runs.values())}"
     try:
-        preprocessed = preprocess_images(sources, str(work_dir))
-        if not preprocessed["sources"]:
-            raise ValueError("no view of the study could be decoded")
-        regions = classify_regions(preprocessed["inputs_path"])
-        fractures = classify_fractures(preprocessed["inputs_path"], regions)
-        explanation = explain(preprocessed["inputs_path"], regions, str(work_dir))
-        finding = decide(
-            study_instance_uid,
-            [s["sop_instance_uid"] for s in preprocessed["sources"]],
-            regions,
-            fractures,
-            explanation["boxes"],
-            [_geometry_from_dict(g) for g in preprocessed["geometries"]],
-            model,
-            runtime.settings,
-        )
-        _record_results(runtime, run_id, finding)
-        outputs = build_outputs(study_instance_uid, run_id, preprocessed, finding, explanation)
-        outputs += reject_superseded(study_instance_uid, run_id)
-    except Exception as error:
-        _fail_run(runtime, study_instance_uid, run_id, error)
-        raise
+        try:
+            preprocessed = preprocess_images(batch, str(work_dir))
+            regions: list[dict[str, Any]] = []
+            fractures: list[float | None] = []
+            boxes: list[Any] = []
+            cams = np.empty((0, 0, 0), np.float32)
+            if preprocessed["sources"]:  # else every study fails below: nothing decoded
+                regions = classify_regions(preprocessed["inputs_path"])
+                fractures = classify_fractures(preprocessed["inputs_path"], regions)
+                explanation = explain(preprocessed["inputs_path"], regions, str(work_dir))
+                boxes, cams = explanation["boxes"], np.load(explanation["cams_path"])
+        except Exception as error:  # the whole batch failed: every run says so
+            for uid, run_id in runs.items():
+                _fail_run(runtime, uid, run_id, error)
+                outcomes[uid] = error
+            return [outcomes[uid] for uid in study_uids]
+        for uid, run_id in runs.items():
+            views = [
+                k for k, s in enumerate(preprocessed["sources"]) if s["study_instance_uid"] == uid
+            ]
+            try:
+                outcomes[uid] = _finish_study(
+                    runtime, uid, run_id, model, views, preprocessed, regions, fractures,
+                    boxes, cams, work_dir,
+                )  # fmt: skip
+            except Exception as error:
+                _fail_run(runtime, uid, run_id, error)
+                outcomes[uid] = error
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+    return [outcomes[uid] for uid in study_uids]
 
+
+def _finish_study(
+    runtime: Runtime,
+    study_instance_uid: str,
+    run_id: int,
+    model: HierarchicalModel,
+    views: list[int],
+    preprocessed: dict[str, Any],
+    regions: list[dict[str, Any]],
+    fractures: list[float | None],
+    boxes: list[Any],
+    cams: np.ndarray,
+    work_dir: Path,
+) -> TriageSummary:
+    """Decide, record, build and send the outputs of one study of a batch."""
+    if not views:
+        raise ValueError("no view of the study could be decoded")
+    mine = {
+        "inputs_path": preprocessed["inputs_path"],
+        "sources": [preprocessed["sources"][k] for k in views],
+        "geometries": [preprocessed["geometries"][k] for k in views],
+    }
+    cams_path = work_dir / f"cams-{run_id}.npy"
+    np.save(cams_path, cams[views])
+    finding = decide(
+        study_instance_uid,
+        [s["sop_instance_uid"] for s in mine["sources"]],
+        [regions[k] for k in views],
+        [fractures[k] for k in views],
+        [boxes[k] for k in views],
+        [_geometry_from_dict(g) for g in mine["geometries"]],
+        model,
+        runtime.settings,
+    )
+    _record_results(runtime, run_id, finding)
+    explanation = {"cams_path": str(cams_path), "boxes": [boxes[k] for k in views]}
+    outputs = build_outputs(study_instance_uid, run_id, mine, finding, explanation)
+    outputs += reject_superseded(study_instance_uid, run_id)
     undelivered = 0
     if runtime.settings.destinations:
         sent = send_outputs(run_id)
@@ -600,6 +699,11 @@ def _claim(runtime: Runtime, study_instance_uid: str, force: bool) -> bool:
         if studies.claim_for_triage(study_instance_uid):
             return True
         return force and studies.claim_forced(study_instance_uid)
+
+
+def _claim_ready(runtime: Runtime, study_uids: Sequence[str] | None, limit: int) -> list[str]:
+    with runtime.sessions.begin() as session:
+        return StudyRepository(session).claim_ready(limit, among=study_uids)
 
 
 def _start_run(

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from config import Destination, FractureLevel, SettingsError, load_settings
+from config.settings import PrioritySettings
 
 
 def test_defaults_are_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,6 +46,9 @@ def test_toml_then_env_then_overrides(tmp_path: Path, monkeypatch: pytest.Monkey
             '[[destinations]]\nname = "p"\nae_title = "A\\\\B"\nhost = "h"\nport = 1',
             "destinations.0.ae_title",
         ),
+        ("[priority]\nreprocess_hours = [22, 24]", "priority.reprocess_hours"),
+        ("[priority]\nreprocess_hours = [3, 3]", "priority.reprocess_hours"),
+        ("batch_max_studies = 0", "batch_max_studies"),
     ],
 )
 def test_bad_value_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
@@ -85,3 +89,17 @@ def test_the_example_config_loads() -> None:
     assert settings.ae_title == "FRACTURE_TRIAGE"
     assert [d.name for d in settings.destinations] == ["pacs"]
     assert settings.outputs.heatmap is True
+    assert settings.priority.urgent_calling_ae_titles == ("ED_CR",)
+
+
+def test_priority_rule_and_off_peak_window() -> None:
+    priority = PrioritySettings(
+        urgent_calling_ae_titles=("ED_CR",), urgent_modalities=("DX",), reprocess_hours=(22, 6)
+    )
+    assert priority.is_urgent("ED_CR", "CR") and priority.is_urgent("WARD", "DX")
+    assert not priority.is_urgent("WARD", "CR") and not priority.is_urgent(None, None)
+    # The window wraps around midnight: 22:00-05:59.
+    assert [h for h in range(24) if priority.may_reprocess_at(h)] == [0, 1, 2, 3, 4, 5, 22, 23]
+    daytime = PrioritySettings(reprocess_hours=(9, 17))
+    assert [h for h in range(24) if daytime.may_reprocess_at(h)] == list(range(9, 17))
+    assert all(PrioritySettings().may_reprocess_at(h) for h in range(24))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 from alembic.autogenerate import compare_metadata
@@ -180,3 +181,24 @@ def test_a_study_that_trickles_in_forever_is_ready_after_its_max_age(
         assert studies.mark_ready(
             dt.timedelta(seconds=30), now=late, max_age=dt.timedelta(hours=1)
         ) == ["1.2.3"]
+
+
+def test_claim_ready_takes_urgent_studies_first_and_each_once(
+    sessions: sessionmaker[Session],
+) -> None:
+    now = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
+    with sessions.begin() as session:
+        studies = StudyRepository(session)
+        for number, (study, urgent) in enumerate(
+            [("1.1", False), ("1.2", True), ("1.3", False), ("1.4", False)]
+        ):
+            instance = dataclasses.replace(received(f"{study}.9", study=study), urgent=urgent)
+            studies.record_instance(instance, now=now + dt.timedelta(seconds=number))
+        studies.mark_ready(dt.timedelta(seconds=0), now=now + dt.timedelta(minutes=1))
+        studies.set_status("1.4", StudyStatus.TRIAGED)
+    with sessions.begin() as session:
+        assert StudyRepository(session).claim_ready(2) == ["1.2", "1.1"]
+    with sessions.begin() as session:
+        studies = StudyRepository(session)
+        assert studies.claim_ready(5, among=["1.1", "1.3", "1.4"]) == ["1.3"]
+        assert studies.claim_ready(5) == []

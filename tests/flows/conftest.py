@@ -7,6 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+
+from db.models import StudyStatus
+from db.repositories import ReceivedInstance, StudyRepository
+from flows.runtime import Runtime
 
 #: The version the upgraded copy of the demo bundle claims.
 UPGRADED_VERSION = "0.2.0"
@@ -26,3 +31,35 @@ def bundle_with_version(bundle: Path, version: str, target: Path) -> Path:
 def upgraded_bundle(demo_bundle: Path, tmp_path: Path) -> Path:
     """The demo bundle as a newer model version (a site upgrading its model)."""
     return bundle_with_version(demo_bundle, UPGRADED_VERSION, tmp_path / "bundle-upgraded")
+
+
+def store_study(runtime: Runtime, study_dir: Path, *, urgent: bool = False) -> str:
+    """Put a study's files in the store and the DB as the SCP would (no association), READY."""
+    uid = ""
+    with runtime.sessions.begin() as session:
+        studies = StudyRepository(session)
+        for path in sorted(study_dir.glob("*.dcm")):
+            data = path.read_bytes()
+            header = dcmread(path, stop_before_pixels=True)
+            uid = str(header.StudyInstanceUID)
+            stored = runtime.store.write(
+                data, uid, str(header.SeriesInstanceUID), str(header.SOPInstanceUID)
+            )
+            studies.record_instance(
+                ReceivedInstance(
+                    study_instance_uid=uid,
+                    series_instance_uid=str(header.SeriesInstanceUID),
+                    sop_instance_uid=str(header.SOPInstanceUID),
+                    sop_class_uid=str(header.SOPClassUID),
+                    transfer_syntax_uid=str(header.file_meta.TransferSyntaxUID),
+                    modality=str(header.Modality),
+                    triageable=True,
+                    path=stored.relative_path,
+                    size_bytes=stored.size_bytes,
+                    sha256=stored.sha256,
+                    calling_ae_title="MODALITY",
+                    urgent=urgent,
+                )
+            )
+        studies.set_status(uid, StudyStatus.READY)
+    return uid

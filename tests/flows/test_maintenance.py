@@ -72,6 +72,7 @@ def test_reprocess_with_a_new_model_version_and_purge(
         "triaged": 0,
         "unchanged": 1,
         "failed": 0,
+        "deferred": 0,
     }
     assert runs_of(runtime) == [("0.1.0", RunStatus.SUCCEEDED)]
     with runtime.sessions() as session:
@@ -89,6 +90,7 @@ def test_reprocess_with_a_new_model_version_and_purge(
         "triaged": 1,
         "unchanged": 0,
         "failed": 0,
+        "deferred": 0,
     }
     assert runs_of(runtime) == [("0.1.0", RunStatus.SUCCEEDED), ("0.2.0", RunStatus.SUCCEEDED)]
     # The new results supersede the old: an IOCM rejection note names every old object.
@@ -140,7 +142,7 @@ def test_reprocess_from_the_pacs_by_c_move(
         runtime = Runtime.create(settings)
         with TriageService(runtime):
             result = reprocess(source="pacs", pacs="pacs", requested_by="admin")
-        assert result == {"selected": 1, "triaged": 1, "unchanged": 0, "failed": 0}
+        assert result == {"selected": 1, "triaged": 1, "unchanged": 0, "failed": 0, "deferred": 0}
         with runtime.sessions() as session:
             moved = sorted(session.scalars(select(Instance.sop_instance_uid)))
         assert moved == sorted(
@@ -170,6 +172,7 @@ def test_reprocess_cli_prints_json(
         "triaged": 0,
         "unchanged": 0,
         "failed": 0,
+        "deferred": 0,
     }
     status = CliRunner().invoke(app, ["status", "--json"])
     assert status.exit_code == 0, status.output
