@@ -8,7 +8,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from db.migrate import upgrade
-from db.repositories import RunRepository
+from db.models import StudyStatus
+from db.repositories import RunRepository, StudyRepository
 from dicom_node.audit_export import export_worker
 from dicom_node.completion import StudyCompletionWatcher
 from dicom_node.outbox import OutboxWorker
@@ -43,6 +44,7 @@ class TriageService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage")
         self._futures: list[Future[list[TriageSummary]]] = []
         self._lock = threading.Lock()
+        self._queued_batch: Future[list[TriageSummary]] | None = None
         self.address: tuple[str, int] | None = None
 
     def start(self) -> tuple[str, int]:
@@ -57,29 +59,45 @@ class TriageService:
         return self.address
 
     def submit(self, study_instance_uid: str) -> Future[list[TriageSummary]]:
-        future = self._executor.submit(self._triage, study_instance_uid)
-        with self._lock:
-            self._futures.append(future)
-        return future
+        """Hand on a ready study: server mode, a flow run of its own; embedded, a batch.
 
-    def _triage(self, study_instance_uid: str) -> list[TriageSummary]:
-        """Embedded: one triage_batch run for every study ready by now (urgent first).
-
-        Studies that became ready while the previous batch ran are taken together;
-        a later call finds them claimed already and returns at once.
+        Embedded, one batch waits in the queue at most: every study that becomes
+        ready before it starts joins it (the batch claims all READY studies).
         """
-        if self.runtime.settings.prefect_api_url:
-            self._create_flow_run(study_instance_uid)
-            return []
-        try:
-            with flow_run_settings(self.runtime.settings.prefect_flow_heartbeat):
-                return triage_batch()
-        except Exception:
-            # The flow has recorded each failure (runs FAILED, audit events); keep serving.
-            logger.exception("triage batch including study %s failed", study_instance_uid)
-            return []
+        with self._lock:
+            if self.runtime.settings.prefect_api_url:
+                future = self._executor.submit(self._create_flow_run, study_instance_uid)
+            elif self._queued_batch is not None:
+                return self._queued_batch
+            else:
+                future = self._queued_batch = self._executor.submit(self._triage_ready)
+            self._futures.append(future)
+            return future
 
-    def _create_flow_run(self, study_instance_uid: str) -> None:
+    def _triage_ready(self) -> list[TriageSummary]:
+        """Embedded: ``triage_batch`` runs until no READY study is left (urgent first)."""
+        with self._lock:
+            self._queued_batch = None  # from now on a new ready study queues a new batch
+        done: list[TriageSummary] = []
+        limit = self.runtime.settings.batch_max_studies
+        while self._any_ready():  # no flow run (and no heartbeat) for an empty batch
+            try:
+                with flow_run_settings(self.runtime.settings.prefect_flow_heartbeat):
+                    batch = triage_batch(max_studies=limit)
+            except Exception:
+                # The flow has recorded each failure (runs FAILED, audit events); keep serving.
+                logger.exception("triage batch failed")
+                break
+            done += batch
+            if len(batch) < limit:
+                break
+        return done
+
+    def _any_ready(self) -> bool:
+        with self.runtime.sessions() as session:
+            return bool(StudyRepository(session).uids_with_status(StudyStatus.READY))
+
+    def _create_flow_run(self, study_instance_uid: str) -> list[TriageSummary]:
         """Server mode: a flow run of the triage deployment, for a worker to execute."""
         from prefect.deployments import run_deployment
         from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -101,6 +119,7 @@ class TriageService:
         except Exception:
             # The study stays READY; the watcher's recovery hands it on again at restart.
             logger.exception("could not create a flow run for study %s", study_instance_uid)
+        return []
 
     def _crash_abandoned_flow_runs(self, study_instance_uid: str) -> None:
         """Mark the flow runs of a killed worker CRASHED in Prefect.
