@@ -7,6 +7,7 @@ data: tensors go through files in a per-run work directory, so Prefect's state
 
 from __future__ import annotations
 
+import datetime
 import logging
 import shutil
 from collections.abc import Sequence
@@ -178,6 +179,7 @@ def build_outputs(
     sources = [dcmread(s["path"]) for s in preprocessed["sources"]]
     cams = np.load(explanation["cams_path"])
     study_dir = runtime.output_dir / study_instance_uid
+    created = datetime.datetime.now()  # local time, like DICOM dates: every series' date
 
     outputs: list[dict[str, str]] = []
     if switches.sr:
@@ -191,6 +193,7 @@ def build_outputs(
             instance_number=1,
             include_rois=switches.sr_rois,
             previous_versions=_previous_reports(runtime, study_instance_uid, run_id),
+            series_created=created,
         )
         outputs.append(_write_output(sr, "sr", study_dir))
 
@@ -203,6 +206,7 @@ def build_outputs(
             sop_instance_uid=generate_uid(),
             series_number=SUMMARY_SERIES_NUMBER,
             instance_number=1,
+            series_created=created,
         )
         outputs.append(_write_output(summary, "summary", study_dir))
 
@@ -215,6 +219,7 @@ def build_outputs(
             sop_instance_uid=generate_uid(),
             series_number=GSPS_SERIES_NUMBER,
             instance_number=1,
+            series_created=created,
         )
         outputs.append(_write_output(gsps, "gsps", study_dir))
 
@@ -244,6 +249,7 @@ def build_outputs(
             series_number=SC_SERIES_NUMBER,
             instance_number=number,
             heatmap=switches.heatmap,
+            series_created=created,
         )
         outputs.append(_write_output(sc, "sc", study_dir))
 
