@@ -10,6 +10,7 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from dicom_node.equipment import label_ai_series
+from dicom_node.parametric_map import build_heatmap_parametric_map
 from dicom_node.presentation_state import build_triage_gsps
 from dicom_node.results import AlgorithmIdentity, StudyFinding
 from dicom_node.secondary_capture import build_overlay_secondary_capture
@@ -45,11 +46,20 @@ def _annotated(
     return build_overlay_secondary_capture(source, overlay, finding.images[0], algorithm, **kw)
 
 
+def _parametric_map(
+    images: list[Dataset], finding: StudyFinding, algorithm: AlgorithmIdentity, **kw: object
+) -> Dataset:
+    source = images[0]
+    heatmap = np.zeros((source.Rows, source.Columns), np.float32)
+    return build_heatmap_parametric_map(source, heatmap, finding.images[0], algorithm, **kw)
+
+
 BUILDERS = {
     "sr": _sr,
     "summary": _summary,
     "gsps": _gsps,
     "annotated": _annotated,
+    "parametric-map": _parametric_map,
 }
 
 
