@@ -150,13 +150,19 @@ def test_study_runs_through_prefect_server_and_a_worker(
                     {"Resources": [study_id], "Synchronous": True},
                 )
 
-                def sr_arrived() -> bool:
+                def sr_arrived_and_run_finished() -> bool:
+                    # The SR reaches Orthanc while the flow still sends the other outputs;
+                    # the run is finished after the last of them.
+                    with runtime.sessions() as session:
+                        run = session.scalars(select(TriageRun)).one_or_none()
+                        if run is None or run.status is RunStatus.RUNNING:
+                            return False
                     return any(
                         s["MainDicomTags"].get("Modality") == "SR"
                         for s in orthanc.series_of_study(study_uid)
                     )
 
-                wait_for(sr_arrived, 400, "the SR in Orthanc", worker_log)
+                wait_for(sr_arrived_and_run_finished, 400, "the SR in Orthanc", worker_log)
 
         with runtime.sessions() as session:
             (run,) = session.scalars(select(TriageRun))
