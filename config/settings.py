@@ -210,6 +210,10 @@ class OutputSettings(BaseModel):
     gsps: bool = Field(
         default=True, description="Grayscale Softcopy Presentation State with the boxes."
     )
+    parametric_map: bool = Field(
+        default=True,
+        description="Grad-CAM heatmap as a Parametric Map (float values) per assessed view.",
+    )
 
 
 class AuditSyslogSettings(BaseModel):

@@ -213,7 +213,8 @@ class OutputObject(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("triage_runs.id"), index=True)
     kind: Mapped[str] = mapped_column(
-        String(16), doc="'sr', 'sc', 'summary', 'gsps', 'kos' (a rejection note), ..."
+        String(16),
+        doc="'sr', 'summary', 'sc', 'gsps', 'pm' (Parametric Map), 'kos' (rejection note), 'hl7'.",
     )
     sop_class_uid: Mapped[str] = mapped_column(UID)
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)

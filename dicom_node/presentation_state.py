@@ -3,13 +3,19 @@
 Viewers that apply GSPS (most PACS do) show the untouched radiograph with, on
 a graphic layer ``AI FRACTURE``, the finding box of each positive view and a
 short text (e.g. ``AI: fracture likely p=0.83``); views the model assessed as
-negative get the text only. The window/level and modality LUT come from the
+negative get the text only. Like the annotated captures, the box is dashed
+when a fracture is suspected (high-sensitivity operating point) and solid when
+it is likely (high-specificity point): each box carries a Line Style Sequence
+(0070,0232) with Line Dashing Style ``DASHED`` or ``SOLID`` (PS3.3 C.10.5,
+Line Style Sequence Macro). Viewers that ignore line styles still show the
+level in the text. The window/level and modality LUT come from the
 source images (highdicom copies them), so bone looks as it does without the
 presentation state; MONOCHROME1 views get the INVERSE presentation LUT shape.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Sequence
 
@@ -18,12 +24,20 @@ from pydicom import Dataset
 
 from config import FractureLevel
 from dicom_node.codes import AI_RESULT_DISCLAIMER
-from dicom_node.equipment import common_laterality, contributing_equipment
+from dicom_node.equipment import common_laterality, contributing_equipment, label_ai_series
 from dicom_node.results import AlgorithmIdentity, ImageFinding, StudyFinding
 from dicom_node.sr import box_polyline
 from dicom_node.uids import check_new_uid
 
-__all__ = ["GSPS_LAYER", "GSPS_SERIES_DESCRIPTION", "build_triage_gsps", "gsps_text"]
+__all__ = [
+    "DASHED_LINE_PATTERN",
+    "GSPS_LAYER",
+    "GSPS_SERIES_DESCRIPTION",
+    "LINE_THICKNESS",
+    "build_triage_gsps",
+    "gsps_text",
+    "line_style",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +46,11 @@ GSPS_SERIES_DESCRIPTION = "AI fracture triage annotations (GSPS)"
 #: Graphic layer holding the boxes and texts.
 GSPS_LAYER = "AI FRACTURE"
 _LAYER_COLOUR = hd.color.CIELabColor(97.1, -21.6, 94.5)  # yellow, like the burned-in boxes
+_SHADOW_COLOUR = hd.color.CIELabColor(0.0, 0.0, 0.0)
+#: Box line width in display pixels.
+LINE_THICKNESS = 2.0
+#: Line Pattern of a dashed (suspected) box: 4 display pixels on, 4 off.
+DASHED_LINE_PATTERN = 0xF0F0F0F0
 
 
 def gsps_text(image: ImageFinding) -> str:
@@ -40,6 +59,39 @@ def gsps_text(image: ImageFinding) -> str:
         return "AI: no supported region, not assessed"
     level = image.level.value if image.level is not None else "fracture probability"
     return f"AI: {level} p={image.fracture_probability:.2f}"
+
+
+def line_style(*, dashed: bool) -> Dataset:
+    """A Line Style Sequence item: the layer's yellow, 2 pixels wide, dashed or solid.
+
+    highdicom's graphic objects have no line style yet, so the item is built
+    here (PS3.3 Table C.10-26b, Line Style Sequence Macro) and set on the
+    graphic object.
+
+    Parameters
+    ----------
+    dashed: bool
+        ``True`` for a suspected fracture's box (``DASHED`` with
+        :data:`DASHED_LINE_PATTERN`), ``False`` for a likely one's (``SOLID``).
+
+    Returns
+    -------
+    pydicom.Dataset
+        The item, fully opaque, without shadow.
+    """
+    item = Dataset()
+    item.PatternOnColorCIELabValue = list(_LAYER_COLOUR.value)
+    item.PatternOnOpacity = 1.0
+    item.LineThickness = LINE_THICKNESS
+    item.LineDashingStyle = "DASHED" if dashed else "SOLID"
+    if dashed:
+        item.LinePattern = DASHED_LINE_PATTERN
+    item.ShadowStyle = "OFF"
+    item.ShadowOffsetX = 0.0
+    item.ShadowOffsetY = 0.0
+    item.ShadowColorCIELabValue = list(_SHADOW_COLOUR.value)
+    item.ShadowOpacity = 0.0
+    return item
 
 
 def build_triage_gsps(
@@ -51,6 +103,7 @@ def build_triage_gsps(
     sop_instance_uid: str,
     series_number: int,
     instance_number: int,
+    series_created: datetime.datetime | None = None,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """Build the study's presentation state: boxes on positive views, a text on each.
 
@@ -67,6 +120,8 @@ def build_triage_gsps(
         UIDs of the new series and presentation state.
     series_number, instance_number: int
         Positive numbers of the new series and instance.
+    series_created: datetime.datetime | None, optional
+        When the series was made: its Series Date and Time (default: now).
 
     Returns
     -------
@@ -105,13 +160,13 @@ def build_triage_gsps(
         graphics = []
         positive = image.level in (FractureLevel.SUSPECTED, FractureLevel.LIKELY)
         if positive and image.box is not None:
-            graphics.append(
-                hd.pr.GraphicObject(
-                    graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
-                    graphic_data=box_polyline(image.box, rows, columns),
-                    units=hd.pr.AnnotationUnitsValues.PIXEL,
-                )
+            box = hd.pr.GraphicObject(
+                graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+                graphic_data=box_polyline(image.box, rows, columns),
+                units=hd.pr.AnnotationUnitsValues.PIXEL,
             )
+            box.LineStyleSequence = [line_style(dashed=image.level is FractureLevel.SUSPECTED)]
+            graphics.append(box)
         # The text sits in the top left corner of the view, clear of the anatomy.
         margin = max(1.0, columns / 100)
         text = hd.pr.TextObject(
@@ -165,7 +220,7 @@ def build_triage_gsps(
             algorithm, "AI fracture triage presentation state"
         ),
     )
-    gsps.SeriesDescription = GSPS_SERIES_DESCRIPTION
+    label_ai_series(gsps, GSPS_SERIES_DESCRIPTION, series_created)
     gsps.Laterality = common_laterality(source_images)
     logger.info(
         "built GSPS %s (series %s) for study %s: %d view(s)",

@@ -73,6 +73,7 @@ GET_STORAGE_CLASSES: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
     "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
     "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.30",  # Parametric Map (our heatmaps)
 )
 
 #: A C-STORE handler (the SCP's), called for each instance the PACS sends back.

@@ -19,7 +19,7 @@ import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from dicom_node.equipment import AI_SERIES_PREFIX, contributing_equipment
+from dicom_node.equipment import AI_SERIES_PREFIX, contributing_equipment, label_ai_series
 from dicom_node.results import AlgorithmIdentity
 from dicom_node.sr import device_observer
 from dicom_node.uids import check_new_uid, check_positive_number
@@ -48,7 +48,7 @@ def build_rejection_note(
     series_number: int,
     instance_number: int,
     reason: str,
-    now: dt.datetime | None = None,
+    series_created: dt.datetime | None = None,
 ) -> hd.ko.KeyObjectSelectionDocument:
     """Build the IOCM rejection note for superseded AI objects of one study.
 
@@ -64,8 +64,8 @@ def build_rejection_note(
         Positive numbers of the new series and document.
     reason: str
         Why they are withdrawn (the Key Object Description), e.g. the new run.
-    now: datetime.datetime, optional
-        Creation time (Series Date/Time); the current time when omitted.
+    series_created: datetime.datetime, optional
+        Series Date and Time (local time); the note's creation time when omitted.
 
     Returns
     -------
@@ -118,10 +118,7 @@ def build_rejection_note(
             algorithm, "AI fracture triage: superseded results withdrawn"
         ),
     )
-    created = (now or dt.datetime.now(dt.UTC)).astimezone()
-    note.SeriesDescription = REJECTION_NOTE_SERIES_DESCRIPTION
-    note.SeriesDate = created.strftime("%Y%m%d")
-    note.SeriesTime = created.strftime("%H%M%S")
+    label_ai_series(note, REJECTION_NOTE_SERIES_DESCRIPTION, series_created)
     logger.info(
         "built rejection note %s for study %s: %d object(s) withdrawn",
         sop_instance_uid,

@@ -9,6 +9,7 @@ synthetic data. The banner is part of the pixels, so it survives any viewer.
 
 from __future__ import annotations
 
+import datetime
 import logging
 
 import highdicom as hd
@@ -19,7 +20,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.codes import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
-from dicom_node.equipment import contributing_equipment
+from dicom_node.equipment import contributing_equipment, label_ai_series
 from dicom_node.results import AlgorithmIdentity, ImageFinding
 from dicom_node.uids import check_new_uid, check_positive_number
 
@@ -150,6 +151,7 @@ def build_overlay_secondary_capture(
     series_number: int,
     instance_number: int,
     heatmap: bool = True,
+    series_created: datetime.datetime | None = None,
 ) -> Dataset:
     """Build the Secondary Capture of an image's heatmap overlay.
 
@@ -175,6 +177,8 @@ def build_overlay_secondary_capture(
     heatmap: bool, optional
         Whether `overlay_rgb` holds the Grad-CAM heatmap (default) or the
         box only; it steers the Series and Derivation Descriptions.
+    series_created: datetime.datetime | None, optional
+        When the series was made: its Series Date and Time (default: now).
 
     Returns
     -------
@@ -255,7 +259,9 @@ def build_overlay_secondary_capture(
     )
     orientation = source.get("PatientOrientation")
     sc.PatientOrientation = orientation if orientation else None
-    sc.SeriesDescription = SC_SERIES_DESCRIPTION if heatmap else SC_BOXES_SERIES_DESCRIPTION
+    label_ai_series(
+        sc, SC_SERIES_DESCRIPTION if heatmap else SC_BOXES_SERIES_DESCRIPTION, series_created
+    )
     sc.ManufacturerModelName = algorithm.name
     sc.SoftwareVersions = algorithm.version
     sc.BurnedInAnnotation = "YES"

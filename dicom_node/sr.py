@@ -16,8 +16,8 @@ report it supersedes in the Predecessor Documents Sequence.
 
 from __future__ import annotations
 
+import datetime
 import logging
-import uuid
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -43,7 +43,7 @@ from dicom_node.codes import (
     finding_site,
     presence,
 )
-from dicom_node.equipment import contributing_equipment
+from dicom_node.equipment import contributing_equipment, label_ai_series
 from dicom_node.results import (
     AlgorithmIdentity,
     BoundingBox,
@@ -51,7 +51,7 @@ from dicom_node.results import (
     StudyFinding,
     Thresholds,
 )
-from dicom_node.uids import check_new_uid, check_positive_number
+from dicom_node.uids import check_new_uid, check_positive_number, derived_uid
 
 __all__ = [
     "SR_SERIES_DESCRIPTION",
@@ -87,7 +87,7 @@ def device_observer_uid(algorithm: AlgorithmIdentity) -> str:
     str
         The device observer UID.
     """
-    return _derived_uid(DEVICE_OBSERVER_NAME, algorithm.name, algorithm.version)
+    return derived_uid(DEVICE_OBSERVER_NAME, algorithm.name, algorithm.version)
 
 
 def build_triage_sr(
@@ -102,6 +102,7 @@ def build_triage_sr(
     institution_name: str | None = None,
     include_rois: bool = True,
     previous_versions: Sequence[Dataset] = (),
+    series_created: datetime.datetime | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the triage Structured Report of a study.
 
@@ -131,6 +132,8 @@ def build_triage_sr(
     previous_versions: Sequence[pydicom.Dataset], optional
         Earlier triage reports of the study that this one supersedes (their
         headers suffice); listed in the Predecessor Documents Sequence.
+    series_created: datetime.datetime | None, optional
+        When the series was made: its Series Date and Time (default: now).
 
     Returns
     -------
@@ -209,7 +212,7 @@ def build_triage_sr(
         previous_versions=previous or None,
         contributing_equipment=contributing_equipment(algorithm, "AI fracture triage report"),
     )
-    sr.SeriesDescription = SR_SERIES_DESCRIPTION
+    label_ai_series(sr, SR_SERIES_DESCRIPTION, series_created)
     sr.ManufacturerModelName = algorithm.name
     sr.SoftwareVersions = algorithm.version
     scheme = Dataset()
@@ -258,7 +261,7 @@ def _study_group(
         comments.append(SYNTHETIC_DATA_WARNING)
     return _group(
         tracking_label="fracture triage: study",
-        tracking_uid=_derived_uid(sop_instance_uid, "study"),
+        tracking_uid=derived_uid(sop_instance_uid, "study"),
         region=finding.region,
         probability=finding.fracture_probability,
         level=finding.level,
@@ -325,7 +328,7 @@ def _image_group(
         )
     return _group(
         tracking_label=f"fracture triage: image {index}",
-        tracking_uid=_derived_uid(sop_instance_uid, image.sop_instance_uid),
+        tracking_uid=derived_uid(sop_instance_uid, image.sop_instance_uid),
         region=image.region,
         probability=image.fracture_probability,
         level=image.level,
@@ -525,8 +528,3 @@ def _check_previous_versions(
                 f"{ds.get('StudyInstanceUID')}, not to {study_instance_uid}"
             )
     return list(previous_versions)
-
-
-def _derived_uid(*parts: str) -> str:
-    """A UID that is the same each time for the same inputs (``2.25`` form, UUID version 5)."""
-    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, '|'.join(parts)).int}"

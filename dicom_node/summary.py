@@ -11,6 +11,7 @@ The page names no patient: viewers show the patient from the header.
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Sequence
 
@@ -22,7 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from config import FractureLevel
 from dicom_node.codes import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
-from dicom_node.equipment import common_laterality, contributing_equipment
+from dicom_node.equipment import common_laterality, contributing_equipment, label_ai_series
 from dicom_node.results import AlgorithmIdentity, ImageFinding, StudyFinding
 from dicom_node.uids import check_new_uid, check_positive_number
 
@@ -174,6 +175,7 @@ def build_summary_secondary_capture(
     sop_instance_uid: str,
     series_number: int,
     instance_number: int,
+    series_created: datetime.datetime | None = None,
 ) -> Dataset:
     """Build the study's summary Secondary Capture.
 
@@ -190,6 +192,8 @@ def build_summary_secondary_capture(
         UIDs of the new series and image.
     series_number, instance_number: int
         Positive numbers of the new series and image.
+    series_created: datetime.datetime | None, optional
+        When the series was made: its Series Date and Time (default: now).
 
     Returns
     -------
@@ -233,7 +237,7 @@ def build_summary_secondary_capture(
     )
     sc.PatientOrientation = None  # a table, not a projection of the patient
     sc.Laterality = common_laterality(source_images)
-    sc.SeriesDescription = SUMMARY_SERIES_DESCRIPTION
+    label_ai_series(sc, SUMMARY_SERIES_DESCRIPTION, series_created)
     sc.ManufacturerModelName = algorithm.name
     sc.SoftwareVersions = algorithm.version
     sc.BurnedInAnnotation = "YES"

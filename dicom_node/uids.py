@@ -1,8 +1,9 @@
-"""UID checks for anything that becomes part of a file path."""
+"""UID checks for anything that becomes part of a file path, and derived UIDs."""
 
 from __future__ import annotations
 
 import re
+import uuid
 
 from pydicom.uid import RE_VALID_UID
 
@@ -42,3 +43,8 @@ def check_positive_number(name: str, value: object) -> None:
     """Check a Series or Instance Number for an object we build."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def derived_uid(*parts: str) -> str:
+    """A UID that is the same each time for the same inputs (``2.25`` form, UUID version 5)."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, '|'.join(parts)).int}"

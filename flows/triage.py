@@ -7,6 +7,7 @@ data: tensors go through files in a per-run work directory, so Prefect's state
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import shutil
@@ -28,6 +29,7 @@ from db.audit import AuditEventType, AuditLog, Outcome
 from db.models import RunStatus, StudyStatus
 from db.repositories import ImageResultRow, RunRepository, StudyRepository
 from dicom_node.hl7_oru import build_oru_r01, is_flagged
+from dicom_node.parametric_map import UndefinedGeometryError, build_heatmap_parametric_map
 from dicom_node.presentation_state import build_triage_gsps
 from dicom_node.rejection_note import build_rejection_note
 from dicom_node.results import (
@@ -53,6 +55,7 @@ SR_SERIES_NUMBER = 9001
 SC_SERIES_NUMBER = 9002
 SUMMARY_SERIES_NUMBER = 9003
 GSPS_SERIES_NUMBER = 9004
+PM_SERIES_NUMBER = 9005
 REJECTION_NOTE_SERIES_NUMBER = 9009
 
 #: Output kinds that are not DICOM objects in the study (never named by a rejection note).
@@ -182,7 +185,8 @@ def build_outputs(
 
     SR (with planar ROIs, superseding the previous run's SR), one summary SC, one
     annotated SC per view (box dotted when suspected, solid when likely; heatmap
-    optional) and one GSPS over the original views. Every run writes new series.
+    optional), one GSPS over the original views and one Parametric Map of the
+    Grad-CAM heatmap per assessed view. Every run writes new series, dated now.
     """
     runtime = current_runtime()
     switches = runtime.settings.outputs
@@ -191,6 +195,7 @@ def build_outputs(
     sources = [dcmread(s["path"]) for s in preprocessed["sources"]]
     cams = np.load(explanation["cams_path"])
     study_dir = runtime.output_dir / study_instance_uid
+    created = datetime.datetime.now()  # local time, like DICOM dates: every series' date
 
     outputs: list[dict[str, str]] = []
     if switches.sr:
@@ -204,6 +209,7 @@ def build_outputs(
             instance_number=1,
             include_rois=switches.sr_rois,
             previous_versions=_previous_reports(runtime, study_instance_uid, run_id),
+            series_created=created,
         )
         outputs.append(_write_output(sr, "sr", study_dir))
 
@@ -216,6 +222,7 @@ def build_outputs(
             sop_instance_uid=generate_uid(),
             series_number=SUMMARY_SERIES_NUMBER,
             instance_number=1,
+            series_created=created,
         )
         outputs.append(_write_output(summary, "summary", study_dir))
 
@@ -228,37 +235,61 @@ def build_outputs(
             sop_instance_uid=generate_uid(),
             series_number=GSPS_SERIES_NUMBER,
             instance_number=1,
+            series_created=created,
         )
         outputs.append(_write_output(gsps, "gsps", study_dir))
 
-    sc_series_uid = generate_uid()
+    sc_series_uid, pm_series_uid = generate_uid(), generate_uid()
+    refused: list[tuple[str, str]] = []  # (SOP Instance UID, reason) of maps not made
     for number, (source, image, geometry, cam) in enumerate(
         zip(sources, finding.images, preprocessed["geometries"], cams, strict=True), start=1
     ):
-        if not switches.annotated:
-            break
+        # The heatmap on the source's grid (models resample it; dicom_node only wraps it).
         cam_source = None
-        if switches.heatmap and image.region is not None:
+        if image.region is not None and (switches.heatmap or switches.parametric_map):
             cam_source = _geometry_from_dict(geometry).map_to_source(cam)
-        box, dotted = overlay_box(image)
-        overlay = render_overlay(
-            display_image_from_dataset(source),  # the source's VOI: bone looks like bone
-            cam_source,
-            box,
-            dotted=dotted,
-        )
-        sc = build_overlay_secondary_capture(
-            source,
-            overlay,
-            image,
-            algorithm,
-            series_instance_uid=sc_series_uid,
-            sop_instance_uid=generate_uid(),
-            series_number=SC_SERIES_NUMBER,
-            instance_number=number,
-            heatmap=switches.heatmap,
-        )
-        outputs.append(_write_output(sc, "sc", study_dir))
+        if switches.annotated:
+            box, dotted = overlay_box(image)
+            overlay = render_overlay(
+                display_image_from_dataset(source),  # the source's VOI: bone looks like bone
+                cam_source if switches.heatmap else None,
+                box,
+                dotted=dotted,
+            )
+            sc = build_overlay_secondary_capture(
+                source,
+                overlay,
+                image,
+                algorithm,
+                series_instance_uid=sc_series_uid,
+                sop_instance_uid=generate_uid(),
+                series_number=SC_SERIES_NUMBER,
+                instance_number=number,
+                heatmap=switches.heatmap,
+                series_created=created,
+            )
+            outputs.append(_write_output(sc, "sc", study_dir))
+        if switches.parametric_map and cam_source is not None:
+            try:
+                pm = build_heatmap_parametric_map(
+                    source,
+                    cam_source,
+                    image,
+                    algorithm,
+                    series_instance_uid=pm_series_uid,
+                    sop_instance_uid=generate_uid(),
+                    series_number=PM_SERIES_NUMBER,
+                    instance_number=number,
+                    series_created=created,
+                )
+            except UndefinedGeometryError as error:
+                # The other outputs of the view stand; the missing map is logged and audited.
+                logger.warning(
+                    "no Parametric Map for SOP Instance %s: %s", image.sop_instance_uid, error
+                )
+                refused.append((image.sop_instance_uid, str(error)))
+            else:
+                outputs.append(_write_output(pm, "pm", study_dir))
 
     # DICOM objects go to the DICOM destinations; a positive study's worklist flag
     # (HL7 ORU^R01, one message per RIS, addressed to it) to the HL7 ones.
@@ -289,6 +320,16 @@ def build_outputs(
                 study_instance_uid=study_instance_uid,
                 sop_instance_uid=output["sop_instance_uid"],
                 kind=output["kind"],
+            )
+        for sop_instance_uid, reason in refused:
+            audit.record(
+                AuditEventType.OUTPUT_CREATED,
+                Outcome.FAILURE,
+                actor="triage",
+                study_instance_uid=study_instance_uid,
+                sop_instance_uid=sop_instance_uid,
+                kind="pm",
+                reason=reason,
             )
     return outputs
 

@@ -14,7 +14,13 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from config import FractureLevel
-from dicom_node.presentation_state import GSPS_LAYER, build_triage_gsps, gsps_text
+from dicom_node.presentation_state import (
+    DASHED_LINE_PATTERN,
+    GSPS_LAYER,
+    LINE_THICKNESS,
+    build_triage_gsps,
+    gsps_text,
+)
 from dicom_node.results import AlgorithmIdentity, BoundingBox, ImageFinding, StudyFinding
 from dicom_node.sr import box_polyline
 from tests.dicom_node.conftest import THRESHOLDS
@@ -105,6 +111,62 @@ def test_gsps_is_valid_with_a_box_on_the_positive_view_only(
         if item.get("ManufacturerModelName") == algorithm.name
     ]
     assert len(ours) == 1
+
+
+def test_suspected_box_is_dashed_and_likely_box_solid(
+    tmp_path: Path,
+    dx_images: list[Dataset],
+    study_uid: str,
+    algorithm: AlgorithmIdentity,
+    dciodvfy_clean: Callable[[Path], str],
+) -> None:
+    """Like the annotated captures: dashed for suspected, solid for likely (Line Style)."""
+    likely, suspected = dx_images
+    finding = StudyFinding(
+        study_uid,
+        "wrist",
+        0.8,
+        FractureLevel.LIKELY,
+        THRESHOLDS,
+        (
+            ImageFinding(
+                likely.SOPInstanceUID, "wrist", 0.9, 0.8, FractureLevel.LIKELY,
+                BoundingBox(10, 20, 100, 120),
+            ),
+            ImageFinding(
+                suspected.SOPInstanceUID, "wrist", 0.9, 0.4, FractureLevel.SUSPECTED,
+                BoundingBox(30, 30, 60, 60),
+            ),
+        ),
+    )  # fmt: skip
+    path = tmp_path / "gsps.dcm"
+    _build(dx_images, finding, algorithm).save_as(path, enforce_file_format=True)
+    dciodvfy_clean(path)  # dciodvfy checks the Line Style Sequence Macro
+    gsps = pydicom.dcmread(path)
+
+    styles = {
+        annotation.ReferencedImageSequence[0].ReferencedSOPInstanceUID: (
+            annotation.GraphicObjectSequence[0].LineStyleSequence[0]
+        )
+        for annotation in gsps.GraphicAnnotationSequence
+    }
+    solid, dashed = styles[likely.SOPInstanceUID], styles[suspected.SOPInstanceUID]
+    assert solid.LineDashingStyle == "SOLID" and "LinePattern" not in solid
+    assert dashed.LineDashingStyle == "DASHED"
+    assert dashed.LinePattern == DASHED_LINE_PATTERN
+    for style in (solid, dashed):
+        assert style.LineThickness == LINE_THICKNESS
+        assert style.PatternOnOpacity == 1.0
+        assert style.ShadowStyle == "OFF"
+    # The text still says which level a viewer without line styles shows.
+    texts = {
+        annotation.ReferencedImageSequence[0].ReferencedSOPInstanceUID: (
+            annotation.TextObjectSequence[0].UnformattedTextValue
+        )
+        for annotation in gsps.GraphicAnnotationSequence
+    }
+    assert texts[suspected.SOPInstanceUID] == "AI: fracture suspected p=0.40"
+    assert texts[likely.SOPInstanceUID] == "AI: fracture likely p=0.80"
 
 
 def test_dcmtk_renders_the_gsps_over_the_source(

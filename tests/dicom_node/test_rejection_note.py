@@ -60,7 +60,7 @@ def _note(superseded: list[Dataset], algorithm: AlgorithmIdentity, **overrides: 
         "series_number": 9010,
         "instance_number": 1,
         "reason": "Superseded by fracture-wrist-densenet 2.0.0 (triage run 7)",
-        "now": dt.datetime(2026, 11, 22, 10, 30, tzinfo=dt.UTC),
+        "series_created": dt.datetime(2026, 11, 22, 10, 30),
     }
     arguments.update(overrides)
     return build_rejection_note(superseded, algorithm, **arguments)  # type: ignore[arg-type]
@@ -86,7 +86,7 @@ def test_rejection_note_is_a_valid_iocm_kos_naming_every_superseded_object(
     assert note.PatientID == PATIENT_ID  # inherited from the rejected objects
     assert note.SeriesDescription == REJECTION_NOTE_SERIES_DESCRIPTION
     assert note.SeriesDescription.startswith("AI")
-    assert note.SeriesDate and note.SeriesTime
+    assert (note.SeriesDate, note.SeriesTime) == ("20261122", "103000")
 
     referenced = {
         item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID

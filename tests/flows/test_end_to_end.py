@@ -1,9 +1,11 @@
 """One study through everything: Orthanc -> node -> Prefect flow -> AI results -> Orthanc.
 
-The AI results of a study with a fracture: the SR with a planar ROI per positive
-view, the summary SC, one annotated SC per view (dotted box: suspected, solid
-box: likely, none when negative) and the GSPS. A forced re-run supersedes the
-SR and writes new series.
+The AI results of a study with a fracture and of one without: the SR with a
+planar ROI per positive view, the summary SC, one annotated SC per view (dotted
+box: suspected, solid box: likely, none when negative), the GSPS (dashed box:
+suspected, solid: likely) and a Parametric Map of the Grad-CAM heatmap per
+assessed view, each series dated; one ORU^R01 per positive study. A forced
+re-run supersedes the SR and writes new series.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ pytestmark = [pytest.mark.peers, pytest.mark.slow]
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image
 GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"  # Grayscale Softcopy Presentation State
+PM_CLASS = "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map
 KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"  # Key Object Selection (rejection note)
 
 
@@ -65,6 +68,8 @@ def box_style(rgb: np.ndarray) -> str | None:
 
 
 POSITIVE_LEVELS = ("fracture suspected", "fracture likely")
+#: The box style the annotated captures and the GSPS give each level.
+STYLE_OF_LEVEL = {"fracture suspected": "dotted", "fracture likely": "solid"}
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
@@ -87,6 +92,113 @@ def ai_instances(orthanc: Orthanc, study_uid: str) -> dict[str, list[str]]:
             tags = orthanc.get(f"/instances/{instance_id}/simplified-tags")
             found.setdefault(tags["SOPClassUID"], []).append(instance_id)
     return found
+
+
+def check_ai_results(
+    orthanc: Orthanc, runtime: Runtime, study_uid: str, files: list[Path], tmp_path: Path
+) -> dict[str, str | None]:
+    """Wait for a study's AI results in Orthanc and check each; return the views' levels."""
+    source_uids = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+
+    def results_arrived() -> dict[str, list[str]] | None:
+        with runtime.sessions() as session:
+            run = RunRepository(session).latest_for_study(study_uid)
+            if run is None or run.status is not RunStatus.SUCCEEDED:
+                return None
+            assessed = sum(i.region is not None for i in run.image_results)
+        found = ai_instances(orthanc, study_uid)
+        complete = (
+            len(found.get(SR_CLASS, [])) == 1
+            # one annotated SC per view and the summary
+            and len(found.get(SC_CLASS, [])) == len(files) + 1
+            and len(found.get(GSPS_CLASS, [])) == 1
+            # one heatmap Parametric Map per assessed view
+            and len(found.get(PM_CLASS, [])) == assessed
+        )
+        return found if complete else None
+
+    found = wait_until(results_arrived, timeout=300, what="the SR, SCs, GSPS and maps in Orthanc")
+
+    # Every object Orthanc received passes the reference validator and is a dated AI series.
+    series_dates: dict[str, tuple[str, str]] = {}
+    for instance_ids in found.values():
+        for instance_id in instance_ids:
+            path = tmp_path / f"{instance_id}.dcm"
+            path.write_bytes(orthanc.get(f"/instances/{instance_id}/file"))
+            assert_dciodvfy_clean(path)
+            ds = dcmread(path, stop_before_pixels=True)
+            assert ds.SeriesDescription.startswith("AI")
+            assert ds.SeriesDate and ds.SeriesTime
+            dated = (str(ds.SeriesDate), str(ds.SeriesTime))
+            assert series_dates.setdefault(ds.SeriesInstanceUID, dated) == dated
+
+    sr = dcmread(tmp_path / f"{found[SR_CLASS][0]}.dcm")
+    assert sr.StudyInstanceUID == study_uid
+    assert sr.VerificationFlag == "UNVERIFIED"
+    referenced = {
+        sop.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert referenced == source_uids
+    assert "synthetic" in str(sr).lower()
+
+    with runtime.sessions() as session:
+        run = RunRepository(session).latest_for_study(study_uid)
+        assert run is not None
+        levels = {i.sop_instance_uid: i.level for i in run.image_results}
+        assessed = {i.sop_instance_uid for i in run.image_results if i.region is not None}
+    positive = {uid for uid, level in levels.items() if level in POSITIVE_LEVELS}
+
+    # SR: one planar ROI (SCOORD on its source image) per positive view.
+    scoords = [i for i in _walk(sr.ContentSequence) if i.ValueType == "SCOORD"]
+    roi_images = {
+        i.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in scoords
+    }
+    assert len(scoords) == len(positive) and roi_images == positive
+
+    # Summary SC and annotated SCs with the right box style per view.
+    summaries, annotated = [], {}
+    for instance_id in found[SC_CLASS]:
+        sc = dcmread(tmp_path / f"{instance_id}.dcm")
+        if sc.SeriesDescription == SUMMARY_SERIES_DESCRIPTION:
+            summaries.append(sc)
+        else:
+            annotated[sc.SourceImageSequence[0].ReferencedSOPInstanceUID] = sc
+    (summary,) = summaries
+    assert summary.Columns == 1024
+    assert {i.ReferencedSOPInstanceUID for i in summary.ReferencedImageSequence} == source_uids
+    assert set(annotated) == source_uids
+    for uid, sc in annotated.items():
+        expected = STYLE_OF_LEVEL.get(levels[uid] or "")
+        assert box_style(sc.pixel_array) == expected, (uid, levels[uid])
+
+    # GSPS over the original views: a box on each positive view, dashed when suspected.
+    gsps = dcmread(tmp_path / f"{found[GSPS_CLASS][0]}.dcm")
+    boxes = {
+        a.ReferencedImageSequence[0].ReferencedSOPInstanceUID: a.GraphicObjectSequence[0]
+        for a in gsps.GraphicAnnotationSequence
+        if "GraphicObjectSequence" in a
+    }
+    assert set(boxes) == positive
+    for uid, box in boxes.items():
+        dashing = box.LineStyleSequence[0].LineDashingStyle
+        assert {"DASHED": "dotted", "SOLID": "solid"}[dashing] == STYLE_OF_LEVEL[levels[uid]]
+
+    # The Grad-CAM heatmap of each assessed view as a Parametric Map on its grid.
+    mapped = {}
+    for instance_id in found.get(PM_CLASS, []):
+        pm = dcmread(tmp_path / f"{instance_id}.dcm")
+        source = pm.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+        mapped[source.ReferencedSOPInstanceUID] = pm
+        assert pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[
+            0
+        ].LUTExplanation == ("Grad-CAM")
+    assert set(mapped) == assessed
+    for uid, pm in mapped.items():
+        assert (pm.Rows, pm.Columns) == (annotated[uid].Rows, annotated[uid].Columns)
+    return levels
 
 
 def push_study(orthanc: Orthanc, study_uid: str) -> None:
@@ -120,102 +232,40 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
                 Hl7Destination(kind="hl7", name="ris", host="127.0.0.1", port=ris.port),
             ),
         )
-        study_dir = sample_studies[0]  # a study with a fracture
-        files = sorted(study_dir.glob("*.dcm"))
-        for path in files:
-            orthanc.upload(path)
-        study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        # A study with a fracture (wrist) and one without (hand).
+        studies = {}
+        for study_dir in sample_studies[:2]:
+            files = sorted(study_dir.glob("*.dcm"))
+            for path in files:
+                orthanc.upload(path)
+            studies[str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)] = files
+        study_uid = next(iter(studies))  # the one with a fracture
 
         runtime = Runtime.create(settings)
         with TriageService(runtime):
-            push_study(orthanc, study_uid)
+            for uid in studies:
+                push_study(orthanc, uid)
 
-            def results_arrived() -> dict[str, list[str]] | None:
-                found = ai_instances(orthanc, study_uid)
-                complete = (
-                    len(found.get(SR_CLASS, [])) == 1
-                    # one annotated SC per view and the summary
-                    and len(found.get(SC_CLASS, [])) == len(files) + 1
-                    and len(found.get(GSPS_CLASS, [])) == 1
-                )
-                return found if complete else None
+            positive_studies = set()
+            for uid, files in studies.items():
+                levels = check_ai_results(orthanc, runtime, uid, files, tmp_path)
+                if set(levels.values()) & set(POSITIVE_LEVELS):
+                    positive_studies.add(uid)
+            assert study_uid in positive_studies, "the phantom study with a fracture is flagged"
 
-            found = wait_until(results_arrived, timeout=300, what="the SR, SCs and GSPS in Orthanc")
-
-            # Every object Orthanc received passes the reference validator.
-            for instance_ids in found.values():
-                for instance_id in instance_ids:
-                    path = tmp_path / f"{instance_id}.dcm"
-                    path.write_bytes(orthanc.get(f"/instances/{instance_id}/file"))
-                    assert_dciodvfy_clean(path)
-
-            sr = dcmread(tmp_path / f"{found[SR_CLASS][0]}.dcm")
-            assert sr.StudyInstanceUID == study_uid
-            assert sr.VerificationFlag == "UNVERIFIED"
-            referenced = {
-                sop.ReferencedSOPInstanceUID
-                for study in sr.CurrentRequestedProcedureEvidenceSequence
-                for series in study.ReferencedSeriesSequence
-                for sop in series.ReferencedSOPSequence
+            # The RIS got one ORU^R01 per positive study, with its accession number.
+            orus = ris.wait_for(len(positive_studies))
+            time.sleep(1)  # a message for a negative study would come in the meantime
+            assert len(ris.messages) == len(positive_studies)
+            accessions = {
+                str(dcmread(studies[uid][0], stop_before_pixels=True).AccessionNumber)
+                for uid in positive_studies
             }
-            assert referenced == {
-                str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files
-            }
-            assert "synthetic" in str(sr).lower()
-            source_uids = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
-
-            with runtime.sessions() as session:
-                run = RunRepository(session).latest_for_study(study_uid)
-                assert run is not None
-                levels = {i.sop_instance_uid: i.level for i in run.image_results}
-            positive = {uid for uid, level in levels.items() if level in POSITIVE_LEVELS}
-            assert positive, "the phantom study with a fracture has a positive view"
-
-            # SR: one planar ROI (SCOORD on its source image) per positive view.
-            scoords = [i for i in _walk(sr.ContentSequence) if i.ValueType == "SCOORD"]
-            roi_images = {
-                i.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-                for i in scoords
-            }
-            assert len(scoords) == len(positive) and roi_images == positive
-
-            # Summary SC and annotated SCs with the right box style per view.
-            summaries, annotated = [], {}
-            for instance_id in found[SC_CLASS]:
-                sc = dcmread(tmp_path / f"{instance_id}.dcm")
-                assert sc.SeriesDescription.startswith("AI")
-                if sc.SeriesDescription == SUMMARY_SERIES_DESCRIPTION:
-                    summaries.append(sc)
-                else:
-                    annotated[sc.SourceImageSequence[0].ReferencedSOPInstanceUID] = sc
-            (summary,) = summaries
-            assert summary.Columns == 1024
-            assert {i.ReferencedSOPInstanceUID for i in summary.ReferencedImageSequence} == (
-                source_uids
-            )
-            assert set(annotated) == source_uids
-            for uid, sc in annotated.items():
-                expected = {"fracture suspected": "dotted", "fracture likely": "solid"}.get(
-                    levels[uid] or ""
-                )
-                assert box_style(sc.pixel_array) == expected, (uid, levels[uid])
-
-            # GSPS over the original views: a box on each positive view.
-            gsps = dcmread(tmp_path / f"{found[GSPS_CLASS][0]}.dcm")
-            boxed = {
-                a.ReferencedImageSequence[0].ReferencedSOPInstanceUID
-                for a in gsps.GraphicAnnotationSequence
-                if "GraphicObjectSequence" in a
-            }
-            assert boxed == positive
-
-            # The RIS got one ORU^R01 for the positive study, with its accession number.
-            (oru,) = ris.wait_for(1)
-            accession = str(dcmread(files[0], stop_before_pixels=True).AccessionNumber)
-            parsed = hl7.parse(oru)
-            assert str(parsed.segment("MSH")[9]) == "ORU^R01^ORU_R01"
-            assert str(parsed.segment("OBR")[2]) == accession
-            assert "fracture" in str(parsed.segments("OBX")[0][5])
+            assert {str(hl7.parse(oru).segment("OBR")[2]) for oru in orus} == accessions
+            for oru in orus:
+                parsed = hl7.parse(oru)
+                assert str(parsed.segment("MSH")[9]) == "ORU^R01^ORU_R01"
+                assert "fracture" in str(parsed.segments("OBX")[0][5])
 
             with runtime.sessions() as session:
                 study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
@@ -243,7 +293,7 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
             time.sleep(settings.study_stable_seconds * 3)
             with runtime.sessions() as session:
                 runs = session.scalar(select(func.count()).select_from(TriageRun))
-                assert runs == 1
+                assert runs == len(studies)
 
             # The same instances, the same model: triaging again changes nothing.
             first_series = {s["ID"] for s in orthanc.series_of_study(study_uid)}
@@ -271,7 +321,12 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
             with runtime.sessions() as session:
                 first_sr, second_sr = (
                     o
-                    for run in session.scalars(select(TriageRun).order_by(TriageRun.id))
+                    for run in session.scalars(
+                        select(TriageRun)
+                        .join(Study)
+                        .where(Study.study_instance_uid == study_uid)
+                        .order_by(TriageRun.id)
+                    )
                     for o in run.outputs
                     if o.kind == "sr"
                 )
@@ -286,7 +341,8 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
             new_series = [
                 s for s in orthanc.series_of_study(study_uid) if s["ID"] not in first_series
             ]
-            assert len(new_series) == 5  # SR, summary, annotated SCs, GSPS, rejection note
+            # SR, summary, annotated SCs, GSPS, Parametric Maps, rejection note
+            assert len(new_series) == 6
             (note_id,) = ai_instances(orthanc, study_uid)[KOS_CLASS]
             note_path = tmp_path / "rejection-note.dcm"
             note_path.write_bytes(orthanc.get(f"/instances/{note_id}/file"))
@@ -300,4 +356,5 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
                 for sop in series.ReferencedSOPSequence
             }
             assert withdrawn == first_ai_uids
-            assert len(ris.wait_for(2)) == 2  # and a new worklist flag
+            flags = len(positive_studies) + 1
+            assert len(ris.wait_for(flags)) == flags  # and a new worklist flag

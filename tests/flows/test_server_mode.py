@@ -155,6 +155,12 @@ def ai_series(orthanc: Orthanc, study_uid: str, modality: str) -> list[dict]:
     ]
 
 
+def all_runs_finished(runtime: Runtime) -> bool:
+    """The SR reaches the PACS before the other outputs: a run ends after the last one."""
+    runs = runs_of(runtime)
+    return bool(runs) and all(status is not RunStatus.RUNNING for _, status, _, _ in runs)
+
+
 def runs_of(runtime: Runtime) -> list[tuple[str, RunStatus, str | None, str | None]]:
     with runtime.sessions() as session:
         return [
@@ -197,7 +203,10 @@ def test_study_runs_through_prefect_server_and_a_worker_then_a_scheduled_reproce
                     {"Resources": [study_id], "Synchronous": True},
                 )
                 wait_for(
-                    lambda: ai_series(orthanc, study_uid, "SR"), 400, "the SR in Orthanc", first.log
+                    lambda: ai_series(orthanc, study_uid, "SR") and all_runs_finished(runtime),
+                    400,
+                    "the SR in Orthanc and the run finished",
+                    first.log,
                 )
 
         ((version, status, _, flow_run_id),) = runs_of(runtime)
@@ -242,9 +251,9 @@ def test_study_runs_through_prefect_server_and_a_worker_then_a_scheduled_reproce
                 scheduled = json.loads(cli.stdout.strip().splitlines()[-1])
                 assert scheduled["state"] == "Scheduled"
                 wait_for(
-                    lambda: ai_series(orthanc, study_uid, "KO"),
+                    lambda: ai_series(orthanc, study_uid, "KO") and all_runs_finished(runtime),
                     400,
-                    "the rejection note in Orthanc",
+                    "the rejection note in Orthanc and the run finished",
                     second.log,
                 )
 
@@ -314,9 +323,9 @@ def test_a_killed_worker_leaves_the_study_to_be_picked_up_again(
             # crashed (freeing the inference slot) and hands the study on again.
             with worker(settings, tmp_path / "second-worker") as second:
                 wait_for(
-                    lambda: ai_series(orthanc, study_uid, "SR"),
+                    lambda: ai_series(orthanc, study_uid, "SR") and all_runs_finished(runtime),
                     400,
-                    "the SR after the restart",
+                    "the SR after the restart and the run finished",
                     second.log,
                 )
         (lost, redone) = runs_of(runtime)

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from config import Settings
+from db.audit import AuditEventType, AuditLog
 from db.models import OutputObject, RunStatus, Study, StudyStatus
 from db.repositories import RunRepository
 from flows.cli import app
@@ -69,7 +70,20 @@ def test_real_jpeg2000_cr_is_triaged_with_valid_outputs(
         (image,) = run.image_results
         assert image.sop_instance_uid == header.SOPInstanceUID
         outputs = list(session.scalars(select(OutputObject).order_by(OutputObject.id)))
+        refusals = [
+            event
+            for event in AuditLog(session).for_study(header.StudyInstanceUID)
+            if event.event_type == AuditEventType.OUTPUT_CREATED and event.outcome == "failure"
+        ]
+    # This CR has no pixel spacing: no Parametric Map (its plane would be made up); when the
+    # model assessed the view (it has a heatmap), the missing map is audited. The other
+    # outputs stand.
     assert [o.kind for o in outputs] == ["sr", "summary", "gsps", "sc"]
+    assert "PixelSpacing" not in header and "ImagerPixelSpacing" not in header
+    assert [(e.sop_instance_uid, e.detail["kind"]) for e in refusals] == (
+        [(header.SOPInstanceUID, "pm")] if image.region is not None else []
+    )
+    assert all("Pixel Spacing" in e.detail["reason"] for e in refusals)
     for output in outputs:
         path = runtime.output_dir / output.path
         assert_dciodvfy_clean(path)
@@ -112,3 +126,45 @@ def test_demo_command_prints_the_triage_table(
         files = list((tmp_path / "outputs" / study).rglob("*.dcm"))
         kinds = {str(dcmread(f, stop_before_pixels=True).Modality) for f in files}
         assert "SR" in kinds, f"no SR for study {study}"
+
+
+def test_view_without_orientation_gets_no_parametric_map_and_the_run_says_so(
+    tmp_path: Path, make_settings: Callable[..., Settings], sample_studies: list[Path]
+) -> None:
+    """The wrist phantom without Patient Orientation: every output but the maps, audited."""
+    storescu = require_binary("storescu", "dcmtk")
+    files = []
+    for path in sorted(sample_studies[0].glob("*.dcm")):
+        ds = dcmread(path)
+        del ds.PatientOrientation
+        files.append(tmp_path / path.name)
+        ds.save_as(files[-1])
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    runtime = Runtime.create(make_settings())
+    with TriageService(runtime) as service:
+        assert service.address is not None
+        subprocess.run(
+            [storescu, "-aec", "FRACTURE_TRIAGE", "127.0.0.1", str(service.address[1])]
+            + [str(f) for f in files],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        assert wait_for_status(runtime, study_uid) is StudyStatus.TRIAGED
+
+    with runtime.sessions() as session:
+        run = RunRepository(session).latest_for_study(study_uid)
+        assert run is not None and run.status is RunStatus.SUCCEEDED
+        assessed = {i.sop_instance_uid for i in run.image_results if i.region is not None}
+        kinds = sorted(o.kind for o in run.outputs)
+        refusals = {
+            event.sop_instance_uid: event.detail
+            for event in AuditLog(session).for_study(study_uid)
+            if event.event_type == AuditEventType.OUTPUT_CREATED and event.outcome == "failure"
+        }
+    assert assessed, "the wrist phantom's views are assessed (they have heatmaps)"
+    assert kinds == sorted(["sr", "summary", "gsps", *["sc"] * len(files)])
+    assert set(refusals) == assessed
+    assert all(
+        d["kind"] == "pm" and "Patient Orientation" in d["reason"] for d in refusals.values()
+    )

@@ -1,12 +1,16 @@
 """Checked as a person would: the AI results in Orthanc's web UI, in headless Chromium.
 
-The screenshots are kept under test-artifacts/ (the README's pictures come from them).
+The screenshots are kept under test-artifacts/ (the README's pictures come from them):
+the study's AI series, the summary, an annotated view in the web viewer, the SR as
+dcmtk's dsr2html renders it, the GSPS applied to its view and the heatmap Parametric
+Map (the last two drawn from the objects' own content: no browser viewer shows them).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +19,13 @@ import pytest
 from pydicom import dcmread
 
 from config import Destination, Settings
+from dicom_node.parametric_map import PM_SERIES_DESCRIPTION
+from dicom_node.presentation_state import GSPS_SERIES_DESCRIPTION
 from dicom_node.secondary_capture import SC_SERIES_DESCRIPTION
+from dicom_node.sr import SR_SERIES_DESCRIPTION
 from flows.runtime import Runtime
 from flows.service import TriageService
+from tests.flows.pictures import render_gsps, render_parametric_map
 from tests.peers import (
     ORTHANC_WEBVIEWER_PLUGIN,
     Orthanc,
@@ -113,8 +121,8 @@ def test_ai_series_are_listed_and_the_summary_renders_in_the_browser(
             )
 
             def all_series_arrived() -> dict[str, dict] | None:
-                found = ai_series(orthanc, study_uid)  # SR, summary, annotated views, GSPS
-                return found if len(found) >= 4 and SC_SERIES_DESCRIPTION in found else None
+                found = ai_series(orthanc, study_uid)  # SR, summary, annotated, GSPS, map
+                return found if len(found) >= 5 and SC_SERIES_DESCRIPTION in found else None
 
             series = wait_until(all_series_arrived, 300, "the AI series in Orthanc")
 
@@ -148,6 +156,61 @@ def test_ai_series_are_listed_and_the_summary_renders_in_the_browser(
         )
         time.sleep(2)  # let the viewer draw the first image
         browser.save_screenshot(str(ARTIFACTS / "web-viewer-annotated.png"))
-        for name in ("orthanc-study.png", "summary-in-browser.png", "web-viewer-annotated.png"):
+
+        # The SR as dcmtk renders it: the tree with the planar ROI's coordinates.
+        sr_path = fetch(orthanc, series[SR_SERIES_DESCRIPTION], tmp_path / "sr.dcm")
+        tree = subprocess.run(
+            [require_binary("dsrdump", "dcmtk"), str(sr_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "SCOORD" in tree and "POLYLINE" in tree
+        (ARTIFACTS / "sr-dsrdump.txt").write_text(tree)
+        html = tmp_path / "sr.html"
+        subprocess.run([require_binary("dsr2html", "dcmtk"), str(sr_path), str(html)], check=True)
+        browser.get(html.as_uri())
+        wait_until(lambda: "Fracture" in browser.page_source, 30, "the rendered SR")
+        browser.execute_script(  # show the measurements (the ROIs), not the header
+            "const h = [...document.querySelectorAll('h1, h2')]"
+            ".find(e => e.textContent.includes('Imaging Measurements'));"
+            "if (h) h.scrollIntoView();"
+        )
+        browser.save_screenshot(str(ARTIFACTS / "sr-dsr2html.png"))
+
+        # The GSPS applied to a positive view, and the heatmap Parametric Map of that view.
+        gsps = dcmread(fetch(orthanc, series[GSPS_SERIES_DESCRIPTION], tmp_path / "pr.dcm"))
+        boxed = next(
+            a.ReferencedImageSequence[0].ReferencedSOPInstanceUID
+            for a in gsps.GraphicAnnotationSequence
+            if "GraphicObjectSequence" in a
+        )
+        source = next(ds for ds in map(dcmread, files) if ds.SOPInstanceUID == boxed)
+        render_gsps(source, gsps).save(ARTIFACTS / "gsps-applied.png")
+        maps = series[PM_SERIES_DESCRIPTION]["Instances"]
+        for number, instance_id in enumerate(maps):
+            pm = dcmread(fetch_instance(orthanc, instance_id, tmp_path / f"pm{number}.dcm"))
+            referenced = pm.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+            if referenced.ReferencedSOPInstanceUID == boxed:
+                render_parametric_map(source, pm, ARTIFACTS / "parametric-map.png")
+        pictures = (
+            "orthanc-study.png",
+            "summary-in-browser.png",
+            "web-viewer-annotated.png",
+            "sr-dsr2html.png",
+            "gsps-applied.png",
+            "parametric-map.png",
+        )
+        for name in pictures:
             assert (ARTIFACTS / name).stat().st_size > 10_000  # a real picture, not a blank page
         shutil.copy(tmp_path / "orthanc" / "orthanc.log", ARTIFACTS / "orthanc-viewer-test.log")
+
+
+def fetch(orthanc: Orthanc, series: dict, path: Path) -> Path:
+    """The first instance of an Orthanc series, written to `path`."""
+    return fetch_instance(orthanc, series["Instances"][0], path)
+
+
+def fetch_instance(orthanc: Orthanc, instance_id: str, path: Path) -> Path:
+    path.write_bytes(orthanc.get(f"/instances/{instance_id}/file"))
+    return path
