@@ -142,7 +142,7 @@ def test_events_arrive_as_dicom_audit_messages(
     study = stored.find("ParticipantObjectIdentification")
     assert study.get("ParticipantObjectID") == STUDY
     assert study.find("ParticipantObjectIDTypeCode").get("csd-code") == "110180"
-    assert study.find("SOPClass/Instance").get("UID") == f"{STUDY}.1.1"
+    assert study.find("ParticipantObjectDescription/SOPClass/Instance").get("UID") == f"{STUDY}.1.1"
     with sessions() as session:
         hashes = [e.event_hash for e in session.query(AuditEvent).order_by(AuditEvent.id)]
     details = {
