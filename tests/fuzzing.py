@@ -480,7 +480,11 @@ def preprocess_case(path: Path, size: int = 64) -> tuple[str, float]:
     try:
         tensor, geometry = preprocess_dicom_file(path, size)
     except Exception as error:  # the flow's own contract: reported, the study goes on
-        return type(error).__name__, time.perf_counter() - started
+        kind = type(error)
+        name = (
+            kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+        )
+        return name, time.perf_counter() - started
     seconds = time.perf_counter() - started
     assert tensor.shape == (1, size, size) and tensor.dtype == np.float32, tensor.shape
     assert np.all(np.isfinite(tensor)), "non-finite model input"
