@@ -313,6 +313,26 @@ class SyslogAuditExporter:
                 sock.sendall(
                     syslog_frame(event, message, host=self._host, app_name=self._settings.app_name)
                 )
+            _close_gracefully(sock)
+
+
+def _close_gracefully(sock: socket.socket) -> None:
+    """End the connection so the collector reads every byte sent before it ends.
+
+    Closing a socket that still holds unread data (over TLS 1.3: the collector's
+    session tickets, which syslog never reads) sends RST, and a RST can make the
+    collector's kernel drop the last messages it had not read yet. So: TLS
+    close_notify, half-close, and read until the collector closes its side. A
+    collector that misbehaves here has had everything sent; the errors are ignored.
+    """
+    try:
+        if isinstance(sock, ssl.SSLSocket):
+            sock = sock.unwrap()  # close_notify; the plain socket is returned
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
 
 
 class AuditExportWorker:
