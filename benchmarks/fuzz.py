@@ -30,7 +30,7 @@ from benchmarks.common import machine_description
 from config import load_settings
 from tests.fuzzing import (
     Case,
-    Outcome,
+    StoreOutcome,
     cases,
     load_seeds,
     make_store_harness,
@@ -68,7 +68,7 @@ def main() -> None:
             )
         )
         reference = [harness.store_case(Case(seed, ())).seconds for seed in seeds * 5]
-        store: list[Outcome] = []
+        store: list[StoreOutcome] = []
         reasons: Counter[str] = Counter()
         preprocessing: Counter[str] = Counter()
         preprocess_seconds: list[float] = []

@@ -389,7 +389,7 @@ def store_event(case: Case, calling_ae: str = "FUZZER") -> Event:
 
 
 @dataclass
-class Outcome:
+class StoreOutcome:
     """What became of one case."""
 
     status: int
@@ -409,7 +409,7 @@ class StoreHarness:
         with self.sessions() as session:
             return int(session.scalar(_count(AuditEventType.INSTANCE_REFUSED)) or 0)
 
-    def store_case(self, case: Case) -> Outcome:
+    def store_case(self, case: Case) -> StoreOutcome:
         """Run the case through the SCP's C-STORE handler and check what became of it."""
         before = self.refused_count()
         started = time.perf_counter()
@@ -418,7 +418,7 @@ class StoreHarness:
         outcome.seconds = time.perf_counter() - started
         return outcome
 
-    def check(self, case: Case, status: int, before_refused: int) -> Outcome:
+    def check(self, case: Case, status: int, before_refused: int) -> StoreOutcome:
         """Stored (Success, the exact bytes on disk, a row and an event) or refused (a
         failure status, one more ``instance_refused`` event, nothing on disk, no row)."""
         uid = case.sop_instance_uid
@@ -440,7 +440,7 @@ class StoreHarness:
             path = self.store.absolute(row.path)
             assert path.read_bytes().endswith(case.dataset()), case.describe()
             assert refused_count == before_refused, f"stored and refused: {case.describe()}"
-            return Outcome(status, 0.0)
+            return StoreOutcome(status, 0.0)
         assert status in FAILURE_STATUSES, f"status 0x{status:04X} for {case.describe()}"
         assert row is None, f"refused but recorded: {case.describe()}"
         assert refused_count == before_refused + 1, f"refusal not audited: {case.describe()}"
@@ -448,7 +448,7 @@ class StoreHarness:
         reason = str(refused.detail.get("reason"))
         assert reason not in INTERNAL_REASONS, f"the node failed on {case.describe()}"
         assert not any(self.store.root.rglob(f"{uid}.dcm")), case.describe()
-        return Outcome(status, 0.0, reason)
+        return StoreOutcome(status, 0.0, reason)
 
 
 def _count(kind: AuditEventType) -> Select[tuple[int]]:
