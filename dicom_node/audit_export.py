@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import socket
 import ssl
 import threading
@@ -61,6 +62,7 @@ APPLICATION_ROLE = _Code("110150", "Application")
 DESTINATION_ROLE = _Code("110152", "Destination Role ID")
 SOURCE_ROLE = _Code("110153", "Source Role ID")
 STUDY_UID_TYPE = _Code("110180", "Study Instance UID")
+NODE_ID_TYPE = _Code("110182", "Node ID")
 
 #: event_type -> (EventID, EventTypeCode, EventActionCode, the node is the receiver).
 _EVENTS: dict[str, tuple[_Code, _Code | None, str, bool | None]] = {
@@ -84,8 +86,23 @@ _EVENTS: dict[str, tuple[_Code, _Code | None, str, bool | None]] = {
 _DEFAULT_EVENT = (APPLICATION_ACTIVITY, None, "E", None)
 
 
+#: Characters XML 1.0 cannot carry at all (not even escaped): C0 controls but tab, LF, CR;
+#: surrogates; U+FFFE and U+FFFF.
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(value: object) -> str:
+    """``value`` as text an XML 1.0 document can hold: characters it cannot are replaced
+    by U+FFFD, so a peer's AE title or an exception message never breaks the message."""
+    return _NOT_XML.sub("\ufffd", str(value))
+
+
+def _element(parent: ET.Element, tag: str, attributes: dict[str, str] | None = None) -> ET.Element:
+    return ET.SubElement(parent, tag, {k: xml_text(v) for k, v in (attributes or {}).items()})
+
+
 def _coded(parent: ET.Element, tag: str, code: _Code) -> ET.Element:
-    return ET.SubElement(
+    return _element(
         parent,
         tag,
         {"csd-code": code.code, "codeSystemName": code.scheme, "originalText": code.meaning},
@@ -93,11 +110,15 @@ def _coded(parent: ET.Element, tag: str, code: _Code) -> ET.Element:
 
 
 def audit_message(event: AuditEvent, *, ae_title: str, host: str) -> str:
-    """The DICOM audit message (PS3.15 A.5.1) for one audit event, as XML text."""
+    """The DICOM audit message (PS3.15 A.5.1) for one audit event, as XML text.
+
+    Valid against the standard's schema (``dicom_node/schemas/audit-message.rnc``);
+    text from outside (AE titles, reasons) passes through :func:`xml_text`.
+    """
     event_id, type_code, action, node_receives = _EVENTS.get(event.event_type, _DEFAULT_EVENT)
     detail = event.detail or {}
     root = ET.Element("AuditMessage")
-    identification = ET.SubElement(
+    identification = _element(
         root,
         "EventIdentification",
         {
@@ -110,10 +131,10 @@ def audit_message(event: AuditEvent, *, ae_title: str, host: str) -> str:
     if type_code is not None:
         _coded(identification, "EventTypeCode", type_code)
     if event.outcome != "success" and detail.get("reason"):
-        ET.SubElement(identification, "EventOutcomeDescription").text = str(detail["reason"])
+        _element(identification, "EventOutcomeDescription").text = xml_text(detail["reason"])
 
     # The node itself.
-    node = ET.SubElement(
+    node = _element(
         root,
         "ActiveParticipant",
         {
@@ -137,19 +158,21 @@ def audit_message(event: AuditEvent, *, ae_title: str, host: str) -> str:
         if detail.get("address"):
             attributes["NetworkAccessPointID"] = str(detail["address"])
             attributes["NetworkAccessPointTypeCode"] = "2"
-        peer = ET.SubElement(root, "ActiveParticipant", attributes)
+        peer = _element(root, "ActiveParticipant", attributes)
         if node_receives is not None:
             _coded(peer, "RoleIDCode", SOURCE_ROLE if node_receives else DESTINATION_ROLE)
 
-    source = ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": ae_title})
-    ET.SubElement(
+    source = _element(root, "AuditSourceIdentification", {"AuditSourceID": ae_title})
+    _element(
         source,
         "AuditSourceTypeCode",
         {"csd-code": "4", "codeSystemName": "DCM", "originalText": "Application Server"},
     )
 
+    # The schema's order inside a participant object: ID type code, then a name (or a
+    # query; required), then the details, then the DICOM description (SOP classes).
     if event.study_instance_uid:
-        study = ET.SubElement(
+        study = _element(
             root,
             "ParticipantObjectIdentification",
             {
@@ -159,33 +182,39 @@ def audit_message(event: AuditEvent, *, ae_title: str, host: str) -> str:
             },
         )
         _coded(study, "ParticipantObjectIDTypeCode", STUDY_UID_TYPE)
-        _detail(study, "fracture-triage event", f"{event.id} {event.event_type}")
-        _detail(study, "fracture-triage event_hash", event.event_hash)
+        # The study's only name that is not patient data is its UID.
+        _element(study, "ParticipantObjectName").text = xml_text(event.study_instance_uid)
+        _chain_details(study, event)
         if event.sop_instance_uid:
-            sop_class = ET.SubElement(
-                study,
-                "SOPClass",
-                {"UID": str(detail.get("sop_class_uid", "")), "NumberOfInstances": "1"},
-            )
-            ET.SubElement(sop_class, "Instance", {"UID": event.sop_instance_uid})
+            description = _element(study, "ParticipantObjectDescription")
+            sop_class = _element(description, "SOPClass", {"NumberOfInstances": "1"})
+            if detail.get("sop_class_uid"):
+                sop_class.set("UID", xml_text(detail["sop_class_uid"]))
+            _element(sop_class, "Instance", {"UID": event.sop_instance_uid})
     else:
         # No study (an association, a refused instance): the node is the object.
-        node_object = ET.SubElement(
+        node_object = _element(
             root,
             "ParticipantObjectIdentification",
             {"ParticipantObjectID": ae_title, "ParticipantObjectTypeCode": "2"},
         )
-        _coded(node_object, "ParticipantObjectIDTypeCode", _Code("110182", "Node ID"))
-        _detail(node_object, "fracture-triage event", f"{event.id} {event.event_type}")
-        _detail(node_object, "fracture-triage event_hash", event.event_hash)
+        _coded(node_object, "ParticipantObjectIDTypeCode", NODE_ID_TYPE)
+        _element(node_object, "ParticipantObjectName").text = xml_text(ae_title)
+        _chain_details(node_object, event)
         if event.sop_instance_uid:
             _detail(node_object, "SOP Instance UID", event.sop_instance_uid)
     return ET.tostring(root, encoding="unicode")
 
 
+def _chain_details(parent: ET.Element, event: AuditEvent) -> None:
+    """The event's id, type and chain hash: the repository's copy anchors the local chain."""
+    _detail(parent, "fracture-triage event", f"{event.id} {event.event_type}")
+    _detail(parent, "fracture-triage event_hash", event.event_hash)
+
+
 def _detail(parent: ET.Element, kind: str, value: str) -> None:
     encoded = base64.b64encode(value.encode("utf-8")).decode("ascii")
-    ET.SubElement(parent, "ParticipantObjectDetail", {"type": kind, "value": encoded})
+    _element(parent, "ParticipantObjectDetail", {"type": kind, "value": encoded})
 
 
 def syslog_frame(
@@ -284,6 +313,26 @@ class SyslogAuditExporter:
                 sock.sendall(
                     syslog_frame(event, message, host=self._host, app_name=self._settings.app_name)
                 )
+            _close_gracefully(sock)
+
+
+def _close_gracefully(sock: socket.socket) -> None:
+    """End the connection so the collector reads every byte sent before it ends.
+
+    Closing a socket that still holds unread data (over TLS 1.3: the collector's
+    session tickets, which syslog never reads) sends RST, and a RST can make the
+    collector's kernel drop the last messages it had not read yet. So: TLS
+    close_notify, half-close, and read until the collector closes its side. A
+    collector that misbehaves here has had everything sent; the errors are ignored.
+    """
+    try:
+        if isinstance(sock, ssl.SSLSocket):
+            sock = sock.unwrap()  # close_notify; the plain socket is returned
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
 
 
 class AuditExportWorker:

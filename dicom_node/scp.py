@@ -246,8 +246,12 @@ class StorageSCP:
                 f"({self._settings.max_instance_bytes})",
             )
         try:
+            # pydicom converts an element's value when it is first read: everything the
+            # handler uses is read here, so a value that cannot be decoded (an unknown VR,
+            # a wrong length) is the peer's "cannot understand", never the node's failure.
             header = dcmread(BytesIO(encoded))
             rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
+            values = {keyword: header.get(keyword) for keyword in _HEADER_KEYWORDS}
         except Exception as error:
             raise StoreRefusedError(
                 CANNOT_UNDERSTAND, f"dataset cannot be decoded ({type(error).__name__})"
@@ -266,10 +270,10 @@ class StorageSCP:
             raise StoreRefusedError(CANNOT_UNDERSTAND, pixel_problem)
 
         try:
-            sop_uid = validate_uid(header.get("SOPInstanceUID"), "SOPInstanceUID")
-            sop_class = validate_uid(header.get("SOPClassUID"), "SOPClassUID")
-            study_uid = validate_uid(header.get("StudyInstanceUID"), "StudyInstanceUID")
-            series_uid = validate_uid(header.get("SeriesInstanceUID"), "SeriesInstanceUID")
+            sop_uid = validate_uid(values["SOPInstanceUID"], "SOPInstanceUID")
+            sop_class = validate_uid(values["SOPClassUID"], "SOPClassUID")
+            study_uid = validate_uid(values["StudyInstanceUID"], "StudyInstanceUID")
+            series_uid = validate_uid(values["SeriesInstanceUID"], "SeriesInstanceUID")
         except InvalidUIDError as error:
             raise StoreRefusedError(DATASET_DOES_NOT_MATCH_SOP_CLASS, str(error)) from None
         if sop_uid != event.request.AffectedSOPInstanceUID:
@@ -284,7 +288,7 @@ class StorageSCP:
             )
 
         stored = self._store.write(encoded, study_uid, series_uid, sop_uid)
-        modality = _short_string(header.get("Modality"))
+        modality = _short_string(values["Modality"])
         received = ReceivedInstance(
             study_instance_uid=study_uid,
             series_instance_uid=series_uid,
@@ -354,6 +358,15 @@ def pixel_data_problem(dataset: Dataset) -> str | None:
         return f"pixel data has {actual} bytes, the header declares {(expected_bits + 7) // 8}"
     return None
 
+
+#: The header values the store handler reads (besides Rows, Columns and Pixel Data).
+_HEADER_KEYWORDS = (
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+)
 
 _AUDIT_FOR_OUTCOME = {
     RecordOutcome.STORED: AuditEventType.INSTANCE_STORED,

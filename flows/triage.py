@@ -47,7 +47,7 @@ from flows.runtime import Runtime, current_runtime
 from models.decision import aggregate_study, study_region
 from models.inference import HierarchicalModel
 from models.overlay import render_overlay
-from models.preprocessing import Geometry, display_image_from_dataset, preprocess
+from models.preprocessing import Geometry, display_image_from_dataset, preprocess_dicom_file
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +116,7 @@ def preprocess_images(sources: list[dict[str, str]], work_dir: str) -> dict[str,
     tensors, geometries, used, unreadable = [], [], [], []
     for source in sources:
         try:
-            dataset = dcmread(source["path"])
-            display = display_image_from_dataset(dataset)
+            tensor, geometry = preprocess_dicom_file(source["path"], size)
         except Exception as error:  # one bad view must not sink the study
             logger.warning(
                 "cannot preprocess SOP Instance %s: %s",
@@ -128,7 +127,6 @@ def preprocess_images(sources: list[dict[str, str]], work_dir: str) -> dict[str,
                 {"sop_instance_uid": source["sop_instance_uid"], "reason": str(error)[:200]}
             )
             continue
-        tensor, geometry = preprocess(display, size)
         tensors.append(tensor)
         geometries.append(_geometry_to_dict(geometry))
         used.append(source)

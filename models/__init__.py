@@ -17,6 +17,7 @@ from models.preprocessing import (
     display_image_from_dataset,
     display_image_from_png,
     preprocess,
+    preprocess_dicom_file,
     preprocessing_transform,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "load_bundle",
     "phantom_dataset",
     "preprocess",
+    "preprocess_dicom_file",
     "preprocessing_transform",
     "render_overlay",
     "render_phantom",

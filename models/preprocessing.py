@@ -120,6 +120,32 @@ def display_image_from_dataset(ds: pydicom.Dataset) -> np.ndarray:
     return display.astype(np.float32)
 
 
+def preprocess_dicom_file(path: str | Path, size: int) -> tuple[np.ndarray, Geometry]:
+    """Read a stored DICOM file and make it a model input: the one loader inference uses.
+
+    Parameters
+    ----------
+    path
+        A DICOM file (Part 10) with one grayscale frame.
+    size
+        Side of the square model input.
+
+    Returns
+    -------
+    tuple
+        ``(image (1, size, size) float32, Geometry)``.
+
+    Raises
+    ------
+    Exception
+        Whatever makes the file unusable (cannot be parsed, pixel data cannot be
+        decoded, not grayscale, non-finite values): the caller reports that view as
+        unreadable by its error; nothing is patched up here.
+    """
+    dataset = pydicom.dcmread(path)
+    return preprocess(display_image_from_dataset(dataset), size)
+
+
 def display_image_from_png(path: str | Path) -> np.ndarray:
     """Load an already display-rendered 8-bit PNG (as in MURA) as float32 in [0, 1].
 
