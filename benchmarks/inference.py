@@ -5,7 +5,8 @@ network's forward, the fracture network's forward and Grad-CAM. The pipeline add
 decoding, preprocessing, the hierarchy's bookkeeping, output encoding (overlay,
 Secondary Capture, SR) and Prefect's orchestration of one study.
 
-    python -m benchmarks.inference --bundle var/bundles/demo [--images 8] [--threads 2]
+    python -m benchmarks.inference --bundle var/bundles/demo [--images 4] [--threads 2]
+        [--batch-studies 16] [--architecture densenet121 --image-size 320]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.common import machine_description
-from config import FractureLevel
+from config import REGION_CLASSES, FractureLevel
 from dicom_node.results import AlgorithmIdentity, ImageFinding, StudyFinding, Thresholds
 from dicom_node.secondary_capture import build_overlay_secondary_capture
 from dicom_node.sr import build_triage_sr
@@ -76,7 +77,7 @@ def write_inputs(directory: Path, count: int, rows: int, compressed: bool) -> li
 
 
 def orchestration_seconds(tasks: int, repeats: int) -> float:
-    """Prefect's cost of one flow run with ``tasks`` no-op tasks (the triage flow has 8)."""
+    """Prefect's cost of one flow run with ``tasks`` no-op task runs."""
     from prefect import flow, task
 
     from flows.prefect_env import flow_run_settings
@@ -94,7 +95,33 @@ def orchestration_seconds(tasks: int, repeats: int) -> float:
         return timed(empty_flow, repeats)
 
 
-def measure(bundle: Path, images: int, rows: int, compressed: bool, repeats: int) -> dict:
+def batch_task_runs(studies: int) -> int:
+    """Task runs of one ``triage_batch`` run: load, preprocess, region, fracture,
+    Grad-CAM for the batch, then build-outputs and send per study."""
+    return 5 + 2 * studies
+
+
+def realistic_bundle(demo: Path, architecture: str, size: int, target: Path) -> Path:
+    """An untrained bundle of a production-sized network (timing only; weights random)."""
+    import torch.nn as nn
+
+    from models.bundle import load_metadata, save_bundle
+    from models.networks import NetworkSpec, build_network
+
+    metadata = load_metadata(demo)
+    region = NetworkSpec(architecture=architecture, out_channels=len(REGION_CLASSES))
+    fracture = NetworkSpec(architecture=architecture, out_channels=1)
+    metadata = metadata.model_copy(
+        update={"image_size": size, "region_network": region, "fracture_network": fracture}
+    )
+    nets: dict[str, nn.Module] = {r: build_network(fracture) for r in metadata.regions}
+    save_bundle(target, metadata, build_network(region), nets)
+    return target
+
+
+def measure(
+    bundle: Path, images: int, rows: int, compressed: bool, repeats: int, batch_studies: int
+) -> dict:
     model = load_bundle(bundle)
     size = model.image_size
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,13 +197,16 @@ def measure(bundle: Path, images: int, rows: int, compressed: bool, repeats: int
 
         stages["output encoding"] = encode
         per_image = {name: timed(fn, repeats) / images for name, fn in stages.items()}
-        per_image["orchestration (Prefect, per study / images)"] = (
-            orchestration_seconds(8, repeats) / images
+        # triage_batch: one flow run for `batch_studies` studies of `images` views each.
+        per_image[f"orchestration (Prefect, batch of {batch_studies} studies)"] = (
+            orchestration_seconds(batch_task_runs(batch_studies), repeats)
+            / (images * batch_studies)
         )
         reference = timed(bare, repeats) / images
     total = sum(per_image.values())
     return {
         "input": "JPEG 2000 lossless" if compressed else "uncompressed",
+        "network": f"{model.metadata.region_network.architecture} at {size}px",
         "images": images,
         "rows": rows,
         "per_image_seconds": {k: round(v, 5) for k, v in per_image.items()},
@@ -194,16 +224,36 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-studies", type=int, default=16, help="studies per batch")
+    parser.add_argument(
+        "--architecture",
+        default=None,
+        help="also time an untrained bundle of this network (e.g. densenet121) ...",
+    )
+    parser.add_argument("--image-size", type=int, default=320, help="... at this input size")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    bundles = [args.bundle]
+    temp = tempfile.TemporaryDirectory()
+    if args.architecture:
+        bundles.append(
+            realistic_bundle(
+                args.bundle, args.architecture, args.image_size, Path(temp.name) / "bundle"
+            )
+        )
     results = [
-        measure(args.bundle, args.images, args.rows, compressed, args.repeats)
+        measure(bundle, args.images, args.rows, compressed, args.repeats, args.batch_studies)
+        for bundle in bundles
         for compressed in (False, True)
     ]
+    temp.cleanup()
     console = Console()
     for result in results:
-        table = Table(title=f"Per image, {result['input']} {result['rows']}x{result['rows']}")
+        table = Table(
+            title=f"Per image, {result['network']}, {result['input']} "
+            f"{result['rows']}x{result['rows']}"
+        )
         table.add_column("stage")
         table.add_column("ms", justify="right")
         for name, seconds in result["per_image_seconds"].items():

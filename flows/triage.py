@@ -185,6 +185,7 @@ def build_outputs(
     annotated SC per view (box dotted when suspected, solid when likely; heatmap
     optional), one GSPS over the original views and one Parametric Map of the
     Grad-CAM heatmap per assessed view. Every run writes new series, dated now.
+    A re-run adds the IOCM rejection note withdrawing the previous run's objects.
     """
     runtime = current_runtime()
     switches = runtime.settings.outputs
@@ -291,6 +292,9 @@ def build_outputs(
 
     # DICOM objects go to the DICOM destinations; a positive study's worklist flag
     # (HL7 ORU^R01, one message per RIS, addressed to it) to the HL7 ones.
+    note = _rejection_note(runtime, study_instance_uid, run_id, algorithm, created)
+    if note is not None:
+        outputs.append(note)
     destinations = _dicom_destinations(runtime.settings)
     for output in outputs:
         output["destinations"] = destinations
@@ -392,14 +396,18 @@ def _previous_reports(runtime: Runtime, study_instance_uid: str, run_id: int) ->
         return []
 
 
-@task(name="reject-superseded")
-def reject_superseded(study_instance_uid: str, run_id: int) -> list[dict[str, str]]:
-    """Withdraw the previous run's DICOM objects with an IOCM rejection note (KOS).
+def _rejection_note(
+    runtime: Runtime,
+    study_instance_uid: str,
+    run_id: int,
+    algorithm: AlgorithmIdentity,
+    created: datetime.datetime,
+) -> dict[str, Any] | None:
+    """The IOCM rejection note (KOS) withdrawing the previous run's DICOM objects, if any.
 
-    The note goes to the DICOM destinations like every other output; an IOCM-aware
-    PACS hides what it names, any other shows the note beside the new results.
+    It goes to the DICOM destinations like every other output; an IOCM-aware PACS
+    hides what it names, any other shows the note beside the new results.
     """
-    runtime = current_runtime()
     with runtime.sessions() as session:
         superseded = [
             (o.sop_instance_uid, o.path)
@@ -418,8 +426,7 @@ def reject_superseded(study_instance_uid: str, run_id: int) -> list[dict[str, st
                 type(error).__name__,
             )
     if not rejected:
-        return []
-    algorithm = algorithm_identity(runtime.model())
+        return None
     note = build_rejection_note(
         rejected,
         algorithm,
@@ -428,27 +435,9 @@ def reject_superseded(study_instance_uid: str, run_id: int) -> list[dict[str, st
         series_number=REJECTION_NOTE_SERIES_NUMBER,
         instance_number=1,
         reason=f"Superseded by {algorithm.name} {algorithm.version} (triage run {run_id})",
+        series_created=created,
     )
-    output = _write_output(note, "kos", runtime.output_dir / study_instance_uid)
-    with runtime.sessions.begin() as session:
-        RunRepository(session).add_output(
-            RunRepository(session).get(run_id),
-            kind=output["kind"],
-            sop_class_uid=output["sop_class_uid"],
-            sop_instance_uid=output["sop_instance_uid"],
-            series_instance_uid=output["series_instance_uid"],
-            path=output["path"],
-            destinations=_dicom_destinations(runtime.settings),
-        )
-        AuditLog(session).record(
-            AuditEventType.OUTPUT_CREATED,
-            actor="triage",
-            study_instance_uid=study_instance_uid,
-            sop_instance_uid=output["sop_instance_uid"],
-            kind=output["kind"],
-            rejects=len(rejected),
-        )
-    return [output]
+    return _write_output(note, "kos", runtime.output_dir / study_instance_uid)
 
 
 @task(name="send")
@@ -619,7 +608,6 @@ def _finish_study(
     _record_results(runtime, run_id, finding)
     explanation = {"cams_path": str(cams_path), "boxes": [boxes[k] for k in views]}
     outputs = build_outputs(study_instance_uid, run_id, mine, finding, explanation)
-    outputs += reject_superseded(study_instance_uid, run_id)
     undelivered = 0
     if runtime.settings.destinations:
         sent = send_outputs(run_id)
