@@ -135,3 +135,28 @@ def test_demo_bundle_evaluation_meets_the_bars(demo_bundle_dir: Path, tmp_path: 
     assert metrics["overall"]["auroc"] >= 0.9, metrics["overall"]
     assert metrics["gradcam_detected_positives_with_box"] >= 20
     assert metrics["gradcam_box_hit_rate"] >= 0.8, metrics["gradcam_box_hit_rate"]
+    assert metrics["gradcampp_box_hit_rate"] >= 0.8, metrics["gradcampp_box_hit_rate"]
+    assert "Grad-CAM++" in evaluation.report.read_text()
+
+
+@pytest.mark.slow
+def test_occlusion_sensitivity_is_a_second_opinion_on_the_break(
+    demo_bundle_dir: Path, tmp_path: Path
+) -> None:
+    labels = write_phantom_csv(tmp_path / "data", per_class=6, size=256, seed=78)
+    evaluation = evaluate_bundle(
+        demo_bundle_dir,
+        load_records(labels, "csv"),
+        tmp_path / "report",
+        occlusion=True,
+        write_into_bundle=False,
+        progress=False,
+    )
+    metrics = evaluation.metrics
+    assert metrics["gradcam_detected_positives_with_box"] >= 10
+    # Occluding the break is what lowers the fracture output most.
+    assert metrics["occlusion_box_hit_rate"] >= 0.8, metrics["occlusion_box_hit_rate"]
+    report = evaluation.report.read_text()
+    assert f"Occlusion sensitivity (second opinion): {metrics['occlusion_box_hit_rate']:.3f}" in (
+        report
+    )
