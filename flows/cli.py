@@ -219,47 +219,60 @@ def train(
     labels: Annotated[
         Path | None, typer.Option(help="DICOM layout: labels CSV (default DATA/labels.csv).")
     ] = None,
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="mura (DenseNet121 at 320 px, MURA's baseline, for a GPU) or phantom "
+            "(a short CPU run on make-phantom-dataset data); the options below override it."
+        ),
+    ] = "mura",
     architecture: Annotated[
-        str, typer.Option(help="densenet121, densenet-small, efficientnet-b0, efficientnet-b1.")
-    ] = "densenet121",
-    image_size: Annotated[int, typer.Option(help="Model input side in pixels.")] = 320,
-    epochs: Annotated[
-        int | None, typer.Option(help="Epochs of each stage (default: the recipe's).")
+        str | None,
+        typer.Option(help="densenet121, densenet-small, efficientnet-b0, efficientnet-b1."),
     ] = None,
-    batch_size: int = 16,
+    image_size: Annotated[int | None, typer.Option(help="Model input side in pixels.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs of each stage (default: the preset's).")
+    ] = None,
+    batch_size: int | None = None,
+    num_workers: Annotated[
+        int | None, typer.Option(help="Data loader worker processes (GPU runs: 4-8).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto (the GPU when present), cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue from OUT/training/ checkpoints.")] = False,
     name: str = "fracture-triage",
     version: str = "0.1.0",
     synthetic: Annotated[
-        bool, typer.Option(help="Mark the bundle as trained on phantoms.")
-    ] = False,
+        bool | None,
+        typer.Option(help="Mark the bundle as trained on phantoms (default: the preset's)."),
+    ] = None,
     seed: int = 0,
 ) -> None:
     """Train a two-stage bundle (region, then per-region fracture) on labelled radiographs."""
     _setup_logging()
     from pydantic import ValidationError
 
-    from models.training import TrainConfig
+    from models.training import PRESETS, preset_config
     from models.training import train as train_bundle
 
+    if preset not in PRESETS:
+        console.print(f"[red]Unknown preset {preset!r}[/red]; choose one of {', '.join(PRESETS)}")
+        raise typer.Exit(2)
     records = _load_data(data, layout, labels)
-    options: dict[str, object] = {
+    chosen = {
         "architecture": architecture,
         "image_size": image_size,
         "batch_size": batch_size,
-        "device": device,
-        "resume": resume,
-        "name": name,
-        "version": version,
-        "seed": seed,
+        "num_workers": num_workers,
         "trained_on_synthetic_data": synthetic,
-        "training_data": f"{layout} data set at {data.name}",
     }
+    options: dict[str, object] = {k: v for k, v in chosen.items() if v is not None}
+    options.update(device=device, resume=resume, name=name, version=version, seed=seed)
+    options["training_data"] = f"{layout} data set at {data.name}"
     if epochs is not None:
         options.update(region_epochs=epochs, fracture_epochs=epochs, finetune_epochs=epochs)
     try:
-        config = TrainConfig(**options)  # type: ignore[arg-type]
+        config = preset_config(preset, **options)
     except ValidationError as error:
         console.print(f"[red]Invalid training option:[/red] {error}")
         raise typer.Exit(2) from None
@@ -275,23 +288,32 @@ def evaluate(
     layout: LayoutOption = "mura",
     labels: Annotated[Path | None, typer.Option(help="DICOM layout: labels CSV.")] = None,
     split: Annotated[
-        str, typer.Option(help="test (the held-out split by patient, as in training) or all.")
+        str,
+        typer.Option(
+            help="test (the patients the training held out, from BUNDLE/training/splits.json) "
+            "or all."
+        ),
     ] = "test",
     occlusion: Annotated[bool, typer.Option(help="Add occlusion sensitivity.")] = False,
-    seed: Annotated[int, typer.Option(help="The training seed (same patient split).")] = 0,
 ) -> None:
     """Evaluate a bundle: AUROC with CI, operating points, kappa, calibration, ROC, report."""
     _setup_logging()
-    from models.datasets import split_by_patient
     from models.evaluation import evaluate_bundle
-    from models.training import TrainConfig
 
     records = _load_data(data, layout, labels)
     if split == "test":
-        defaults = TrainConfig()
-        records = split_by_patient(records, defaults.val_fraction, defaults.test_fraction, seed)[
-            "test"
-        ]
+        splits_file = bundle / "training" / "splits.json"
+        if not splits_file.is_file():
+            console.print(
+                f"[red]No {splits_file}[/red]: the bundle does not record its training split; "
+                "pass --split all with data it was not trained on"
+            )
+            raise typer.Exit(2)
+        held_out = set(json.loads(splits_file.read_text())["test"])
+        records = [r for r in records if r.patient_id in held_out]
+        if not records:
+            console.print(f"[red]No image of {data} is in the bundle's test split[/red]")
+            raise typer.Exit(2)
     elif split != "all":
         console.print(f"[red]Unknown split {split!r}[/red]; choose test or all")
         raise typer.Exit(2)
@@ -305,7 +327,8 @@ def evaluate(
     overall = result.metrics.get("overall", {})
     console.print(
         f"AUROC {overall.get('auroc')} (95% CI {overall.get('auroc_ci')}), region accuracy "
-        f"{result.metrics['region_accuracy']}; report: {result.report}"
+        f"{result.metrics['region_accuracy']}, Grad-CAM box hit rate "
+        f"{result.metrics['gradcam_box_hit_rate']}; report: {result.report}"
     )
 
 
@@ -314,6 +337,14 @@ def make_phantom_dataset(
     out: Annotated[Path, typer.Option(help="Folder to write the phantom data set into.")],
     layout: LayoutOption = "mura",
     size: Annotated[int, typer.Option(help="Phantom image side in pixels.")] = 128,
+    patients: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Patients per class (csv: images per class; mura: train patients per region, "
+            "a third as many in valid; dicom: two-view studies per class). Default: a few.",
+        ),
+    ] = None,
     seed: int = 0,
 ) -> None:
     """Write a small synthetic data set in the MURA, CSV or DICOM layout (for trying train)."""
@@ -323,7 +354,7 @@ def make_phantom_dataset(
     if layout not in LAYOUTS:
         console.print(f"[red]Unknown layout {layout!r}[/red]; choose one of {', '.join(LAYOUTS)}")
         raise typer.Exit(2)
-    path = write_phantom_dataset(out, layout, size=size, seed=seed)  # type: ignore[arg-type]
+    path = write_phantom_dataset(out, layout, size, seed, patients)  # type: ignore[arg-type]
     console.print(f"phantom {layout} data set written; pass --data {path} --layout {layout}")
 
 

@@ -159,7 +159,12 @@ def _evaluation_section(metadata: BundleMetadata) -> str:
                     f"{row.get('ece')} |"
                 )
             parts.append("")
-        for key in ("region_accuracy", "gradcam_box_hit_rate"):
+        for key in (
+            "region_accuracy",
+            "gradcam_box_hit_rate",
+            "gradcampp_box_hit_rate",
+            "occlusion_box_hit_rate",
+        ):
             if key in evaluation:
                 parts.append(f"- {key}: {evaluation[key]}")
     for name, file in figures.items():

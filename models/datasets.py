@@ -687,14 +687,31 @@ def write_phantom_dicom_folder(
 
 
 def write_phantom_dataset(
-    out_dir: str | Path, layout: Literal["mura", "csv", "dicom"], size: int = 96, seed: int = 0
+    out_dir: str | Path,
+    layout: Literal["mura", "csv", "dicom"],
+    size: int = 96,
+    seed: int = 0,
+    patients: int | None = None,
 ) -> Path:
-    """Write a small phantom data set in ``layout``; returns the path to pass to the loader."""
+    """Write a phantom data set in ``layout``; returns the path to pass to the loader.
+
+    ``patients`` per class (default: each writer's small default): images per class in
+    the CSV layout, train patients per region in the MURA layout (a third as many, at
+    least one, in ``valid``), two-view studies per class in the DICOM layout.
+
+    Raises
+    ------
+    DatasetError
+        If ``layout`` is unknown or ``patients`` is below 1.
+    """
+    if patients is not None and patients < 1:
+        raise DatasetError(f"patients {patients} is below 1")
     if layout == "mura":
-        return write_phantom_mura(out_dir, size=size, seed=seed).parent
+        counts = (patients, max(1, patients // 3)) if patients else (8, 3)
+        return write_phantom_mura(out_dir, counts, size=size, seed=seed).parent
     if layout == "csv":
-        return write_phantom_csv(out_dir, size=size, seed=seed)
+        return write_phantom_csv(out_dir, patients or 20, size=size, seed=seed)
     if layout == "dicom":
-        write_phantom_dicom_folder(out_dir, size=size, seed=seed)
+        write_phantom_dicom_folder(out_dir, patients or 2, size=size, seed=seed)
         return Path(out_dir)
     raise DatasetError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")

@@ -11,7 +11,7 @@ from torch import nn
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
 from models.bundle import BundleMetadata
-from models.gradcam import CamExplainer, hottest_box
+from models.gradcam import CAM_METHODS, CamExplainer, hottest_box
 from models.networks import gradcam_target_layer
 
 logger = logging.getLogger(__name__)
@@ -88,9 +88,12 @@ class HierarchicalModel:
         self.fracture_networks = {
             region: fracture_networks[region].to(self.device).eval() for region in metadata.regions
         }
-        self._explainers: dict[str, CamExplainer] = {}
-        # Grad-CAM explains the fracture logit: index 0 of a sigmoid head, 1 of a softmax head.
-        self._fracture_class = 0 if metadata.fracture_network.out_channels == 1 else 1
+        self._explainers: dict[tuple[str, str], CamExplainer] = {}
+
+    @property
+    def fracture_class(self) -> int:
+        """Output index of the fracture logit: 0 of a sigmoid head, 1 of a softmax head."""
+        return 0 if self.metadata.fracture_network.out_channels == 1 else 1
 
     @property
     def image_size(self) -> int:
@@ -110,13 +113,14 @@ class HierarchicalModel:
         points = self.metadata.thresholds[region]
         return points.suspected, points.likely
 
-    def _explainer(self, region: str) -> CamExplainer:
-        if region not in self._explainers:
-            self._explainers[region] = CamExplainer(
+    def _explainer(self, region: str, method: str) -> CamExplainer:
+        if (region, method) not in self._explainers:
+            self._explainers[region, method] = CamExplainer(
                 self.fracture_networks[region],
                 gradcam_target_layer(self.metadata.fracture_network),
+                method,
             )
-        return self._explainers[region]
+        return self._explainers[region, method]
 
     def _as_batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         batch = torch.as_tensor(images, dtype=torch.float32)
@@ -188,9 +192,18 @@ class HierarchicalModel:
         return fracture
 
     def explain(
-        self, images: np.ndarray | torch.Tensor, regions: list[str | None]
+        self,
+        images: np.ndarray | torch.Tensor,
+        regions: list[str | None],
+        method: str = "gradcam",
     ) -> list[tuple[np.ndarray | None, tuple[int, int, int, int] | None]]:
-        """Grad-CAM of the fracture output and its hottest box, per image (None without region)."""
+        """Grad-CAM of the fracture output and its hottest box, per image (None without region).
+
+        ``method`` is one of :data:`models.gradcam.CAM_METHODS`: ``"gradcam"`` (what the node
+        writes) or ``"gradcampp"`` (Grad-CAM++, compared in the evaluation report).
+        """
+        if method not in CAM_METHODS:
+            raise ValueError(f"unknown CAM method {method!r}; expected one of {CAM_METHODS}")
         batch = self._as_batch(images)
         if len(regions) != batch.shape[0]:
             raise ValueError(f"{len(regions)} regions for {batch.shape[0]} images")
@@ -198,7 +211,7 @@ class HierarchicalModel:
             (None, None)
         ] * batch.shape[0]
         for region, indices in self._by_region(regions).items():
-            maps = self._explainer(region)(batch[indices], self._fracture_class)
+            maps = self._explainer(region, method)(batch[indices], self.fracture_class)
             for k, i in enumerate(indices):
                 explained[i] = (maps[k], hottest_box(maps[k], BOX_FRACTION))
         return explained

@@ -21,7 +21,7 @@ from models.evaluation import (
     expected_calibration_error,
     fit_temperature,
 )
-from models.training import TrainConfig, pick_operating_points, train
+from models.training import PRESETS, TrainConfig, pick_operating_points, preset_config, train
 
 
 def test_thresholds_on_a_known_score_set_give_the_expected_sensitivity() -> None:
@@ -68,6 +68,19 @@ def test_metric_helpers() -> None:
         auroc(np.array([1, 1]), np.array([0.1, 0.2]))
 
 
+def test_presets_start_a_config_and_overrides_win() -> None:
+    assert TrainConfig() == preset_config("mura")
+    phantom = preset_config("phantom", seed=3, image_size=96)
+    assert phantom.lr_schedule == "onecycle" and phantom.architecture == "densenet-small"
+    assert phantom.trained_on_synthetic_data and "NOT for clinical use" in phantom.intended_use
+    assert phantom.seed == 3 and phantom.image_size == 96
+    assert set(PRESETS) == {"mura", "phantom"}
+    with pytest.raises(ValueError, match="'cifar'"):
+        preset_config("cifar")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        preset_config("phantom", lr_schedule="cosine")
+
+
 @pytest.mark.slow
 def test_train_then_evaluate_writes_a_loadable_bundle_with_a_model_card(tmp_path: Path) -> None:
     mura = write_phantom_mura(tmp_path / "data", (6, 3), size=48, seed=2)
@@ -81,6 +94,7 @@ def test_train_then_evaluate_writes_a_loadable_bundle_with_a_model_card(tmp_path
         finetune_epochs=1,
         max_steps_per_epoch=3,
         learning_rate=3e-3,
+        lr_schedule="onecycle",  # its state must survive a weights-only checkpoint
         unsupported_phantoms=40,
         trained_on_synthetic_data=True,
         val_fraction=0.25,
@@ -135,3 +149,28 @@ def test_demo_bundle_evaluation_meets_the_bars(demo_bundle_dir: Path, tmp_path: 
     assert metrics["overall"]["auroc"] >= 0.9, metrics["overall"]
     assert metrics["gradcam_detected_positives_with_box"] >= 20
     assert metrics["gradcam_box_hit_rate"] >= 0.8, metrics["gradcam_box_hit_rate"]
+    assert metrics["gradcampp_box_hit_rate"] >= 0.8, metrics["gradcampp_box_hit_rate"]
+    assert "Grad-CAM++" in evaluation.report.read_text()
+
+
+@pytest.mark.slow
+def test_occlusion_sensitivity_is_a_second_opinion_on_the_break(
+    demo_bundle_dir: Path, tmp_path: Path
+) -> None:
+    labels = write_phantom_csv(tmp_path / "data", per_class=6, size=256, seed=78)
+    evaluation = evaluate_bundle(
+        demo_bundle_dir,
+        load_records(labels, "csv"),
+        tmp_path / "report",
+        occlusion=True,
+        write_into_bundle=False,
+        progress=False,
+    )
+    metrics = evaluation.metrics
+    assert metrics["gradcam_detected_positives_with_box"] >= 10
+    # Occluding the break is what lowers the fracture output most.
+    assert metrics["occlusion_box_hit_rate"] >= 0.8, metrics["occlusion_box_hit_rate"]
+    report = evaluation.report.read_text()
+    assert f"Occlusion sensitivity (second opinion): {metrics['occlusion_box_hit_rate']:.3f}" in (
+        report
+    )

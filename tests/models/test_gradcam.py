@@ -67,3 +67,57 @@ def test_hottest_box_picks_the_component_with_the_maximum() -> None:
         hottest_box(cam, 0.0)
     with pytest.raises(ValueError, match="2D"):
         hottest_box(np.zeros(5))
+
+
+def test_efficientnet_explains_its_last_feature_map_and_trains_a_step() -> None:
+    spec = NetworkSpec(architecture="efficientnet-b0", out_channels=1)
+    torch.manual_seed(0)
+    net = build_network(spec)
+    images = torch.randn(4, 1, 96, 96)
+    # EfficientNet's batch norm tracks running statistics with momentum 0.01: untrained (or
+    # after a few steps) eval mode still uses the initial ones and the head's activations
+    # vanish (~1e-13). A long run settles them; here they are settled on the batch.
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # cumulative average
+    net.train()
+    with torch.no_grad():
+        net(images)
+    net.eval()
+
+    # The target layer runs once per forward, on the last feature map (input / 32) before
+    # pooling; the shared '_swish' module runs for the stem and the head, so it would not do.
+    modules = dict(net.named_modules())
+    calls: dict[str, list[tuple[int, ...]]] = {"target": [], "_swish": []}
+    hooks = [
+        modules[gradcam_target_layer(spec)].register_forward_hook(
+            lambda _m, _i, out: calls["target"].append(tuple(out.shape))
+        ),
+        modules["_swish"].register_forward_hook(
+            lambda _m, _i, out: calls["_swish"].append(tuple(out.shape))
+        ),
+    ]
+    with torch.no_grad():
+        net(images[:1])
+    for hook in hooks:
+        hook.remove()
+    assert calls["target"] == [(1, 1280, 3, 3)]
+    assert len(calls["_swish"]) > 1
+
+    maps = CamExplainer(net, gradcam_target_layer(spec))(images[:2], 0)
+    assert maps.shape == (2, 96, 96) and maps.dtype == np.float32
+    assert maps.min() >= 0.0
+    assert maps.reshape(2, -1).max(axis=1) == pytest.approx([1.0, 1.0])  # each map has a peak
+    assert 0.02 < float((maps > 0.5).mean()) < 0.9  # a hot area, not the whole image
+
+    # It trains: one AdamW step moves the stem and the classifier (the explainer worked on
+    # a copy, so the network has no hooks left).
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net.train()
+    loss = nn.BCEWithLogitsLoss()(net(images), torch.tensor([[0.0], [1.0], [0.0], [1.0]]))
+    loss.backward()
+    optimiser.step()
+    assert torch.isfinite(loss)
+    changed = [k for k, v in net.state_dict().items() if not torch.equal(before[k], v)]
+    assert "_fc.weight" in changed and "_conv_stem.weight" in changed
