@@ -130,7 +130,11 @@ def queue_table(work: Path, bundle: Path, quick: bool) -> list[dict[str, object]
 
 
 def second_worker(work: Path, bundle: Path, database_url: str, count: int) -> dict[str, object]:
-    """One process draining ``count`` studies against two processes draining the same."""
+    """One process draining ``count`` studies against two processes draining the same.
+
+    Wall time from starting the processes to both ending, so each worker's start-up
+    (imports, model load, its Prefect API) is included, as when a site adds a worker.
+    """
     rng = np.random.default_rng(5)
     studies = [write_study(work / "workers", 2, rng, k) for k in range(count)]
     results = {}
@@ -187,6 +191,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ft-scale-") as temp:
         work = Path(temp)
         os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))
+        # Warm-up (discarded): Prefect's API and torch's first calls, as in a running node.
+        warm = write_study(work / "warm-up", 2, np.random.default_rng(0), 0)
+        timed_drain(work / "run-warm-up", args.bundle, [warm])
         report = {
             "machine": machine_description(),
             "views": views_table(work, args.bundle, args.quick),
