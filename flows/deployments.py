@@ -1,6 +1,6 @@
 """Prefect deployments of the flows, served by ``fracture-triage worker``.
 
-In server mode the node only creates flow runs of ``triage-study/node``; any
+In server mode the node only creates flow runs of ``triage-batch/ready``; any
 number of workers (this command, on CPU or GPU boxes) execute them. Schedules are
 Prefect schedules: admins change or pause them in the Prefect UI or CLI.
 """
@@ -14,6 +14,7 @@ from flows.triage import triage_batch, triage_study
 
 #: The deployment the node creates its flow runs of.
 TRIAGE_DEPLOYMENT = "triage-study/node"
+TRIAGE_BATCH_DEPLOYMENT = "triage-batch/ready"
 REPROCESS_DEPLOYMENT = "reprocess/manual"
 
 #: Models are CPU or GPU bound: one triage at a time per worker (one GPU, one slot).
@@ -29,7 +30,7 @@ def deployments(purge_after_days: int = 30) -> list[RunnerDeployment]:
             tags=["triage", "inference"],
             concurrency_limit=INFERENCE_SLOTS,
             entrypoint_type=module,
-            description="Triage one study; the node creates these runs when a study is ready.",
+            description="Triage one study (on demand, e.g. from the Prefect UI).",
         ),
         triage_batch.to_deployment(
             name="ready",
@@ -37,13 +38,13 @@ def deployments(purge_after_days: int = 30) -> list[RunnerDeployment]:
             concurrency_limit=INFERENCE_SLOTS,
             entrypoint_type=module,
             description="Triage every READY study (urgent first) in one run, views batched "
-            "through the models: for a backlog, or a GPU worker taking work in bulk.",
+            "through the models; the node creates these runs when studies become ready.",
         ),
         reprocess.to_deployment(
             name="manual",
             tags=["maintenance", "inference"],
             entrypoint_type=module,
-            description="Reprocess on demand (fracture-triage reprocess --server).",
+            description="Reprocess on demand (fracture-triage reprocess in server mode, --at).",
         ),
         reprocess.to_deployment(
             name="nightly-failed",

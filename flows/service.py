@@ -98,20 +98,27 @@ class TriageService:
             return bool(StudyRepository(session).uids_with_status(StudyStatus.READY))
 
     def _create_flow_run(self, study_instance_uid: str) -> list[TriageSummary]:
-        """Server mode: a flow run of the triage deployment, for a worker to execute."""
+        """Server mode: a flow run of the batch deployment, unless one is already waiting.
+
+        The run claims every READY study when a worker starts it (urgent first), so
+        one waiting run serves every study that becomes ready before it starts, and
+        a worker loads the models once for the whole batch.
+        """
         from prefect.deployments import run_deployment
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from flows.deployments import TRIAGE_DEPLOYMENT
+        from flows.deployments import TRIAGE_BATCH_DEPLOYMENT
 
         try:
             with temporary_settings(
                 updates={PREFECT_API_URL: self.runtime.settings.prefect_api_url}
             ):
                 self._crash_abandoned_flow_runs(study_instance_uid)
+                if self._batch_run_waiting(TRIAGE_BATCH_DEPLOYMENT):
+                    logger.info("study %s: joins the waiting batch flow run", study_instance_uid)
+                    return []
                 run = run_deployment(
-                    TRIAGE_DEPLOYMENT,
-                    parameters={"study_instance_uid": study_instance_uid},
+                    TRIAGE_BATCH_DEPLOYMENT,
                     timeout=0,  # create the run and return: a worker executes it
                     as_subflow=False,
                 )
@@ -120,6 +127,32 @@ class TriageService:
             # The study stays READY; the watcher's recovery hands it on again at restart.
             logger.exception("could not create a flow run for study %s", study_instance_uid)
         return []
+
+    @staticmethod
+    def _batch_run_waiting(deployment_name: str) -> bool:
+        """Whether a run of the deployment is scheduled or pending (not started yet)."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(deployment_name)
+            waiting = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
+                    )
+                ),
+                limit=1,
+            )
+        return bool(waiting)
 
     def _crash_abandoned_flow_runs(self, study_instance_uid: str) -> None:
         """Mark the flow runs of a killed worker CRASHED in Prefect.

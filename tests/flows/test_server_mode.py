@@ -140,7 +140,7 @@ def worker(settings: Settings, home: Path) -> Iterator[Worker]:
 
 def deployments_registered(api_url: str, log: Path) -> None:
     wait_for(
-        lambda: http_json(f"{api_url}/deployments/name/triage-study/node"),
+        lambda: http_json(f"{api_url}/deployments/name/triage-batch/ready"),
         240,
         "the worker to register its deployments",
         log,
