@@ -155,6 +155,17 @@ def ai_series(orthanc: Orthanc, study_uid: str, modality: str) -> list[dict]:
     ]
 
 
+def batch_runs(api_url: str) -> int:
+    """Flow runs of the triage-batch deployment, in any state."""
+    deployment = http_json(f"{api_url}/deployments/name/triage-batch/ready")
+    assert isinstance(deployment, dict)
+    count = http_json(
+        f"{api_url}/flow_runs/count", {"deployments": {"id": {"any_": [deployment["id"]]}}}
+    )
+    assert isinstance(count, int)
+    return count
+
+
 def all_runs_finished(runtime: Runtime) -> bool:
     """The SR reaches the PACS before the other outputs: a run ends after the last one."""
     runs = runs_of(runtime)
@@ -303,7 +314,7 @@ def test_a_killed_worker_leaves_the_study_to_be_picked_up_again(
             orthanc.upload(path)
         study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         runtime = Runtime.create(settings)
-        with TriageService(runtime):
+        with TriageService(runtime) as service:
             with worker(settings, tmp_path / "doomed-worker") as doomed:
                 deployments_registered(api_url, doomed.log)
                 orthanc.request(
@@ -320,7 +331,11 @@ def test_a_killed_worker_leaves_the_study_to_be_picked_up_again(
             assert not ai_series(orthanc, study_uid, "SR")
 
             # After triage_timeout the node fails the lost run, marks its flow run
-            # crashed (freeing the inference slot) and hands the study on again.
+            # crashed (freeing the inference slot) and creates a new batch run; while
+            # that one waits for a worker, a study handed on again joins it.
+            wait_for(lambda: batch_runs(api_url) == 2, 120, "the new batch flow run")
+            service.submit(study_uid).result(timeout=60)
+            assert batch_runs(api_url) == 2
             with worker(settings, tmp_path / "second-worker") as second:
                 wait_for(
                     lambda: ai_series(orthanc, study_uid, "SR") and all_runs_finished(runtime),
