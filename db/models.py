@@ -153,9 +153,6 @@ class TriageRun(Base):
     status: Mapped[RunStatus] = mapped_column(_enum(RunStatus), index=True)
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
-    device_uid: Mapped[str | None] = mapped_column(
-        UID, doc="Device Observer UID of the model (its identity in the SR)."
-    )
     input_key: Mapped[str | None] = mapped_column(
         String(64),
         index=True,

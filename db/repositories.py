@@ -311,7 +311,6 @@ class RunRepository:
         *,
         model_name: str,
         model_version: str,
-        device_uid: str | None = None,
         input_key: str | None = None,
         flow_run_id: str | None = None,
     ) -> TriageRun:
@@ -323,7 +322,6 @@ class RunRepository:
             status=RunStatus.RUNNING,
             model_name=model_name,
             model_version=model_version,
-            device_uid=device_uid,
             input_key=input_key,
             flow_run_id=flow_run_id,
             started_at=utcnow(),

@@ -742,7 +742,6 @@ def _start_run(
             study_instance_uid,
             model_name=algorithm.name,
             model_version=algorithm.version,
-            device_uid=device_observer_uid(algorithm),
             input_key=key,
             flow_run_id=str(flow_run_id) if flow_run_id else None,
         )

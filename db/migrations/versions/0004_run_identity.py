@@ -1,5 +1,5 @@
-"""triage_runs.device_uid and input_key (results keyed by model identity and source
-instances); studies.urgent (the site's priority rule)
+"""triage_runs.input_key (results keyed by model identity and source instances);
+studies.urgent (the site's priority rule)
 
 Revision ID: 0004
 Revises: 0003
@@ -23,7 +23,6 @@ def upgrade() -> None:
             sa.Column("urgent", sa.Boolean(), nullable=False, server_default=sa.false())
         )
     with op.batch_alter_table("triage_runs", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("device_uid", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("input_key", sa.String(length=64), nullable=True))
         batch_op.create_index(batch_op.f("ix_triage_runs_input_key"), ["input_key"])
 
@@ -32,6 +31,5 @@ def downgrade() -> None:
     with op.batch_alter_table("triage_runs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_triage_runs_input_key"))
         batch_op.drop_column("input_key")
-        batch_op.drop_column("device_uid")
     with op.batch_alter_table("studies", schema=None) as batch_op:
         batch_op.drop_column("urgent")
