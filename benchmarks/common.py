@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
-import time
+from pathlib import Path
 
+import numpy as np
+from pydicom.uid import generate_uid
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
+from config import REGIONS
+from models.phantoms import phantom_dataset, render_phantom
 
 
 def machine_description() -> dict[str, object]:
@@ -31,3 +20,38 @@ def machine_description() -> dict[str, object]:
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
     }
+
+
+def write_phantom_study(
+    out_dir: Path,
+    index: int,
+    views: int,
+    fractured: bool,
+    rng: np.random.Generator,
+    name: str = "Bench",
+) -> Path:
+    """One phantom DX study of ``views`` 512x512 views under ``out_dir/<study UID>/``.
+
+    The region follows ``index`` through REGIONS; the first view carries the break
+    when ``fractured``. Patient names and IDs are fictional (``name`` and ``index``).
+    """
+    region = REGIONS[index % len(REGIONS)]
+    study_uid, series_uid = generate_uid(), generate_uid()
+    study_dir = out_dir / study_uid
+    study_dir.mkdir(parents=True)
+    for view in range(1, views + 1):
+        phantom = render_phantom(region, fractured and view == 1, rng, size=256)
+        ds = phantom_dataset(
+            phantom,
+            patient_name=f"{name}^Patient{index:04d}",
+            patient_id=f"{name.upper()}-{index:04d}",
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            sop_instance_uid=generate_uid(),
+            accession_number=f"{name.upper()[:5]}{index:05d}",
+            instance_number=view,
+            rows=512,
+            view_position="PA" if view == 1 else "LL",
+        )
+        ds.save_as(study_dir / f"{view:03d}.dcm", enforce_file_format=True)
+    return study_dir

@@ -30,19 +30,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from pydicom.uid import generate_uid
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from sqlalchemy import select
 
-from benchmarks.common import machine_description
-from config import REGIONS, Destination, Settings, load_settings
+from benchmarks.common import machine_description, write_phantom_study
+from config import Destination, Settings, load_settings
 from db.models import Delivery, DeliveryStatus, OutputObject, Study, TriageRun
 from flows.runtime import Runtime
 from flows.service import TriageService
 from flows.triage import TriageSummary
-from models.phantoms import phantom_dataset, render_phantom
 from tests.peers import Orthanc, free_port, run_orthanc
 
 console = Console()
@@ -74,29 +72,10 @@ DICOM_PACKAGES = ("pydicom", "highdicom", "pynetdicom", "PIL", "/dicom_node/", "
 def write_studies(out_dir: Path, count: int, seed: int = 11) -> list[Path]:
     """``count`` phantom studies of 2 to 4 views (regions in turn, every other fractured)."""
     rng = np.random.default_rng(seed)
-    dirs = []
-    for index in range(count):
-        region = REGIONS[index % len(REGIONS)]
-        study_uid, series_uid = generate_uid(), generate_uid()
-        study_dir = out_dir / study_uid
-        study_dir.mkdir(parents=True)
-        for view in range(1, 2 + index % 3 + 1):
-            phantom = render_phantom(region, index % 2 == 0 and view == 1, rng, size=256)
-            ds = phantom_dataset(
-                phantom,
-                patient_name=f"Bench^Patient{index:03d}",
-                patient_id=f"BENCH-{index:03d}",
-                study_instance_uid=study_uid,
-                series_instance_uid=series_uid,
-                sop_instance_uid=generate_uid(),
-                accession_number=f"BENCH{index:05d}",
-                instance_number=view,
-                rows=512,
-                view_position="PA" if view == 1 else "LL",
-            )
-            ds.save_as(study_dir / f"{view:03d}.dcm", enforce_file_format=True)
-        dirs.append(study_dir)
-    return dirs
+    return [
+        write_phantom_study(out_dir, index, 2 + index % 3, index % 2 == 0, rng)
+        for index in range(count)
+    ]
 
 
 class ProfiledService(TriageService):

@@ -30,7 +30,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import free_port, machine_description, wait_for_port
+from benchmarks.common import machine_description
+from tests.peers import free_port, wait_for_port
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 

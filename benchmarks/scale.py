@@ -22,42 +22,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydicom.uid import generate_uid
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import create_engine, text
 
-from benchmarks.common import machine_description
-from config import REGIONS, load_settings
+from benchmarks.common import machine_description, write_phantom_study
+from config import load_settings
 from db.migrate import upgrade
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
 from flows.triage import triage_batch
-from models.phantoms import phantom_dataset, render_phantom
 from tests.flows.conftest import store_study
 
 console = Console()
-
-
-def write_study(out_dir: Path, views: int, rng: np.random.Generator, index: int) -> Path:
-    study_uid, series_uid = generate_uid(), generate_uid()
-    study_dir = out_dir / study_uid
-    study_dir.mkdir(parents=True)
-    for view in range(1, views + 1):
-        phantom = render_phantom(REGIONS[index % len(REGIONS)], view == 1, rng, size=256)
-        ds = phantom_dataset(
-            phantom,
-            patient_name=f"Scale^Patient{index:04d}",
-            patient_id=f"SCALE-{index:04d}",
-            study_instance_uid=study_uid,
-            series_instance_uid=series_uid,
-            sop_instance_uid=generate_uid(),
-            accession_number=f"SCALE{index:05d}",
-            instance_number=view,
-            rows=512,
-        )
-        ds.save_as(study_dir / f"{view:03d}.dcm", enforce_file_format=True)
-    return study_dir
 
 
 def make_runtime(work: Path, bundle: Path, database_url: str | None = None) -> Runtime:
@@ -102,7 +79,8 @@ def views_table(work: Path, bundle: Path, quick: bool) -> list[dict[str, object]
     studies_per_run = 2 if quick else 4
     for views in (1, 2, 4, 8):
         studies = [
-            write_study(work / f"views-{views}", views, rng, k) for k in range(studies_per_run)
+            write_phantom_study(work / f"views-{views}", k, views, True, rng, "Scale")
+            for k in range(studies_per_run)
         ]
         seconds = timed_drain(work / f"run-views-{views}", bundle, studies)
         rows.append(
@@ -119,7 +97,10 @@ def queue_table(work: Path, bundle: Path, quick: bool) -> list[dict[str, object]
     rng = np.random.default_rng(4)
     rows = []
     for queued in (1, 10, 50) if quick else (1, 10, 50, 200):
-        studies = [write_study(work / f"queue-{queued}", 2, rng, k) for k in range(queued)]
+        studies = [
+            write_phantom_study(work / f"queue-{queued}", k, 2, True, rng, "Scale")
+            for k in range(queued)
+        ]
         seconds = timed_drain(work / f"run-queue-{queued}", bundle, studies)
         rows.append({"queued_studies": queued, "seconds_per_study": seconds / queued})
     base = rows[0]["seconds_per_study"]
@@ -136,7 +117,9 @@ def second_worker(work: Path, bundle: Path, database_url: str, count: int) -> di
     (imports, model load, its Prefect API) is included, as when a site adds a worker.
     """
     rng = np.random.default_rng(5)
-    studies = [write_study(work / "workers", 2, rng, k) for k in range(count)]
+    studies = [
+        write_phantom_study(work / "workers", k, 2, True, rng, "Scale") for k in range(count)
+    ]
     results = {}
     for workers in (1, 2):
         server = database_url.rsplit("/", 1)[0]
@@ -192,7 +175,7 @@ def main() -> None:
         work = Path(temp)
         os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))
         # Warm-up (discarded): Prefect's API and torch's first calls, as in a running node.
-        warm = write_study(work / "warm-up", 2, np.random.default_rng(0), 0)
+        warm = write_phantom_study(work / "warm-up", 0, 2, True, np.random.default_rng(0))
         timed_drain(work / "run-warm-up", args.bundle, [warm])
         report = {
             "machine": machine_description(),
