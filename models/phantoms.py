@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: SOP Class UID of Digital X-Ray Image Storage - For Presentation.
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+#: A fictional birth date, distinctive so tests can prove it never reaches a log.
+PHANTOM_BIRTH_DATE = "19480229"
 
 # Body Part Examined (PS3.16 Annex L) and SNOMED CT anatomic region per phantom region.
 _ANATOMY: dict[str, tuple[str, str, str]] = {
@@ -527,7 +529,7 @@ def phantom_dataset(
     ds.SeriesDescription = f"{body_part} {view_position}"
     ds.PatientName = patient_name
     ds.PatientID = patient_id
-    ds.PatientBirthDate = "19700101"
+    ds.PatientBirthDate = PHANTOM_BIRTH_DATE
     ds.PatientSex = "O"
     ds.BodyPartExamined = body_part
     ds.ViewPosition = view_position

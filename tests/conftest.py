@@ -17,6 +17,7 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ft-prefect-"))
 import pytest
 
 from config import Settings, load_settings
+from tests.phi import log_scanner, scan_files
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_CACHE = REPO / "var" / "test-cache"
@@ -83,70 +84,27 @@ def sample_studies(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_sample_studies(tmp_path_factory.mktemp("samples"))
 
 
-# -- no patient data in any log line ---------------------------------------------------------
+# -- no patient data in any log line, Prefect store or audit event ----------------------------
 
-#: Patient names, IDs and accession numbers the test data carries (tests/dicom_node/conftest.py,
-#: models/phantoms.py's sample studies). None of them may ever reach a log record.
-PATIENT_DATA = (
-    "Doe^Jane",
-    "PID-0042",
-    "ACC123",
-    "Phantom^Wanda",
-    "Phantom^Henry",
-    "Phantom^Elena",
-    "Phantom^Charles",
-    "PHANTOM-00",
-)
 OUR_PACKAGES = ("config", "db", "models", "dicom_node", "flows")
 
 
-class PatientDataScanner(logging.Handler):
-    """Collects every log record that mentions patient data, from any logger."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.leaks: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = record.getMessage()
-        except Exception:
-            text = str(record.msg)
-        if record.exc_info:
-            text += logging.Formatter().formatException(record.exc_info)
-        for value in PATIENT_DATA:
-            if value in text:
-                self.leaks.append(f"{record.name}: {text[:300]}")
-
-
-_scanner = PatientDataScanner()
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    logging.getLogger().addHandler(_scanner)
+    log_scanner.install()
     for name in OUR_PACKAGES:
         logging.getLogger(name).setLevel(logging.DEBUG)  # scan our debug lines too
 
 
-def prefect_store_leaks() -> list[str]:
-    """Files of the session's Prefect home (its API database, logs) that hold patient data.
-
-    Flow-run parameters, task results, run names and run logs all end up there.
-    """
-    home = Path(os.environ["PREFECT_HOME"])
-    leaks = []
-    for path in home.rglob("*"):
-        if not path.is_file():
-            continue
-        data = path.read_bytes()
-        leaks += [f"{path.name}: {value}" for value in PATIENT_DATA if value.encode() in data]
-    return leaks
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    leaks = _scanner.leaks + prefect_store_leaks()
+    """Fail the session when patient data reached a log, Prefect's store or an audit event.
+
+    Covers this process's log records and the files of every process the tests started
+    (nodes, workers, Prefect servers: their logs, Prefect homes and databases).
+    """
+    roots = [session.config._tmp_path_factory.getbasetemp()]  # type: ignore[attr-defined]
+    leaks = log_scanner.leaks + scan_files(roots, Path(os.environ["PREFECT_HOME"]))
     if leaks:
-        print("\nPATIENT DATA IN LOGS OR PREFECT'S STORE:\n" + "\n".join(leaks[:20]))
+        print("\nPATIENT DATA IN LOGS, PREFECT'S STORE OR AUDIT EVENTS:\n" + "\n".join(leaks[:20]))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

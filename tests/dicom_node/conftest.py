@@ -49,7 +49,7 @@ def make_dx(
     # Patient
     ds.PatientName = PATIENT_NAME
     ds.PatientID = PATIENT_ID
-    ds.PatientBirthDate = "19700101"
+    ds.PatientBirthDate = "19310417"  # distinctive: tests/phi.py looks for it
     ds.PatientSex = "F"
     # Study
     ds.StudyInstanceUID = study_instance_uid
