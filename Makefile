@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint peers clean
+.PHONY: install demo serve test lint peers secrets clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ peers:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc orthanc-dicomweb orthanc-webviewer dicom3tools \
 		docker-compose chromium chromium-driver
+
+# Random passwords for docker-compose.yml's Docker secrets, owner-only, never committed.
+secrets:
+	mkdir -p -m 700 secrets
+	for name in db_owner_password db_node_password prefect_db_password; do \
+		test -s secrets/$$name || (umask 077; $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))' > secrets/$$name); \
+	done
 
 clean:
 	rm -rf var .pytest_cache

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SecretStr,
     Tag,
     ValidationError,
     field_validator,
@@ -271,8 +272,18 @@ class Settings(BaseSettings):
         description="A study still receiving this long after its first instance is triaged anyway.",
     )
 
+    scp_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes receiving on the SCP's port (SO_REUSEPORT): each has its own "
+        "interpreter, so concurrent associations are received on several cores.",
+    )
+
     # Limits: what is over a limit is refused with a failure status and audited.
-    max_associations: int = Field(default=10, ge=1, description="Concurrent associations.")
+    max_associations: int = Field(
+        default=10, ge=1, description="Concurrent associations (per receiving process)."
+    )
     max_pdu_bytes: int = Field(default=262_144, ge=0, description="Maximum PDU; 0: unlimited.")
     max_instance_bytes: int = Field(default=512 * 1024**2, gt=0)
     max_image_pixels: int = Field(
@@ -298,7 +309,21 @@ class Settings(BaseSettings):
     )
 
     # Audit database
-    database_url: str = "sqlite:///var/fracture_triage.db"
+    database_url: str = Field(
+        default="sqlite:///var/fracture_triage.db",
+        repr=False,  # a password may still be in it: never in a repr, a log or an error
+        description="sqlite:///file or postgresql://user@host/db; give the password in "
+        "database_password or database_password_file rather than in the URL.",
+    )
+    database_password: SecretStr | None = Field(
+        default=None,
+        description="The database user's password (FRACTURE_TRIAGE_DATABASE_PASSWORD); "
+        "shown as ********** everywhere.",
+    )
+    database_password_file: Path | None = Field(
+        default=None,
+        description="A file holding the password (a Docker or Kubernetes secret), read at load.",
+    )
     audit_syslog: AuditSyslogSettings | None = Field(
         default=None,
         description="Send every audit event to this syslog collector (ATNA); None: off.",
@@ -319,6 +344,12 @@ class Settings(BaseSettings):
         description="Overrides the bundle's high-specificity operating point.",
     )
     torch_threads: int = Field(default=0, ge=0, description="0 leaves torch's default.")
+    model_device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="Where the models run: 'auto' (the GPU when torch sees one, else the "
+        "CPU), 'cpu', 'cuda' or 'cuda:N'.",
+    )
 
     # Orchestration
     prefect_api_url: str | None = Field(
@@ -362,8 +393,29 @@ class Settings(BaseSettings):
     @classmethod
     def _check_database_url(cls, value: str) -> str:
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
-            raise ValueError(f"database URL must be sqlite:// or postgresql://, got {value!r}")
+            raise ValueError(
+                f"database URL must be sqlite:// or postgresql://, got {mask_url_password(value)!r}"
+            )
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_password_file(cls, data: Any) -> Any:
+        # A secret file is read once, here; its content is then a SecretStr like the variable.
+        if not isinstance(data, dict) or not data.get("database_password_file"):
+            return data
+        if data.get("database_password"):
+            raise ValueError("set database_password or database_password_file, not both")
+        path = Path(data["database_password_file"])
+        try:
+            password = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as error:
+            raise ValueError(
+                f"database_password_file {str(path)!r} cannot be read: {error.strerror}"
+            ) from None
+        if not password:
+            raise ValueError(f"database_password_file {str(path)!r} is empty")
+        return {**data, "database_password": password}
 
     @model_validator(mode="after")
     def _check_study_timing(self) -> Settings:
@@ -409,6 +461,11 @@ class Settings(BaseSettings):
 
 
 _DESTINATION_KINDS = ("dimse", "dicomweb")
+
+
+def mask_url_password(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***``."""
+    return re.sub(r"^([^:/]+(?:\+\w+)?://[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
 def _describe(error: ValidationError) -> str:

@@ -256,10 +256,10 @@ def worker(config: ConfigOption = None) -> None:
     # Prefect reads its API URL from the environment; flow runs inherit it, and the
     # FRACTURE_TRIAGE_* settings, in their subprocesses.
     os.environ["PREFECT_API_URL"] = settings.prefect_api_url
-    from db.engine import make_engine
+    from db.engine import engine_from_settings
     from db.migrate import upgrade
 
-    upgrade(make_engine(settings.database_url))
+    upgrade(engine_from_settings(settings))
     from prefect import serve
 
     from flows.deployments import deployments

@@ -33,13 +33,13 @@ def _settings(config: Path | None) -> Settings:
 
 
 def _sessions(settings: Settings) -> Any:
-    from db.engine import make_engine, make_session_factory
+    from db.engine import engine_from_settings, make_session_factory
 
     path = settings.sqlite_path
     if path is not None and not path.exists():
         console.print(f"[red]No audit database at {path}[/red]")
         raise typer.Exit(2)
-    return make_session_factory(make_engine(settings.database_url))
+    return make_session_factory(engine_from_settings(settings))
 
 
 @audit_app.callback()

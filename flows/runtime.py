@@ -15,11 +15,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings, load_settings
-from db.engine import make_engine, make_session_factory
+from db.engine import engine_from_settings, make_session_factory
 from dicom_node.outbox import Outbox
 from dicom_node.store import InstanceStore
 from models.bundle import load_bundle
 from models.inference import HierarchicalModel
+from models.networks import resolve_device
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
-        engine = make_engine(settings.database_url)
+        engine = engine_from_settings(settings)
         return cls(
             settings=settings,
             engine=engine,
@@ -64,7 +65,10 @@ class Runtime:
                     import torch
 
                     torch.set_num_threads(self.settings.torch_threads)
-                self._model = load_bundle(self.settings.model_bundle_dir)
+                self._model = load_bundle(
+                    self.settings.model_bundle_dir,
+                    device=resolve_device(self.settings.model_device),
+                )
             return self._model
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from monai.networks.nets import DenseNet, DenseNet121, EfficientNetBN
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
@@ -122,3 +123,13 @@ def gradcam_target_layer(spec: NetworkSpec) -> str:
         A name from ``network.named_modules()``.
     """
     return _REGISTRY[spec.architecture][1]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'auto'`` -> CUDA when available, else CPU; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device

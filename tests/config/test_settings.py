@@ -49,6 +49,7 @@ def test_toml_then_env_then_overrides(tmp_path: Path, monkeypatch: pytest.Monkey
         ("[priority]\nreprocess_hours = [22, 24]", "priority.reprocess_hours"),
         ("[priority]\nreprocess_hours = [3, 3]", "priority.reprocess_hours"),
         ("batch_max_studies = 0", "batch_max_studies"),
+        ('model_device = "gpu"', "model_device"),
     ],
 )
 def test_bad_value_names_the_key(tmp_path: Path, toml: str, key: str) -> None:

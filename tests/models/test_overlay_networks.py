@@ -7,7 +7,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from models.networks import ARCHITECTURES, NetworkSpec, build_network, gradcam_target_layer
+from models.networks import (
+    ARCHITECTURES,
+    NetworkSpec,
+    build_network,
+    gradcam_target_layer,
+    resolve_device,
+)
 from models.overlay import render_overlay
 
 
@@ -49,3 +55,12 @@ def test_registry_rejects_unknown_architecture() -> None:
     assert "densenet121" in ARCHITECTURES
     with pytest.raises(ValidationError, match="resnet"):
         NetworkSpec(architecture="resnet", out_channels=2)
+
+
+def test_device_auto_follows_the_hardware_and_cuda_without_a_gpu_is_refused() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda:0' requested but CUDA is not available"):
+            resolve_device("cuda:0")
