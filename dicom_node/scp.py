@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
+import threading
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom import Dataset, dcmread
 from pydicom.encaps import generate_fragments
@@ -45,6 +47,9 @@ from dicom_node.statuses import (
 from dicom_node.store import InstanceStore
 from dicom_node.tls import server_context
 from dicom_node.uids import InvalidUIDError, validate_uid
+
+if TYPE_CHECKING:
+    from dicom_node.receivers import ReceiverProcesses
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +86,17 @@ class StoreRefusedError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        #: The study the refused instance claims to belong to, when its UID could be read.
+        self.study_instance_uid: str | None = None
+
+
+class SharedPortAssociationServer(ThreadedAssociationServer):
+    """An association server whose port other receiving processes bind too (SO_REUSEPORT)."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 class StorageSCP:
@@ -91,11 +107,16 @@ class StorageSCP:
         settings: Settings,
         session_factory: sessionmaker[Session],
         store: InstanceStore,
+        *,
+        share_port: bool = False,
     ) -> None:
+        """``share_port``: a receiver process's SCP on the node's port (dicom_node.receivers)."""
         self._settings = settings
         self._sessions = session_factory
         self._store = store
+        self._share_port = share_port
         self._server: ThreadedAssociationServer | None = None
+        self._receivers: ReceiverProcesses | None = None
 
     # -- association life cycle -------------------------------------------------------
 
@@ -124,21 +145,53 @@ class StorageSCP:
         ]
         address = (self._settings.bind_address, self._settings.port)
         ssl_context = server_context(self._settings.tls) if self._settings.tls else None
-        self._server = self.build_ae().start_server(
-            address, block=False, evt_handlers=handlers, ssl_context=ssl_context
-        )
+        children = 0 if self._share_port else self._settings.scp_processes - 1
+        ae = self.build_ae()
+        if self._share_port or children:
+            server = ae.make_server(
+                address,
+                evt_handlers=handlers,
+                ssl_context=ssl_context,
+                server_class=SharedPortAssociationServer,
+            )
+            ae._servers.append(server)  # as start_server does: shutdown() removes it
+            threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
+            self._server = server
+        else:
+            self._server = ae.start_server(
+                address, block=False, evt_handlers=handlers, ssl_context=ssl_context
+            )
         bound = self._server.server_address
+        if children:
+            from dicom_node.receivers import ReceiverProcesses
+
+            port_settings = self._settings.model_copy(update={"port": bound[1]})
+            self._receivers = ReceiverProcesses(port_settings, children)
+            try:
+                self._receivers.start()
+            except Exception:
+                self.stop()
+                raise
         logger.info(
-            "storage SCP %s listening on %s:%s%s",
+            "storage SCP %s listening on %s:%s%s%s",
             self._settings.ae_title,
             *bound[:2],
             " (TLS)" if ssl_context else "",
+            f" in {children + 1} processes" if children else "",
         )
         return bound[0], bound[1]
 
+    @property
+    def receiver_pids(self) -> list[int]:
+        """The process IDs of the receiver processes (none with ``scp_processes = 1``)."""
+        return self._receivers.pids if self._receivers is not None else []
+
     def stop(self) -> None:
+        if self._receivers is not None:
+            self._receivers.stop()
+            self._receivers = None
         if self._server is not None:
-            self._server.shutdown()
+            self._server.shutdown()  # closes the socket too
             self._server = None
 
     # -- handlers -------------------------------------------------------------------
@@ -226,7 +279,13 @@ class StorageSCP:
         try:
             return self._store_instance(event, calling_ae)
         except StoreRefusedError as refused:
-            self._audit_refusal(calling_ae, request_sop_uid, refused.reason, refused.status)
+            self._audit_refusal(
+                calling_ae,
+                request_sop_uid,
+                refused.reason,
+                refused.status,
+                study_uid=refused.study_instance_uid,
+            )
             return refused.status
         except Exception:
             # Never crash the association thread; the peer gets a failure and may retry.
@@ -256,6 +315,23 @@ class StorageSCP:
             raise StoreRefusedError(
                 CANNOT_UNDERSTAND, f"dataset cannot be decoded ({type(error).__name__})"
             ) from None
+        try:
+            return self._store_decoded(event, calling_ae, encoded, header, values, (rows, columns))
+        except StoreRefusedError as refused:
+            # Refused after the header was read: the study's story shows the refusal.
+            refused.study_instance_uid = _loggable_uid(values["StudyInstanceUID"])
+            raise
+
+    def _store_decoded(
+        self,
+        event: evt.Event,
+        calling_ae: str,
+        encoded: bytes,
+        header: Dataset,
+        values: dict[str, Any],
+        size: tuple[int, int],
+    ) -> int:
+        rows, columns = size
         if rows * columns > self._settings.max_image_pixels:
             raise StoreRefusedError(
                 OUT_OF_RESOURCES,
@@ -316,7 +392,14 @@ class StorageSCP:
         logger.debug("%s SOP Instance %s of study %s", outcome, sop_uid, study_uid)
         return SUCCESS
 
-    def _audit_refusal(self, calling_ae: str, sop_uid: str, reason: str, status: int) -> None:
+    def _audit_refusal(
+        self,
+        calling_ae: str,
+        sop_uid: str,
+        reason: str,
+        status: int,
+        study_uid: str | None = None,
+    ) -> None:
         logger.warning(
             "refused SOP Instance %s from %s: %s", _loggable_uid(sop_uid), calling_ae, reason
         )
@@ -326,6 +409,7 @@ class StorageSCP:
                     AuditEventType.INSTANCE_REFUSED,
                     Outcome.FAILURE,
                     actor=calling_ae,
+                    study_instance_uid=study_uid,
                     sop_instance_uid=_loggable_uid(sop_uid),
                     reason=reason,
                     status=f"0x{status:04X}",

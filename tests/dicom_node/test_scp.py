@@ -301,7 +301,9 @@ def test_truncated_dataset_is_refused(start_scp: Callable[..., RunningSCP], tmp_
     truncated.write_bytes(data[: len(data) // 3])  # cut inside the pixel data element
     status = _send_file(node, truncated)
     assert status != 0
-    assert node.events(AuditEventType.INSTANCE_REFUSED)
+    (event,) = node.events(AuditEventType.INSTANCE_REFUSED)
+    # The header was readable: the refusal is part of the study's story (audit --study).
+    assert event.study_instance_uid == _good_dx(1).StudyInstanceUID
     assert not any(node.store.root.rglob("*.dcm"))
     assert _echo_ok(node)
 
