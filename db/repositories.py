@@ -45,6 +45,17 @@ RUN_INTERRUPTED = "interrupted"
 RUN_WORKER_LOST = "timed out (worker lost)"
 
 
+@dataclass(frozen=True)
+class AbandonedRun:
+    """A run a crash or a lost worker left RUNNING, failed by :meth:`requeue_interrupted`."""
+
+    study_instance_uid: str
+    run_id: int
+    model_name: str
+    model_version: str
+    reason: str
+
+
 class RecordOutcome(enum.StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"  # same SOP Instance, same bytes: nothing changes
@@ -239,38 +250,49 @@ class StudyRepository:
 
     def requeue_interrupted(
         self, stale_after: dt.timedelta | None = None, now: dt.datetime | None = None
-    ) -> list[str]:
+    ) -> tuple[list[str], list[AbandonedRun]]:
         """Studies left TRIAGING by a crashed process (or a killed worker) become READY again.
 
         At start-up every TRIAGING study is interrupted (``stale_after`` None). While
         running, only those claimed longer ago than ``stale_after`` are: their worker
         died without finishing, so the study is picked up again.
+
+        Returns
+        -------
+        tuple
+            The re-queued study UIDs, and the runs they had RUNNING, now FAILED (the
+            caller audits them).
         """
         query = select(Study.study_instance_uid).where(Study.status == StudyStatus.TRIAGING)
         if stale_after is not None:
             query = query.where(Study.updated_at <= (now or utcnow()) - stale_after)
         uids = list(self._session.scalars(query.order_by(Study.id)))
-        if uids:
-            self._session.execute(
-                update(Study)
-                .where(Study.study_instance_uid.in_(uids))
-                .values(status=StudyStatus.READY, updated_at=utcnow())
+        if not uids:
+            return [], []
+        reason = RUN_INTERRUPTED if stale_after is None else RUN_WORKER_LOST
+        running = self._session.execute(
+            select(
+                Study.study_instance_uid,
+                TriageRun.id,
+                TriageRun.model_name,
+                TriageRun.model_version,
             )
+            .join(TriageRun.study)
+            .where(TriageRun.status == RunStatus.RUNNING, Study.study_instance_uid.in_(uids))
+            .order_by(TriageRun.id)
+        ).all()
+        self._session.execute(
+            update(Study)
+            .where(Study.study_instance_uid.in_(uids))
+            .values(status=StudyStatus.READY, updated_at=utcnow())
+        )
+        if running:
             self._session.execute(
                 update(TriageRun)
-                .where(
-                    TriageRun.status == RunStatus.RUNNING,
-                    TriageRun.study_id.in_(
-                        select(Study.id).where(Study.study_instance_uid.in_(uids))
-                    ),
-                )
-                .values(
-                    status=RunStatus.FAILED,
-                    finished_at=utcnow(),
-                    error=RUN_INTERRUPTED if stale_after is None else RUN_WORKER_LOST,
-                )
+                .where(TriageRun.id.in_([row[1] for row in running]))
+                .values(status=RunStatus.FAILED, finished_at=utcnow(), error=reason)
             )
-        return uids
+        return uids, [AbandonedRun(*row, reason=reason) for row in running]
 
     def instances(
         self, study_instance_uid: str, *, triageable_only: bool = False
@@ -416,6 +438,35 @@ class RunRepository:
         if run_id is not None:
             query = query.join(OutputObject).where(OutputObject.run_id == run_id)
         return list(self._session.scalars(query.order_by(Delivery.id)))
+
+    def claim_due_deliveries(
+        self, lease: dt.timedelta, now: dt.datetime | None = None, run_id: int | None = None
+    ) -> list[Delivery]:
+        """Claim the due deliveries for one sender: no other process sends them meanwhile.
+
+        Each due delivery is claimed by a conditional UPDATE that moves its next attempt
+        ``lease`` into the future; only the sender whose UPDATE changed the row sends it
+        (the node's outbox thread, a worker's send task and ``retry-outbox`` may look at
+        once). The caller commits the claim before sending and records the outcome with
+        :meth:`mark_delivery`; a sender that dies leaves the row to be claimed again once
+        the lease has run out.
+        """
+        now = now or utcnow()
+        claimed = []
+        for delivery in self.due_deliveries(now, run_id):
+            result = self._session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.id == delivery.id,
+                    Delivery.status == DeliveryStatus.PENDING,
+                    or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+                )
+                .values(next_attempt_at=now + lease)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                claimed.append(delivery)
+        return claimed
 
     def mark_delivery(
         self,

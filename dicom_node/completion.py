@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.audit import AuditEventType, AuditLog
+from db.audit import AuditEventType, AuditLog, Outcome
 from db.models import StudyStatus
-from db.repositories import StudyRepository
+from db.repositories import AbandonedRun, StudyRepository
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ class StudyCompletionWatcher:
         """Re-queue studies interrupted by a crash and hand on every READY study."""
         with self._sessions.begin() as session:
             studies = StudyRepository(session)
-            interrupted = studies.requeue_interrupted()
+            interrupted, abandoned = studies.requeue_interrupted()
+            self._audit_requeued(session, interrupted, abandoned)
             ready = studies.uids_with_status(StudyStatus.READY)
         if interrupted:
             logger.warning("re-queued %d studies interrupted during triage", len(interrupted))
@@ -59,20 +60,44 @@ class StudyCompletionWatcher:
         with self._sessions.begin() as session:
             studies = StudyRepository(session)
             ready = studies.mark_ready(self._quiet_for, max_age=self._max_age)
-            if self._triage_timeout is not None:
-                stale = studies.requeue_interrupted(stale_after=self._triage_timeout)
-                if stale:
-                    logger.warning("re-queued %d studies whose triage timed out", len(stale))
-                ready += stale
             audit = AuditLog(session)
             for uid in ready:
                 audit.record(
                     AuditEventType.STUDY_READY, actor="completion-watcher", study_instance_uid=uid
                 )
+            if self._triage_timeout is not None:
+                stale, abandoned = studies.requeue_interrupted(stale_after=self._triage_timeout)
+                if stale:
+                    logger.warning("re-queued %d studies whose triage timed out", len(stale))
+                self._audit_requeued(session, stale, abandoned)
+                ready += stale
         for uid in ready:
             logger.info("study %s is ready", uid)
             self._on_ready(uid)
         return ready
+
+    @staticmethod
+    def _audit_requeued(session: Session, uids: list[str], abandoned: list[AbandonedRun]) -> None:
+        """Each abandoned run failed, each re-queued study ready again: both audited."""
+        audit = AuditLog(session)
+        for run in abandoned:
+            audit.record(
+                AuditEventType.TRIAGE_FAILED,
+                Outcome.FAILURE,
+                actor="completion-watcher",
+                study_instance_uid=run.study_instance_uid,
+                run_id=run.run_id,
+                model_name=run.model_name,
+                model_version=run.model_version,
+                reason=run.reason,
+            )
+        for uid in uids:
+            audit.record(
+                AuditEventType.STUDY_READY,
+                actor="completion-watcher",
+                study_instance_uid=uid,
+                reason="triage interrupted: triaged again",
+            )
 
     def start(self) -> None:
         if self._thread is not None:

@@ -31,6 +31,10 @@ from dicom_node.tls import client_context
 
 logger = logging.getLogger(__name__)
 
+#: How long a claimed delivery is left to its sender before another may try: longer than
+#: any one pass takes (each association has DIMSE and network timeouts).
+DELIVERY_LEASE = dt.timedelta(minutes=15)
+
 #: Sends one destination's files; the default is C-STORE or STOW-RS by destination kind.
 Sender = Callable[[list[Path], AnyDestination], list[SendOutcome]]
 
@@ -80,7 +84,7 @@ class Outbox:
             settings.outbox_retry_base_seconds, settings.outbox_retry_cap_seconds
         )
         self._send = sender or self._send_any
-        self._lock = threading.Lock()  # one pass at a time: no delivery is sent twice at once
+        self._lock = threading.Lock()  # one pass at a time in this process
 
     def _send_any(self, paths: list[Path], destination: AnyDestination) -> list[SendOutcome]:
         if isinstance(destination, Hl7Destination):
@@ -124,8 +128,11 @@ class Outbox:
     def _plan(self, run_id: int | None) -> dict[str, list[_Item]]:
         output_root = self._settings.output_dir
         plan: dict[str, list[_Item]] = {}
-        with self._sessions() as session:
-            for delivery in RunRepository(session).due_deliveries(run_id=run_id):
+        # The claim is committed before anything is sent: every process that sends (the
+        # node, a worker, retry-outbox) skips what another one has claimed.
+        with self._sessions.begin() as session:
+            claimed = RunRepository(session).claim_due_deliveries(DELIVERY_LEASE, run_id=run_id)
+            for delivery in claimed:
                 output = delivery.output
                 plan.setdefault(delivery.destination, []).append(
                     _Item(

@@ -10,17 +10,29 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from packaging.version import InvalidVersion, Version
 from prefect import flow, task
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from config import Destination
-from db.audit import AuditEventType, AuditLog
-from db.models import Instance, Study, StudyStatus, utcnow
+from db.audit import AuditEventType, AuditLog, Outcome
+from db.models import (
+    Delivery,
+    DeliveryStatus,
+    Instance,
+    OutputObject,
+    Study,
+    StudyStatus,
+    TriageRun,
+    utcnow,
+)
 from db.repositories import RunRepository
 from dicom_node.query import StudyQuery, find_studies, move_study
 from flows.runtime import Runtime, current_runtime
@@ -160,13 +172,22 @@ def reprocess(
         study_uids = select_studies(runtime, criteria)
 
     with runtime.sessions.begin() as session:
-        AuditLog(session).record(
+        audit = AuditLog(session)
+        details = {"source": source, "model_version_older_than": model_version_older_than}
+        audit.record(
             AuditEventType.REPROCESS_REQUESTED,
             actor=requested_by,
             studies=len(study_uids),
-            source=source,
-            model_version_older_than=model_version_older_than,
+            **details,
         )
+        # And one per study, so that `audit --study` says who had it triaged again.
+        for uid in study_uids:
+            audit.record(
+                AuditEventType.REPROCESS_REQUESTED,
+                actor=requested_by,
+                study_instance_uid=uid,
+                **details,
+            )
     triaged = unchanged = failed = deferred = 0
     priority = runtime.settings.priority
     for index, uid in enumerate(study_uids):
@@ -201,34 +222,81 @@ def retry_outbox() -> dict[str, int]:
 
 @flow(name="purge-store", persist_result=False)
 def purge_store(older_than_days: int, requested_by: str = "system") -> dict[str, int]:
-    """Delete stored pixel data received more than ``older_than_days`` ago; keep the DB rows.
+    """Delete pixel data older than ``older_than_days``; keep the DB rows and the audit trail.
 
-    Audit events, results and the instance rows stay, so the audit trail still tells
-    the whole story of a purged study; the instance's file is gone.
+    Goes: the received instances' files, and the local copies of our outputs (captures,
+    Parametric Maps, SRs, presentation states, ORU messages: they carry patient data
+    too) once every delivery of theirs is settled. Stays: instance, run, result, output
+    and audit rows, so the audit trail still tells the whole story of a purged study.
+
+    Each study's purge is audited before its files are deleted: a crash in between leaves
+    files that the next purge deletes (and audits again), never a deletion without its
+    event.
     """
     if older_than_days < 0:
         raise ValueError(f"older_than_days must not be negative, got {older_than_days}")
     runtime = current_runtime()
     cutoff = utcnow() - dt.timedelta(days=older_than_days)
-    removed = freed = 0
     with runtime.sessions() as session:
-        instances = list(session.scalars(select(Instance).where(Instance.received_at < cutoff)))
-        targets = [(i.path, i.study.study_instance_uid) for i in instances]
-    studies: set[str] = set()
-    for relative, study_uid in targets:
-        path = runtime.store.absolute(relative)
-        if path.is_file():
-            freed += path.stat().st_size
-            path.unlink()
-            removed += 1
-            studies.add(study_uid)
-    with runtime.sessions.begin() as session:
-        audit = AuditLog(session)
-        for study_uid in sorted(studies):
-            audit.record(
+        plan = _purge_plan(runtime, session, cutoff)
+    removed = freed = studies = 0
+    for study_uid, paths in sorted(plan.items()):
+        existing = [path for path in paths if path.is_file()]
+        if not existing:
+            continue
+        size = sum(path.stat().st_size for path in existing)
+        with runtime.sessions.begin() as session:
+            AuditLog(session).record(
                 AuditEventType.PURGE,
                 actor=requested_by,
                 study_instance_uid=study_uid,
                 older_than_days=older_than_days,
+                files=len(existing),
+                bytes=size,
             )
-    return {"files": removed, "bytes": freed, "studies": len(studies)}
+        undeletable = 0
+        for path in existing:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                undeletable += 1
+        if undeletable:
+            logger.error("purge of study %s: %d files not deleted", study_uid, undeletable)
+            with runtime.sessions.begin() as session:
+                AuditLog(session).record(
+                    AuditEventType.PURGE,
+                    Outcome.FAILURE,
+                    actor=requested_by,
+                    study_instance_uid=study_uid,
+                    reason=f"{undeletable} files could not be deleted",
+                )
+        removed += len(existing) - undeletable
+        freed += size
+        studies += 1
+    return {"files": removed, "bytes": freed, "studies": studies}
+
+
+def _purge_plan(runtime: Runtime, session: Session, cutoff: dt.datetime) -> dict[str, list[Path]]:
+    """Study UID -> the files a purge at ``cutoff`` deletes."""
+    plan: dict[str, list[Path]] = defaultdict(list)
+    instances = session.execute(
+        select(Study.study_instance_uid, Instance.path)
+        .join(Instance.study)
+        .where(Instance.received_at < cutoff)
+    )
+    for study_uid, path in instances:
+        plan[study_uid].append(runtime.store.absolute(path))
+    outputs = session.execute(
+        select(Study.study_instance_uid, OutputObject.path)
+        .join(OutputObject.run)
+        .join(TriageRun.study)
+        .where(
+            OutputObject.created_at < cutoff,
+            ~OutputObject.deliveries.any(Delivery.status == DeliveryStatus.PENDING),
+        )
+    )
+    for study_uid, path in outputs:
+        plan[study_uid].append(runtime.output_dir / path)
+    return plan

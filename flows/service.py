@@ -20,6 +20,11 @@ from flows.triage import TriageSummary, triage_batch
 
 logger = logging.getLogger(__name__)
 
+#: Server mode: a flow run that could not be created (Prefect down, deployments not yet
+#: registered) is tried again after this delay, doubled each time up to the maximum.
+HANDOFF_RETRY_FIRST_SECONDS = 5.0
+HANDOFF_RETRY_MAX_SECONDS = 60.0
+
 
 class TriageService:
     """Receives studies and triages each one when it becomes ready.
@@ -45,6 +50,9 @@ class TriageService:
         self._futures: list[Future[list[TriageSummary]]] = []
         self._lock = threading.Lock()
         self._queued_batch: Future[list[TriageSummary]] | None = None
+        self._handoff_retry: threading.Timer | None = None
+        self._handoff_retry_delay = HANDOFF_RETRY_FIRST_SECONDS
+        self._stopping = False
         self.address: tuple[str, int] | None = None
 
     def start(self) -> tuple[str, int]:
@@ -123,10 +131,36 @@ class TriageService:
                     as_subflow=False,
                 )
             logger.info("study %s: flow run %s created", study_instance_uid, run.id)
+            with self._lock:
+                self._handoff_retry_delay = HANDOFF_RETRY_FIRST_SECONDS
         except Exception:
-            # The study stays READY; the watcher's recovery hands it on again at restart.
+            # The study stays READY: never stranded, it is handed on again shortly.
             logger.exception("could not create a flow run for study %s", study_instance_uid)
+            self._retry_handoff(study_instance_uid)
         return []
+
+    def _retry_handoff(self, study_instance_uid: str) -> None:
+        """Hand the study on again later, with backoff; one retry pending at a time.
+
+        One is enough: the run it creates claims every READY study.
+        """
+        with self._lock:
+            if self._stopping or self._handoff_retry is not None:
+                return
+            delay = self._handoff_retry_delay
+            self._handoff_retry_delay = min(2 * delay, HANDOFF_RETRY_MAX_SECONDS)
+            timer = threading.Timer(delay, self._handoff_again, args=(study_instance_uid,))
+            timer.daemon = True
+            self._handoff_retry = timer
+        logger.warning("study %s: handing on again in %.0f s", study_instance_uid, delay)
+        timer.start()
+
+    def _handoff_again(self, study_instance_uid: str) -> None:
+        with self._lock:
+            self._handoff_retry = None
+            if self._stopping:
+                return
+        self.submit(study_instance_uid)
 
     @staticmethod
     def _batch_run_waiting(deployment_name: str) -> bool:
@@ -183,6 +217,10 @@ class TriageService:
                 )
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            if self._handoff_retry is not None:
+                self._handoff_retry.cancel()
         self.watcher.stop()
         self.scp.stop()
         self._executor.shutdown(wait=True, cancel_futures=False)

@@ -41,7 +41,7 @@ from dicom_node.results import (
 )
 from dicom_node.secondary_capture import build_overlay_secondary_capture
 from dicom_node.sr import build_triage_sr, device_observer_uid
-from dicom_node.store import write_durably
+from dicom_node.store import make_private_dirs, write_durably
 from dicom_node.summary import build_summary_secondary_capture
 from flows.runtime import Runtime, current_runtime
 from models.decision import aggregate_study, study_region
@@ -131,7 +131,7 @@ def preprocess_images(sources: list[dict[str, str]], work_dir: str) -> dict[str,
         geometries.append(_geometry_to_dict(geometry))
         used.append(source)
     inputs_path = Path(work_dir) / "inputs.npy"
-    inputs_path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(inputs_path.parent)  # the tensors are pixel data: owner-only
     if tensors:
         np.save(inputs_path, np.stack(tensors).astype(np.float32))
     return {
@@ -841,7 +841,8 @@ def _fail_run(runtime: Runtime, study_instance_uid: str, run_id: int, error: Exc
     logger.error("triage of study %s failed: %s", study_instance_uid, type(error).__name__)
     with runtime.sessions.begin() as session:
         runs = RunRepository(session)
-        runs.finish(runs.get(run_id), RunStatus.FAILED, reason)
+        run = runs.get(run_id)
+        runs.finish(run, RunStatus.FAILED, reason)
         StudyRepository(session).set_status(
             study_instance_uid, StudyStatus.FAILED, only_from=StudyStatus.TRIAGING
         )
@@ -851,6 +852,8 @@ def _fail_run(runtime: Runtime, study_instance_uid: str, run_id: int, error: Exc
             actor="triage",
             study_instance_uid=study_instance_uid,
             run_id=run_id,
+            model_name=run.model_name,
+            model_version=run.model_version,
             reason=reason,
         )
 

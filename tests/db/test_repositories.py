@@ -13,7 +13,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.audit import AuditEventType, AuditLog
 from db.migrate import current_revision, downgrade, upgrade
 from db.models import Base, DeliveryStatus, RunStatus, StudyStatus
-from db.repositories import ReceivedInstance, RecordOutcome, RunRepository, StudyRepository
+from db.repositories import (
+    RUN_INTERRUPTED,
+    AbandonedRun,
+    ReceivedInstance,
+    RecordOutcome,
+    RunRepository,
+    StudyRepository,
+)
 
 
 def received(
@@ -104,7 +111,9 @@ def test_interrupted_triage_is_requeued(sessions: sessionmaker[Session]) -> None
         run = RunRepository(session).start("1.2.3", model_name="m", model_version="1")
         run_id = run.id
     with sessions.begin() as session:
-        assert StudyRepository(session).requeue_interrupted() == ["1.2.3"]
+        uids, abandoned = StudyRepository(session).requeue_interrupted()
+    assert uids == ["1.2.3"]
+    assert abandoned == [AbandonedRun("1.2.3", run_id, "m", "1", RUN_INTERRUPTED)]
     with sessions() as session:
         assert StudyRepository(session).get("1.2.3").status is StudyStatus.READY
         assert RunRepository(session).get(run_id).status is RunStatus.FAILED
@@ -156,8 +165,8 @@ def test_a_study_whose_worker_died_is_picked_up_again(sessions: sessionmaker[Ses
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     with sessions.begin() as session:
         studies = StudyRepository(session)
-        assert studies.requeue_interrupted(dt.timedelta(minutes=30), now=soon) == []
-        assert studies.requeue_interrupted(dt.timedelta(minutes=30), now=later) == ["1.2.3"]
+        assert studies.requeue_interrupted(dt.timedelta(minutes=30), now=soon) == ([], [])
+        assert studies.requeue_interrupted(dt.timedelta(minutes=30), now=later)[0] == ["1.2.3"]
     with sessions() as session:
         assert StudyRepository(session).get("1.2.3").status is StudyStatus.READY
         run = RunRepository(session).get(run_id)
@@ -202,3 +211,28 @@ def test_claim_ready_takes_urgent_studies_first_and_each_once(
         studies = StudyRepository(session)
         assert studies.claim_ready(5, among=["1.1", "1.3", "1.4"]) == ["1.3"]
         assert studies.claim_ready(5) == []
+
+
+def test_the_watcher_audits_an_interrupted_run_and_the_study_ready_again(
+    sessions: sessionmaker[Session],
+) -> None:
+    from dicom_node.completion import StudyCompletionWatcher
+
+    with sessions.begin() as session:
+        studies = StudyRepository(session)
+        studies.record_instance(received("1.2.3.1.1"))
+        studies.set_status("1.2.3", StudyStatus.TRIAGING)
+        run_id = RunRepository(session).start("1.2.3", model_name="m", model_version="1").id
+    handed_on: list[str] = []
+    watcher = StudyCompletionWatcher(sessions, dt.timedelta(seconds=30), handed_on.append)
+    assert watcher.recover() == ["1.2.3"] and handed_on == ["1.2.3"]
+    with sessions() as session:
+        events = [(e.event_type, e.outcome, e.detail) for e in AuditLog(session).for_study("1.2.3")]
+    assert events[-2][:2] == ("triage_failed", "failure")
+    assert events[-2][2] == {
+        "run_id": run_id,
+        "model_name": "m",
+        "model_version": "1",
+        "reason": RUN_INTERRUPTED,
+    }
+    assert events[-1][0] == "study_ready"

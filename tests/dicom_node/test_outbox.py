@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +201,51 @@ def test_dicomweb_server_down_is_retried(
     )
     queue_output(down, sessions)
     assert Outbox(down, sessions).send_due() == OutboxPass(retrying=1)
+
+
+def test_two_senders_at_once_send_each_object_once(
+    settings: Settings, sessions: sessionmaker[Session], pacs_port: int, tmp_path: Path
+) -> None:
+    """The node's outbox thread and a worker's send task look at the same rows at once.
+
+    Two outboxes with their own engines stand for the two processes; each delivery is
+    claimed in the database by one of them, so the PACS gets every object once.
+    """
+    storescp = require_binary("storescp", "dcmtk")
+    for index in range(1, 7):
+        queue_output(settings, sessions, index)
+    received = tmp_path / "pacs"
+    received.mkdir()
+    pacs = subprocess.Popen(
+        [storescp, "-aet", "PACS", "-od", str(received), "--fork", str(pacs_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    other_engine = make_engine(settings.database_url)
+    try:
+        wait_for_port(pacs_port)
+        outboxes = [
+            Outbox(settings, sessions),
+            Outbox(settings, make_session_factory(other_engine)),
+        ]
+        start = threading.Barrier(len(outboxes))
+        passes: list[OutboxPass] = []
+
+        def send(outbox: Outbox) -> None:
+            start.wait()
+            passes.append(outbox.send_due())
+
+        threads = [threading.Thread(target=send, args=(o,)) for o in outboxes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        pacs.terminate()
+        pacs.wait(timeout=10)
+        other_engine.dispose()
+    assert sum(p.sent for p in passes) == 6 and not any(p.retrying or p.failed for p in passes)
+    assert all(d.status is DeliveryStatus.SENT and d.attempts == 1 for d in deliveries(sessions))
+    with sessions() as session:
+        assert len(AuditLog(session).of_type(AuditEventType.OUTPUT_SENT)) == 6
+    assert len(list(received.iterdir())) == 6

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from config import Destination, Settings
-from db.audit import AuditEventType, AuditLog
+from db.audit import AuditEventType, AuditLog, verify_chain
 from db.models import Instance, OutputObject, RunStatus, StudyStatus, TriageRun
 from dicom_node.sender import send_files
 from flows.cli import app
@@ -113,15 +113,34 @@ def test_reprocess_with_a_new_model_version_and_purge(
     assert select_studies(runtime, criteria) == []
     with runtime.sessions() as session:
         events = AuditLog(session).of_type(AuditEventType.REPROCESS_REQUESTED)
-        assert len(events) == 2 and all(event.actor == "admin" for event in events)
+        assert len(events) == 4 and all(event.actor == "admin" for event in events)
+        # One summary and one per study for each request: the study's story says who asked.
+        assert [e.study_instance_uid for e in events].count(study_uid) == 2
 
-    # Purge: pixel data goes, the DB rows and the audit trail stay.
-    assert purge_store(0, requested_by="admin")["files"] == 2
+    # Purge: pixel data goes (received instances and our outputs' local copies), the DB
+    # rows and the audit trail stay, each study's purge audited.
     with runtime.sessions() as session:
-        paths = [runtime.store.absolute(i.path) for i in session.scalars(select(Instance))]
-        assert len(paths) == 2 and not any(p.exists() for p in paths)
-        assert AuditLog(session).of_type(AuditEventType.PURGE)
-        assert AuditLog(session).for_study(study_uid)
+        instances = [runtime.store.absolute(i.path) for i in session.scalars(select(Instance))]
+        outputs = [runtime.output_dir / o.path for o in session.scalars(select(OutputObject))]
+        story = len(AuditLog(session).for_study(study_uid))
+    assert len(instances) == 2 and outputs and all(p.is_file() for p in instances + outputs)
+    size = sum(p.stat().st_size for p in instances + outputs)
+    assert purge_store(0, requested_by="admin") == {
+        "files": len(instances) + len(outputs),
+        "bytes": size,
+        "studies": 1,
+    }
+    assert not any(p.exists() for p in instances + outputs)
+    with runtime.sessions() as session:
+        assert len(session.scalars(select(Instance)).all()) == 2  # rows stay
+        events = AuditLog(session).for_study(study_uid)
+        assert len(events) == story + 1
+        assert events[-1].event_type == AuditEventType.PURGE
+        assert events[-1].actor == "admin"
+        assert events[-1].detail["files"] == len(instances) + len(outputs)
+        assert verify_chain(session).ok
+    # Nothing left to purge: nothing deleted, nothing audited.
+    assert purge_store(0, requested_by="admin")["files"] == 0
 
 
 def test_reprocess_from_the_pacs_by_c_move(

@@ -22,8 +22,8 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from config import Destination, Settings
-from db.models import RunStatus, TriageRun
-from db.repositories import RUN_WORKER_LOST
+from db.models import RunStatus, StudyStatus, TriageRun
+from db.repositories import RUN_WORKER_LOST, StudyRepository
 from flows.runtime import Runtime
 from flows.service import TriageService
 from tests.peers import Orthanc, free_port, require, run_orthanc
@@ -96,6 +96,7 @@ class Worker:
 
     process: subprocess.Popen[bytes]
     log: Path
+    health_url: str  # Prefect's runner web server: docker-compose's health check
 
     def kill(self) -> None:
         """SIGKILL, as a crashed box or an OOM killer would: no cleanup runs."""
@@ -119,16 +120,22 @@ def _worker_env(settings: Settings, home: Path) -> dict[str, str]:
 def worker(settings: Settings, home: Path) -> Iterator[Worker]:
     home.mkdir(parents=True, exist_ok=True)
     log = home / "worker.log"
+    health_port = free_port()
+    env = _worker_env(settings, home) | {
+        "PREFECT_RUNNER_SERVER_ENABLE": "true",
+        "PREFECT_RUNNER_SERVER_HOST": "127.0.0.1",
+        "PREFECT_RUNNER_SERVER_PORT": str(health_port),
+    }
     with log.open("wb") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "flows.cli", "worker"],
-            env=_worker_env(settings, home),
+            env=env,
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
-        yield Worker(process, log)
+        yield Worker(process, log, f"http://127.0.0.1:{health_port}/health")
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -172,6 +179,12 @@ def all_runs_finished(runtime: Runtime) -> bool:
     return bool(runs) and all(status is not RunStatus.RUNNING for _, status, _, _ in runs)
 
 
+def study_status(runtime: Runtime, study_uid: str) -> StudyStatus | None:
+    with runtime.sessions() as session:
+        study = StudyRepository(session).get(study_uid)
+        return None if study is None else study.status
+
+
 def runs_of(runtime: Runtime) -> list[tuple[str, RunStatus, str | None, str | None]]:
     with runtime.sessions() as session:
         return [
@@ -204,14 +217,26 @@ def test_study_runs_through_prefect_server_and_a_worker_then_a_scheduled_reproce
         study_uid = str(header.StudyInstanceUID)
 
         runtime = Runtime.create(settings)
-        with worker(settings, tmp_path / "worker") as first:
-            deployments_registered(api_url, first.log)
-            with TriageService(runtime):
-                study_id = orthanc.study_id(study_uid)
-                orthanc.request(
-                    "POST",
-                    "/modalities/triage/store",
-                    {"Resources": [study_id], "Synchronous": True},
+        # The node starts before any worker has registered the deployments (as in
+        # docker-compose, where the worker may still be training its bundle): the study
+        # becomes ready, its flow run cannot be created yet, and it must not be stranded.
+        with TriageService(runtime):
+            study_id = orthanc.study_id(study_uid)
+            orthanc.request(
+                "POST",
+                "/modalities/triage/store",
+                {"Resources": [study_id], "Synchronous": True},
+            )
+            wait_for(lambda: study_status(runtime, study_uid) == StudyStatus.READY, 60, "ready")
+            time.sleep(2)  # the node's first attempt to create the flow run fails meanwhile
+            assert study_status(runtime, study_uid) == StudyStatus.READY and not runs_of(runtime)
+            with worker(settings, tmp_path / "worker") as first:
+                deployments_registered(api_url, first.log)
+                wait_for(
+                    lambda: http_json(first.health_url) == {"message": "OK"},
+                    60,
+                    "the worker's health check",
+                    first.log,
                 )
                 wait_for(
                     lambda: ai_series(orthanc, study_uid, "SR") and all_runs_finished(runtime),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import time
@@ -126,6 +127,21 @@ def test_demo_command_prints_the_triage_table(
         files = list((tmp_path / "outputs" / study).rglob("*.dcm"))
         kinds = {str(dcmread(f, stop_before_pixels=True).Modality) for f in files}
         assert "SR" in kinds, f"no SR for study {study}"
+
+    # `audit --study` tells the whole story of a study that went through the real pipeline.
+    wrist = next(
+        s
+        for s in studies
+        if dcmread(tmp_path / "samples" / s / "001.dcm", stop_before_pixels=True).BodyPartExamined
+        == "WRIST"
+    )
+    story = CliRunner().invoke(app, ["audit", "--study", wrist, "--json"])
+    assert story.exit_code == 0, story.output
+    events = [event["event_type"] for event in json.loads(story.output)["events"]]
+    assert events.count("instance_stored") == 2  # the wrist sample has two views
+    start = events.index("triage_started")
+    assert events.index("study_ready") < start < events.index("triage_finished")
+    assert "output_created" in events[start:]
 
 
 def test_view_without_orientation_gets_no_parametric_map_and_the_run_says_so(
