@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from dicom_node.presentation_state import (
 from dicom_node.results import AlgorithmIdentity, BoundingBox, ImageFinding, StudyFinding
 from dicom_node.sr import box_polyline
 from tests.dicom_node.conftest import THRESHOLDS
+from tests.peers import require_binary
 
 GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
 
@@ -176,9 +176,7 @@ def test_dcmtk_renders_the_gsps_over_the_source(
     algorithm: AlgorithmIdentity,
 ) -> None:
     """dcmp2pgm applies the presentation state (VOI, graphics) to the original image."""
-    binary = shutil.which("dcmp2pgm")
-    if binary is None:
-        pytest.skip("dcmp2pgm not installed (dcmtk)")
+    binary = require_binary("dcmp2pgm", "dcmtk")  # fails under CI=true instead of skipping
     source = tmp_path / "source.dcm"
     dx_images[0].save_as(source, enforce_file_format=True)
     gsps = tmp_path / "gsps.dcm"

@@ -129,6 +129,15 @@ def check_ai_results(
             ds = dcmread(path, stop_before_pixels=True)
             assert ds.SeriesDescription.startswith("AI")
             assert ds.SeriesDate and ds.SeriesTime
+            # IHE AI Results: the algorithm is named as contributing (processing) equipment.
+            algorithm = [
+                e
+                for e in ds.ContributingEquipmentSequence
+                if e.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+                and e.get("ManufacturerModelName")
+                and e.get("SoftwareVersions")
+            ]
+            assert algorithm, f"{ds.SOPClassUID}: no algorithm in Contributing Equipment"
             dated = (str(ds.SeriesDate), str(ds.SeriesTime))
             assert series_dates.setdefault(ds.SeriesInstanceUID, dated) == dated
 
@@ -201,6 +210,38 @@ def check_ai_results(
     return levels
 
 
+def check_suspected_boxes(
+    orthanc: Orthanc, study_uid: str, old_series: set[str], tmp_path: Path
+) -> set[str]:
+    """The new series' annotated SCs and GSPS draw every positive view's box dotted/dashed.
+
+    Returns the source views with a box.
+    """
+    boxed: dict[str, str] = {}
+    dashed: set[str] = set()
+    for series in orthanc.series_of_study(study_uid):
+        if series["ID"] in old_series:
+            continue
+        for instance_id in series["Instances"]:
+            path = tmp_path / f"rerun-{instance_id}.dcm"
+            path.write_bytes(orthanc.get(f"/instances/{instance_id}/file"))
+            ds = dcmread(path)
+            if ds.SOPClassUID == SC_CLASS and "SourceImageSequence" in ds:
+                style = box_style(ds.pixel_array)
+                if style is not None:
+                    boxed[ds.SourceImageSequence[0].ReferencedSOPInstanceUID] = style
+            elif ds.SOPClassUID == GSPS_CLASS:
+                dashed |= {
+                    a.ReferencedImageSequence[0].ReferencedSOPInstanceUID
+                    for a in ds.GraphicAnnotationSequence
+                    if "GraphicObjectSequence" in a
+                    and a.GraphicObjectSequence[0].LineStyleSequence[0].LineDashingStyle == "DASHED"
+                }
+    assert set(boxed.values()) <= {"dotted"}, boxed
+    assert dashed == set(boxed), (dashed, boxed)
+    return set(boxed)
+
+
 def push_study(orthanc: Orthanc, study_uid: str) -> None:
     study_id = orthanc.study_id(study_uid)
     assert study_id is not None
@@ -252,6 +293,9 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
                 if set(levels.values()) & set(POSITIVE_LEVELS):
                     positive_studies.add(uid)
             assert study_uid in positive_studies, "the phantom study with a fracture is flagged"
+            # The study without a fracture is not: no box, no ROI, no ORU for it (checked
+            # by check_ai_results per level and by the RIS count below).
+            assert positive_studies == {study_uid}, "the phantom study without one is not"
 
             # The RIS got one ORU^R01 per positive study, with its accession number.
             orus = ris.wait_for(len(positive_studies))
@@ -358,3 +402,31 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
             assert withdrawn == first_ai_uids
             flags = len(positive_studies) + 1
             assert len(ris.wait_for(flags)) == flags  # and a new worklist flag
+
+            # A site lowers its screening point far below the hand study's probabilities:
+            # its views are now 'suspected' (not 'likely'), drawn dotted on the captures and
+            # dashed in the GSPS, and the RIS gets a flag for it.
+            (hand_uid,) = set(studies) - {study_uid}
+            hand_series = {s["ID"] for s in orthanc.series_of_study(hand_uid)}
+            cautious = Runtime.create(
+                settings.model_copy(
+                    update={
+                        "model_bundle_dir": upgraded_bundle,
+                        "fracture_suspected_threshold": 0.001,
+                        "fracture_likely_threshold": 0.999,
+                    }
+                )
+            )
+            install_runtime(cautious)
+            try:
+                with flow_run_settings(settings.prefect_flow_heartbeat):
+                    flagged = triage_study(hand_uid, force=True)
+            finally:
+                install_runtime(runtime)
+            assert flagged.status == StudyStatus.TRIAGED.value and flagged.undelivered == 0
+            assert flagged.level == "fracture suspected"
+            suspected_views = check_suspected_boxes(orthanc, hand_uid, hand_series, tmp_path)
+            assert suspected_views == {
+                str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in studies[hand_uid]
+            }
+            assert len(ris.wait_for(flags + 1)) == flags + 1

@@ -13,9 +13,12 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from pydicom import dcmread
 
 from config import Destination, Settings
@@ -99,7 +102,9 @@ def test_ai_series_are_listed_and_the_summary_renders_in_the_browser(
     browser: object,
 ) -> None:
     require(ORTHANC_WEBVIEWER_PLUGIN.is_file(), "apt-get install orthanc-webviewer")
-    ARTIFACTS.mkdir(exist_ok=True)
+    # A fresh folder: a picture left by an earlier run must not pass for this run's.
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir()
     node_port = free_port()
     with run_orthanc(
         tmp_path / "orthanc",
@@ -154,7 +159,12 @@ def test_ai_series_are_listed_and_the_summary_renders_in_the_browser(
             60,
             "the web viewer's canvas",
         )
-        time.sleep(2)  # let the viewer draw the first image
+        # Drawn, not just a canvas: the heatmap and the box are in colour, the page is grey.
+        wait_until(
+            lambda: colour_fraction(browser.get_screenshot_as_png()) > 0.005,
+            60,
+            "the annotated view drawn in the web viewer",
+        )
         browser.save_screenshot(str(ARTIFACTS / "web-viewer-annotated.png"))
 
         # The SR as dcmtk renders it: the tree with the planar ROI's coordinates.
@@ -204,6 +214,13 @@ def test_ai_series_are_listed_and_the_summary_renders_in_the_browser(
         for name in pictures:
             assert (ARTIFACTS / name).stat().st_size > 10_000  # a real picture, not a blank page
         shutil.copy(tmp_path / "orthanc" / "orthanc.log", ARTIFACTS / "orthanc-viewer-test.log")
+
+
+def colour_fraction(png: bytes) -> float:
+    """The share of a screenshot's pixels that are clearly coloured (not grey)."""
+    rgb = np.asarray(Image.open(BytesIO(png)).convert("RGB"), dtype=np.int16)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return float((spread > 60).mean())
 
 
 def fetch(orthanc: Orthanc, series: dict, path: Path) -> Path:
