@@ -239,6 +239,21 @@ def train(
         int | None, typer.Option(help="Data loader worker processes (GPU runs: 4-8).")
     ] = None,
     device: Annotated[str, typer.Option(help="auto (the GPU when present), cpu or cuda.")] = "auto",
+    sensitivity_target: Annotated[
+        float | None,
+        typer.Option(help="Sensitivity of the 'suspected' (screening) point (default 0.95)."),
+    ] = None,
+    specificity_target: Annotated[
+        float | None,
+        typer.Option(help="Specificity of the 'likely' point (default 0.95)."),
+    ] = None,
+    aggregation: Annotated[
+        str | None,
+        typer.Option(help="Study probability from its views: mean (MURA's) or max."),
+    ] = None,
+    max_steps_per_epoch: Annotated[
+        int | None, typer.Option(help="Cap each epoch (a quick trial of a configuration).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/training/ checkpoints.")] = False,
     name: str = "fracture-triage",
     version: str = "0.1.0",
@@ -265,6 +280,10 @@ def train(
         "batch_size": batch_size,
         "num_workers": num_workers,
         "trained_on_synthetic_data": synthetic,
+        "sensitivity_target": sensitivity_target,
+        "specificity_target": specificity_target,
+        "study_aggregation": aggregation,
+        "max_steps_per_epoch": max_steps_per_epoch,
     }
     options: dict[str, object] = {k: v for k, v in chosen.items() if v is not None}
     options.update(device=device, resume=resume, name=name, version=version, seed=seed)
@@ -362,10 +381,10 @@ def make_phantom_dataset(
 def db_upgrade(config: ConfigOption = None) -> None:
     """Apply the Alembic migrations to the configured database."""
     settings = _settings(config)
-    from db.engine import make_engine
+    from db.engine import engine_from_settings
     from db.migrate import current_revision, upgrade
 
-    engine = make_engine(settings.database_url)
+    engine = engine_from_settings(settings)
     upgrade(engine)
     console.print(f"database at revision {current_revision(engine)}")
 

@@ -58,7 +58,7 @@ from models.datasets import (
 from models.decision import aggregate_study
 from models.evaluation import auroc, evaluate_bundle, fit_temperature
 from models.inference import fracture_probability
-from models.networks import ARCHITECTURES, NetworkSpec, build_network
+from models.networks import ARCHITECTURES, NetworkSpec, build_network, resolve_device
 from models.phantoms import render_phantom
 from models.preprocessing import preprocess
 
@@ -130,18 +130,36 @@ def pick_operating_points(
 ) -> tuple[float, float]:
     """``(suspected, likely)`` thresholds on held-out scores.
 
-    ``suspected`` is the highest threshold with sensitivity >= ``sensitivity``; ``likely`` the
-    lowest with specificity >= ``specificity``, raised to ``suspected`` if below it.
+    ``suspected`` reaches sensitivity >= ``sensitivity`` with the fewest positives
+    flagged beyond it; ``likely`` reaches specificity >= ``specificity`` with the fewest
+    negatives left below it; ``likely`` is raised to ``suspected`` if below it. Each sits
+    in the middle of the gap between the scores on either side of it, not on a score:
+    the same decisions on these samples, but a margin for the next ones. (A confident
+    model puts many positives at exactly 1.0; a threshold on that score would flag only
+    a saturated output and miss a fracture at 0.99.)
     """
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
     pos, neg = np.sort(scores[labels]), np.sort(scores[~labels])
     if pos.size == 0 or neg.size == 0:
         raise ValueError("operating points need both positive and negative samples")
+    ordered = np.sort(scores)
     need_pos = int(np.ceil(sensitivity * pos.size - 1e-9))
-    suspected = float(pos[pos.size - need_pos]) if need_pos > 0 else 1.0
+    if need_pos > 0:
+        lowest_flagged = pos[pos.size - need_pos]
+        below = ordered[ordered < lowest_flagged]
+        suspected = (lowest_flagged + below[-1]) / 2 if below.size else float(lowest_flagged)
+    else:
+        suspected = 1.0
     need_neg = int(np.ceil(specificity * neg.size - 1e-9))
-    likely = float(np.nextafter(neg[need_neg - 1], np.inf)) if need_neg > 0 else 0.0
+    if need_neg > 0:
+        highest_passed = neg[need_neg - 1]
+        above = ordered[ordered > highest_passed]
+        likely = (
+            (highest_passed + above[0]) / 2 if above.size else np.nextafter(highest_passed, np.inf)
+        )
+    else:
+        likely = 0.0
     suspected = float(np.clip(suspected, 0.0, 1.0))
     likely = float(np.clip(max(likely, suspected), 0.0, 1.0))
     return suspected, likely
@@ -282,16 +300,6 @@ def preset_config(preset: str, **overrides: Any) -> TrainConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {tuple(PRESETS)}")
     return TrainConfig(**{**PRESETS[preset], **overrides})
-
-
-def resolve_device(name: str) -> torch.device:
-    """``'auto'`` -> CUDA when available, else CPU; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 def training_transforms(config: TrainConfig, augment: bool) -> Compose:

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from config import Settings
+from db.migrate import upgrade
+from db.models import StudyStatus
+from db.repositories import RunRepository
 from flows.cli import app
+from flows.prefect_env import flow_run_settings
+from flows.runtime import Runtime, install_runtime
+from flows.triage import triage_study
 from models.bundle import load_bundle
 from models.datasets import load_records
 from models.phantoms import render_phantom
 from models.preprocessing import preprocess
+from tests.flows.conftest import store_study
 
 runner = CliRunner()
 
@@ -58,7 +67,9 @@ def test_unknown_preset_and_unrecorded_split_are_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_phantom_preset_train_then_evaluate_meets_the_bars(tmp_path: Path) -> None:
+def test_phantom_preset_train_then_evaluate_meets_the_bars(
+    tmp_path: Path, make_settings: Callable[..., Settings], sample_studies: list[Path]
+) -> None:
     """The issue's bar through the commands a user runs: phantoms, train, evaluate, load."""
     data, bundle, report = tmp_path / "data", tmp_path / "bundle", tmp_path / "report"
     options = ["--layout", "csv", "--out", str(data), "--patients", "300", "--seed", "3"]
@@ -88,13 +99,74 @@ def test_phantom_preset_train_then_evaluate_meets_the_bars(tmp_path: Path) -> No
     assert "![roc](roc.png)" in card
     assert model.metadata.trained_on_synthetic_data
 
-    # The node runs the bundle: a fractured forearm phantom it has never seen.
+    # The bundle predicts: a fractured forearm phantom it has never seen.
     phantom = render_phantom("forearm", True, np.random.default_rng(2024), size=256)
     image, _ = preprocess(phantom.image, model.image_size)
     prediction = model.predict(image[None])[0]
     assert prediction.region == "forearm"
     assert prediction.fracture_probability is not None and prediction.box is not None
     assert prediction.fracture_probability >= model.thresholds_for("forearm")[0]
+
+    # And the node runs it: the triage flow on a stored DICOM study, outputs and all.
+    runtime = Runtime.create(make_settings(model_bundle_dir=bundle))
+    upgrade(runtime.engine)
+    install_runtime(runtime)
+    try:
+        study_uid = store_study(runtime, sample_studies[0])
+        with flow_run_settings(False):
+            summary = triage_study(study_uid)
+    finally:
+        install_runtime(None)
+    assert summary.status == StudyStatus.TRIAGED.value
+    assert summary.region == "wrist" and summary.undelivered == 0
+    with runtime.sessions() as session:
+        run = RunRepository(session).latest_for_study(study_uid)
+        assert run is not None and (run.model_name, run.model_version) == (
+            model.metadata.name,
+            model.metadata.version,
+        )
+        assert {o.kind for o in run.outputs} >= {"sr", "summary", "sc"}
+
+
+@pytest.mark.slow
+def test_mura_preset_trains_on_the_mura_layout_with_the_chosen_operating_points(
+    tmp_path: Path,
+) -> None:
+    """MURA's own command (DenseNet121, the mura preset) on phantoms in MURA's exact layout.
+
+    A few steps only: this proves the path a site with MURA on disk runs (folders and
+    CSVs, labels per study, the production network, the options), not the accuracy,
+    which the phantom preset's test and the model card hold.
+    """
+    data, bundle = tmp_path / "mura", tmp_path / "bundle"
+    options = ["--layout", "mura", "--out", str(data), "--size", "96", "--patients", "2"]
+    result = runner.invoke(app, ["make-phantom-dataset", *options])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app,
+        [
+            "train", "--data", str(data), "--layout", "mura", "--out", str(bundle),
+            "--preset", "mura", "--image-size", "64", "--epochs", "1",
+            "--max-steps-per-epoch", "2", "--batch-size", "4", "--device", "cpu",
+            "--aggregation", "max", "--sensitivity-target", "0.9",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metadata = load_bundle(bundle).metadata
+    assert metadata.fracture_network.architecture == "densenet121"
+    assert metadata.region_network.architecture == "densenet121"
+    assert metadata.image_size == 64
+    assert metadata.study_aggregation == "max"
+    assert "mura data set" in metadata.training_data
+    assert not metadata.trained_on_synthetic_data  # the mura preset: real data by default
+    assert set(metadata.thresholds) == set(metadata.regions)
+    splits = {
+        k: set(v) for k, v in json.loads((bundle / "training" / "splits.json").read_text()).items()
+    }
+    # MURA's valid split is kept as the test split; no patient is in two splits.
+    valid = {r.patient_id for r in load_records(data, "mura") if r.split == "test"}
+    assert valid and splits["test"] == valid
+    assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"])
 
 
 @pytest.mark.slow

@@ -40,6 +40,19 @@ def test_thresholds_on_a_known_score_set_give_the_expected_sensitivity() -> None
         assert suspected <= likely
 
 
+def test_thresholds_sit_in_the_gap_not_on_a_saturated_score() -> None:
+    # A confident model on separable data: every positive at exactly 1.0.
+    labels = np.r_[np.ones(20), np.zeros(30)]
+    scores = np.r_[np.ones(20), np.linspace(0.0, 0.3, 30)]
+    suspected, likely = pick_operating_points(labels, scores, 0.95, 0.95)
+    assert suspected == pytest.approx(0.65)  # halfway between 0.3 and 1.0
+    assert likely == pytest.approx(0.65)
+    # The same decisions on these samples: every positive flagged, every negative not.
+    assert (scores[labels == 1] >= suspected).all() and (scores[labels == 0] < likely).all()
+    # And a fracture at 0.99 is no longer missed.
+    assert suspected <= 0.99
+
+
 def test_temperature_scaling_lowers_ece_on_overconfident_scores() -> None:
     rng = np.random.default_rng(1)
     true_logits = rng.normal(0.0, 1.5, 4000)
@@ -134,6 +147,44 @@ def test_train_then_evaluate_writes_a_loadable_bundle_with_a_model_card(tmp_path
     assert (bundle / "docs" / "roc.png").is_file()
     card = (bundle / "docs" / "README.md").read_text()
     assert "## Evaluation" in card and "![roc](roc.png)" in card
+
+
+def test_same_seed_same_weights_and_resume_continues_mid_stage(tmp_path: Path) -> None:
+    """A fixed seed reproduces a run; an interrupted stage resumes after its last epoch."""
+    records = load_records(write_phantom_mura(tmp_path / "data", (3, 2), size=40, seed=4), "mura")
+    config = TrainConfig(
+        architecture="densenet-small",
+        image_size=32,
+        batch_size=16,
+        region_epochs=2,
+        fracture_epochs=0,
+        finetune_epochs=0,
+        max_steps_per_epoch=2,
+        learning_rate=1e-3,
+        lr_schedule="plateau",
+        unsupported_phantoms=16,
+        trained_on_synthetic_data=True,
+        val_fraction=0.25,
+    )
+
+    def region_weights(bundle: Path) -> dict[str, torch.Tensor]:
+        return load_bundle(bundle).region_network.state_dict()
+
+    first = region_weights(train(config, records, tmp_path / "a", progress=False))
+    again = region_weights(train(config, records, tmp_path / "b", progress=False))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+    # Interrupted after epoch 1 of 2 (a run with 1 epoch leaves that checkpoint), resumed.
+    interrupted = config.model_copy(update={"region_epochs": 1})
+    train(interrupted, records, tmp_path / "c", progress=False)
+    checkpoint = tmp_path / "c" / "training" / "checkpoints" / "region.pt"
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
+    train(config.model_copy(update={"resume": True}), records, tmp_path / "c", progress=False)
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["epoch"] == 2
+    # The optimiser went on from where it stopped: two epochs of two steps each.
+    steps = {int(s["step"]) for s in state["optimiser"]["state"].values()}
+    assert steps == {4}
 
 
 @pytest.mark.slow
