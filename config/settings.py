@@ -344,6 +344,12 @@ class Settings(BaseSettings):
         description="Overrides the bundle's high-specificity operating point.",
     )
     torch_threads: int = Field(default=0, ge=0, description="0 leaves torch's default.")
+    inference_max_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="Images per forward pass; larger batches are split. None: 4 on the "
+        "CPU (cheapest per image there), 64 on a GPU.",
+    )
     model_device: str = Field(
         default="auto",
         pattern=r"^(auto|cpu|cuda(:\d+)?)$",

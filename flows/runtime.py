@@ -68,6 +68,7 @@ class Runtime:
                 self._model = load_bundle(
                     self.settings.model_bundle_dir,
                     device=resolve_device(self.settings.model_device),
+                    max_batch=self.settings.inference_max_batch,
                 )
             return self._model
 

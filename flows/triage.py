@@ -152,23 +152,28 @@ def classify_regions(inputs_path: str) -> list[dict[str, Any]]:
 
 
 @task(name="classify-fracture")
-def classify_fractures(inputs_path: str, regions: list[dict[str, Any]]) -> list[float | None]:
-    images = np.load(inputs_path)
-    return current_runtime().model().classify_fractures(images, [r["region"] for r in regions])
+def classify_fractures(
+    inputs_path: str, regions: list[dict[str, Any]], work_dir: str
+) -> dict[str, Any]:
+    """Stage 2 with its Grad-CAM in one pass: probabilities, map file, hottest boxes.
 
-
-@task(name="grad-cam")
-def explain(inputs_path: str, regions: list[dict[str, Any]], work_dir: str) -> dict[str, Any]:
-    """Grad-CAM maps (to a file) and their hottest boxes, in model-input coordinates."""
+    Boxes are in model-input coordinates; the maps go to a file (no arrays through Prefect).
+    """
     images = np.load(inputs_path)
-    explanations = current_runtime().model().explain(images, [r["region"] for r in regions])
+    fractures, explanations = (
+        current_runtime().model().classify_and_explain(images, [r["region"] for r in regions])
+    )
     size = images.shape[-1]
     cams = np.stack(
         [cam if cam is not None else np.zeros((size, size), np.float32) for cam, _ in explanations]
     )
     cams_path = Path(work_dir) / "cams.npy"
     np.save(cams_path, cams)
-    return {"cams_path": str(cams_path), "boxes": [box for _, box in explanations]}
+    return {
+        "fractures": fractures,
+        "cams_path": str(cams_path),
+        "boxes": [box for _, box in explanations],
+    }
 
 
 @task(name="build-outputs")
@@ -547,9 +552,9 @@ def _triage_claimed(runtime: Runtime, study_uids: Sequence[str]) -> list[TriageS
             cams = np.empty((0, 0, 0), np.float32)
             if preprocessed["sources"]:  # else every study fails below: nothing decoded
                 regions = classify_regions(preprocessed["inputs_path"])
-                fractures = classify_fractures(preprocessed["inputs_path"], regions)
-                explanation = explain(preprocessed["inputs_path"], regions, str(work_dir))
-                boxes, cams = explanation["boxes"], np.load(explanation["cams_path"])
+                stage2 = classify_fractures(preprocessed["inputs_path"], regions, str(work_dir))
+                fractures, boxes = stage2["fractures"], stage2["boxes"]
+                cams = np.load(stage2["cams_path"])
         except Exception as error:  # the whole batch failed: every run says so
             for uid, run_id in runs.items():
                 _fail_run(runtime, uid, run_id, error)

@@ -331,7 +331,9 @@ def _load_state(network: nn.Module, state: Any, what: str) -> nn.Module:
     return network
 
 
-def load_bundle(path: Path, device: str | torch.device = "cpu") -> HierarchicalModel:
+def load_bundle(
+    path: Path, device: str | torch.device = "cpu", max_batch: int | None = None
+) -> HierarchicalModel:
     """Load a bundle directory into a ready-to-use :class:`~models.inference.HierarchicalModel`.
 
     Parameters
@@ -340,6 +342,8 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> HierarchicalM
         Bundle directory.
     device
         Torch device for the networks.
+    max_batch
+        Images per forward pass (None: the device's default, see HierarchicalModel).
 
     Returns
     -------
@@ -375,4 +379,6 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> HierarchicalM
         )
         for region in metadata.regions
     }
-    return HierarchicalModel(metadata, region_net, fracture_nets, device=device)
+    return HierarchicalModel(
+        metadata, region_net, fracture_nets, device=device, max_batch=max_batch
+    )

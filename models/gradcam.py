@@ -59,6 +59,13 @@ class CamExplainer:
         self.cam = cam_class(
             nn_module=self.network, target_layers=target_layer, postprocessing=unit_max_normaliser
         )
+        # The explained forward pass computes the logits anyway: keep them, so a caller
+        # needs no second forward pass to classify (explain_with_logits).
+        self._logits: torch.Tensor | None = None
+        self.network.register_forward_hook(self._keep_logits)
+
+    def _keep_logits(self, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        self._logits = output.detach()
 
     def __call__(self, images: torch.Tensor, class_index: int) -> np.ndarray:
         """Heatmaps of ``class_index`` for a batch.
@@ -75,11 +82,26 @@ class CamExplainer:
         numpy.ndarray
             float32 (N, H, W) in [0, 1], hot = high.
         """
+        return self.explain_with_logits(images, class_index)[0]
+
+    def explain_with_logits(
+        self, images: torch.Tensor, class_index: int
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """Heatmaps as :meth:`__call__` does, and the logits of the same forward pass.
+
+        Returns
+        -------
+        tuple
+            float32 (N, H, W) maps in [0, 1], and the (N, classes) logits (detached).
+        """
         if images.dim() != 4:
             raise ValueError(f"images shape {tuple(images.shape)} is not (N, C, H, W)")
+        self._logits = None
         with torch.enable_grad():  # the caller may be inside torch.no_grad()
             maps = self.cam(x=images, class_idx=class_index)
-        return maps[:, 0].detach().cpu().numpy().astype(np.float32)
+        if self._logits is None:  # pragma: no cover - the hook runs on every forward
+            raise RuntimeError("the explained network produced no logits")
+        return maps[:, 0].detach().cpu().numpy().astype(np.float32), self._logits
 
 
 def compute_cam(

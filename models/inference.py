@@ -57,6 +57,16 @@ def fracture_probability(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)[:, 1]
 
 
+#: Images per pass by default, (CPU, CUDA). On the CPU a DenseNet121 at 320 px costs the
+#: least per image at 4 to 8 images a pass (larger batches leave the caches: 1.7x the
+#: cost per image at 32, Grad-CAM 2.3x; benchmarks/inference.py); a GPU wants large ones.
+DEFAULT_MAX_BATCH = (4, 64)
+
+
+def _chunks(indices: list[int], size: int) -> list[list[int]]:
+    return [indices[start : start + size] for start in range(0, len(indices), size)]
+
+
 class HierarchicalModel:
     """Region network plus one fracture network per region, in eval mode.
 
@@ -70,6 +80,9 @@ class HierarchicalModel:
         Stage 2 per region in ``metadata.regions``.
     device
         Torch device to run on.
+    max_batch
+        Images per forward (and Grad-CAM) pass; larger batches are split. None: the
+        device's default (:data:`DEFAULT_MAX_BATCH`).
     """
 
     def __init__(
@@ -78,12 +91,16 @@ class HierarchicalModel:
         region_network: nn.Module,
         fracture_networks: dict[str, nn.Module],
         device: str | torch.device = "cpu",
+        max_batch: int | None = None,
     ) -> None:
         missing = [region for region in metadata.regions if region not in fracture_networks]
         if missing:
             raise ValueError(f"no fracture network for regions {missing}")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.metadata = metadata
         self.device = torch.device(device)
+        self.max_batch = max_batch or DEFAULT_MAX_BATCH[self.device.type == "cuda"]
         self.region_network = region_network.to(self.device).eval()
         self.fracture_networks = {
             region: fracture_networks[region].to(self.device).eval() for region in metadata.regions
@@ -149,7 +166,13 @@ class HierarchicalModel:
         if batch.shape[0] == 0:
             return []
         with torch.no_grad():
-            logits = self.region_network(batch) / self.metadata.temperature("region")
+            logits = torch.cat(
+                [
+                    self.region_network(batch[chunk])
+                    for chunk in _chunks(list(range(batch.shape[0])), self.max_batch)
+                ]
+            )
+            logits = logits / self.metadata.temperature("region")
             region_probs = torch.softmax(logits, dim=1).cpu().numpy()
         if region_probs.shape[1] != len(REGION_CLASSES):
             raise ValueError(
@@ -182,13 +205,15 @@ class HierarchicalModel:
         if len(regions) != batch.shape[0]:
             raise ValueError(f"{len(regions)} regions for {batch.shape[0]} images")
         fracture: list[float | None] = [None] * batch.shape[0]
-        for region, indices in self._by_region(regions).items():
-            with torch.no_grad():
-                logits = self.fracture_networks[region](batch[indices])
-                # Temperature scaling: the probability written into the SR is calibrated.
-                probabilities = fracture_probability(logits / self.metadata.temperature(region))
-            for k, i in enumerate(indices):
-                fracture[i] = float(probabilities[k])
+        for region, all_indices in self._by_region(regions).items():
+            for indices in _chunks(all_indices, self.max_batch):
+                with torch.no_grad():
+                    logits = self.fracture_networks[region](batch[indices])
+                    # Temperature scaling: the probability written into the SR is calibrated.
+                    calibrated = logits / self.metadata.temperature(region)
+                    probabilities = fracture_probability(calibrated).cpu()
+                for k, i in enumerate(indices):
+                    fracture[i] = float(probabilities[k])
         return fracture
 
     def explain(
@@ -210,11 +235,45 @@ class HierarchicalModel:
         explained: list[tuple[np.ndarray | None, tuple[int, int, int, int] | None]] = [
             (None, None)
         ] * batch.shape[0]
-        for region, indices in self._by_region(regions).items():
-            maps = self._explainer(region, method)(batch[indices], self.fracture_class)
-            for k, i in enumerate(indices):
-                explained[i] = (maps[k], hottest_box(maps[k], BOX_FRACTION))
+        for region, all_indices in self._by_region(regions).items():
+            for indices in _chunks(all_indices, self.max_batch):
+                maps = self._explainer(region, method)(batch[indices], self.fracture_class)
+                for k, i in enumerate(indices):
+                    explained[i] = (maps[k], hottest_box(maps[k], BOX_FRACTION))
         return explained
+
+    def classify_and_explain(
+        self,
+        images: np.ndarray | torch.Tensor,
+        regions: list[str | None],
+        method: str = "gradcam",
+    ) -> tuple[
+        list[float | None], list[tuple[np.ndarray | None, tuple[int, int, int, int] | None]]
+    ]:
+        """Stage 2 and its Grad-CAM in one pass: :meth:`classify_fractures` and :meth:`explain`.
+
+        The explained forward pass yields the logits, so the separate no-grad forward of
+        :meth:`classify_fractures` is not needed (the same values, one pass fewer).
+        """
+        if method not in CAM_METHODS:
+            raise ValueError(f"unknown CAM method {method!r}; expected one of {CAM_METHODS}")
+        batch = self._as_batch(images)
+        if len(regions) != batch.shape[0]:
+            raise ValueError(f"{len(regions)} regions for {batch.shape[0]} images")
+        fracture: list[float | None] = [None] * batch.shape[0]
+        explained: list[tuple[np.ndarray | None, tuple[int, int, int, int] | None]] = [
+            (None, None)
+        ] * batch.shape[0]
+        for region, all_indices in self._by_region(regions).items():
+            explainer = self._explainer(region, method)
+            for indices in _chunks(all_indices, self.max_batch):
+                maps, logits = explainer.explain_with_logits(batch[indices], self.fracture_class)
+                calibrated = logits / self.metadata.temperature(region)
+                probabilities = fracture_probability(calibrated).cpu()
+                for k, i in enumerate(indices):
+                    fracture[i] = float(probabilities[k])
+                    explained[i] = (maps[k], hottest_box(maps[k], BOX_FRACTION))
+        return fracture, explained
 
     def predict(
         self, images: np.ndarray | torch.Tensor, explain: bool = True
@@ -235,8 +294,11 @@ class HierarchicalModel:
         """
         regions = self._regions(images)
         names = [name for name, _ in regions]
-        fractures = self.classify_fractures(images, names)
-        explained = self.explain(images, names) if explain else [(None, None)] * len(names)
+        if explain:
+            fractures, explained = self.classify_and_explain(images, names)
+        else:
+            fractures = self.classify_fractures(images, names)
+            explained = [(None, None)] * len(names)
         return [
             ImagePrediction(
                 region=name,

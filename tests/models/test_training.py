@@ -146,3 +146,37 @@ def test_operating_points_and_auroc_helpers() -> None:
     assert auroc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
     assert box_contains((0, 0, 10, 10), (4, 4, 6, 6))
     assert not box_contains((0, 0, 3, 3), (4, 4, 6, 6))
+
+
+def test_large_batches_are_split_without_changing_any_result(
+    demo_bundle_dir: Path, held_out: PhantomSplit
+) -> None:
+    """Micro-batches (cheaper per image on a CPU) give the very results of one big pass."""
+    images = held_out.images[:23].numpy()
+    whole = load_bundle(demo_bundle_dir, max_batch=64)
+    split = load_bundle(demo_bundle_dir, max_batch=4)
+    assert (whole.max_batch, split.max_batch) == (64, 4)
+    for a, b in zip(whole.predict(images), split.predict(images), strict=True):
+        assert a.region == b.region and a.box == b.box
+        assert a.fracture_probability == pytest.approx(b.fracture_probability, abs=1e-5)
+        if a.cam is not None:
+            assert np.allclose(a.cam, b.cam, atol=1e-5)
+    with pytest.raises(ValueError, match="max_batch"):
+        load_bundle(demo_bundle_dir, max_batch=0)
+
+
+def test_one_pass_gives_stage_2_and_its_grad_cam(
+    demo_model: HierarchicalModel, held_out: PhantomSplit
+) -> None:
+    """The explained forward pass yields the very probabilities of a separate no-grad pass."""
+    images = held_out.images[:12].numpy()
+    regions = [r for r, _ in demo_model.classify_regions(images)]
+    fractures, explained = demo_model.classify_and_explain(images, regions)
+    assert fractures == pytest.approx(demo_model.classify_fractures(images, regions), abs=1e-5)
+    for (cam, box), (cam_alone, box_alone) in zip(
+        explained, demo_model.explain(images, regions), strict=True
+    ):
+        assert box == box_alone
+        assert (cam is None) == (cam_alone is None)
+        if cam is not None:
+            assert np.allclose(cam, cam_alone, atol=1e-5)
