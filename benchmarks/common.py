@@ -29,8 +29,9 @@ def write_phantom_study(
     fractured: bool,
     rng: np.random.Generator,
     name: str = "Bench",
+    rows: int = 512,
 ) -> Path:
-    """One phantom DX study of ``views`` 512x512 views under ``out_dir/<study UID>/``.
+    """One phantom DX study of ``views`` views (``rows`` square) under ``out_dir/<study UID>/``.
 
     The region follows ``index`` through REGIONS; the first view carries the break
     when ``fractured``. Patient names and IDs are fictional (``name`` and ``index``).
@@ -50,7 +51,7 @@ def write_phantom_study(
             sop_instance_uid=generate_uid(),
             accession_number=f"{name.upper()[:5]}{index:05d}",
             instance_number=view,
-            rows=512,
+            rows=rows,
             view_position="PA" if view == 1 else "LL",
         )
         ds.save_as(study_dir / f"{view:03d}.dcm", enforce_file_format=True)

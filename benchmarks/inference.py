@@ -96,9 +96,9 @@ def orchestration_seconds(tasks: int, repeats: int) -> float:
 
 
 def batch_task_runs(studies: int) -> int:
-    """Task runs of one ``triage_batch`` run: load, preprocess, region, fracture,
-    Grad-CAM for the batch, then build-outputs and send per study."""
-    return 5 + 2 * studies
+    """Task runs of one ``triage_batch`` run: load, preprocess, region, fracture (with its
+    Grad-CAM) for the batch, then build-outputs and send per study."""
+    return 4 + 2 * studies
 
 
 def realistic_bundle(demo: Path, architecture: str, size: int, target: Path) -> Path:
@@ -150,8 +150,8 @@ def measure(
                 preprocess(display_image_from_dataset(ds), size) for ds in datasets
             ],
             "stage 1 (region)": lambda: model.classify_regions(batch),
-            "stage 2 (fracture)": lambda: model.classify_fractures(batch, regions),
-            "Grad-CAM": lambda: model.explain(batch, regions),
+            # One pass: the explained forward gives the fracture logits too.
+            "stage 2 (fracture) with Grad-CAM": lambda: model.classify_and_explain(batch, regions),
         }
         algorithm = AlgorithmIdentity("bench", "1", trained_on_synthetic_data=True)
         findings = [
@@ -204,6 +204,7 @@ def measure(
         )
         reference = timed(bare, repeats) / images
     total = sum(per_image.values())
+    whole = None if compressed else whole_pipeline_seconds(bundle, batch_studies, images, rows)
     return {
         "input": "JPEG 2000 lossless" if compressed else "uncompressed",
         "network": f"{model.metadata.region_network.architecture} at {size}px",
@@ -213,8 +214,28 @@ def measure(
         "pipeline_seconds_per_image": round(total, 5),
         "bare_model_seconds_per_image": round(reference, 5),
         "ratio_pipeline_to_bare": round(total / reference, 2),
-        "goal_met": (total / reference) <= 1.5 if not compressed else None,
+        # The same, measured whole: triage_batch over stored studies, every output built,
+        # written durably and recorded (no destination to send to), per image.
+        "whole_triage_batch_seconds_per_image": None if whole is None else round(whole, 5),
+        "ratio_whole_to_bare": None if whole is None else round(whole / reference, 2),
+        "goal_met": (max(total, whole or 0.0) / reference) <= 1.5 if not compressed else None,
     }
+
+
+def whole_pipeline_seconds(bundle: Path, studies: int, views: int, rows: int) -> float:
+    """Seconds per image of real ``triage_batch`` runs draining ``studies`` stored studies."""
+    from benchmarks.common import write_phantom_study
+    from benchmarks.scale import timed_drain
+
+    rng = np.random.default_rng(5)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        written = [
+            write_phantom_study(work / "studies", k, views, k % 2 == 0, rng, "Bench", rows)
+            for k in range(studies)
+        ]
+        timed_drain(work / "warm-up", bundle, written[:1])  # Prefect's first flow run
+        return timed_drain(work / "timed", bundle, written) / (studies * views)
 
 
 def main() -> None:
@@ -263,6 +284,12 @@ def main() -> None:
             "bare networks + Grad-CAM", f"{result['bare_model_seconds_per_image'] * 1000:.1f}"
         )
         table.add_row("ratio", str(result["ratio_pipeline_to_bare"]))
+        if result["whole_triage_batch_seconds_per_image"] is not None:
+            table.add_row(
+                "triage_batch measured whole",
+                f"{result['whole_triage_batch_seconds_per_image'] * 1000:.1f}",
+            )
+            table.add_row("ratio whole / bare", str(result["ratio_whole_to_bare"]))
         console.print(table)
     if args.json:
         args.json.write_text(

@@ -1,0 +1,57 @@
+"""The benchmark commands run (smoke size): their figures go in BENCHMARKS.md, not here.
+
+No timing is asserted: only that each command runs end to end against its reference
+and writes the JSON the document is built from.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.peers import require_binary
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(module: str, *options: str, timeout: float = 600) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module, *options],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_ingest_benchmark_runs_against_storescp(tmp_path: Path) -> None:
+    require_binary("storescp", "dcmtk")
+    out = tmp_path / "ingest.json"
+    _run("benchmarks.ingest", "--quick", "--rounds", "1", "--json", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    # Two sets x (1, 4) associations x (one process, two processes).
+    assert len(rows) == 8
+    assert {row["node"] for row in rows} == {"node", "node-2p"}
+    assert all(row["ratio_node_to_storescp"] > 0 for row in rows)
+
+
+def test_gpu_benchmark_runs_on_whatever_device_there_is(demo_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    _run(
+        "benchmarks.gpu",
+        "--bundle", str(demo_bundle),
+        "--architecture", "densenet-small", "--image-size", "64",
+        "--batch-sizes", "1,4", "--seconds", "0.2",
+        "--json", str(out),
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert [row["batch"] for row in result["rows"]] == [1, 4]
+    assert result["device_name"] and isinstance(result["goal_met"], bool)
