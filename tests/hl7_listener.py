@@ -30,7 +30,8 @@ class MllpListener:
 
 
 @contextmanager
-def run_mllp_listener(ack_code: str = "AA") -> Iterator[MllpListener]:
+def run_mllp_listener(ack_code: str = "AA", port: int = 0) -> Iterator[MllpListener]:
+    """A listener on loopback, on ``port`` (0: any free port; ``listener.port`` tells)."""
     listener = MllpListener(ack_code=ack_code)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -49,7 +50,7 @@ def run_mllp_listener(ack_code: str = "AA") -> Iterator[MllpListener]:
             writer.close()
 
     async def start() -> None:
-        server = await hl7.mllp.start_hl7_server(handle, host="127.0.0.1", port=0)
+        server = await hl7.mllp.start_hl7_server(handle, host="127.0.0.1", port=port)
         server_box["server"] = server
         listener.port = server.sockets[0].getsockname()[1]
         ready.set()

@@ -9,19 +9,25 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import hl7
 import pytest
+from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Destination, DicomWebDestination, Settings, load_settings
+from config.settings import Hl7Destination
 from db.audit import AuditEventType, AuditLog
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from db.models import Delivery, DeliveryStatus
 from db.repositories import ReceivedInstance, RunRepository, StudyRepository
+from dicom_node.hl7_oru import build_oru_r01
 from dicom_node.outbox import Backoff, Outbox, OutboxPass
+from dicom_node.results import AlgorithmIdentity, StudyFinding
 from tests.dicom_node.conftest import make_dx
+from tests.hl7_listener import run_mllp_listener
 from tests.peers import free_port, require_binary, run_orthanc, wait_for_port
 
 STUDY = "1.2.826.0.1.3680043.10.2.1"
@@ -249,3 +255,63 @@ def test_two_senders_at_once_send_each_object_once(
     with sessions() as session:
         assert len(AuditLog(session).of_type(AuditEventType.OUTPUT_SENT)) == 6
     assert len(list(received.iterdir())) == 6
+
+
+def test_worklist_flag_waits_in_the_outbox_until_the_ris_is_back(
+    tmp_path: Path,
+    dx_image: Dataset,
+    positive_finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+) -> None:
+    """The ORU^R01 for a RIS that is down is retried with backoff and delivered once."""
+    ris_port = free_port()
+    settings = load_settings(
+        None,
+        store_dir=tmp_path / "store",
+        output_dir=tmp_path / "outputs",
+        database_url=f"sqlite:///{tmp_path / 'audit.db'}",
+        destinations=(Hl7Destination(kind="hl7", name="ris", host="127.0.0.1", port=ris_port),),
+        outbox_retry_base_seconds=0.2,
+        outbox_retry_cap_seconds=1.0,
+    )
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    message = build_oru_r01(dx_image, positive_finding, algorithm, control_id="RETRY1")
+    relative = f"{STUDY}/hl7/2.25.1.hl7"
+    (settings.output_dir / relative).parent.mkdir(parents=True)
+    (settings.output_dir / relative).write_text(message)
+    with sessions.begin() as session:
+        StudyRepository(session).record_instance(
+            ReceivedInstance(
+                STUDY, f"{STUDY}.1", f"{STUDY}.1.1", dx_image.SOPClassUID,
+                "1.2.840.10008.1.2.1", "DX", True, "x", 1, "0" * 64, None,
+            )
+        )  # fmt: skip
+        runs = RunRepository(session)
+        runs.add_output(
+            runs.start(STUDY, model_name="m", model_version="1"),
+            kind="hl7",
+            sop_class_uid="",
+            sop_instance_uid="2.25.1",
+            series_instance_uid="",
+            path=relative,
+            destinations=["ris"],
+        )
+    outbox = Outbox(settings, sessions)
+    try:
+        assert outbox.send_due().retrying == 1  # the RIS is down
+        with run_mllp_listener(port=ris_port) as ris:
+            time.sleep(settings.outbox_retry_base_seconds * 2)
+            assert outbox.send_due().sent == 1
+            assert outbox.send_due() == OutboxPass()
+            time.sleep(0.5)
+            assert [str(hl7.parse(m).segment("MSH")[10]) for m in ris.messages] == ["RETRY1"]
+        (delivery,) = deliveries(sessions)
+        assert delivery.status is DeliveryStatus.SENT and delivery.attempts == 2
+        with sessions() as session:
+            audit = AuditLog(session)
+            assert len(audit.of_type(AuditEventType.OUTPUT_SEND_FAILED)) == 1
+            assert len(audit.of_type(AuditEventType.OUTPUT_SENT)) == 1
+    finally:
+        engine.dispose()
