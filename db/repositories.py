@@ -56,6 +56,14 @@ class AbandonedRun:
     reason: str
 
 
+def _due(now: dt.datetime) -> tuple[Any, ...]:
+    """Where-clauses of a delivery that may be attempted at ``now``."""
+    return (
+        Delivery.status == DeliveryStatus.PENDING,
+        or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+    )
+
+
 class RecordOutcome(enum.StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"  # same SOP Instance, same bytes: nothing changes
@@ -430,11 +438,7 @@ class RunRepository:
         self, now: dt.datetime | None = None, run_id: int | None = None
     ) -> list[Delivery]:
         """Pending deliveries whose backoff has expired (all of a run's when ``run_id``)."""
-        now = now or utcnow()
-        query = select(Delivery).where(
-            Delivery.status == DeliveryStatus.PENDING,
-            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-        )
+        query = select(Delivery).where(*_due(now or utcnow()))
         if run_id is not None:
             query = query.join(OutputObject).where(OutputObject.run_id == run_id)
         return list(self._session.scalars(query.order_by(Delivery.id)))
@@ -452,21 +456,19 @@ class RunRepository:
         the lease has run out.
         """
         now = now or utcnow()
-        claimed = []
-        for delivery in self.due_deliveries(now, run_id):
-            result = self._session.execute(
+        due = self.due_deliveries(now, run_id)
+        if not due:
+            return []
+        claimed = set(
+            self._session.scalars(
                 update(Delivery)
-                .where(
-                    Delivery.id == delivery.id,
-                    Delivery.status == DeliveryStatus.PENDING,
-                    or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-                )
+                .where(Delivery.id.in_([d.id for d in due]), *_due(now))
                 .values(next_attempt_at=now + lease)
+                .returning(Delivery.id)
                 .execution_options(synchronize_session=False)
             )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                claimed.append(delivery)
-        return claimed
+        )
+        return [delivery for delivery in due if delivery.id in claimed]
 
     def mark_delivery(
         self,

@@ -227,20 +227,7 @@ class HierarchicalModel:
         ``method`` is one of :data:`models.gradcam.CAM_METHODS`: ``"gradcam"`` (what the node
         writes) or ``"gradcampp"`` (Grad-CAM++, compared in the evaluation report).
         """
-        if method not in CAM_METHODS:
-            raise ValueError(f"unknown CAM method {method!r}; expected one of {CAM_METHODS}")
-        batch = self._as_batch(images)
-        if len(regions) != batch.shape[0]:
-            raise ValueError(f"{len(regions)} regions for {batch.shape[0]} images")
-        explained: list[tuple[np.ndarray | None, tuple[int, int, int, int] | None]] = [
-            (None, None)
-        ] * batch.shape[0]
-        for region, all_indices in self._by_region(regions).items():
-            for indices in _chunks(all_indices, self.max_batch):
-                maps = self._explainer(region, method)(batch[indices], self.fracture_class)
-                for k, i in enumerate(indices):
-                    explained[i] = (maps[k], hottest_box(maps[k], BOX_FRACTION))
-        return explained
+        return self.classify_and_explain(images, regions, method)[1]
 
     def classify_and_explain(
         self,

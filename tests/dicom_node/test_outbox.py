@@ -26,7 +26,7 @@ from db.repositories import ReceivedInstance, RunRepository, StudyRepository
 from dicom_node.hl7_oru import build_oru_r01
 from dicom_node.outbox import Backoff, Outbox, OutboxPass
 from dicom_node.results import AlgorithmIdentity, StudyFinding
-from tests.dicom_node.conftest import make_dx
+from tests.dicom_node.conftest import DX_FOR_PRESENTATION, make_dx
 from tests.hl7_listener import run_mllp_listener
 from tests.peers import free_port, require_binary, run_orthanc, wait_for_port
 
@@ -68,6 +68,19 @@ def queue_output(settings: Settings, sessions: sessionmaker[Session], index: int
     relative = f"{STUDY}/{STUDY}.9/{sop_uid}.dcm"
     (settings.output_dir / relative).parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(settings.output_dir / relative, enforce_file_format=True)
+    record_output(sessions, "sc", ds.SOPClassUID, sop_uid, f"{STUDY}.9", relative)
+    return sop_uid
+
+
+def record_output(
+    sessions: sessionmaker[Session],
+    kind: str,
+    sop_class_uid: str,
+    sop_uid: str,
+    series_uid: str,
+    relative: str,
+) -> None:
+    """The study, a run and its output with a delivery to "pacs", as triage leaves them."""
     with sessions.begin() as session:
         if StudyRepository(session).get(STUDY) is None:
             StudyRepository(session).record_instance(
@@ -75,7 +88,7 @@ def queue_output(settings: Settings, sessions: sessionmaker[Session], index: int
                     STUDY,
                     f"{STUDY}.1",
                     f"{STUDY}.1.1",
-                    ds.SOPClassUID,
+                    DX_FOR_PRESENTATION,
                     "1.2.840.10008.1.2.1",
                     "DX",
                     True,
@@ -86,17 +99,15 @@ def queue_output(settings: Settings, sessions: sessionmaker[Session], index: int
                 )
             )
         runs = RunRepository(session)
-        run = runs.start(STUDY, model_name="m", model_version="1")
         runs.add_output(
-            run,
-            kind="sc",
-            sop_class_uid=ds.SOPClassUID,
+            runs.start(STUDY, model_name="m", model_version="1"),
+            kind=kind,
+            sop_class_uid=sop_class_uid,
             sop_instance_uid=sop_uid,
-            series_instance_uid=f"{STUDY}.9",
+            series_instance_uid=series_uid,
             path=relative,
             destinations=["pacs"],
         )
-    return sop_uid
 
 
 def deliveries(sessions: sessionmaker[Session]) -> list[Delivery]:
@@ -258,60 +269,33 @@ def test_two_senders_at_once_send_each_object_once(
 
 
 def test_worklist_flag_waits_in_the_outbox_until_the_ris_is_back(
-    tmp_path: Path,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    pacs_port: int,
     dx_image: Dataset,
     positive_finding: StudyFinding,
     algorithm: AlgorithmIdentity,
 ) -> None:
     """The ORU^R01 for a RIS that is down is retried with backoff and delivered once."""
-    ris_port = free_port()
-    settings = load_settings(
-        None,
-        store_dir=tmp_path / "store",
-        output_dir=tmp_path / "outputs",
-        database_url=f"sqlite:///{tmp_path / 'audit.db'}",
-        destinations=(Hl7Destination(kind="hl7", name="ris", host="127.0.0.1", port=ris_port),),
-        outbox_retry_base_seconds=0.2,
-        outbox_retry_cap_seconds=1.0,
-    )
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    sessions = make_session_factory(engine)
-    message = build_oru_r01(dx_image, positive_finding, algorithm, control_id="RETRY1")
+    ris = Hl7Destination(kind="hl7", name="pacs", host="127.0.0.1", port=pacs_port)
+    settings = settings.model_copy(update={"destinations": (ris,)})
     relative = f"{STUDY}/hl7/2.25.1.hl7"
     (settings.output_dir / relative).parent.mkdir(parents=True)
-    (settings.output_dir / relative).write_text(message)
-    with sessions.begin() as session:
-        StudyRepository(session).record_instance(
-            ReceivedInstance(
-                STUDY, f"{STUDY}.1", f"{STUDY}.1.1", dx_image.SOPClassUID,
-                "1.2.840.10008.1.2.1", "DX", True, "x", 1, "0" * 64, None,
-            )
-        )  # fmt: skip
-        runs = RunRepository(session)
-        runs.add_output(
-            runs.start(STUDY, model_name="m", model_version="1"),
-            kind="hl7",
-            sop_class_uid="",
-            sop_instance_uid="2.25.1",
-            series_instance_uid="",
-            path=relative,
-            destinations=["ris"],
-        )
+    (settings.output_dir / relative).write_text(
+        build_oru_r01(dx_image, positive_finding, algorithm, control_id="RETRY1")
+    )
+    record_output(sessions, "hl7", "", "2.25.1", "", relative)
     outbox = Outbox(settings, sessions)
-    try:
-        assert outbox.send_due().retrying == 1  # the RIS is down
-        with run_mllp_listener(port=ris_port) as ris:
-            time.sleep(settings.outbox_retry_base_seconds * 2)
-            assert outbox.send_due().sent == 1
-            assert outbox.send_due() == OutboxPass()
-            time.sleep(0.5)
-            assert [str(hl7.parse(m).segment("MSH")[10]) for m in ris.messages] == ["RETRY1"]
-        (delivery,) = deliveries(sessions)
-        assert delivery.status is DeliveryStatus.SENT and delivery.attempts == 2
-        with sessions() as session:
-            audit = AuditLog(session)
-            assert len(audit.of_type(AuditEventType.OUTPUT_SEND_FAILED)) == 1
-            assert len(audit.of_type(AuditEventType.OUTPUT_SENT)) == 1
-    finally:
-        engine.dispose()
+    assert outbox.send_due().retrying == 1  # the RIS is down
+    with run_mllp_listener(port=pacs_port) as listener:
+        time.sleep(settings.outbox_retry_base_seconds * 2)
+        assert outbox.send_due().sent == 1
+        assert outbox.send_due() == OutboxPass()
+        time.sleep(0.5)
+        assert [str(hl7.parse(m).segment("MSH")[10]) for m in listener.messages] == ["RETRY1"]
+    (delivery,) = deliveries(sessions)
+    assert delivery.status is DeliveryStatus.SENT and delivery.attempts == 2
+    with sessions() as session:
+        audit = AuditLog(session)
+        assert len(audit.of_type(AuditEventType.OUTPUT_SEND_FAILED)) == 1
+        assert len(audit.of_type(AuditEventType.OUTPUT_SENT)) == 1

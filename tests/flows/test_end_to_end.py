@@ -29,7 +29,7 @@ from dicom_node.summary import SUMMARY_SERIES_DESCRIPTION
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
 from flows.service import TriageService
-from flows.triage import UNCHANGED, triage_study
+from flows.triage import UNCHANGED, TriageSummary, triage_study
 from models.overlay import BOX_COLOUR
 from tests.hl7_listener import run_mllp_listener
 from tests.peers import Orthanc, assert_dciodvfy_clean, free_port, run_orthanc
@@ -242,6 +242,17 @@ def check_suspected_boxes(
     return set(boxed)
 
 
+def triage_with(settings: Settings, study_uid: str, node: Runtime) -> TriageSummary:
+    """A forced triage under other settings (a new model, other operating points), as
+    an admin's run beside the node would; the node's runtime is installed again after."""
+    install_runtime(Runtime.create(settings))
+    try:
+        with flow_run_settings(settings.prefect_flow_heartbeat):
+            return triage_study(study_uid, force=True)
+    finally:
+        install_runtime(node)
+
+
 def push_study(orthanc: Orthanc, study_uid: str) -> None:
     study_id = orthanc.study_id(study_uid)
     assert study_id is not None
@@ -352,15 +363,8 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
             first_ai_uids = {
                 orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in first_ai
             }
-            upgraded = Runtime.create(
-                settings.model_copy(update={"model_bundle_dir": upgraded_bundle})
-            )
-            install_runtime(upgraded)
-            try:
-                with flow_run_settings(settings.prefect_flow_heartbeat):
-                    rerun = triage_study(study_uid, force=True)
-            finally:
-                install_runtime(runtime)
+            upgraded = settings.model_copy(update={"model_bundle_dir": upgraded_bundle})
+            rerun = triage_with(upgraded, study_uid, runtime)
             assert rerun.status == StudyStatus.TRIAGED.value and rerun.undelivered == 0
             with runtime.sessions() as session:
                 first_sr, second_sr = (
@@ -408,21 +412,10 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
             # dashed in the GSPS, and the RIS gets a flag for it.
             (hand_uid,) = set(studies) - {study_uid}
             hand_series = {s["ID"] for s in orthanc.series_of_study(hand_uid)}
-            cautious = Runtime.create(
-                settings.model_copy(
-                    update={
-                        "model_bundle_dir": upgraded_bundle,
-                        "fracture_suspected_threshold": 0.001,
-                        "fracture_likely_threshold": 0.999,
-                    }
-                )
+            cautious = upgraded.model_copy(
+                update={"fracture_suspected_threshold": 0.001, "fracture_likely_threshold": 0.999}
             )
-            install_runtime(cautious)
-            try:
-                with flow_run_settings(settings.prefect_flow_heartbeat):
-                    flagged = triage_study(hand_uid, force=True)
-            finally:
-                install_runtime(runtime)
+            flagged = triage_with(cautious, hand_uid, runtime)
             assert flagged.status == StudyStatus.TRIAGED.value and flagged.undelivered == 0
             assert flagged.level == "fracture suspected"
             suspected_views = check_suspected_boxes(orthanc, hand_uid, hand_series, tmp_path)
