@@ -5,7 +5,9 @@ it with its audit event in the DB before answering Success; storescp writes with
 fsync: a conservative reference. Each receiver runs at its best PDU size: storescp at
 its largest (128 KiB), the node at its default (256 KiB; pynetdicom handles each PDU in
 Python, so fewer, larger PDUs matter). The node runs with one receiving process and
-with ``--scp-processes`` (SO_REUSEPORT, dicom_node.receivers).
+with ``--scp-processes`` (SO_REUSEPORT, dicom_node.receivers); ``--stock-receive`` adds
+the node serving connections with pynetdicom's own socket reads (dicom_node.transport
+replaces them), so the gain is measured in the same run.
 
     python -m benchmarks.ingest                  # full: 40 x ~10 MB DX and 500 x ~130 KB
     python -m benchmarks.ingest --quick          # CI smoke size
@@ -30,6 +32,7 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom.transport import RequestHandler
 from rich.console import Console
 from rich.table import Table
 
@@ -124,8 +127,12 @@ def storescp_receiver(work: Path) -> tuple[Callable[[], None], int]:
     return stop, port
 
 
+#: The node serving connections with pynetdicom's own request handler (4 KiB socket reads).
+STOCK_RECEIVE = "node-pynetdicom-recv"
+
+
 def node_receiver(
-    work: Path, round_index: int, processes: int = 1
+    work: Path, round_index: int, processes: int = 1, stock_receive: bool = False
 ) -> tuple[Callable[[], None], int]:
     from config import load_settings
     from db.engine import make_engine, make_session_factory
@@ -144,7 +151,12 @@ def node_receiver(
     )
     engine = make_engine(settings.database_url)
     upgrade(engine)
-    scp = StorageSCP(settings, make_session_factory(engine), InstanceStore(settings.store_dir))
+    scp = StorageSCP(
+        settings,
+        make_session_factory(engine),
+        InstanceStore(settings.store_dir),
+        **({"request_handler": RequestHandler} if stock_receive else {}),
+    )
     _, port = scp.start()
 
     def stop() -> None:
@@ -155,7 +167,9 @@ def node_receiver(
     return stop, port
 
 
-def run(quick: bool, rounds: int, scp_processes: int = 2) -> list[Measurement]:
+def run(
+    quick: bool, rounds: int, scp_processes: int = 2, stock_receive: bool = False
+) -> list[Measurement]:
     sets = {
         "large": (8 if quick else 40, 1024 if quick else 2300),  # 2300^2 x 2 bytes ~ 10.6 MB
         "small": (60 if quick else 500, 256),  # 256^2 x 2 bytes ~ 131 KB
@@ -171,6 +185,8 @@ def run(quick: bool, rounds: int, scp_processes: int = 2) -> list[Measurement]:
                 receivers = ["storescp", "node"]
                 if scp_processes > 1:
                     receivers.append(f"node-{scp_processes}p")
+                if stock_receive:
+                    receivers.append(STOCK_RECEIVE)
                 for round_index in range(rounds):
                     # Rotate the order so no receiver always runs on a warm cache.
                     shift = round_index % len(receivers)
@@ -179,8 +195,10 @@ def run(quick: bool, rounds: int, scp_processes: int = 2) -> list[Measurement]:
                             stop, port = storescp_receiver(work)
                             called = "STORESCP"
                         else:
-                            processes = scp_processes if receiver != "node" else 1
-                            stop, port = node_receiver(work, round_index, processes)
+                            processes = scp_processes if receiver == f"node-{scp_processes}p" else 1
+                            stop, port = node_receiver(
+                                work, round_index, processes, receiver == STOCK_RECEIVE
+                            )
                             called = "FRACTURE_TRIAGE"
                         try:
                             seconds = send(files, port, called, associations)
@@ -238,9 +256,14 @@ def main() -> None:
     parser.add_argument(
         "--scp-processes", type=int, default=2, help="the node's second configuration"
     )
+    parser.add_argument(
+        "--stock-receive",
+        action="store_true",
+        help=f"also {STOCK_RECEIVE}: the node with pynetdicom's own socket reads",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
-    results = run(args.quick, args.rounds, args.scp_processes)
+    results = run(args.quick, args.rounds, args.scp_processes, args.stock_receive)
     rows = summarise(results)
     table = Table(title="Ingest: node vs dcmtk storescp (median of rounds)")
     for column in rows[0]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import threading
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
@@ -32,7 +31,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings
@@ -46,6 +45,7 @@ from dicom_node.statuses import (
 )
 from dicom_node.store import InstanceStore
 from dicom_node.tls import server_context
+from dicom_node.transport import BulkReceiveRequestHandler, SharedPortAssociationServer
 from dicom_node.uids import InvalidUIDError, validate_uid
 
 if TYPE_CHECKING:
@@ -90,15 +90,6 @@ class StoreRefusedError(Exception):
         self.study_instance_uid: str | None = None
 
 
-class SharedPortAssociationServer(ThreadedAssociationServer):
-    """An association server whose port other receiving processes bind too (SO_REUSEPORT)."""
-
-    def server_bind(self) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-
 class StorageSCP:
     """A pynetdicom storage SCP wired to an :class:`InstanceStore` and the audit DB."""
 
@@ -109,12 +100,18 @@ class StorageSCP:
         store: InstanceStore,
         *,
         share_port: bool = False,
+        request_handler: type[RequestHandler] = BulkReceiveRequestHandler,
     ) -> None:
-        """``share_port``: a receiver process's SCP on the node's port (dicom_node.receivers)."""
+        """``share_port``: a receiver process's SCP on the node's port (dicom_node.receivers).
+
+        ``request_handler``: how connections are served; pynetdicom's own
+        ``RequestHandler`` only to compare against it (benchmarks.ingest).
+        """
         self._settings = settings
         self._sessions = session_factory
         self._store = store
         self._share_port = share_port
+        self._request_handler = request_handler
         self._server: ThreadedAssociationServer | None = None
         self._receivers: ReceiverProcesses | None = None
 
@@ -147,20 +144,20 @@ class StorageSCP:
         ssl_context = server_context(self._settings.tls) if self._settings.tls else None
         children = 0 if self._share_port else self._settings.scp_processes - 1
         ae = self.build_ae()
-        if self._share_port or children:
-            server = ae.make_server(
-                address,
-                evt_handlers=handlers,
-                ssl_context=ssl_context,
-                server_class=SharedPortAssociationServer,
-            )
-            ae._servers.append(server)  # as start_server does: shutdown() removes it
-            threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
-            self._server = server
-        else:
-            self._server = ae.start_server(
-                address, block=False, evt_handlers=handlers, ssl_context=ssl_context
-            )
+        server = ae.make_server(
+            address,
+            evt_handlers=handlers,
+            ssl_context=ssl_context,
+            server_class=(
+                SharedPortAssociationServer
+                if self._share_port or children
+                else ThreadedAssociationServer
+            ),
+            request_handler=self._request_handler,
+        )
+        ae._servers.append(server)  # as start_server does: shutdown() removes it
+        threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
+        self._server = server
         bound = self._server.server_address
         if children:
             from dicom_node.receivers import ReceiverProcesses

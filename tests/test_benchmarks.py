@@ -35,11 +35,11 @@ def _run(module: str, *options: str, timeout: float = 600) -> None:
 def test_ingest_benchmark_runs_against_storescp(tmp_path: Path) -> None:
     require_binary("storescp", "dcmtk")
     out = tmp_path / "ingest.json"
-    _run("benchmarks.ingest", "--quick", "--rounds", "1", "--json", str(out))
+    _run("benchmarks.ingest", "--quick", "--rounds", "1", "--stock-receive", "--json", str(out))
     rows = json.loads(out.read_text())["rows"]
-    # Two sets x (1, 4) associations x (one process, two processes).
-    assert len(rows) == 8
-    assert {row["node"] for row in rows} == {"node", "node-2p"}
+    # Two sets x (1, 4) associations x (one process, two, pynetdicom's socket reads).
+    assert len(rows) == 12
+    assert {row["node"] for row in rows} == {"node", "node-2p", "node-pynetdicom-recv"}
     assert all(row["ratio_node_to_storescp"] > 0 for row in rows)
 
 

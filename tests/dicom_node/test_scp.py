@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import subprocess
@@ -152,6 +153,35 @@ def test_storescu_instances_are_on_disk_and_in_the_db(
     with node.sessions() as session:
         assert len(list(session.scalars(select(Instance)))) == len(files)
     assert len(node.events(AuditEventType.INSTANCE_DUPLICATE)) == 1
+
+
+def test_large_instance_in_many_pdus_is_stored_byte_for_byte(
+    start_scp: Callable[..., RunningSCP],
+    tmp_path: Path,
+) -> None:
+    storescu = require_binary("storescu", "dcmtk")
+    node = start_scp(max_pdu_bytes=16_384)  # ~250 PDUs for a 4 MB instance
+    instance = make_dx(
+        study_instance_uid="1.2.826.0.1.3680043.10.1.7",
+        series_instance_uid="1.2.826.0.1.3680043.10.1.7.1",
+        sop_instance_uid="1.2.826.0.1.3680043.10.1.7.1.1",
+        seed=7,
+        rows=1_400,
+        columns=1_400,
+    )
+    path = tmp_path / "large.dcm"
+    instance.save_as(path, enforce_file_format=True)
+    result = subprocess.run(
+        [storescu, "-aec", node.settings.ae_title, "127.0.0.1", str(node.port), str(path)],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    with node.sessions() as session:
+        (stored,) = session.scalars(select(Instance))
+    on_disk = node.store.absolute(stored.path)
+    assert dcmread(on_disk).PixelData == instance.PixelData
+    assert stored.sha256 == hashlib.sha256(on_disk.read_bytes()).hexdigest()
 
 
 def test_unknown_calling_ae_is_rejected_and_audited(start_scp: Callable[..., RunningSCP]) -> None:
