@@ -1,12 +1,15 @@
-"""More receiving processes on the SCP's port, so associations are received on several cores.
+"""More receiving processes behind the SCP's port, so associations are received on several cores.
 
 pynetdicom reads PDUs in Python: every association of one process shares one
-interpreter. With ``scp_processes = N`` the node's SCP binds its port with
-``SO_REUSEPORT`` and N - 1 child processes bind the same port, each running its own
-:class:`~dicom_node.scp.StorageSCP` (its own engine, the same store and database);
-the kernel spreads new connections over them. Each process stores, records and audits
-exactly as the single one does; the audit chain and the study rows are serialised in
-the database, not in memory. ``max_associations`` applies per process.
+interpreter. With ``scp_processes = N`` the node's SCP accepts every connection on its
+port and hands them in turn to itself and N - 1 child processes, each running its own
+:class:`~dicom_node.scp.StorageSCP` (its own engine, the same store and database). A
+connection crosses as a file descriptor over a Unix socket pair (SCM_RIGHTS), before
+any byte of it is read; a child that cannot take one (dead, being restarted) leaves it
+to the node. Round robin rather than the kernel's SO_REUSEPORT hash, which put 3 of 4
+concurrent associations on one process half the time. Each process stores, records
+and audits exactly as the single one does; the audit chain and the study rows are
+serialised in the database, not in memory. ``max_associations`` applies per process.
 
 A child that dies is started again; a child whose parent dies is killed by the kernel
 (``PR_SET_PDEATHSIG``), so a crashed node never leaves receivers holding its port.
@@ -16,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import logging
 import multiprocessing
 import signal
+import socket
 import sys
 import threading
 from multiprocessing.context import SpawnProcess
@@ -52,8 +57,10 @@ def _die_with_parent() -> None:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _receive(values: dict[str, Any], index: int, ready: ProcessEvent) -> None:
-    """A child: one more StorageSCP on the shared port, until SIGTERM.
+def _receive(
+    values: dict[str, Any], index: int, ready: ProcessEvent, channel: socket.socket
+) -> None:
+    """A child: one more StorageSCP serving the connections handed on ``channel``, until SIGTERM.
 
     SIGTERM, not a shared Event: a child killed while waiting on a multiprocessing
     Event can leave its lock held, and the next ``set()`` would hang the node's stop.
@@ -72,7 +79,10 @@ def _receive(values: dict[str, Any], index: int, ready: ProcessEvent) -> None:
     settings = Settings.model_construct(**values)
     engine = engine_from_settings(settings)
     scp = StorageSCP(
-        settings, make_session_factory(engine), InstanceStore(settings.store_dir), share_port=True
+        settings,
+        make_session_factory(engine),
+        InstanceStore(settings.store_dir),
+        handed_connections=channel,
     )
     try:
         scp.start()
@@ -93,6 +103,9 @@ class ReceiverProcesses:
         self._count = count
         self._context = multiprocessing.get_context("spawn")  # no threads or torch inherited
         self._children: dict[int, SpawnProcess] = {}
+        self._channels: dict[int, socket.socket] = {}  # the node's ends, by child index
+        self._turn = itertools.cycle(range(count + 1))  # 0: the node itself
+        self._turn_lock = threading.Lock()
         self._watchdog: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -104,17 +117,27 @@ class ReceiverProcesses:
 
     def _start_child(self, index: int) -> None:
         ready = self._context.Event()
+        node_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        node_end.setblocking(False)  # a stuck child must never block the node's acceptor
         child = self._context.Process(
             target=_receive,
-            args=(self._values, index, ready),
+            args=(self._values, index, ready, child_end),
             name=f"receiver-{index}",
             daemon=True,
         )
-        child.start()
+        try:
+            child.start()
+        finally:
+            child_end.close()  # the child has its own copy
         if not ready.wait(CHILD_START_TIMEOUT):
             child.kill()
+            node_end.close()
             raise RuntimeError(f"receiver process {index} did not start listening")
         self._children[index] = child
+        old = self._channels.get(index)
+        self._channels[index] = node_end
+        if old is not None:
+            old.close()
         logger.info("receiver process %d (pid %d) listening", index, child.pid)
 
     def _watch(self) -> None:
@@ -129,6 +152,25 @@ class ReceiverProcesses:
                     self._start_child(index)
                 except Exception:
                     logger.exception("receiver process %d could not be started again", index)
+
+    def hand_off(self, connection: socket.socket) -> bool:
+        """Give ``connection`` to the receiver whose turn it is; False: the node's turn, or
+        that receiver cannot take it now (the node serves it then)."""
+        with self._turn_lock:
+            index = next(self._turn)
+        channel = self._channels.get(index)
+        if channel is None:
+            return False
+        try:
+            socket.send_fds(channel, [b"c"], [connection.fileno()])
+        except OSError as error:
+            logger.warning(
+                "receiver process %d cannot take a connection (%s); the node serves it",
+                index,
+                type(error).__name__,
+            )
+            return False
+        return True
 
     @property
     def pids(self) -> list[int]:
@@ -146,3 +188,6 @@ class ReceiverProcesses:
                 child.kill()
                 child.join(timeout=5)
         self._children.clear()
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()

@@ -8,7 +8,9 @@ status and an audit event; nothing is dropped silently.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 import threading
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
@@ -45,7 +47,11 @@ from dicom_node.statuses import (
 )
 from dicom_node.store import InstanceStore
 from dicom_node.tls import server_context
-from dicom_node.transport import BulkReceiveRequestHandler, SharedPortAssociationServer
+from dicom_node.transport import (
+    BulkReceiveRequestHandler,
+    DispatchingAssociationServer,
+    HandedConnectionServer,
+)
 from dicom_node.uids import InvalidUIDError, validate_uid
 
 if TYPE_CHECKING:
@@ -99,10 +105,11 @@ class StorageSCP:
         session_factory: sessionmaker[Session],
         store: InstanceStore,
         *,
-        share_port: bool = False,
+        handed_connections: socket.socket | None = None,
         request_handler: type[RequestHandler] = BulkReceiveRequestHandler,
     ) -> None:
-        """``share_port``: a receiver process's SCP on the node's port (dicom_node.receivers).
+        """``handed_connections``: a receiver process's SCP, serving the connections the
+        node's SCP hands it on this channel instead of listening (dicom_node.receivers).
 
         ``request_handler``: how connections are served; pynetdicom's own
         ``RequestHandler`` only to compare against it (benchmarks.ingest).
@@ -110,7 +117,7 @@ class StorageSCP:
         self._settings = settings
         self._sessions = session_factory
         self._store = store
-        self._share_port = share_port
+        self._handed_connections = handed_connections
         self._request_handler = request_handler
         self._server: ThreadedAssociationServer | None = None
         self._receivers: ReceiverProcesses | None = None
@@ -142,19 +149,27 @@ class StorageSCP:
         ]
         address = (self._settings.bind_address, self._settings.port)
         ssl_context = server_context(self._settings.tls) if self._settings.tls else None
-        children = 0 if self._share_port else self._settings.scp_processes - 1
         ae = self.build_ae()
-        server = ae.make_server(
-            address,
-            evt_handlers=handlers,
-            ssl_context=ssl_context,
-            server_class=(
-                SharedPortAssociationServer
-                if self._share_port or children
-                else ThreadedAssociationServer
-            ),
-            request_handler=self._request_handler,
-        )
+        server: DispatchingAssociationServer | HandedConnectionServer
+        if self._handed_connections is not None:
+            children = 0
+            server = ae.make_server(
+                address,
+                evt_handlers=handlers,
+                ssl_context=ssl_context,
+                server_class=HandedConnectionServer,
+                request_handler=self._request_handler,
+                channel=self._handed_connections,
+            )
+        else:
+            children = self._settings.scp_processes - 1
+            server = ae.make_server(
+                address,
+                evt_handlers=handlers,
+                ssl_context=ssl_context,
+                server_class=DispatchingAssociationServer,
+                request_handler=self._request_handler,
+            )
         ae._servers.append(server)  # as start_server does: shutdown() removes it
         threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
         self._server = server
@@ -169,6 +184,8 @@ class StorageSCP:
             except Exception:
                 self.stop()
                 raise
+            assert isinstance(server, DispatchingAssociationServer)
+            server.hand_off = self._receivers.hand_off
         logger.info(
             "storage SCP %s listening on %s:%s%s%s",
             self._settings.ae_title,
@@ -184,6 +201,8 @@ class StorageSCP:
         return self._receivers.pids if self._receivers is not None else []
 
     def stop(self) -> None:
+        if isinstance(self._server, DispatchingAssociationServer):
+            self._server.hand_off = None  # from now on the node serves what still arrives
         if self._receivers is not None:
             self._receivers.stop()
             self._receivers = None
@@ -266,6 +285,7 @@ class StorageSCP:
                 actor=actor,
                 address=str(requestor.address),
                 port=int(requestor.port),
+                receiver_pid=os.getpid(),  # which receiving process (scp_processes > 1)
                 **detail,
             )
         logger.info("%s from %s at %s", kind, actor, requestor.address)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -131,12 +132,29 @@ def test_every_instance_is_stored_once_across_receiving_processes(
     assert _wait_until(lambda: not any(_alive(pid) for pid in children), 30)
 
 
+def test_associations_take_turns_over_the_processes(
+    settings: Settings, scp: tuple[StorageSCP, int], files: list[Path]
+) -> None:
+    """Round robin: 6 associations over 3 processes are 2 each, whatever their ports."""
+    node, port = scp
+    for path in files[:6]:
+        assert _storescu(port, [path]).returncode == 0
+    sessions = make_session_factory(make_engine(settings.database_url))
+    with sessions() as session:
+        accepted = AuditLog(session).of_type(AuditEventType.ASSOCIATION_ACCEPTED)
+    served = Counter(event.detail["receiver_pid"] for event in accepted)
+    assert served == {os.getpid(): 2, **dict.fromkeys(node.receiver_pids, 2)}
+
+
 def test_a_receiver_that_dies_is_started_again(
     scp: tuple[StorageSCP, int], files: list[Path], settings: Settings
 ) -> None:
     node, port = scp
     victim = node.receiver_pids[0]
     os.kill(victim, signal.SIGKILL)
+    # Its turns meanwhile are the node's: no connection is lost while it restarts.
+    for path in files[:3]:
+        assert _storescu(port, [path]).returncode == 0
     assert _wait_until(
         lambda: len(node.receiver_pids) == 2 and victim not in node.receiver_pids, 60
     )
