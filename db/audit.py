@@ -165,6 +165,12 @@ def last_event_hash(session: Session) -> str:
     return last or GENESIS_HASH
 
 
+#: ``session.info`` key: ((transaction, savepoint), hash of the event it appended last).
+#: Keyed by the transaction objects themselves (held, so never reused): a new
+#: transaction, a savepoint begun or ended, and the chain is locked and read again.
+_CHAIN_HEAD = "audit_chain_head"
+
+
 class AuditLog:
     """Appends audit events in the caller's session (the caller commits).
 
@@ -189,7 +195,15 @@ class AuditLog:
         # Pending events of this session (and the caller's other changes) go first, so
         # the last row read below is really the last one.
         session.flush()
-        lock_chain(session)
+        transaction = (session.get_transaction(), session.get_nested_transaction())
+        head = session.info.get(_CHAIN_HEAD)
+        if head is not None and head[0] == transaction:
+            # This transaction holds the chain lock since its first event and appended
+            # the last one: the head is known, no lock or read needed again.
+            previous_hash = head[1]
+        else:
+            lock_chain(session)
+            previous_hash = last_event_hash(session)
         event = AuditEvent(
             occurred_at=utcnow(),
             event_type=str(event_type),
@@ -198,11 +212,12 @@ class AuditLog:
             study_instance_uid=study_instance_uid,
             sop_instance_uid=sop_instance_uid,
             detail=normalise_detail(detail),
-            previous_hash=last_event_hash(session),
+            previous_hash=previous_hash,
         )
         event.event_hash = event_hash_of(event)
         session.add(event)
         session.flush()
+        session.info[_CHAIN_HEAD] = (transaction, event.event_hash)
         return event
 
     def for_study(self, study_instance_uid: str) -> list[AuditEvent]:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, func, select, text
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -336,3 +337,72 @@ def test_app_role_may_insert_and_select_but_not_change_events(pg_engine: Engine)
     with sessions() as session:
         report = verify_chain(session)
     assert report.ok and report.checked == 2
+
+
+def test_events_of_one_transaction_read_the_chain_head_once(
+    engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    """Later events of a transaction chain to the head it appended (the lock is held),
+    several AuditLogs of one session included; a savepoint rolled back is not trusted."""
+    record_events(sessions, 2)
+    head_reads: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT AUDIT_EVENTS.EVENT_HASH"):
+            head_reads.append(statement)
+
+    sqlalchemy_event.listen(engine, "before_cursor_execute", count)
+    try:
+        with sessions.begin() as session:
+            first, second = AuditLog(session), AuditLog(session)
+            for number in range(3):
+                for audit in (first, second):
+                    audit.record(AuditEventType.OUTPUT_CREATED, actor="triage", number=number)
+        assert len(head_reads) == 1
+        with sessions.begin() as session:
+            audit = AuditLog(session)
+            audit.record(AuditEventType.OUTPUT_SENT, actor="pacs")
+            savepoint = session.begin_nested()
+            audit.record(AuditEventType.OUTPUT_SENT, actor="rolled back")
+            savepoint.rollback()
+            audit.record(AuditEventType.OUTPUT_SENT, actor="after the savepoint")
+        assert len(head_reads) == 4  # the new transaction, the savepoint, after it
+    finally:
+        sqlalchemy_event.remove(engine, "before_cursor_execute", count)
+    with sessions() as session:
+        report = verify_chain(session)
+        actors = list(session.scalars(select(AuditEvent.actor).order_by(AuditEvent.id)))
+    assert report.ok, report.broken
+    assert report.checked == 2 + 6 + 2
+    assert "rolled back" not in actors and actors[-1] == "after the savepoint"
+
+
+def test_concurrent_transactions_of_several_events_leave_one_chain(
+    sessions: sessionmaker[Session],
+) -> None:
+    threads_count, transactions, per_transaction = 3, 15, 4
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads_count)
+
+    def write(worker: int) -> None:
+        try:
+            start.wait()
+            for number in range(transactions):
+                with sessions.begin() as session:
+                    for index in range(per_transaction):
+                        AuditLog(session).record(
+                            AuditEventType.OUTPUT_SENT, actor=f"W{worker}", n=number, i=index
+                        )
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=write, args=(w,)) for w in range(threads_count)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert not errors, errors
+    with sessions() as session:
+        report = verify_chain(session)
+    assert report.ok, report.broken
+    assert report.checked == threads_count * transactions * per_transaction
