@@ -1,5 +1,4 @@
-"""pynetdicom's association server with bulk socket reads, serving one port from several
-processes.
+"""pynetdicom's association servers: bulk socket reads, one port served by several processes.
 
 pynetdicom's ``AssociationSocket.recv`` reads a PDU 4,096 bytes per ``recv`` call in
 a Python loop (2,600 calls and ``bytearray.extend`` copies for a 10 MB instance; pydicom/

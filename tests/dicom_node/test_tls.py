@@ -3,6 +3,7 @@ pynetdicom and dcmtk (echoscu, storescu) as TLS peers, plain TCP refused."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import subprocess
@@ -14,7 +15,8 @@ import pytest
 from pynetdicom import AE
 from sqlalchemy import select
 
-from config import Destination, TlsSettings, load_settings
+from config import Destination, Settings, TlsSettings, load_settings
+from db.audit import AuditEventType, AuditLog
 from db.models import Instance
 from dicom_node import tls as node_tls
 from dicom_node.sender import send_files
@@ -32,17 +34,21 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture
-def tls_node(tmp_path: Path, pki: Pki) -> Iterator[RunningSCP]:
-    """The SCP on a free port, TLS with the test server certificate, client certs required."""
-    settings = load_settings(
+def _tls_settings(tmp_path: Path, pki: Pki, scp_processes: int = 1) -> Settings:
+    return load_settings(
         None,
         port=0,
         store_dir=tmp_path / "store",
         database_url=f"sqlite:///{tmp_path / 'audit.db'}",
         tls={"cert_file": pki.server_cert, "key_file": pki.server_key, "ca_file": pki.ca},
+        scp_processes=scp_processes,
     )
-    node = RunningSCP(settings)
+
+
+@pytest.fixture
+def tls_node(tmp_path: Path, pki: Pki) -> Iterator[RunningSCP]:
+    """The SCP on a free port, TLS with the test server certificate, client certs required."""
+    node = RunningSCP(_tls_settings(tmp_path, pki))
     yield node
     node.stop()
 
@@ -92,6 +98,25 @@ def test_pynetdicom_echo_and_store_over_tls(tls_node: RunningSCP, pki: Pki, tmp_
     (outcome,) = send_files([path], destination, "TESTSCU", tls=context)
     assert outcome.success, outcome.error
     assert _stored_uids(tls_node) == ["1.2.826.0.1.3680043.10.1.3.1.1"]
+
+
+def test_tls_connections_handed_to_a_receiver_process(tmp_path: Path, pki: Pki) -> None:
+    """With scp_processes = 2 every other connection is the receiver's: the TLS
+    handshake happens there (a TLS session cannot cross processes), plain TCP refused."""
+    node = RunningSCP(_tls_settings(tmp_path, pki, scp_processes=2))
+    try:
+        identity = (client_context(_client_identity(pki)), "127.0.0.1")
+        assert [_echo(node, identity) for _ in range(4)] == [True] * 4
+        assert not _echo(node, None) and not _echo(node, None)
+        assert _echo(node, identity)
+        with node.sessions() as session:
+            accepted = AuditLog(session).of_type(AuditEventType.ASSOCIATION_ACCEPTED)
+        assert {event.detail["receiver_pid"] for event in accepted} == {
+            os.getpid(),
+            *node.scp.receiver_pids,
+        }
+    finally:
+        node.stop()
 
 
 def test_plain_tcp_association_is_refused(tls_node: RunningSCP, pki: Pki) -> None:
