@@ -5,7 +5,7 @@ it with its audit event in the DB before answering Success; storescp writes with
 fsync: a conservative reference. Each receiver runs at its best PDU size: storescp at
 its largest (128 KiB), the node at its default (256 KiB; pynetdicom handles each PDU in
 Python, so fewer, larger PDUs matter). The node runs with one receiving process and
-with ``--scp-processes`` (SO_REUSEPORT, dicom_node.receivers); ``--stock-receive`` adds
+with ``--scp-processes`` (connections in turn, dicom_node.receivers); ``--stock-receive`` adds
 the node serving connections with pynetdicom's own socket reads (dicom_node.transport
 replaces them), so the gain is measured in the same run.
 

@@ -276,8 +276,9 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         le=64,
-        description="Processes receiving on the SCP's port (SO_REUSEPORT): each has its own "
-        "interpreter, so concurrent associations are received on several cores.",
+        description="Processes receiving on the SCP's port, taking its connections in turn: "
+        "each has its own interpreter, so concurrent associations are received on several "
+        "cores.",
     )
 
     # Limits: what is over a limit is refused with a failure status and audited.

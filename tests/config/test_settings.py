@@ -91,6 +91,7 @@ def test_the_example_config_loads() -> None:
     assert [d.name for d in settings.destinations] == ["pacs"]
     assert settings.outputs.heatmap is True
     assert settings.priority.urgent_calling_ae_titles == ("ED_CR",)
+    assert settings.scp_processes == 1 and settings.max_pdu_bytes == 262_144
 
 
 def test_priority_rule_and_off_peak_window() -> None:
