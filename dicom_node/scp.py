@@ -150,26 +150,21 @@ class StorageSCP:
         address = (self._settings.bind_address, self._settings.port)
         ssl_context = server_context(self._settings.tls) if self._settings.tls else None
         ae = self.build_ae()
-        server: DispatchingAssociationServer | HandedConnectionServer
-        if self._handed_connections is not None:
+        if self._handed_connections is not None:  # a receiver process: no port of its own
             children = 0
-            server = ae.make_server(
-                address,
-                evt_handlers=handlers,
-                ssl_context=ssl_context,
-                server_class=HandedConnectionServer,
-                request_handler=self._request_handler,
-                channel=self._handed_connections,
-            )
+            server_class: type[ThreadedAssociationServer] = HandedConnectionServer
+            channel = {"channel": self._handed_connections}
         else:
             children = self._settings.scp_processes - 1
-            server = ae.make_server(
-                address,
-                evt_handlers=handlers,
-                ssl_context=ssl_context,
-                server_class=DispatchingAssociationServer,
-                request_handler=self._request_handler,
-            )
+            server_class, channel = DispatchingAssociationServer, {}
+        server = ae.make_server(
+            address,
+            evt_handlers=handlers,
+            ssl_context=ssl_context,
+            server_class=server_class,
+            request_handler=self._request_handler,
+            **channel,
+        )
         ae._servers.append(server)  # as start_server does: shutdown() removes it
         threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
         self._server = server

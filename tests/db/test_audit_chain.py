@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import Engine, func, select, text
@@ -51,6 +51,26 @@ def record_events(sessions: sessionmaker[Session], count: int, study: str = "1.2
             )
             ids.append(event.id)
     return ids
+
+
+def run_at_once(count: int, work: Callable[[int], None]) -> None:
+    """``work(0..count-1)`` in ``count`` threads released together; their errors raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(count)
+
+    def run(worker: int) -> None:
+        try:
+            start.wait()
+            work(worker)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
 
 
 def tamper(engine: Engine, statement: str, **params: object) -> None:
@@ -223,47 +243,36 @@ def test_rehashed_edit_is_detected_at_the_next_event(
 
 def test_concurrent_writers_leave_one_unbroken_chain(sessions: sessionmaker[Session]) -> None:
     threads_count, per_thread = 4, 50
-    errors: list[BaseException] = []
-    start = threading.Barrier(threads_count)
 
     def write(worker: int) -> None:
-        try:
-            start.wait()
-            for number in range(per_thread):
-                study = f"1.2.{worker}"
-                with sessions.begin() as session:
-                    if number % 2:
-                        # The SCP's shape: the instance row is written first, then the event.
-                        StudyRepository(session).record_instance(
-                            ReceivedInstance(
-                                study_instance_uid=study,
-                                series_instance_uid=f"{study}.1",
-                                sop_instance_uid=f"{study}.1.{number}",
-                                sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
-                                transfer_syntax_uid="1.2.840.10008.1.2.1",
-                                modality="DX",
-                                triageable=True,
-                                path=f"{study}/{number}.dcm",
-                                size_bytes=1,
-                                sha256="a" * 64,
-                                calling_ae_title="MODALITY",
-                            )
+        for number in range(per_thread):
+            study = f"1.2.{worker}"
+            with sessions.begin() as session:
+                if number % 2:
+                    # The SCP's shape: the instance row is written first, then the event.
+                    StudyRepository(session).record_instance(
+                        ReceivedInstance(
+                            study_instance_uid=study,
+                            series_instance_uid=f"{study}.1",
+                            sop_instance_uid=f"{study}.1.{number}",
+                            sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+                            transfer_syntax_uid="1.2.840.10008.1.2.1",
+                            modality="DX",
+                            triageable=True,
+                            path=f"{study}/{number}.dcm",
+                            size_bytes=1,
+                            sha256="a" * 64,
+                            calling_ae_title="MODALITY",
                         )
-                    AuditLog(session).record(
-                        AuditEventType.INSTANCE_STORED,
-                        actor=f"W{worker}",
-                        study_instance_uid=study,
-                        number=number,
                     )
-        except BaseException as error:  # reported below
-            errors.append(error)
+                AuditLog(session).record(
+                    AuditEventType.INSTANCE_STORED,
+                    actor=f"W{worker}",
+                    study_instance_uid=study,
+                    number=number,
+                )
 
-    workers = [threading.Thread(target=write, args=(w,)) for w in range(threads_count)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=300)
-    assert not errors, errors
+    run_at_once(threads_count, write)
     with sessions() as session:
         report = verify_chain(session)
         previous = list(session.scalars(select(AuditEvent.previous_hash)))
@@ -381,27 +390,16 @@ def test_concurrent_transactions_of_several_events_leave_one_chain(
     sessions: sessionmaker[Session],
 ) -> None:
     threads_count, transactions, per_transaction = 3, 15, 4
-    errors: list[BaseException] = []
-    start = threading.Barrier(threads_count)
 
     def write(worker: int) -> None:
-        try:
-            start.wait()
-            for number in range(transactions):
-                with sessions.begin() as session:
-                    for index in range(per_transaction):
-                        AuditLog(session).record(
-                            AuditEventType.OUTPUT_SENT, actor=f"W{worker}", n=number, i=index
-                        )
-        except BaseException as error:  # reported below
-            errors.append(error)
+        for number in range(transactions):
+            with sessions.begin() as session:
+                for index in range(per_transaction):
+                    AuditLog(session).record(
+                        AuditEventType.OUTPUT_SENT, actor=f"W{worker}", n=number, i=index
+                    )
 
-    workers = [threading.Thread(target=write, args=(w,)) for w in range(threads_count)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=300)
-    assert not errors, errors
+    run_at_once(threads_count, write)
     with sessions() as session:
         report = verify_chain(session)
     assert report.ok, report.broken

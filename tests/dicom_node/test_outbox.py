@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import subprocess
 import threading
@@ -115,6 +116,24 @@ def deliveries(sessions: sessionmaker[Session]) -> list[Delivery]:
         return list(session.query(Delivery).order_by(Delivery.id))
 
 
+@contextlib.contextmanager
+def storescp_pacs(received: Path, port: int) -> Iterator[None]:
+    """dcmtk's storescp as the PACS on ``port``, writing what it receives to ``received``."""
+    storescp = require_binary("storescp", "dcmtk")
+    received.mkdir()
+    pacs = subprocess.Popen(
+        [storescp, "-aet", "PACS", "-od", str(received), "--fork", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield
+    finally:
+        pacs.terminate()
+        pacs.wait(timeout=10)
+
+
 def test_backoff_doubles_up_to_its_cap() -> None:
     backoff = Backoff(base_seconds=2, cap_seconds=30)
     assert [backoff.delay(n).total_seconds() for n in (1, 2, 3, 4, 5, 6)] == [2, 4, 8, 16, 30, 30]
@@ -125,7 +144,7 @@ def test_backoff_doubles_up_to_its_cap() -> None:
 def test_absent_pacs_is_retried_with_backoff_then_gets_each_object_once(
     settings: Settings, sessions: sessionmaker[Session], pacs_port: int, tmp_path: Path
 ) -> None:
-    storescp = require_binary("storescp", "dcmtk")
+    require_binary("storescp", "dcmtk")  # the PACS below: skip before any work without it
     sop_uid = queue_output(settings, sessions)
     outbox = Outbox(settings, sessions)
 
@@ -138,20 +157,10 @@ def test_absent_pacs_is_retried_with_backoff_then_gets_each_object_once(
     assert outbox.send_due().retrying == 0  # not due yet: nothing is attempted
 
     received = tmp_path / "pacs"
-    received.mkdir()
-    pacs = subprocess.Popen(
-        [storescp, "-aet", "PACS", "-od", str(received), "--fork", str(pacs_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(pacs_port)
+    with storescp_pacs(received, pacs_port):
         time.sleep(settings.outbox_retry_base_seconds * 2)
         assert outbox.send_due().sent == 1
         assert outbox.send_due() == OutboxPass()  # nothing left to send
-    finally:
-        pacs.terminate()
-        pacs.wait(timeout=10)
 
     (delivery,) = deliveries(sessions)
     assert delivery.status is DeliveryStatus.SENT and delivery.attempts == 2
@@ -228,38 +237,30 @@ def test_two_senders_at_once_send_each_object_once(
     Two outboxes with their own engines stand for the two processes; each delivery is
     claimed in the database by one of them, so the PACS gets every object once.
     """
-    storescp = require_binary("storescp", "dcmtk")
+    require_binary("storescp", "dcmtk")  # the PACS below: skip before any work without it
     for index in range(1, 7):
         queue_output(settings, sessions, index)
     received = tmp_path / "pacs"
-    received.mkdir()
-    pacs = subprocess.Popen(
-        [storescp, "-aet", "PACS", "-od", str(received), "--fork", str(pacs_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     other_engine = make_engine(settings.database_url)
     try:
-        wait_for_port(pacs_port)
-        outboxes = [
-            Outbox(settings, sessions),
-            Outbox(settings, make_session_factory(other_engine)),
-        ]
-        start = threading.Barrier(len(outboxes))
-        passes: list[OutboxPass] = []
+        with storescp_pacs(received, pacs_port):
+            outboxes = [
+                Outbox(settings, sessions),
+                Outbox(settings, make_session_factory(other_engine)),
+            ]
+            start = threading.Barrier(len(outboxes))
+            passes: list[OutboxPass] = []
 
-        def send(outbox: Outbox) -> None:
-            start.wait()
-            passes.append(outbox.send_due())
+            def send(outbox: Outbox) -> None:
+                start.wait()
+                passes.append(outbox.send_due())
 
-        threads = [threading.Thread(target=send, args=(o,)) for o in outboxes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+            threads = [threading.Thread(target=send, args=(o,)) for o in outboxes]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
     finally:
-        pacs.terminate()
-        pacs.wait(timeout=10)
         other_engine.dispose()
     assert sum(p.sent for p in passes) == 6 and not any(p.retrying or p.failed for p in passes)
     assert all(d.status is DeliveryStatus.SENT and d.attempts == 1 for d in deliveries(sessions))
