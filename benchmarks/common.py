@@ -10,7 +10,7 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from config import REGIONS
-from models.phantoms import phantom_dataset, render_phantom
+from models.training.phantoms import phantom_dataset, render_phantom
 
 
 def machine_description() -> dict[str, object]:

@@ -38,9 +38,9 @@ from sqlalchemy import select
 from benchmarks.common import machine_description, write_phantom_study
 from config import Destination, Settings, load_settings
 from db.models import Delivery, DeliveryStatus, OutputObject, Study, TriageRun
+from flows.node.service import TriageService
 from flows.runtime import Runtime
-from flows.service import TriageService
-from flows.triage import TriageSummary
+from flows.triage.flow import TriageSummary
 from tests.peers import Orthanc, free_port, run_orthanc
 
 console = Console()
@@ -267,7 +267,7 @@ def main() -> None:
         os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))
         bundle = args.bundle
         if bundle is None:
-            from models.training import train_demo_bundle
+            from models.training.train import train_demo_bundle
 
             bundle = train_demo_bundle(work / "bundle", progress=True)
         studies = write_studies(work / "studies", args.studies)

@@ -33,11 +33,11 @@ from rich.table import Table
 from benchmarks.common import machine_description
 from benchmarks.inference import realistic_bundle
 from config import REGIONS
-from models.bundle import load_bundle
-from models.gradcam import CamExplainer
-from models.networks import gradcam_target_layer, resolve_device
-from models.phantoms import render_phantom
-from models.preprocessing import preprocess
+from models.runtime.bundle import load_bundle
+from models.runtime.gradcam import CamExplainer
+from models.runtime.networks import gradcam_target_layer, resolve_device
+from models.runtime.preprocessing import preprocess
+from models.training.phantoms import render_phantom
 
 #: The issue's goal: the pipeline keeps at least this share of the bare throughput.
 GOAL_RATIO = 0.5

@@ -29,15 +29,15 @@ from rich.table import Table
 
 from benchmarks.common import machine_description
 from config import REGION_CLASSES, FractureLevel
-from dicom_node.results import AlgorithmIdentity, ImageFinding, StudyFinding, Thresholds
-from dicom_node.secondary_capture import build_overlay_secondary_capture
-from dicom_node.sr import build_triage_sr
-from models.bundle import load_bundle
-from models.gradcam import CamExplainer
-from models.networks import gradcam_target_layer
-from models.overlay import render_overlay
-from models.phantoms import phantom_dataset, render_phantom
-from models.preprocessing import display_image_from_dataset, preprocess
+from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding, Thresholds
+from dicom_node.outputs.secondary_capture import build_overlay_secondary_capture
+from dicom_node.outputs.sr import build_triage_sr
+from models.runtime.bundle import load_bundle
+from models.runtime.gradcam import CamExplainer
+from models.runtime.networks import gradcam_target_layer
+from models.runtime.overlay import render_overlay
+from models.runtime.preprocessing import display_image_from_dataset, preprocess
+from models.training.phantoms import phantom_dataset, render_phantom
 
 
 def timed(function: Callable[[], object], repeats: int) -> float:
@@ -105,8 +105,8 @@ def realistic_bundle(demo: Path, architecture: str, size: int, target: Path) -> 
     """An untrained bundle of a production-sized network (timing only; weights random)."""
     import torch.nn as nn
 
-    from models.bundle import load_metadata, save_bundle
-    from models.networks import NetworkSpec, build_network
+    from models.runtime.bundle import load_metadata, save_bundle
+    from models.runtime.networks import NetworkSpec, build_network
 
     metadata = load_metadata(demo)
     region = NetworkSpec(architecture=architecture, out_channels=len(REGION_CLASSES))

@@ -5,8 +5,9 @@ it with its audit event in the DB before answering Success; storescp writes with
 fsync: a conservative reference. Each receiver runs at its best PDU size: storescp at
 its largest (128 KiB), the node at its default (256 KiB; pynetdicom handles each PDU in
 Python, so fewer, larger PDUs matter). The node runs with one receiving process and
-with ``--scp-processes`` (connections in turn, dicom_node.receivers); ``--stock-receive`` adds
-the node serving connections with pynetdicom's own socket reads (dicom_node.transport
+with ``--scp-processes`` (connections in turn,
+dicom_node.receive.receivers); ``--stock-receive`` adds
+the node serving connections with pynetdicom's own socket reads (dicom_node.receive.fastpath
 replaces them), so the gain is measured in the same run.
 
     python -m benchmarks.ingest                  # full: 40 x ~10 MB DX and 500 x ~130 KB
@@ -137,7 +138,7 @@ def node_receiver(
     from config import load_settings
     from db.engine import make_engine, make_session_factory
     from db.migrate import upgrade
-    from dicom_node.scp import StorageSCP
+    from dicom_node.receive.scp import StorageSCP
     from dicom_node.store import InstanceStore
 
     root = work / f"node{round_index}"

@@ -31,7 +31,7 @@ from config import load_settings
 from db.migrate import upgrade
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
-from flows.triage import triage_batch
+from flows.triage.flow import triage_batch
 from tests.flows.conftest import store_study
 
 console = Console()

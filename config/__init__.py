@@ -1,5 +1,6 @@
 """Typed settings, loaded once per entrypoint and passed down (never a mutable global)."""
 
+from config.domain.vocabulary import REGION_CLASSES, REGIONS, UNSUPPORTED, FractureLevel
 from config.settings import (
     CONFIG_FILE_ENV,
     ENV_PREFIX,
@@ -12,7 +13,6 @@ from config.settings import (
     load_settings,
     validate_ae_title,
 )
-from config.vocabulary import REGION_CLASSES, REGIONS, UNSUPPORTED, FractureLevel
 
 __all__ = [
     "CONFIG_FILE_ENV",

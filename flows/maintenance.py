@@ -34,9 +34,9 @@ from db.models import (
     utcnow,
 )
 from db.repositories import RunRepository
-from dicom_node.query import StudyQuery, find_studies, move_study
+from dicom_node.retrieve.query import StudyQuery, find_studies, move_study
 from flows.runtime import Runtime, current_runtime
-from flows.triage import UNCHANGED, triage_study
+from flows.triage.flow import UNCHANGED, triage_study
 
 logger = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings, load_settings
 from db.engine import engine_from_settings, make_session_factory
-from dicom_node.outbox import Outbox
+from dicom_node.delivery.outbox import Outbox
 from dicom_node.store import InstanceStore
-from models.bundle import load_bundle
-from models.inference import HierarchicalModel
-from models.networks import resolve_device
+from models.runtime.bundle import load_bundle
+from models.runtime.inference import HierarchicalModel
+from models.runtime.networks import resolve_device
 
 
 @dataclass

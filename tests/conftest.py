@@ -39,7 +39,7 @@ def demo_bundle() -> Path:
     ``FRACTURE_TRIAGE_TEST_BUNDLE`` points the tests at an existing bundle instead
     (a developer iterating on other code); CI never sets it.
     """
-    from models.training import train_demo_bundle
+    from models.training.train import train_demo_bundle
 
     if os.environ.get("FRACTURE_TRIAGE_TEST_BUNDLE"):
         return Path(os.environ["FRACTURE_TRIAGE_TEST_BUNDLE"])
@@ -79,7 +79,7 @@ def make_settings(tmp_path: Path, demo_bundle: Path) -> Callable[..., Settings]:
 
 @pytest.fixture(scope="session")
 def sample_studies(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    from models.phantoms import write_sample_studies
+    from models.training.phantoms import write_sample_studies
 
     return write_sample_studies(tmp_path_factory.mktemp("samples"))
 

@@ -50,8 +50,8 @@ from db.audit import AuditEventType
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from db.models import AuditEvent, Instance
-from dicom_node.scp import StorageSCP
-from dicom_node.statuses import (
+from dicom_node.receive.scp import StorageSCP
+from dicom_node.receive.statuses import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,
@@ -474,7 +474,7 @@ def preprocess_case(path: Path, size: int = 64) -> tuple[str, float]:
     seconds)`` for a file the flow reports as an unreadable view. Anything else
     (a crash, a hang, a non-finite or misshapen input) fails the caller.
     """
-    from models.preprocessing import preprocess_dicom_file
+    from models.runtime.preprocessing import preprocess_dicom_file
 
     started = time.perf_counter()
     try:

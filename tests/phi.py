@@ -2,7 +2,7 @@
 the DICOM files.
 
 The test data carries distinctive values (tests/dicom_node/conftest.py, the sample studies
-of models/phantoms.py, the load and fuzz scenarios). Two nets catch them:
+of models/training/phantoms.py, the load and fuzz scenarios). Two nets catch them:
 
 * every log record created in the test process, whatever handlers Prefect or a test
   installs later: the scan sits in the log record factory, not in a handler;

@@ -15,16 +15,16 @@ def test_log_records_are_scanned_after_prefect_configures_logging() -> None:
     # went blind there); the scan must still see every record.
     from prefect.logging.configuration import setup_logging
 
-    import flows.triage  # noqa: F401  (imports Prefect)
+    import flows.triage.flow  # noqa: F401  (imports Prefect)
 
     setup_logging()
     canary = "Canary^Carl"
     with log_scanner.watching(canary) as watch:
-        logging.getLogger("flows.triage").warning("study of %s", canary)
+        logging.getLogger("flows.triage.flow").warning("study of %s", canary)
         try:
             raise ValueError(f"bad value {canary}")
         except ValueError:
-            logging.getLogger("dicom_node.scp").exception("refused")
+            logging.getLogger("dicom_node.receive.scp").exception("refused")
     assert len(watch.caught) == 2, watch.caught
 
 

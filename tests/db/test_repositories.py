@@ -216,7 +216,7 @@ def test_claim_ready_takes_urgent_studies_first_and_each_once(
 def test_the_watcher_audits_an_interrupted_run_and_the_study_ready_again(
     sessions: sessionmaker[Session],
 ) -> None:
-    from dicom_node.completion import StudyCompletionWatcher
+    from dicom_node.receive.completion import StudyCompletionWatcher
 
     with sessions.begin() as session:
         studies = StudyRepository(session)

@@ -12,7 +12,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from config import FractureLevel
-from dicom_node.results import AlgorithmIdentity, ImageFinding, StudyFinding, Thresholds
+from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding, Thresholds
 from tests.peers import assert_dciodvfy_clean
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"

@@ -9,13 +9,13 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from dicom_node.equipment import label_ai_series
-from dicom_node.parametric_map import build_heatmap_parametric_map
-from dicom_node.presentation_state import build_triage_gsps
-from dicom_node.results import AlgorithmIdentity, StudyFinding
-from dicom_node.secondary_capture import build_overlay_secondary_capture
-from dicom_node.sr import build_triage_sr
-from dicom_node.summary import build_summary_secondary_capture
+from config.domain.findings import AlgorithmIdentity, StudyFinding
+from dicom_node.outputs.equipment import label_ai_series
+from dicom_node.outputs.parametric_map import build_heatmap_parametric_map
+from dicom_node.outputs.presentation_state import build_triage_gsps
+from dicom_node.outputs.secondary_capture import build_overlay_secondary_capture
+from dicom_node.outputs.sr import build_triage_sr
+from dicom_node.outputs.summary import build_summary_secondary_capture
 
 CREATED = datetime.datetime(2025, 3, 4, 5, 6, 7, 890000)
 

@@ -21,7 +21,7 @@ from db.audit import AuditEventType, AuditLog, Outcome
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from db.models import AuditEvent
-from dicom_node.audit_export import AuditExportWorker, SyslogAuditExporter
+from dicom_node.atna.export import AuditExportWorker, SyslogAuditExporter
 from dicom_node.tls import server_context
 from tests.peers import free_port
 from tests.pki import Pki, make_pki

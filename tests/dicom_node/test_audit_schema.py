@@ -26,7 +26,7 @@ from db.audit import AuditEventType, AuditLog, Outcome
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from db.models import AuditEvent
-from dicom_node.audit_export import audit_message
+from dicom_node.atna.export import audit_message
 
 SCHEMA = Path(__file__).resolve().parents[2] / "dicom_node" / "schemas" / "audit-message.rnc"
 STUDY = "1.2.826.0.1.3680043.8.498.9"

@@ -22,8 +22,8 @@ from pynetdicom.sop_class import Verification
 
 from config import load_settings
 from db.audit import verify_chain
-from dicom_node.scp import ACCEPTED_TRANSFER_SYNTAXES
-from dicom_node.statuses import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, SUCCESS
+from dicom_node.receive.scp import ACCEPTED_TRANSFER_SYNTAXES
+from dicom_node.receive.statuses import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, SUCCESS
 from tests.fuzzing import (
     Case,
     StoreHarness,

@@ -8,8 +8,8 @@ import hl7
 import pytest
 from pydicom import Dataset
 
-from dicom_node.hl7_oru import build_oru_r01, is_flagged, send_mllp
-from dicom_node.results import AlgorithmIdentity, StudyFinding
+from config.domain.findings import AlgorithmIdentity, StudyFinding
+from dicom_node.hl7.oru import build_oru_r01, is_flagged, send_mllp
 from tests.hl7_listener import run_mllp_listener
 from tests.peers import free_port
 

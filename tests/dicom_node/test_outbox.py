@@ -18,15 +18,15 @@ from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Destination, DicomWebDestination, Settings, load_settings
+from config.domain.findings import AlgorithmIdentity, StudyFinding
 from config.settings import Hl7Destination
 from db.audit import AuditEventType, AuditLog
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from db.models import Delivery, DeliveryStatus
 from db.repositories import ReceivedInstance, RunRepository, StudyRepository
-from dicom_node.hl7_oru import build_oru_r01
-from dicom_node.outbox import Backoff, Outbox, OutboxPass
-from dicom_node.results import AlgorithmIdentity, StudyFinding
+from dicom_node.delivery.outbox import Backoff, Outbox, OutboxPass
+from dicom_node.hl7.oru import build_oru_r01
 from tests.dicom_node.conftest import DX_FOR_PRESENTATION, make_dx
 from tests.hl7_listener import run_mllp_listener
 from tests.peers import free_port, require_binary, run_orthanc, wait_for_port

@@ -15,15 +15,15 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from config import FractureLevel
-from dicom_node.codes import AI_RESULT_DISCLAIMER
-from dicom_node.parametric_map import (
+from config.domain.findings import AlgorithmIdentity, ImageFinding
+from dicom_node.outputs.codes import AI_RESULT_DISCLAIMER
+from dicom_node.outputs.parametric_map import (
     GRAD_CAM_LABEL,
     PM_SERIES_DESCRIPTION,
     UndefinedGeometryError,
     build_heatmap_parametric_map,
     orientation_cosines,
 )
-from dicom_node.results import AlgorithmIdentity, ImageFinding
 from tests.dicom_node.conftest import make_dx
 
 PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"

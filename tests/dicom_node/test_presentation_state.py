@@ -13,15 +13,15 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from config import FractureLevel
-from dicom_node.presentation_state import (
+from config.domain.findings import AlgorithmIdentity, BoundingBox, ImageFinding, StudyFinding
+from dicom_node.outputs.presentation_state import (
     DASHED_LINE_PATTERN,
     GSPS_LAYER,
     LINE_THICKNESS,
     build_triage_gsps,
     gsps_text,
 )
-from dicom_node.results import AlgorithmIdentity, BoundingBox, ImageFinding, StudyFinding
-from dicom_node.sr import box_polyline
+from dicom_node.outputs.sr import box_polyline
 from tests.dicom_node.conftest import THRESHOLDS
 from tests.peers import require_binary
 

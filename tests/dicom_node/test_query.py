@@ -12,8 +12,8 @@ from config import Destination, load_settings
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from db.models import Instance
-from dicom_node.query import QueryError, StudyQuery, find_studies, get_study, move_study
-from dicom_node.scp import StorageSCP
+from dicom_node.receive.scp import StorageSCP
+from dicom_node.retrieve.query import QueryError, StudyQuery, find_studies, get_study, move_study
 from dicom_node.store import InstanceStore
 from tests.dicom_node.conftest import make_dx
 from tests.peers import free_port, run_orthanc

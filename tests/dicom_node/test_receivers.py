@@ -21,7 +21,7 @@ from db.audit import AuditEventType, AuditLog, verify_chain
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from db.models import Instance
-from dicom_node.scp import StorageSCP
+from dicom_node.receive.scp import StorageSCP
 from dicom_node.store import InstanceStore
 from tests.dicom_node.conftest import make_dx
 from tests.peers import require_binary
@@ -170,7 +170,7 @@ def test_receivers_die_with_a_killed_node(tmp_path: Path, settings: Settings) ->
         from config import load_settings
         from db.engine import make_engine, make_session_factory
         from db.migrate import upgrade
-        from dicom_node.scp import StorageSCP
+        from dicom_node.receive.scp import StorageSCP
         from dicom_node.store import InstanceStore
 
         if __name__ == "__main__":

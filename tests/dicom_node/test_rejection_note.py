@@ -13,13 +13,13 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from config import FractureLevel
-from dicom_node.presentation_state import build_triage_gsps
-from dicom_node.rejection_note import (
+from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding
+from dicom_node.outputs.presentation_state import build_triage_gsps
+from dicom_node.outputs.rejection_note import (
     REJECTION_NOTE_SERIES_DESCRIPTION,
     build_rejection_note,
 )
-from dicom_node.results import AlgorithmIdentity, ImageFinding, StudyFinding
-from dicom_node.sr import build_triage_sr, device_observer_uid
+from dicom_node.outputs.sr import build_triage_sr, device_observer_uid
 from tests.dicom_node.conftest import PATIENT_ID, THRESHOLDS
 
 KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"

@@ -22,8 +22,8 @@ from db.audit import AuditEventType, AuditLog
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from db.models import Instance
-from dicom_node.scp import StorageSCP
-from dicom_node.statuses import (
+from dicom_node.receive.scp import StorageSCP
+from dicom_node.receive.statuses import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,

@@ -13,9 +13,9 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from config import FractureLevel
-from dicom_node.codes import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
-from dicom_node.results import AlgorithmIdentity, ImageFinding, StudyFinding
-from dicom_node.secondary_capture import (
+from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding
+from dicom_node.outputs.codes import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
+from dicom_node.outputs.secondary_capture import (
     banner_lines,
     build_overlay_secondary_capture,
     burn_banner,

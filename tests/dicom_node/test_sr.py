@@ -12,14 +12,14 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from dicom_node.codes import (
+from config.domain.findings import AlgorithmIdentity, StudyFinding
+from dicom_node.outputs.codes import (
     AI_RESULT_DISCLAIMER,
     FINDING_SITE_BY_REGION,
     SYNTHETIC_DATA_WARNING,
     finding_site,
 )
-from dicom_node.results import AlgorithmIdentity, StudyFinding
-from dicom_node.sr import build_triage_sr, device_observer_uid
+from dicom_node.outputs.sr import build_triage_sr, device_observer_uid
 from tests.peers import require_binary
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -13,13 +13,13 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from config import FractureLevel
-from dicom_node.results import (
+from config.domain.findings import (
     AlgorithmIdentity,
     BoundingBox,
     ImageFinding,
     StudyFinding,
 )
-from dicom_node.sr import box_polyline, build_triage_sr
+from dicom_node.outputs.sr import box_polyline, build_triage_sr
 from tests.dicom_node.conftest import THRESHOLDS
 from tests.peers import require_binary
 

@@ -12,9 +12,9 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from dicom_node.codes import AI_RESULT_DISCLAIMER
-from dicom_node.results import AlgorithmIdentity, StudyFinding
-from dicom_node.summary import (
+from config.domain.findings import AlgorithmIdentity, StudyFinding
+from dicom_node.outputs.codes import AI_RESULT_DISCLAIMER
+from dicom_node.outputs.summary import (
     SUMMARY_WIDTH,
     build_summary_secondary_capture,
     render_summary,

@@ -19,7 +19,7 @@ from config import Destination, Settings, TlsSettings, load_settings
 from db.audit import AuditEventType, AuditLog
 from db.models import Instance
 from dicom_node import tls as node_tls
-from dicom_node.sender import send_files
+from dicom_node.delivery.dimse import send_files
 from dicom_node.tls import client_context
 from tests.dicom_node.conftest import make_dx
 from tests.dicom_node.test_scp import RunningSCP

@@ -11,7 +11,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from dicom_node.transport import BulkReceiveSocket
+from dicom_node.receive.fastpath import BulkReceiveSocket
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
-from flows.cli import app
+from flows.cli.app import app
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 

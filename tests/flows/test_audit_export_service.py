@@ -9,8 +9,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from config import load_settings
+from flows.node.service import TriageService
 from flows.runtime import Runtime
-from flows.service import TriageService
 from tests.dicom_node.test_audit_export import Collector, parse
 
 

@@ -25,12 +25,12 @@ from config.settings import Hl7Destination
 from db.audit import AuditEventType, AuditLog
 from db.models import Delivery, DeliveryStatus, RunStatus, Study, StudyStatus, TriageRun
 from db.repositories import RunRepository
-from dicom_node.summary import SUMMARY_SERIES_DESCRIPTION
+from dicom_node.outputs.summary import SUMMARY_SERIES_DESCRIPTION
+from flows.node.service import TriageService
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
-from flows.service import TriageService
-from flows.triage import UNCHANGED, TriageSummary, triage_study
-from models.overlay import BOX_COLOUR
+from flows.triage.flow import UNCHANGED, TriageSummary, triage_study
+from models.runtime.overlay import BOX_COLOUR
 from tests.hl7_listener import run_mllp_listener
 from tests.peers import Orthanc, assert_dciodvfy_clean, free_port, run_orthanc
 

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 from config import Destination, Settings
 from db.audit import AuditEventType, AuditLog, verify_chain
 from db.models import Instance, OutputObject, RunStatus, StudyStatus, TriageRun
-from dicom_node.sender import send_files
-from flows.cli import app
+from dicom_node.delivery.dimse import send_files
+from flows.cli.app import app
 from flows.maintenance import ReprocessCriteria, purge_store, reprocess, select_studies
+from flows.node.service import TriageService
 from flows.runtime import Runtime, install_runtime
-from flows.service import TriageService
 from tests.peers import assert_dciodvfy_clean, free_port, run_orthanc
 
 pytestmark = pytest.mark.slow

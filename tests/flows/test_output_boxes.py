@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from config import FractureLevel
-from dicom_node.results import BoundingBox, ImageFinding
-from flows.triage import overlay_box
-from models.overlay import BOX_COLOUR, render_overlay
+from config.domain.findings import BoundingBox, ImageFinding
+from flows.triage.flow import overlay_box
+from models.runtime.overlay import BOX_COLOUR, render_overlay
 
 BOX = BoundingBox(row_min=20, col_min=30, row_max=80, col_max=120)
 

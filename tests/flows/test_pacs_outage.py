@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from config import Destination, Settings
 from db.models import Delivery, DeliveryStatus, RunStatus, TriageRun
+from flows.node.service import TriageService
 from flows.runtime import Runtime
-from flows.service import TriageService
 from tests.peers import free_port, require_binary, run_orthanc
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]

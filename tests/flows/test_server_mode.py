@@ -24,8 +24,8 @@ from sqlalchemy import select
 from config import Destination, Settings
 from db.models import RunStatus, StudyStatus, TriageRun
 from db.repositories import RUN_WORKER_LOST, StudyRepository
+from flows.node.service import TriageService
 from flows.runtime import Runtime
-from flows.service import TriageService
 from tests.peers import Orthanc, free_port, require, run_orthanc
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
@@ -128,7 +128,7 @@ def worker(settings: Settings, home: Path) -> Iterator[Worker]:
     }
     with log.open("wb") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "worker"],
+            [sys.executable, "-m", "flows.cli.app", "worker"],
             env=env,
             stdout=handle,
             stderr=subprocess.STDOUT,

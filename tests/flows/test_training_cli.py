@@ -15,14 +15,14 @@ from config import Settings
 from db.migrate import upgrade
 from db.models import StudyStatus
 from db.repositories import RunRepository
-from flows.cli import app
+from flows.cli.app import app
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
-from flows.triage import triage_study
-from models.bundle import load_bundle
-from models.datasets import load_records
-from models.phantoms import render_phantom
-from models.preprocessing import preprocess
+from flows.triage.flow import triage_study
+from models.runtime.bundle import load_bundle
+from models.runtime.preprocessing import preprocess
+from models.training.datasets import load_records
+from models.training.phantoms import render_phantom
 from tests.flows.conftest import store_study
 
 runner = CliRunner()

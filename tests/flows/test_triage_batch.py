@@ -15,7 +15,7 @@ from db.models import OutputObject, RunStatus, Study, StudyStatus, TriageRun
 from flows.maintenance import reprocess
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
-from flows.triage import triage_batch
+from flows.triage.flow import triage_batch
 from tests.flows.conftest import store_study
 
 pytestmark = pytest.mark.slow

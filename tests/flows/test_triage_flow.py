@@ -18,9 +18,9 @@ from config import Settings
 from db.audit import AuditEventType, AuditLog
 from db.models import OutputObject, RunStatus, Study, StudyStatus
 from db.repositories import RunRepository
-from flows.cli import app
+from flows.cli.app import app
+from flows.node.service import TriageService
 from flows.runtime import Runtime
-from flows.service import TriageService
 from tests.peers import assert_dciodvfy_clean, nema_cr, require_binary
 
 pytestmark = pytest.mark.slow

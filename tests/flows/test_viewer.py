@@ -22,12 +22,12 @@ from PIL import Image
 from pydicom import dcmread
 
 from config import Destination, Settings
-from dicom_node.parametric_map import PM_SERIES_DESCRIPTION
-from dicom_node.presentation_state import GSPS_SERIES_DESCRIPTION
-from dicom_node.secondary_capture import SC_SERIES_DESCRIPTION
-from dicom_node.sr import SR_SERIES_DESCRIPTION
+from dicom_node.outputs.parametric_map import PM_SERIES_DESCRIPTION
+from dicom_node.outputs.presentation_state import GSPS_SERIES_DESCRIPTION
+from dicom_node.outputs.secondary_capture import SC_SERIES_DESCRIPTION
+from dicom_node.outputs.sr import SR_SERIES_DESCRIPTION
+from flows.node.service import TriageService
 from flows.runtime import Runtime
-from flows.service import TriageService
 from tests.flows.pictures import render_gsps, render_parametric_map
 from tests.peers import (
     ORTHANC_WEBVIEWER_PLUGIN,

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
-from models.datasets import (
+from models.training.datasets import (
     DatasetError,
     ImageRecord,
     load_dicom_folder,
@@ -134,7 +134,7 @@ def test_png_and_dicom_reach_the_same_distribution(tmp_path: Path) -> None:
     ds = pydicom.dcmread(record.path)
     dicom_input, _ = load_record_image(record, 64)
     # Render the same pixels as an 8-bit display PNG (what MURA ships).
-    from models.preprocessing import display_image_from_dataset
+    from models.runtime.preprocessing import display_image_from_dataset
 
     display = display_image_from_dataset(ds)
     png = tmp_path / "same.png"

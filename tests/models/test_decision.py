@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.decision import aggregate_study, study_region
+from config.domain.decision import aggregate_study, study_region
 
 
 def test_aggregation() -> None:

@@ -11,9 +11,14 @@ import torch
 from PIL import Image
 
 from config import REGIONS
-from models.bundle import load_bundle
-from models.datasets import load_records, split_by_patient, write_phantom_csv, write_phantom_mura
-from models.evaluation import (
+from models.runtime.bundle import load_bundle
+from models.training.datasets import (
+    load_records,
+    split_by_patient,
+    write_phantom_csv,
+    write_phantom_mura,
+)
+from models.training.evaluation import (
     auroc,
     bootstrap_auroc_ci,
     cohen_kappa,
@@ -21,7 +26,7 @@ from models.evaluation import (
     expected_calibration_error,
     fit_temperature,
 )
-from models.training import PRESETS, TrainConfig, pick_operating_points, preset_config, train
+from models.training.train import PRESETS, TrainConfig, pick_operating_points, preset_config, train
 
 
 def test_thresholds_on_a_known_score_set_give_the_expected_sensitivity() -> None:

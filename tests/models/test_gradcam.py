@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.gradcam import CamExplainer, compute_cam, hottest_box
-from models.networks import NetworkSpec, build_network, gradcam_target_layer
+from models.runtime.gradcam import CamExplainer, compute_cam, hottest_box
+from models.runtime.networks import NetworkSpec, build_network, gradcam_target_layer
 
 
 class _BrightSpotNet(nn.Module):

@@ -7,14 +7,14 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from models.networks import (
+from models.runtime.networks import (
     ARCHITECTURES,
     NetworkSpec,
     build_network,
     gradcam_target_layer,
     resolve_device,
 )
-from models.overlay import render_overlay
+from models.runtime.overlay import render_overlay
 
 
 def test_overlay_heat_and_boxes() -> None:

@@ -7,13 +7,13 @@ import pydicom
 import pytest
 
 from config import REGION_CLASSES, UNSUPPORTED
-from models.phantoms import (
+from models.runtime.preprocessing import display_image_from_dataset
+from models.training.phantoms import (
     DX_FOR_PRESENTATION,
     phantom_dataset,
     render_phantom,
     write_sample_studies,
 )
-from models.preprocessing import display_image_from_dataset
 
 
 def test_same_seed_same_phantom() -> None:

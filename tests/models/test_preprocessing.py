@@ -8,7 +8,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from models.preprocessing import (
+from models.runtime.preprocessing import (
     FitToSquare,
     FitToSquared,
     Geometry,

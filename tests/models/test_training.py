@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED, FractureLevel
-from models.bundle import BundleError, load_bundle
-from models.evaluation import auroc, box_contains
-from models.gradcam import compute_cam, hottest_box
-from models.inference import BOX_FRACTION, HierarchicalModel, fracture_probability
-from models.networks import gradcam_target_layer
-from models.phantoms import render_phantom
-from models.preprocessing import preprocess
-from models.training import INTENDED_USE, PhantomSplit, pick_operating_points
+from models.runtime.bundle import BundleError, load_bundle
+from models.runtime.gradcam import compute_cam, hottest_box
+from models.runtime.inference import BOX_FRACTION, HierarchicalModel, fracture_probability
+from models.runtime.networks import gradcam_target_layer
+from models.runtime.preprocessing import preprocess
+from models.training.evaluation import auroc, box_contains
+from models.training.phantoms import render_phantom
+from models.training.train import INTENDED_USE, PhantomSplit, pick_operating_points
 
 pytestmark = pytest.mark.slow
 

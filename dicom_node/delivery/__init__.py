@@ -1,0 +1,1 @@
+"""Delivering results: the durable outbox and its senders (C-STORE, STOW-RS, MLLP)."""

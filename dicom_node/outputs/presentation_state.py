@@ -1,0 +1,232 @@
+"""The triage result as a Grayscale Softcopy Presentation State over the original views.
+
+Viewers that apply GSPS (most PACS do) show the untouched radiograph with, on
+a graphic layer ``AI FRACTURE``, the finding box of each positive view and a
+short text (e.g. ``AI: fracture likely p=0.83``); views the model assessed as
+negative get the text only. Like the annotated captures, the box is dashed
+when a fracture is suspected (high-sensitivity operating point) and solid when
+it is likely (high-specificity point): each box carries a Line Style Sequence
+(0070,0232) with Line Dashing Style ``DASHED`` or ``SOLID`` (PS3.3 C.10.5,
+Line Style Sequence Macro). Viewers that ignore line styles still show the
+level in the text. The window/level and modality LUT come from the
+source images (highdicom copies them), so bone looks as it does without the
+presentation state; MONOCHROME1 views get the INVERSE presentation LUT shape.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom import Dataset
+
+from config import FractureLevel
+from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding
+from dicom_node.outputs.codes import AI_RESULT_DISCLAIMER
+from dicom_node.outputs.equipment import common_laterality, contributing_equipment, label_ai_series
+from dicom_node.outputs.sr import box_polyline
+from dicom_node.uids import check_new_uid
+
+__all__ = [
+    "DASHED_LINE_PATTERN",
+    "GSPS_LAYER",
+    "GSPS_SERIES_DESCRIPTION",
+    "LINE_THICKNESS",
+    "build_triage_gsps",
+    "gsps_text",
+    "line_style",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Series Description of the presentation state series.
+GSPS_SERIES_DESCRIPTION = "AI fracture triage annotations (GSPS)"
+#: Graphic layer holding the boxes and texts.
+GSPS_LAYER = "AI FRACTURE"
+_LAYER_COLOUR = hd.color.CIELabColor(97.1, -21.6, 94.5)  # yellow, like the burned-in boxes
+_SHADOW_COLOUR = hd.color.CIELabColor(0.0, 0.0, 0.0)
+#: Box line width in display pixels.
+LINE_THICKNESS = 2.0
+#: Line Pattern of a dashed (suspected) box: 4 display pixels on, 4 off.
+DASHED_LINE_PATTERN = 0xF0F0F0F0
+
+
+def gsps_text(image: ImageFinding) -> str:
+    """The short text drawn on a view, e.g. ``"AI: fracture likely p=0.83"``."""
+    if image.region is None or image.fracture_probability is None:
+        return "AI: no supported region, not assessed"
+    level = image.level.value if image.level is not None else "fracture probability"
+    return f"AI: {level} p={image.fracture_probability:.2f}"
+
+
+def line_style(*, dashed: bool) -> Dataset:
+    """A Line Style Sequence item: the layer's yellow, 2 pixels wide, dashed or solid.
+
+    highdicom's graphic objects have no line style yet, so the item is built
+    here (PS3.3 Table C.10-26b, Line Style Sequence Macro) and set on the
+    graphic object.
+
+    Parameters
+    ----------
+    dashed: bool
+        ``True`` for a suspected fracture's box (``DASHED`` with
+        :data:`DASHED_LINE_PATTERN`), ``False`` for a likely one's (``SOLID``).
+
+    Returns
+    -------
+    pydicom.Dataset
+        The item, fully opaque, without shadow.
+    """
+    item = Dataset()
+    item.PatternOnColorCIELabValue = list(_LAYER_COLOUR.value)
+    item.PatternOnOpacity = 1.0
+    item.LineThickness = LINE_THICKNESS
+    item.LineDashingStyle = "DASHED" if dashed else "SOLID"
+    if dashed:
+        item.LinePattern = DASHED_LINE_PATTERN
+    item.ShadowStyle = "OFF"
+    item.ShadowOffsetX = 0.0
+    item.ShadowOffsetY = 0.0
+    item.ShadowColorCIELabValue = list(_SHADOW_COLOUR.value)
+    item.ShadowOpacity = 0.0
+    return item
+
+
+def build_triage_gsps(
+    source_images: Sequence[Dataset],
+    finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    series_created: datetime.datetime | None = None,
+) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """Build the study's presentation state: boxes on positive views, a text on each.
+
+    Parameters
+    ----------
+    source_images: Sequence[pydicom.Dataset]
+        The study's grayscale source images (headers suffice: Rows, Columns,
+        window and rescale attributes are read).
+    finding: config.domain.findings.StudyFinding
+        The study finding; each image finding must have its source here.
+    algorithm: config.domain.findings.AlgorithmIdentity
+        The model that produced `finding`.
+    series_instance_uid, sop_instance_uid: str
+        UIDs of the new series and presentation state.
+    series_number, instance_number: int
+        Positive numbers of the new series and instance.
+    series_created: datetime.datetime | None, optional
+        When the series was made: its Series Date and Time (default: now).
+
+    Returns
+    -------
+    highdicom.pr.GrayscaleSoftcopyPresentationState
+        Referencing every view, with one graphic annotation per view.
+    """
+    if not isinstance(finding, StudyFinding):
+        raise TypeError(f"finding must be a StudyFinding, got {type(finding).__name__}")
+    if not isinstance(algorithm, AlgorithmIdentity):
+        raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
+    if isinstance(source_images, Dataset) or not source_images:
+        raise ValueError("source_images must be a non-empty sequence of datasets")
+    check_new_uid("series_instance_uid", series_instance_uid)
+    check_new_uid("sop_instance_uid", sop_instance_uid)
+    sources = {str(ds.SOPInstanceUID): ds for ds in source_images}
+    for ds in source_images:
+        if ds.get("StudyInstanceUID") != finding.study_instance_uid:
+            raise ValueError(
+                f"source image {ds.SOPInstanceUID} is not of study {finding.study_instance_uid}"
+            )
+    if series_instance_uid in {str(ds.SeriesInstanceUID) for ds in source_images}:
+        raise ValueError(f"series_instance_uid {series_instance_uid} is a source series")
+
+    layer = hd.pr.GraphicLayer(
+        layer_name=GSPS_LAYER,
+        order=1,
+        description=f"{algorithm.name} {algorithm.version}: {AI_RESULT_DISCLAIMER}",
+        display_color=_LAYER_COLOUR,
+    )
+    annotations = []
+    for image in finding.images:
+        source = sources.get(image.sop_instance_uid)
+        if source is None:
+            raise ValueError(f"image finding {image.sop_instance_uid} has no source image")
+        rows, columns = int(source.Rows), int(source.Columns)
+        graphics = []
+        positive = image.level in (FractureLevel.SUSPECTED, FractureLevel.LIKELY)
+        if positive and image.box is not None:
+            box = hd.pr.GraphicObject(
+                graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+                graphic_data=box_polyline(image.box, rows, columns),
+                units=hd.pr.AnnotationUnitsValues.PIXEL,
+            )
+            box.LineStyleSequence = [line_style(dashed=image.level is FractureLevel.SUSPECTED)]
+            graphics.append(box)
+        # The text sits in the top left corner of the view, clear of the anatomy.
+        margin = max(1.0, columns / 100)
+        text = hd.pr.TextObject(
+            text_value=gsps_text(image),
+            units=hd.pr.AnnotationUnitsValues.PIXEL,
+            bounding_box=(margin, margin, columns * 0.6, margin + max(12.0, rows / 20)),
+            text_justification=hd.pr.TextJustificationValues.LEFT,
+        )
+        annotations.append(
+            hd.pr.GraphicAnnotation(
+                referenced_images=[source],
+                graphic_layer=layer,
+                graphic_objects=graphics or None,
+                text_objects=[text],
+            )
+        )
+    # A presentation state ignores the images' Photometric Interpretation: MONOCHROME1
+    # views (bone dark in the pixel data, common in CR) need the INVERSE LUT shape.
+    photometric = {str(ds.get("PhotometricInterpretation", "MONOCHROME2")) for ds in source_images}
+    if len(photometric) > 1:
+        logger.warning(
+            "study %s mixes %s views: GSPS shown with IDENTITY presentation LUT",
+            finding.study_instance_uid,
+            " and ".join(sorted(photometric)),
+        )
+    inverse = photometric == {"MONOCHROME1"}
+    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=list(source_images),
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=algorithm.version,
+        content_label="AI_FRACTURE",
+        content_description="AI fracture triage boxes, not for diagnostic use",
+        graphic_annotations=annotations,
+        graphic_layers=[layer],
+        institution_name=None,
+        content_creator_name=None,
+        presentation_lut_transformation=hd.PresentationLUTTransformation(
+            presentation_lut_shape=(
+                hd.PresentationLUTShapeValues.INVERSE
+                if inverse
+                else hd.PresentationLUTShapeValues.IDENTITY
+            )
+        ),
+        contributing_equipment=contributing_equipment(
+            algorithm, "AI fracture triage presentation state"
+        ),
+    )
+    label_ai_series(gsps, GSPS_SERIES_DESCRIPTION, series_created)
+    gsps.Laterality = common_laterality(source_images)
+    logger.info(
+        "built GSPS %s (series %s) for study %s: %d view(s)",
+        sop_instance_uid,
+        series_instance_uid,
+        finding.study_instance_uid,
+        len(annotations),
+    )
+    return gsps

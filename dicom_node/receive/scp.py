@@ -1,0 +1,482 @@
+"""The storage SCP: C-ECHO and C-STORE into the durable store and the audit DB.
+
+An instance is answered Success only after its file is fsynced under its final
+name and its row and audit event are committed. Anything else gets a failure
+status and an audit event; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+from io import BytesIO
+from typing import TYPE_CHECKING, Any
+
+from pydicom import Dataset, dcmread
+from pydicom.encaps import generate_fragments
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from sqlalchemy.orm import Session, sessionmaker
+
+from config import Settings
+from db.audit import AuditEventType, AuditLog, Outcome
+from db.repositories import ReceivedInstance, RecordOutcome, StudyRepository
+from dicom_node.receive.fastpath import (
+    BulkReceiveRequestHandler,
+    DispatchingAssociationServer,
+    HandedConnectionServer,
+)
+from dicom_node.receive.statuses import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+)
+from dicom_node.store import InstanceStore
+from dicom_node.tls import server_context
+from dicom_node.uids import InvalidUIDError, validate_uid
+
+if TYPE_CHECKING:
+    from dicom_node.receive.receivers import ReceiverProcesses
+
+logger = logging.getLogger(__name__)
+
+#: Storage SOP classes the models can read: CR and DX (for presentation and processing).
+TRIAGEABLE_SOP_CLASSES: frozenset[str] = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+        "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+    }
+)
+
+#: Transfer syntaxes accepted for every storage SOP class (native and the common compressed).
+ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    RLELossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+)
+
+
+class StoreRefusedError(Exception):
+    """An instance is refused; ``status`` is the DIMSE failure status to answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        #: The study the refused instance claims to belong to, when its UID could be read.
+        self.study_instance_uid: str | None = None
+
+
+class StorageSCP:
+    """A pynetdicom storage SCP wired to an :class:`InstanceStore` and the audit DB."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        store: InstanceStore,
+        *,
+        handed_connections: socket.socket | None = None,
+        request_handler: type[RequestHandler] = BulkReceiveRequestHandler,
+    ) -> None:
+        """``handed_connections``: a receiver process's SCP, serving the connections the
+        node's SCP hands it on this channel instead of listening (dicom_node.receive.receivers).
+
+        ``request_handler``: how connections are served; pynetdicom's own
+        ``RequestHandler`` only to compare against it (benchmarks.ingest).
+        """
+        self._settings = settings
+        self._sessions = session_factory
+        self._store = store
+        self._handed_connections = handed_connections
+        self._request_handler = request_handler
+        self._server: ThreadedAssociationServer | None = None
+        self._receivers: ReceiverProcesses | None = None
+
+    # -- association life cycle -------------------------------------------------------
+
+    def build_ae(self) -> AE:
+        ae = AE(ae_title=self._settings.ae_title)
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
+        if self._settings.allowed_calling_ae_titles:
+            ae.require_calling_aet = list(self._settings.allowed_calling_ae_titles)
+        ae.maximum_associations = self._settings.max_associations
+        ae.maximum_pdu_size = self._settings.max_pdu_bytes
+        return ae
+
+    def start(self) -> tuple[str, int]:
+        """Start listening in background threads; return the bound (address, port)."""
+        if self._server is not None:
+            raise RuntimeError("the SCP is already running")
+        handlers = [
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_REQUESTED, self.handle_requested),
+            (evt.EVT_CONN_CLOSE, self.handle_connection_closed),
+            (evt.EVT_ACCEPTED, self.handle_accepted),
+            (evt.EVT_REJECTED, self.handle_rejected),
+        ]
+        address = (self._settings.bind_address, self._settings.port)
+        ssl_context = server_context(self._settings.tls) if self._settings.tls else None
+        ae = self.build_ae()
+        if self._handed_connections is not None:  # a receiver process: no port of its own
+            children = 0
+            server_class: type[ThreadedAssociationServer] = HandedConnectionServer
+            channel = {"channel": self._handed_connections}
+        else:
+            children = self._settings.scp_processes - 1
+            server_class, channel = DispatchingAssociationServer, {}
+        server = ae.make_server(
+            address,
+            evt_handlers=handlers,
+            ssl_context=ssl_context,
+            server_class=server_class,
+            request_handler=self._request_handler,
+            **channel,
+        )
+        ae._servers.append(server)  # as start_server does: shutdown() removes it
+        threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
+        self._server = server
+        bound = self._server.server_address
+        if children:
+            from dicom_node.receive.receivers import ReceiverProcesses
+
+            port_settings = self._settings.model_copy(update={"port": bound[1]})
+            self._receivers = ReceiverProcesses(port_settings, children)
+            try:
+                self._receivers.start()
+            except Exception:
+                self.stop()
+                raise
+            assert isinstance(server, DispatchingAssociationServer)
+            server.hand_off = self._receivers.hand_off
+        logger.info(
+            "storage SCP %s listening on %s:%s%s%s",
+            self._settings.ae_title,
+            *bound[:2],
+            " (TLS)" if ssl_context else "",
+            f" in {children + 1} processes" if children else "",
+        )
+        return bound[0], bound[1]
+
+    @property
+    def receiver_pids(self) -> list[int]:
+        """The process IDs of the receiver processes (none with ``scp_processes = 1``)."""
+        return self._receivers.pids if self._receivers is not None else []
+
+    def stop(self) -> None:
+        if isinstance(self._server, DispatchingAssociationServer):
+            self._server.hand_off = None  # from now on the node serves what still arrives
+        if self._receivers is not None:
+            self._receivers.stop()
+            self._receivers = None
+        if self._server is not None:
+            self._server.shutdown()  # closes the socket too
+            self._server = None
+
+    # -- handlers -------------------------------------------------------------------
+
+    def handle_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def handle_requested(self, event: evt.Event) -> None:
+        """Reject before negotiation: a calling AE from a host not allowed for it, or a
+        store whose disk is nearly full (better than failing half-way through a study)."""
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        address = str(assoc.requestor.address)
+        allowed_hosts = self._settings.allowed_calling_hosts.get(calling)
+        if allowed_hosts is not None and address not in allowed_hosts:
+            # rejected-permanent, service-user, calling AE title not recognised
+            self._reject(
+                event, (0x01, 0x01, 0x03), calling, f"host {address} not allowed for {calling}"
+            )
+            return
+        free = shutil.disk_usage(self._store.root).free
+        if free < self._settings.min_free_disk_bytes:
+            # rejected-transient, service-provider (presentation), local limit exceeded
+            self._reject(
+                event, (0x02, 0x03, 0x02), calling, f"store disk nearly full ({free} bytes free)"
+            )
+
+    def _reject(
+        self, event: evt.Event, reason: tuple[int, int, int], calling: str, why: str
+    ) -> None:
+        event.assoc.acse.send_reject(*reason)
+        self._audit_association(
+            event, AuditEventType.ASSOCIATION_REJECTED, Outcome.FAILURE, actor=calling, reason=why
+        )
+        event.assoc.kill()
+
+    def handle_connection_closed(self, event: evt.Event) -> None:
+        """Audit a connection that closed without a valid association request.
+
+        Garbage on the port, a port scan, or a peer speaking another protocol: pynetdicom
+        drops it; the audit trail records who it was.
+        """
+        if event.assoc.requestor.primitive is not None:
+            return  # a real association request: accepted/rejected events tell its story
+        address = event.assoc.requestor.address
+        with self._sessions.begin() as session:
+            AuditLog(session).record(
+                AuditEventType.CONNECTION_DROPPED,
+                Outcome.FAILURE,
+                address=str(address),
+                reason="connection closed without a valid A-ASSOCIATE-RQ",
+            )
+        logger.warning("connection from %s closed without a valid association request", address)
+
+    def handle_accepted(self, event: evt.Event) -> None:
+        # Proposed SOP classes (or transfer syntaxes) we do not accept are refused per
+        # presentation context; the audit names them so a refused modality is visible.
+        refused = sorted({str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts})
+        self._audit_association(
+            event, AuditEventType.ASSOCIATION_ACCEPTED, Outcome.SUCCESS, refused_contexts=refused
+        )
+
+    def handle_rejected(self, event: evt.Event) -> None:
+        self._audit_association(event, AuditEventType.ASSOCIATION_REJECTED, Outcome.FAILURE)
+
+    def _audit_association(
+        self, event: evt.Event, kind: AuditEventType, outcome: Outcome, **detail: object
+    ) -> None:
+        requestor = event.assoc.requestor
+        actor = detail.pop("actor", None) or requestor.ae_title
+        with self._sessions.begin() as session:
+            AuditLog(session).record(
+                kind,
+                outcome,
+                actor=actor,
+                address=str(requestor.address),
+                port=int(requestor.port),
+                receiver_pid=os.getpid(),  # which receiving process (scp_processes > 1)
+                **detail,
+            )
+        logger.info("%s from %s at %s", kind, actor, requestor.address)
+
+    def handle_store(self, event: evt.Event) -> int:
+        calling_ae = event.assoc.requestor.ae_title
+        request_sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        try:
+            return self._store_instance(event, calling_ae)
+        except StoreRefusedError as refused:
+            self._audit_refusal(
+                calling_ae,
+                request_sop_uid,
+                refused.reason,
+                refused.status,
+                study_uid=refused.study_instance_uid,
+            )
+            return refused.status
+        except Exception:
+            # Never crash the association thread; the peer gets a failure and may retry.
+            logger.exception("storing SOP Instance %s failed", _loggable_uid(request_sop_uid))
+            self._audit_refusal(calling_ae, request_sop_uid, "internal error", OUT_OF_RESOURCES)
+            return OUT_OF_RESOURCES
+
+    def _store_instance(self, event: evt.Event, calling_ae: str) -> int:
+        free = shutil.disk_usage(self._store.root).free
+        if free < self._settings.min_free_disk_bytes:
+            raise StoreRefusedError(OUT_OF_RESOURCES, f"store disk nearly full ({free} bytes free)")
+        encoded = event.encoded_dataset(include_meta=True)
+        if len(encoded) > self._settings.max_instance_bytes:
+            raise StoreRefusedError(
+                OUT_OF_RESOURCES,
+                f"instance of {len(encoded)} bytes exceeds max_instance_bytes "
+                f"({self._settings.max_instance_bytes})",
+            )
+        try:
+            # pydicom converts an element's value when it is first read: everything the
+            # handler uses is read here, so a value that cannot be decoded (an unknown VR,
+            # a wrong length) is the peer's "cannot understand", never the node's failure.
+            header = dcmread(BytesIO(encoded))
+            rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
+            values = {keyword: header.get(keyword) for keyword in _HEADER_KEYWORDS}
+        except Exception as error:
+            raise StoreRefusedError(
+                CANNOT_UNDERSTAND, f"dataset cannot be decoded ({type(error).__name__})"
+            ) from None
+        try:
+            return self._store_decoded(event, calling_ae, encoded, header, values, (rows, columns))
+        except StoreRefusedError as refused:
+            # Refused after the header was read: the study's story shows the refusal.
+            refused.study_instance_uid = _loggable_uid(values["StudyInstanceUID"])
+            raise
+
+    def _store_decoded(
+        self,
+        event: evt.Event,
+        calling_ae: str,
+        encoded: bytes,
+        header: Dataset,
+        values: dict[str, Any],
+        size: tuple[int, int],
+    ) -> int:
+        rows, columns = size
+        if rows * columns > self._settings.max_image_pixels:
+            raise StoreRefusedError(
+                OUT_OF_RESOURCES,
+                f"image of {rows} x {columns} pixels exceeds max_image_pixels "
+                f"({self._settings.max_image_pixels})",
+            )
+        try:
+            pixel_problem = pixel_data_problem(header)
+        except Exception as error:
+            pixel_problem = f"pixel data cannot be decoded ({type(error).__name__})"
+        if pixel_problem:
+            raise StoreRefusedError(CANNOT_UNDERSTAND, pixel_problem)
+
+        try:
+            sop_uid = validate_uid(values["SOPInstanceUID"], "SOPInstanceUID")
+            sop_class = validate_uid(values["SOPClassUID"], "SOPClassUID")
+            study_uid = validate_uid(values["StudyInstanceUID"], "StudyInstanceUID")
+            series_uid = validate_uid(values["SeriesInstanceUID"], "SeriesInstanceUID")
+        except InvalidUIDError as error:
+            raise StoreRefusedError(DATASET_DOES_NOT_MATCH_SOP_CLASS, str(error)) from None
+        if sop_uid != event.request.AffectedSOPInstanceUID:
+            raise StoreRefusedError(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPInstanceUID differs from the C-STORE request's Affected SOP Instance UID",
+            )
+        if sop_class != event.request.AffectedSOPClassUID:
+            raise StoreRefusedError(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPClassUID differs from the C-STORE request's Affected SOP Class UID",
+            )
+
+        stored = self._store.write(encoded, study_uid, series_uid, sop_uid)
+        modality = _short_string(values["Modality"])
+        received = ReceivedInstance(
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            sop_class_uid=sop_class,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            modality=modality,
+            triageable=sop_class in TRIAGEABLE_SOP_CLASSES,
+            path=stored.relative_path,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            calling_ae_title=calling_ae,
+            urgent=self._settings.priority.is_urgent(calling_ae, modality),
+        )
+        with self._sessions.begin() as session:
+            outcome = StudyRepository(session).record_instance(received)
+            AuditLog(session).record(
+                _AUDIT_FOR_OUTCOME[outcome],
+                actor=calling_ae,
+                study_instance_uid=study_uid,
+                sop_instance_uid=sop_uid,
+                sop_class_uid=sop_class,
+                size_bytes=stored.size_bytes,
+            )
+        logger.debug("%s SOP Instance %s of study %s", outcome, sop_uid, study_uid)
+        return SUCCESS
+
+    def _audit_refusal(
+        self,
+        calling_ae: str,
+        sop_uid: str,
+        reason: str,
+        status: int,
+        study_uid: str | None = None,
+    ) -> None:
+        logger.warning(
+            "refused SOP Instance %s from %s: %s", _loggable_uid(sop_uid), calling_ae, reason
+        )
+        try:
+            with self._sessions.begin() as session:
+                AuditLog(session).record(
+                    AuditEventType.INSTANCE_REFUSED,
+                    Outcome.FAILURE,
+                    actor=calling_ae,
+                    study_instance_uid=study_uid,
+                    sop_instance_uid=_loggable_uid(sop_uid),
+                    reason=reason,
+                    status=f"0x{status:04X}",
+                )
+        except Exception:
+            logger.exception("could not audit a refused instance")
+
+
+def pixel_data_problem(dataset: Dataset) -> str | None:
+    """Why the Pixel Data cannot be what the header declares, or None if it can.
+
+    A dataset cut short in its last element still parses; only comparing the
+    pixel data with Rows, Columns and the bit depth shows that it is truncated.
+    """
+    if "PixelData" not in dataset:
+        return None
+    syntax = dataset.file_meta.TransferSyntaxUID
+    if syntax.is_compressed:
+        fragments = sum(1 for _ in generate_fragments(dataset.PixelData))
+        return None if fragments else "encapsulated pixel data holds no fragment"
+    expected_bits = (
+        int(dataset.Rows)
+        * int(dataset.Columns)
+        * int(dataset.get("SamplesPerPixel", 1))
+        * int(dataset.get("NumberOfFrames", 1) or 1)
+        * int(dataset.BitsAllocated)
+    )
+    actual = len(dataset.PixelData)
+    if actual * 8 < expected_bits:
+        return f"pixel data has {actual} bytes, the header declares {(expected_bits + 7) // 8}"
+    return None
+
+
+#: The header values the store handler reads (besides Rows, Columns and Pixel Data).
+_HEADER_KEYWORDS = (
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+)
+
+_AUDIT_FOR_OUTCOME = {
+    RecordOutcome.STORED: AuditEventType.INSTANCE_STORED,
+    RecordOutcome.DUPLICATE: AuditEventType.INSTANCE_DUPLICATE,
+    RecordOutcome.REPLACED: AuditEventType.INSTANCE_REPLACED,
+}
+
+
+def _loggable_uid(value: Any) -> str | None:
+    try:
+        return validate_uid(value, "UID")
+    except InvalidUIDError:
+        return None
+
+
+def _short_string(value: Any) -> str | None:
+    return str(value)[:16] if value else None

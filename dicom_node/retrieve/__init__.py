@@ -1,0 +1,1 @@
+"""Query/retrieve against the PACS (C-FIND, C-MOVE, C-GET) for reprocessing."""

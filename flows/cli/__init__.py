@@ -1,0 +1,5 @@
+"""The ``fracture-triage`` command line."""
+
+from flows.cli.app import app
+
+__all__ = ["app"]

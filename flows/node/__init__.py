@@ -1,0 +1,1 @@
+"""The running node: the embedded service and the Prefect deployments of server mode."""

@@ -1,0 +1,1 @@
+"""What a worker loads to triage: preprocessing, networks, Grad-CAM, bundles, inference."""

@@ -1,0 +1,1 @@
+"""Offline tooling: data set layouts, phantoms, training, evaluation and model cards."""
