@@ -40,7 +40,7 @@ from config import Destination, Settings, load_settings
 from db.models import Delivery, DeliveryStatus, OutputObject, Study, TriageRun
 from flows.node.service import TriageService
 from flows.runtime import Runtime
-from flows.triage.flow import TriageSummary
+from flows.triage.payloads import TriageSummary
 from tests.peers import Orthanc, free_port, run_orthanc
 
 console = Console()

@@ -28,8 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.common import machine_description
-from config import REGION_CLASSES, FractureLevel
-from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding, Thresholds
+from config import REGION_CLASSES
+from config.domain.decision import ViewResult, decide
+from config.domain.findings import AlgorithmIdentity, OperatingPoints
 from dicom_node.outputs.secondary_capture import build_overlay_secondary_capture
 from dicom_node.outputs.sr import build_triage_sr
 from models.runtime.bundle import load_bundle
@@ -154,18 +155,12 @@ def measure(
             "stage 2 (fracture) with Grad-CAM": lambda: model.classify_and_explain(batch, regions),
         }
         algorithm = AlgorithmIdentity("bench", "1", trained_on_synthetic_data=True)
-        findings = [
-            ImageFinding(ds.SOPInstanceUID, "wrist", 0.9, 0.8, FractureLevel.LIKELY)
-            for ds in datasets
-        ]
-        study = StudyFinding(
+        study = decide(
             datasets[0].StudyInstanceUID,
-            "wrist",
-            0.8,
-            FractureLevel.LIKELY,
-            Thresholds(0.3, 0.7),
-            tuple(findings),
+            [ViewResult(ds.SOPInstanceUID, "wrist", 0.9, 0.8) for ds in datasets],
+            {"wrist": OperatingPoints(suspected=0.3, likely=0.7)},
         )
+        findings = list(study.images)
 
         def encode() -> None:
             series = generate_uid()

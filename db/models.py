@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from config.domain.vocabulary import OutputKind
+
 # One naming convention so that migrations name constraints the same on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -181,9 +183,13 @@ class ImageResult(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("triage_runs.id"), index=True)
     sop_instance_uid: Mapped[str] = mapped_column(UID)
     region: Mapped[str | None] = mapped_column(String(32))
-    region_probability: Mapped[float] = mapped_column(Float)
+    region_probability: Mapped[float | None] = mapped_column(Float)
     fracture_probability: Mapped[float | None] = mapped_column(Float)
     level: Mapped[str | None] = mapped_column(String(32))
+    not_assessed_gate: Mapped[str | None] = mapped_column(
+        String(16), doc="What stopped the image: header, pixels, conflict, unreadable."
+    )
+    not_assessed_reason: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[TriageRun] = relationship(back_populates="image_results")
 
@@ -196,26 +202,33 @@ class StudyResult(Base):
     region: Mapped[str | None] = mapped_column(String(32))
     fracture_probability: Mapped[float | None] = mapped_column(Float)
     level: Mapped[str | None] = mapped_column(String(32))
-    threshold_suspected: Mapped[float] = mapped_column(Float)
-    threshold_likely: Mapped[float] = mapped_column(Float)
+    threshold_suspected: Mapped[float | None] = mapped_column(Float)
+    threshold_likely: Mapped[float | None] = mapped_column(Float)
+    not_assessed_gate: Mapped[str | None] = mapped_column(String(16))
+    not_assessed_reason: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[TriageRun] = relationship(back_populates="study_result")
 
 
 class OutputObject(Base):
-    """A DICOM object a triage run produced (SR or Secondary Capture)."""
+    """An object a triage run produced: a DICOM object of the study, or an HL7 message."""
 
     __tablename__ = "output_objects"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("triage_runs.id"), index=True)
-    kind: Mapped[str] = mapped_column(
-        String(16),
-        doc="'sr', 'summary', 'sc', 'gsps', 'pm' (Parametric Map), 'kos' (rejection note), 'hl7'.",
+    kind: Mapped[OutputKind] = mapped_column(
+        Enum(
+            OutputKind,
+            native_enum=False,
+            create_constraint=False,
+            length=16,
+            values_callable=lambda members: [m.value for m in members],
+        )
     )
-    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_class_uid: Mapped[str | None] = mapped_column(UID, doc="None for an HL7 message.")
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
-    series_instance_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str | None] = mapped_column(UID, doc="None for an HL7 message.")
     path: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

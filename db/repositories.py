@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -17,6 +17,8 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from config.domain.findings import ImageFinding, StudyFinding
+from config.domain.vocabulary import OutputKind
 from db.models import (
     Delivery,
     DeliveryStatus,
@@ -320,9 +322,24 @@ class StudyRepository:
 class ImageResultRow:
     sop_instance_uid: str
     region: str | None
-    region_probability: float
+    region_probability: float | None
     fracture_probability: float | None
     level: str | None
+    not_assessed_gate: str | None = None
+    not_assessed_reason: str | None = None
+
+    @classmethod
+    def of(cls, image: ImageFinding) -> ImageResultRow:
+        reason = image.not_assessed
+        return cls(
+            image.sop_instance_uid,
+            image.region,
+            image.region_probability,
+            image.fracture_probability,
+            image.level.value if image.level else None,
+            str(reason.gate) if reason else None,
+            reason.reason if reason else None,
+        )
 
 
 class RunRepository:
@@ -365,30 +382,20 @@ class RunRepository:
         run: TriageRun,
         *,
         images: Sequence[ImageResultRow],
-        region: str | None,
-        fracture_probability: float | None,
-        level: str | None,
-        threshold_suspected: float,
-        threshold_likely: float,
+        finding: StudyFinding,
     ) -> StudyResult:
         for image in images:
-            self._session.add(
-                ImageResult(
-                    run_id=run.id,
-                    sop_instance_uid=image.sop_instance_uid,
-                    region=image.region,
-                    region_probability=image.region_probability,
-                    fracture_probability=image.fracture_probability,
-                    level=image.level,
-                )
-            )
+            self._session.add(ImageResult(run_id=run.id, **asdict(image)))
+        points, reason = finding.operating_points, finding.not_assessed
         result = StudyResult(
             run_id=run.id,
-            region=region,
-            fracture_probability=fracture_probability,
-            level=level,
-            threshold_suspected=threshold_suspected,
-            threshold_likely=threshold_likely,
+            region=finding.region,
+            fracture_probability=finding.fracture_probability,
+            level=finding.level.value if finding.level else None,
+            threshold_suspected=points.suspected if points else None,
+            threshold_likely=points.likely if points else None,
+            not_assessed_gate=str(reason.gate) if reason else None,
+            not_assessed_reason=reason.reason if reason else None,
         )
         self._session.add(result)
         return result
@@ -402,10 +409,10 @@ class RunRepository:
         self,
         run: TriageRun,
         *,
-        kind: str,
-        sop_class_uid: str,
+        kind: OutputKind,
+        sop_class_uid: str | None,
         sop_instance_uid: str,
-        series_instance_uid: str,
+        series_instance_uid: str | None,
         path: str,
         destinations: Iterable[str],
     ) -> OutputObject:
@@ -526,7 +533,10 @@ class RunRepository:
         return self._session.scalar(query)
 
     def previous_outputs(
-        self, study_instance_uid: str, before_run_id: int, kinds: Iterable[str] | None = None
+        self,
+        study_instance_uid: str,
+        before_run_id: int,
+        kinds: Iterable[OutputKind] | None = None,
     ) -> list[OutputObject]:
         """Outputs (of ``kinds``, or all) of the study's latest successful run before a run.
 
@@ -555,7 +565,7 @@ class RunRepository:
 
         A re-run's report supersedes it (Predecessor Documents Sequence).
         """
-        reports = self.previous_outputs(study_instance_uid, before_run_id, ["sr"])
+        reports = self.previous_outputs(study_instance_uid, before_run_id, [OutputKind.SR])
         return reports[-1] if reports else None
 
 

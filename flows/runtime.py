@@ -15,6 +15,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings, load_settings
+from config.domain.findings import AlgorithmIdentity
+from config.domain.intended_use import IntendedUse
 from db.engine import engine_from_settings, make_session_factory
 from dicom_node.delivery.outbox import Outbox
 from dicom_node.store import InstanceStore
@@ -71,6 +73,24 @@ class Runtime:
                     max_batch=self.settings.inference_max_batch,
                 )
             return self._model
+
+    def algorithm(self) -> AlgorithmIdentity:
+        """The loaded model as the algorithm every result names."""
+        metadata = self.model().metadata
+        return AlgorithmIdentity(
+            name=metadata.name,
+            version=metadata.version,
+            trained_on_synthetic_data=metadata.trained_on_synthetic_data,
+        )
+
+    def intended_use(self) -> IntendedUse:
+        """What the loaded bundle declares it was made for (the header gate's rules)."""
+        metadata = self.model().metadata
+        declared = metadata.intended_use
+        if isinstance(declared, IntendedUse):
+            return declared
+        # A bundle that states its intended use in prose only: its regions, any header.
+        return IntendedUse(statement=declared, regions=tuple(metadata.regions))
 
     def close(self) -> None:
         self.engine.dispose()

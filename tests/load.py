@@ -130,7 +130,7 @@ class NodeProcess:
         self.port = port
         with log.open("ab") as handle:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "flows.cli.app", "serve"],
+                [sys.executable, "-m", "flows.cli", "serve"],
                 env=env,
                 stdout=handle,
                 stderr=handle,

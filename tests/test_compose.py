@@ -128,7 +128,7 @@ def test_init_script_migrations_and_node_role_on_postgresql(
             "FRACTURE_TRIAGE_DATABASE_PASSWORD_FILE": str(secrets / "db_owner_password"),
         }
         migrate = subprocess.run(
-            [sys.executable, "-m", "flows.cli.app", "db", "upgrade"],
+            [sys.executable, "-m", "flows.cli", "db", "upgrade"],
             env=migrate_env,
             capture_output=True,
             text=True,

@@ -1,35 +1,66 @@
-"""Names shared by the models and the DICOM outputs, defined once."""
+"""Names shared by the models, the DICOM outputs, the database and the CLI, defined once."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
 
-#: Anatomical regions with a fracture model (MURA's seven upper-extremity regions).
+#: Anatomical regions of the demo bundle's fracture models (MURA's seven upper-extremity
+#: regions). A bundle names its own regions; this is the default set.
 REGIONS: tuple[str, ...] = ("elbow", "finger", "forearm", "hand", "humerus", "shoulder", "wrist")
 
-#: Stage-1 outcome for anything that is none of :data:`REGIONS`.
+#: Stage-1 outcome for anything that is none of a bundle's regions.
 UNSUPPORTED = "unsupported"
 
-#: Stage-1 classes in network output order.
+#: Stage-1 classes in network output order (the default regions, then unsupported).
 REGION_CLASSES: tuple[str, ...] = (*REGIONS, UNSUPPORTED)
+
+#: Said by every result object and burned into every picture.
+AI_RESULT_DISCLAIMER: Final = "AI result, not for diagnostic use"
+#: Said by every result of a model trained on synthetic data.
+SYNTHETIC_DATA_WARNING: Final = "TRAINED ON SYNTHETIC DATA - NOT FOR CLINICAL USE"
+
+#: Coding Scheme Designator of this project's private codes (triage levels, reasons).
+PRIVATE_CODING_SCHEME: Final = "99FXTRIAGE"
+#: Its Coding Scheme Name.
+PRIVATE_CODING_SCHEME_NAME: Final = "fracture-triage private codes"
 
 
 class FractureLevel(StrEnum):
     """Three-level triage result, from the bundle's two operating points."""
 
     NOT_SUSPECTED = "no fracture suspected"
-    SUSPECTED = "fracture suspected"  # at or above the high-sensitivity threshold
-    LIKELY = "fracture likely"  # at or above the high-specificity threshold
+    SUSPECTED = "fracture suspected"  # at or above the high-sensitivity operating point
+    LIKELY = "fracture likely"  # at or above the high-specificity operating point
 
-    @classmethod
-    def from_probability(cls, probability: float, suspected: float, likely: float) -> FractureLevel:
-        """Classify ``probability`` against the two operating points."""
-        if not 0.0 <= suspected <= likely <= 1.0:
-            raise ValueError(
-                f"thresholds must satisfy 0 <= suspected ({suspected}) <= likely ({likely}) <= 1"
-            )
-        if probability >= likely:
-            return cls.LIKELY
-        if probability >= suspected:
-            return cls.SUSPECTED
-        return cls.NOT_SUSPECTED
+    @property
+    def is_positive(self) -> bool:
+        """Suspected or likely: the study goes on the worklist, views get a box."""
+        return self is not FractureLevel.NOT_SUSPECTED
+
+
+def is_positive(level: FractureLevel | None) -> bool:
+    """Whether ``level`` flags a fracture (None, a view or study not assessed, does not)."""
+    return level is not None and level.is_positive
+
+
+class OutputKind(StrEnum):
+    """What a triage run produces; the values are stored in the database."""
+
+    SR = "sr"  # TID 1500 Comprehensive 3D SR
+    SUMMARY = "summary"  # the study's summary Secondary Capture
+    ANNOTATED = "sc"  # an annotated Secondary Capture of one view
+    GSPS = "gsps"  # Grayscale Softcopy Presentation State over the views
+    PARAMETRIC_MAP = "pm"  # a view's Grad-CAM heatmap as a Parametric Map
+    REJECTION_NOTE = "kos"  # IOCM Key Object Selection withdrawing a previous run's objects
+    WORKLIST_FLAG = "hl7"  # HL7 v2 ORU^R01 for a RIS
+
+    @property
+    def is_dicom(self) -> bool:
+        """A DICOM object of the study (sent to DICOM destinations), not an HL7 message."""
+        return self is not OutputKind.WORKLIST_FLAG
+
+    @property
+    def is_withdrawable(self) -> bool:
+        """A later run's rejection note withdraws it (the note itself and HL7 never)."""
+        return self.is_dicom and self is not OutputKind.REJECTION_NOTE

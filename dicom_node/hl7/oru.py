@@ -25,7 +25,7 @@ from pydicom import Dataset
 
 from config import FractureLevel
 from config.domain.findings import AlgorithmIdentity, StudyFinding
-from dicom_node.outputs.codes import (
+from config.domain.vocabulary import (
     AI_RESULT_DISCLAIMER,
     PRIVATE_CODING_SCHEME,
     SYNTHETIC_DATA_WARNING,
@@ -34,7 +34,6 @@ from dicom_node.outputs.codes import (
 __all__ = [
     "MllpResult",
     "build_oru_r01",
-    "is_flagged",
     "send_mllp",
     "send_mllp_files",
 ]
@@ -46,11 +45,6 @@ _LEVEL_CODES = {
     FractureLevel.SUSPECTED: "FXSUSPECTED",
     FractureLevel.LIKELY: "FXLIKELY",
 }
-
-
-def is_flagged(finding: StudyFinding) -> bool:
-    """True when the study's level puts it on the worklist: suspected or likely."""
-    return finding.level in _LEVEL_CODES
 
 
 def build_oru_r01(
@@ -84,7 +78,7 @@ def build_oru_r01(
     ValueError
         When the study is not positive or the control ID is empty or too long.
     """
-    if not is_flagged(finding) or finding.fracture_probability is None:
+    if not finding.is_positive or finding.fracture_probability is None:
         raise ValueError(
             f"study {finding.study_instance_uid} is not positive ({finding.level}): no ORU"
         )
@@ -101,7 +95,7 @@ def build_oru_r01(
     birth_date = str(source.get("PatientBirthDate", "") or "")
     sex = str(source.get("PatientSex", "") or "")
     level = finding.level
-    assert level is not None  # is_flagged
+    assert level is not None  # a positive study has a level
     comment = f"{AI_RESULT_DISCLAIMER}. Model {algorithm.name} {algorithm.version}"
     if algorithm.trained_on_synthetic_data:
         comment += f". {SYNTHETIC_DATA_WARNING}"

@@ -31,10 +31,10 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from config import REGIONS, FractureLevel
+from config.domain.vocabulary import PRIVATE_CODING_SCHEME
 
 __all__ = [
     "ABSENT",
-    "AI_RESULT_DISCLAIMER",
     "COMMENT",
     "DEVICE_OBSERVER_NAME",
     "FINDING_SITE_BY_REGION",
@@ -43,19 +43,11 @@ __all__ = [
     "NO_UNITS",
     "PLAIN_RADIOGRAPHY",
     "PRESENT",
-    "PRIVATE_CODING_SCHEME",
-    "PRIVATE_CODING_SCHEME_NAME",
     "PROBABILITY",
-    "SYNTHETIC_DATA_WARNING",
     "UNDETERMINED",
     "finding_site",
     "presence",
 ]
-
-#: Coding Scheme Designator of this project's private codes.
-PRIVATE_CODING_SCHEME: Final = "99FXTRIAGE"
-#: Coding Scheme Name written to the Coding Scheme Identification Sequence.
-PRIVATE_CODING_SCHEME_NAME: Final = "fracture-triage private codes"
 
 #: The finding the models look for.
 FRACTURE_OF_BONE: Final = Code("125605004", "SCT", "Fracture of bone")
@@ -81,11 +73,6 @@ PLAIN_RADIOGRAPHY: Final = codes.SCT.PlainRadiography
 
 #: Device observer name (TID 1004) of every object the node writes.
 DEVICE_OBSERVER_NAME: Final = "fracture-triage"
-
-#: Said by every SR and burned into every secondary capture.
-AI_RESULT_DISCLAIMER: Final = "AI result, not for diagnostic use"
-#: Said when the algorithm was trained on synthetic data.
-SYNTHETIC_DATA_WARNING: Final = "TRAINED ON SYNTHETIC DATA - NOT FOR CLINICAL USE"
 
 #: CID 4 Anatomic Region concept for each region of :data:`config.REGIONS`.
 FINDING_SITE_BY_REGION: Final = MappingProxyType(
@@ -153,4 +140,4 @@ def presence(level: FractureLevel) -> Code:
     """
     if not isinstance(level, FractureLevel):
         raise ValueError(f"expected a FractureLevel, got {level!r}")
-    return ABSENT if level is FractureLevel.NOT_SUSPECTED else PRESENT
+    return PRESENT if level.is_positive else ABSENT

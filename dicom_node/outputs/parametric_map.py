@@ -32,7 +32,8 @@ from pydicom import Dataset
 from pydicom.tag import Tag
 
 from config.domain.findings import AlgorithmIdentity, ImageFinding
-from dicom_node.outputs.codes import AI_RESULT_DISCLAIMER, NO_UNITS
+from config.domain.vocabulary import AI_RESULT_DISCLAIMER
+from dicom_node.outputs.codes import NO_UNITS
 from dicom_node.outputs.equipment import common_laterality, contributing_equipment, label_ai_series
 from dicom_node.uids import check_new_uid, check_positive_number, derived_uid
 
@@ -185,7 +186,7 @@ def build_heatmap_parametric_map(
             f"finding is for image {finding.sop_instance_uid}, not for the source "
             f"{source.SOPInstanceUID}"
         )
-    if finding.region is None:
+    if not finding.assessed:
         raise ValueError(f"image {finding.sop_instance_uid} was not assessed: it has no heatmap")
     _check_heatmap(heatmap, (int(source.Rows), int(source.Columns)))
     check_new_uid("series_instance_uid", series_instance_uid)

@@ -24,7 +24,7 @@ from pydicom import Dataset
 
 from config import FractureLevel
 from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding
-from dicom_node.outputs.codes import AI_RESULT_DISCLAIMER
+from config.domain.vocabulary import AI_RESULT_DISCLAIMER
 from dicom_node.outputs.equipment import common_laterality, contributing_equipment, label_ai_series
 from dicom_node.outputs.sr import box_polyline
 from dicom_node.uids import check_new_uid
@@ -55,10 +55,9 @@ DASHED_LINE_PATTERN = 0xF0F0F0F0
 
 def gsps_text(image: ImageFinding) -> str:
     """The short text drawn on a view, e.g. ``"AI: fracture likely p=0.83"``."""
-    if image.region is None or image.fracture_probability is None:
-        return "AI: no supported region, not assessed"
-    level = image.level.value if image.level is not None else "fracture probability"
-    return f"AI: {level} p={image.fracture_probability:.2f}"
+    if image.level is None or image.fracture_probability is None:
+        return "AI: not assessed"
+    return f"AI: {image.level.value} p={image.fracture_probability:.2f}"
 
 
 def line_style(*, dashed: bool) -> Dataset:
@@ -158,8 +157,7 @@ def build_triage_gsps(
             raise ValueError(f"image finding {image.sop_instance_uid} has no source image")
         rows, columns = int(source.Rows), int(source.Columns)
         graphics = []
-        positive = image.level in (FractureLevel.SUSPECTED, FractureLevel.LIKELY)
-        if positive and image.box is not None:
+        if image.is_positive and image.box is not None:
             box = hd.pr.GraphicObject(
                 graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
                 graphic_data=box_polyline(image.box, rows, columns),

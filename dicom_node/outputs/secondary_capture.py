@@ -20,7 +20,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from config.domain.findings import AlgorithmIdentity, ImageFinding
-from dicom_node.outputs.codes import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
+from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
 from dicom_node.outputs.equipment import contributing_equipment, label_ai_series
 from dicom_node.uids import check_new_uid, check_positive_number
 
@@ -74,10 +74,8 @@ def banner_lines(finding: ImageFinding, algorithm: AlgorithmIdentity) -> list[st
         raise TypeError(f"finding must be an ImageFinding, got {type(finding).__name__}")
     if not isinstance(algorithm, AlgorithmIdentity):
         raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
-    if finding.region is None or finding.fracture_probability is None:
-        result = "no supported region found: not assessed for fracture"
-    elif finding.level is None:
-        result = f"{finding.region}: fracture probability p={finding.fracture_probability:.2f}"
+    if finding.not_assessed is not None:
+        result = f"not assessed for fracture: {finding.not_assessed.reason}"
     else:
         result = f"{finding.region}: {finding.level.value} (p={finding.fracture_probability:.2f})"
     lines = [AI_RESULT_DISCLAIMER, result, f"model: {algorithm.name} {algorithm.version}"]

@@ -26,26 +26,29 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from config import REGIONS, FractureLevel
+from config import FractureLevel
 from config.domain.findings import (
     AlgorithmIdentity,
     BoundingBox,
     ImageFinding,
+    NotAssessed,
+    OperatingPoints,
     StudyFinding,
-    Thresholds,
+)
+from config.domain.vocabulary import (
+    AI_RESULT_DISCLAIMER,
+    PRIVATE_CODING_SCHEME,
+    PRIVATE_CODING_SCHEME_NAME,
+    SYNTHETIC_DATA_WARNING,
 )
 from dicom_node.outputs.codes import (
-    AI_RESULT_DISCLAIMER,
     COMMENT,
     DEVICE_OBSERVER_NAME,
     FRACTURE_LEVEL,
     FRACTURE_OF_BONE,
     NO_UNITS,
     PLAIN_RADIOGRAPHY,
-    PRIVATE_CODING_SCHEME,
-    PRIVATE_CODING_SCHEME_NAME,
     PROBABILITY,
-    SYNTHETIC_DATA_WARNING,
     UNDETERMINED,
     finding_site,
     presence,
@@ -182,7 +185,6 @@ def build_triage_sr(
         _image_group(
             index,
             image,
-            finding.thresholds,
             algorithm_id,
             sources,
             sop_instance_uid,
@@ -265,7 +267,8 @@ def _study_group(
         region=finding.region,
         probability=finding.fracture_probability,
         level=finding.level,
-        thresholds=finding.thresholds,
+        points=finding.operating_points,
+        not_assessed=finding.not_assessed,
         algorithm_id=algorithm_id,
         images=list(sources.values()),
         comments=comments,
@@ -292,14 +295,9 @@ def box_polyline(box: BoundingBox, rows: int, columns: int) -> np.ndarray:
     )
 
 
-def _is_positive(image: ImageFinding) -> bool:
-    return image.level in (FractureLevel.SUSPECTED, FractureLevel.LIKELY)
-
-
 def _image_group(
     index: int,
     image: ImageFinding,
-    thresholds: Thresholds,
     algorithm_id: hd.sr.AlgorithmIdentification,
     sources: dict[str, Dataset],
     sop_instance_uid: str,
@@ -313,7 +311,7 @@ def _image_group(
     roi = None
     if (
         include_rois
-        and _is_positive(image)
+        and image.is_positive
         and image.box is not None
         and source.get("Rows")
         and source.get("Columns")
@@ -332,7 +330,8 @@ def _image_group(
         region=image.region,
         probability=image.fracture_probability,
         level=image.level,
-        thresholds=thresholds,
+        points=image.operating_points,
+        not_assessed=image.not_assessed,
         algorithm_id=algorithm_id,
         images=[source],
         comments=[],
@@ -347,7 +346,8 @@ def _group(
     region: str | None,
     probability: float | None,
     level: FractureLevel | None,
-    thresholds: Thresholds,
+    points: OperatingPoints | None,
+    not_assessed: NotAssessed | None,
     algorithm_id: hd.sr.AlgorithmIdentification,
     images: Sequence[Dataset],
     comments: list[str],
@@ -380,16 +380,10 @@ def _group(
             ],
             source_images=source_refs,
         )
-        texts.append(
-            (
-                COMMENT,
-                "No supported anatomical region found; not assessed for fracture "
-                f"(supported regions: {', '.join(REGIONS)})",
-            )
-        )
+        why = not_assessed.reason if not_assessed is not None else "no result"
+        texts.append((COMMENT, f"Not assessed for fracture: {why}"))
     else:
-        if level is None:
-            level = thresholds.level(probability)
+        assert level is not None and points is not None  # an assessed finding has both
         site = hd.sr.FindingSite(anatomic_location=finding_site(region))
         content: dict[str, object] = {
             "tracking_identifier": tracking,
@@ -420,8 +414,8 @@ def _group(
         texts.append(
             (
                 COMMENT,
-                f"Operating points: fracture suspected at p >= {thresholds.suspected:.3f}, "
-                f"likely at p >= {thresholds.likely:.3f}",
+                f"Operating points: fracture suspected at p >= {points.suspected:.3f}, "
+                f"likely at p >= {points.likely:.3f}",
             )
         )
     texts.extend((COMMENT, text) for text in comments)

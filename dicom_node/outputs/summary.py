@@ -23,7 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from config import FractureLevel
 from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding
-from dicom_node.outputs.codes import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
+from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
 from dicom_node.outputs.equipment import common_laterality, contributing_equipment, label_ai_series
 from dicom_node.uids import check_new_uid, check_positive_number
 
@@ -84,7 +84,7 @@ def summary_rows(
             (
                 str(source.get("InstanceNumber", "") or ""),
                 _view_label(source),
-                image.region or "unsupported",
+                image.region or "-",
                 "-" if image.fracture_probability is None else f"{image.fracture_probability:.2f}",
                 _level_text(image),
             )
@@ -122,23 +122,26 @@ def render_summary(
         y += line
     y += line // 2
 
-    if finding.region is None or finding.fracture_probability is None:
-        decision, colour = "no supported region: not assessed for fracture", _MUTED
+    if finding.not_assessed is not None:
+        decision, colour = "NOT ASSESSED for fracture", _MUTED
+        detail = finding.not_assessed.reason
     else:
-        level = finding.level or finding.thresholds.level(finding.fracture_probability)
-        decision = f"{finding.region}: {level.value.upper()} (p={finding.fracture_probability:.2f})"
-        colour = _LEVEL_COLOURS[level]
+        assert finding.level is not None and finding.operating_points is not None
+        points = finding.operating_points
+        decision = (
+            f"{finding.region}: {finding.level.value.upper()} "
+            f"(p={finding.fracture_probability:.2f})"
+        )
+        colour = _LEVEL_COLOURS[finding.level]
+        detail = (
+            f"Operating points: suspected at p >= {points.suspected:.2f}, "
+            f"likely at p >= {points.likely:.2f}"
+        )
     draw.text((24, y), "Study decision", fill=_MUTED, font=small)
     y += 28
     draw.text((24, y), decision, fill=colour, font=title)
     y += 52
-    draw.text(
-        (24, y),
-        f"Operating points: suspected at p >= {finding.thresholds.suspected:.2f}, "
-        f"likely at p >= {finding.thresholds.likely:.2f}",
-        fill=_MUTED,
-        font=small,
-    )
+    draw.text((24, y), detail, fill=_MUTED, font=small)
     y += line + line // 2
 
     for x, name in zip(_COLUMN_X, _COLUMNS, strict=True):
@@ -275,10 +278,8 @@ def _view_label(source: Dataset) -> str:
 
 
 def _level_text(image: ImageFinding) -> str:
-    if image.region is None or image.fracture_probability is None:
-        return "not assessed"
     if image.level is None:
-        return "-"
+        return "not assessed"
     return image.level.value
 
 

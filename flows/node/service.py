@@ -16,7 +16,8 @@ from dicom_node.receive.completion import StudyCompletionWatcher
 from dicom_node.receive.scp import StorageSCP
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
-from flows.triage.flow import TriageSummary, triage_batch
+from flows.triage.flow import triage_batch
+from flows.triage.payloads import TriageSummary
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from config import Destination, FractureLevel, SettingsError, load_settings
+from config import Destination, SettingsError, load_settings
 from config.settings import PrioritySettings
 
 
@@ -73,14 +73,6 @@ def test_settings_are_frozen() -> None:
     settings = load_settings(None)
     with pytest.raises(Exception, match="frozen"):
         settings.port = 1  # type: ignore[misc]
-
-
-def test_fracture_levels_from_operating_points() -> None:
-    assert FractureLevel.from_probability(0.1, 0.3, 0.7) is FractureLevel.NOT_SUSPECTED
-    assert FractureLevel.from_probability(0.3, 0.3, 0.7) is FractureLevel.SUSPECTED
-    assert FractureLevel.from_probability(0.9, 0.3, 0.7) is FractureLevel.LIKELY
-    with pytest.raises(ValueError, match="thresholds"):
-        FractureLevel.from_probability(0.5, 0.8, 0.2)
 
 
 def test_the_example_config_loads() -> None:

@@ -7,11 +7,12 @@ import datetime as dt
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.audit import AuditEventType, AuditLog
-from db.migrate import current_revision, downgrade, upgrade
+from db.migrate import alembic_config, current_revision, downgrade, upgrade
 from db.models import Base, DeliveryStatus, RunStatus, StudyStatus
 from db.repositories import (
     RUN_INTERRUPTED,
@@ -41,8 +42,15 @@ def received(
     )
 
 
-def test_migration_matches_models(engine: Engine) -> None:
-    assert current_revision(engine) == "0004"
+def test_one_linear_history_whose_head_matches_the_models(engine: Engine) -> None:
+    scripts = ScriptDirectory.from_config(alembic_config(engine))
+    assert len(scripts.get_heads()) == 1
+    revisions = list(scripts.walk_revisions())  # head first
+    assert all(len(r._all_down_revisions) <= 1 for r in revisions)  # no merges
+    assert [r.revision for r in reversed(revisions)] == [
+        f"{n:04d}" for n in range(1, len(revisions) + 1)
+    ]
+    assert current_revision(engine) == scripts.get_current_head()
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []

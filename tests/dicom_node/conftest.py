@@ -11,14 +11,62 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from config import FractureLevel
-from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding, Thresholds
+from config.domain.decision import ViewResult, decide
+from config.domain.findings import (
+    AlgorithmIdentity,
+    BoundingBox,
+    Gate,
+    ImageFinding,
+    NotAssessed,
+    OperatingPoints,
+    StudyFinding,
+)
 from tests.peers import assert_dciodvfy_clean
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "PID-0042"
-THRESHOLDS = Thresholds(suspected=0.3, likely=0.7)
+THRESHOLDS = OperatingPoints(suspected=0.3, likely=0.7)
+#: Not one of the bundle's regions (stage 1's verdict), for not-assessed views.
+OUTSIDE = NotAssessed(Gate.PIXELS, "stage 1 recognises none of the regions this model assesses")
+
+
+def assessed(
+    uid: str,
+    region: str,
+    probability: float,
+    box: BoundingBox | None = None,
+    *,
+    points: OperatingPoints = THRESHOLDS,
+    region_probability: float = 0.9,
+) -> ImageFinding:
+    """An assessed view's finding, its level from ``points``."""
+    return ImageFinding(
+        uid,
+        region=region,
+        region_probability=region_probability,
+        fracture_probability=probability,
+        level=points.level(probability),
+        box=box,
+        operating_points=points,
+    )
+
+
+def not_assessed(
+    uid: str, why: NotAssessed = OUTSIDE, region_probability: float = 0.8
+) -> ImageFinding:
+    return ImageFinding(uid, region_probability=region_probability, not_assessed=why)
+
+
+def study_finding(
+    study_uid: str,
+    views: list[ViewResult],
+    points: OperatingPoints = THRESHOLDS,
+    aggregation: str = "max",
+) -> StudyFinding:
+    """The study finding the domain decides from ``views`` (every region with ``points``)."""
+    regions = {view.region for view in views if view.region}
+    return decide(study_uid, views, {region: points for region in regions}, aggregation)
 
 
 @pytest.fixture
@@ -146,45 +194,21 @@ def synthetic_algorithm() -> AlgorithmIdentity:
 @pytest.fixture
 def positive_finding(study_uid: str, dx_images: list[Dataset]) -> StudyFinding:
     first, second = dx_images
-    return StudyFinding(
-        study_instance_uid=study_uid,
-        region="wrist",
-        fracture_probability=0.83,
-        level=FractureLevel.LIKELY,
-        thresholds=THRESHOLDS,
-        images=(
-            ImageFinding(
-                sop_instance_uid=first.SOPInstanceUID,
-                region="wrist",
-                region_probability=0.97,
-                fracture_probability=0.83,
-                level=FractureLevel.LIKELY,
-            ),
-            ImageFinding(
-                sop_instance_uid=second.SOPInstanceUID,
-                region=None,
-                region_probability=0.88,
-            ),
-        ),
+    return study_finding(
+        study_uid,
+        [
+            ViewResult(first.SOPInstanceUID, "wrist", 0.97, 0.83),
+            ViewResult(second.SOPInstanceUID, region_probability=0.88, not_assessed=OUTSIDE),
+        ],
     )
 
 
 @pytest.fixture
 def negative_finding(study_uid: str, dx_images: list[Dataset]) -> StudyFinding:
-    return StudyFinding(
-        study_instance_uid=study_uid,
-        region="elbow",
-        fracture_probability=0.12,
-        level=FractureLevel.NOT_SUSPECTED,
-        thresholds=THRESHOLDS,
-        images=tuple(
-            ImageFinding(
-                sop_instance_uid=ds.SOPInstanceUID,
-                region="elbow",
-                region_probability=0.9,
-                fracture_probability=p,
-                level=FractureLevel.NOT_SUSPECTED,
-            )
+    return study_finding(
+        study_uid,
+        [
+            ViewResult(ds.SOPInstanceUID, "elbow", 0.9, p)
             for ds, p in zip(dx_images, (0.12, 0.05), strict=True)
-        ),
+        ],
     )

@@ -9,7 +9,7 @@ import pytest
 from pydicom import Dataset
 
 from config.domain.findings import AlgorithmIdentity, StudyFinding
-from dicom_node.hl7.oru import build_oru_r01, is_flagged, send_mllp
+from dicom_node.hl7.oru import build_oru_r01, send_mllp
 from tests.hl7_listener import run_mllp_listener
 from tests.peers import free_port
 
@@ -47,7 +47,7 @@ def test_only_positive_studies_are_flagged(
     negative_finding: StudyFinding,
     algorithm: AlgorithmIdentity,
 ) -> None:
-    assert is_flagged(positive_finding) and not is_flagged(negative_finding)
+    assert positive_finding.is_positive and not negative_finding.is_positive
     with pytest.raises(ValueError, match="not positive"):
         _oru(dx_image, negative_finding, algorithm)
 

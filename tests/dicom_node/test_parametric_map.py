@@ -14,9 +14,8 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from config import FractureLevel
 from config.domain.findings import AlgorithmIdentity, ImageFinding
-from dicom_node.outputs.codes import AI_RESULT_DISCLAIMER
+from config.domain.vocabulary import AI_RESULT_DISCLAIMER
 from dicom_node.outputs.parametric_map import (
     GRAD_CAM_LABEL,
     PM_SERIES_DESCRIPTION,
@@ -24,7 +23,7 @@ from dicom_node.outputs.parametric_map import (
     build_heatmap_parametric_map,
     orientation_cosines,
 )
-from tests.dicom_node.conftest import make_dx
+from tests.dicom_node.conftest import assessed, make_dx, not_assessed
 
 PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 
@@ -43,7 +42,7 @@ def source() -> Dataset:
 
 @pytest.fixture
 def finding(source: Dataset) -> ImageFinding:
-    return ImageFinding(source.SOPInstanceUID, "wrist", 0.95, 0.8, FractureLevel.LIKELY)
+    return assessed(source.SOPInstanceUID, "wrist", 0.8, region_probability=0.95)
 
 
 def _heatmap(rows: int = 200, columns: int = 160) -> np.ndarray:
@@ -132,7 +131,7 @@ def test_projection_gets_its_own_frame_of_reference_and_the_source_orientation(
         rows=200,
         columns=160,
     )
-    other_finding = ImageFinding(other.SOPInstanceUID, "wrist", 0.9, 0.1)
+    other_finding = assessed(other.SOPInstanceUID, "wrist", 0.1)
     assert _build(other, _heatmap(), other_finding).FrameOfReferenceUID != (
         first.FrameOfReferenceUID
     )
@@ -209,10 +208,10 @@ def test_bad_heatmap_is_refused(
 
 
 def test_unassessed_view_and_wrong_finding_are_refused(source: Dataset) -> None:
-    unassessed = ImageFinding(source.SOPInstanceUID, None, 0.9)
+    unassessed = not_assessed(source.SOPInstanceUID)
     with pytest.raises(ValueError, match="not assessed"):
         _build(source, _heatmap(), unassessed)
-    other = ImageFinding("1.2.3.4", "wrist", 0.9, 0.5)
+    other = assessed("1.2.3.4", "wrist", 0.5)
     with pytest.raises(ValueError, match=re.escape("1.2.3.4")):
         _build(source, _heatmap(), other)
 

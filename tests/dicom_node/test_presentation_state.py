@@ -12,8 +12,8 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from config import FractureLevel
-from config.domain.findings import AlgorithmIdentity, BoundingBox, ImageFinding, StudyFinding
+from config.domain.decision import ViewResult
+from config.domain.findings import AlgorithmIdentity, BoundingBox, StudyFinding
 from dicom_node.outputs.presentation_state import (
     DASHED_LINE_PATTERN,
     GSPS_LAYER,
@@ -22,7 +22,7 @@ from dicom_node.outputs.presentation_state import (
     gsps_text,
 )
 from dicom_node.outputs.sr import box_polyline
-from tests.dicom_node.conftest import THRESHOLDS
+from tests.dicom_node.conftest import assessed, not_assessed, study_finding
 from tests.peers import require_binary
 
 GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
@@ -31,23 +31,14 @@ GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
 @pytest.fixture
 def finding(study_uid: str, dx_images: list[Dataset]) -> StudyFinding:
     first, second = dx_images
-    return StudyFinding(
+    return study_finding(
         study_uid,
-        "wrist",
-        0.45,
-        FractureLevel.SUSPECTED,
-        THRESHOLDS,
-        (
-            ImageFinding(
-                first.SOPInstanceUID, "wrist", 0.9, 0.8, FractureLevel.LIKELY,
-                BoundingBox(10, 20, 100, 120),
-            ),
-            ImageFinding(
-                second.SOPInstanceUID, "wrist", 0.9, 0.1, FractureLevel.NOT_SUSPECTED,
-                BoundingBox(30, 30, 60, 60),
-            ),
-        ),
-    )  # fmt: skip
+        [
+            ViewResult(first.SOPInstanceUID, "wrist", 0.9, 0.8, BoundingBox(10, 20, 100, 120)),
+            ViewResult(second.SOPInstanceUID, "wrist", 0.9, 0.1, BoundingBox(30, 30, 60, 60)),
+        ],
+        aggregation="mean",
+    )
 
 
 def _build(images: list[Dataset], finding: StudyFinding, algorithm: AlgorithmIdentity) -> Dataset:
@@ -122,23 +113,13 @@ def test_suspected_box_is_dashed_and_likely_box_solid(
 ) -> None:
     """Like the annotated captures: dashed for suspected, solid for likely (Line Style)."""
     likely, suspected = dx_images
-    finding = StudyFinding(
+    finding = study_finding(
         study_uid,
-        "wrist",
-        0.8,
-        FractureLevel.LIKELY,
-        THRESHOLDS,
-        (
-            ImageFinding(
-                likely.SOPInstanceUID, "wrist", 0.9, 0.8, FractureLevel.LIKELY,
-                BoundingBox(10, 20, 100, 120),
-            ),
-            ImageFinding(
-                suspected.SOPInstanceUID, "wrist", 0.9, 0.4, FractureLevel.SUSPECTED,
-                BoundingBox(30, 30, 60, 60),
-            ),
-        ),
-    )  # fmt: skip
+        [
+            ViewResult(likely.SOPInstanceUID, "wrist", 0.9, 0.8, BoundingBox(10, 20, 100, 120)),
+            ViewResult(suspected.SOPInstanceUID, "wrist", 0.9, 0.4, BoundingBox(30, 30, 60, 60)),
+        ],
+    )
     path = tmp_path / "gsps.dcm"
     _build(dx_images, finding, algorithm).save_as(path, enforce_file_format=True)
     dciodvfy_clean(path)  # dciodvfy checks the Line Style Sequence Macro
@@ -194,9 +175,8 @@ def test_dcmtk_renders_the_gsps_over_the_source(
 
 
 def test_gsps_text() -> None:
-    unsupported = ImageFinding("1.2.3", None, 0.5)
-    assert gsps_text(unsupported) == "AI: no supported region, not assessed"
-    suspected = ImageFinding("1.2.3", "hand", 0.9, 0.456, FractureLevel.SUSPECTED)
+    assert gsps_text(not_assessed("1.2.3")) == "AI: not assessed"
+    suspected = assessed("1.2.3", "hand", 0.456)
     assert gsps_text(suspected) == "AI: fracture suspected p=0.46"
 
 

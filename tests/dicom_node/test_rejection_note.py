@@ -12,15 +12,15 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from config import FractureLevel
-from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding
+from config.domain.decision import ViewResult
+from config.domain.findings import AlgorithmIdentity
 from dicom_node.outputs.presentation_state import build_triage_gsps
 from dicom_node.outputs.rejection_note import (
     REJECTION_NOTE_SERIES_DESCRIPTION,
     build_rejection_note,
 )
 from dicom_node.outputs.sr import build_triage_sr, device_observer_uid
-from tests.dicom_node.conftest import PATIENT_ID, THRESHOLDS
+from tests.dicom_node.conftest import PATIENT_ID, study_finding
 
 KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 
@@ -30,16 +30,8 @@ def superseded(
     study_uid: str, dx_images: list[Dataset], algorithm: AlgorithmIdentity
 ) -> list[Dataset]:
     """What an earlier run left in the PACS: an SR and a GSPS."""
-    finding = StudyFinding(
-        study_uid,
-        "wrist",
-        0.2,
-        FractureLevel.NOT_SUSPECTED,
-        THRESHOLDS,
-        tuple(
-            ImageFinding(ds.SOPInstanceUID, "wrist", 0.9, 0.2, FractureLevel.NOT_SUSPECTED)
-            for ds in dx_images
-        ),
+    finding = study_finding(
+        study_uid, [ViewResult(ds.SOPInstanceUID, "wrist", 0.9, 0.2) for ds in dx_images]
     )
     common = {"sop_instance_uid": generate_uid(), "instance_number": 1}
     sr = build_triage_sr(

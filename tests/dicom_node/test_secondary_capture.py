@@ -12,14 +12,14 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from config import FractureLevel
-from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding
-from dicom_node.outputs.codes import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
+from config.domain.findings import AlgorithmIdentity, ImageFinding, OperatingPoints, StudyFinding
+from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
 from dicom_node.outputs.secondary_capture import (
     banner_lines,
     build_overlay_secondary_capture,
     burn_banner,
 )
+from tests.dicom_node.conftest import assessed, not_assessed
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -144,13 +144,7 @@ def test_banner_wraps_on_narrow_images() -> None:
 
 
 def test_banner_lines_positive(algorithm: AlgorithmIdentity) -> None:
-    finding = ImageFinding(
-        sop_instance_uid="1.2.3",
-        region="wrist",
-        region_probability=0.9,
-        fracture_probability=0.834,
-        level=FractureLevel.SUSPECTED,
-    )
+    finding = assessed("1.2.3", "wrist", 0.834, points=OperatingPoints(suspected=0.5, likely=0.9))
     assert banner_lines(finding, algorithm) == [
         AI_RESULT_DISCLAIMER,
         "wrist: fracture suspected (p=0.83)",
@@ -159,19 +153,11 @@ def test_banner_lines_positive(algorithm: AlgorithmIdentity) -> None:
 
 
 def test_banner_lines_synthetic_and_unsupported(synthetic_algorithm: AlgorithmIdentity) -> None:
-    finding = ImageFinding(sop_instance_uid="1.2.3", region=None, region_probability=0.7)
-    lines = banner_lines(finding, synthetic_algorithm)
+    lines = banner_lines(not_assessed("1.2.3"), synthetic_algorithm)
     assert lines[0] == AI_RESULT_DISCLAIMER
-    assert "no supported region" in lines[1]
+    assert lines[1].startswith("not assessed for fracture: stage 1 recognises none")
     assert lines[2] == "model: fracture-wrist-densenet 0.0.1-synthetic"
     assert lines[-1] == "TRAINED ON SYNTHETIC DATA - NOT FOR CLINICAL USE"
-
-
-def test_banner_lines_without_level(algorithm: AlgorithmIdentity) -> None:
-    finding = ImageFinding(
-        sop_instance_uid="1.2.3", region="elbow", region_probability=0.9, fracture_probability=0.5
-    )
-    assert banner_lines(finding, algorithm)[1] == "elbow: fracture probability p=0.50"
 
 
 def test_overlay_shape_must_match_source(

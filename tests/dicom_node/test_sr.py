@@ -13,12 +13,8 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from config.domain.findings import AlgorithmIdentity, StudyFinding
-from dicom_node.outputs.codes import (
-    AI_RESULT_DISCLAIMER,
-    FINDING_SITE_BY_REGION,
-    SYNTHETIC_DATA_WARNING,
-    finding_site,
-)
+from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
+from dicom_node.outputs.codes import FINDING_SITE_BY_REGION, finding_site
 from dicom_node.outputs.sr import build_triage_sr, device_observer_uid
 from tests.peers import require_binary
 
@@ -127,7 +123,7 @@ def test_positive_sr_is_valid_and_complete(
     assert not _children(unsupported_group, "Probability")
     assert not _children(unsupported_group, "Finding Site")
     assert any(
-        "No supported anatomical region" in item.TextValue
+        "Not assessed for fracture: stage 1 recognises none" in item.TextValue
         for item in _children(unsupported_group, "Comment")
     )
     ref = _children(unsupported_group, "Source of Measurement")[0]
@@ -184,13 +180,11 @@ def test_negative_sr_is_valid(
     assert SYNTHETIC_DATA_WARNING in _texts(sr)
 
 
-def test_level_is_derived_from_thresholds_when_missing(
-    dx_images: list[Dataset], positive_finding: StudyFinding, algorithm: AlgorithmIdentity
+def test_an_assessed_finding_without_a_level_cannot_be_made(
+    positive_finding: StudyFinding,
 ) -> None:
-    finding = dataclasses.replace(positive_finding, fracture_probability=0.4, level=None)
-    study_group = _groups(_build(dx_images, finding, algorithm))[0]
-    assert _children(study_group, "Fracture triage level")[0].TextValue == "fracture suspected"
-    assert _code(_children(study_group, "Fracture of bone")[0]) == ("52101004", "SCT")
+    with pytest.raises(ValueError, match="needs region, probability, level"):
+        dataclasses.replace(positive_finding, level=None)
 
 
 def test_sr_without_projection_descriptors(

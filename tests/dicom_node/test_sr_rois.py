@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,15 +13,14 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from config import FractureLevel
+from config.domain.decision import ViewResult
 from config.domain.findings import (
     AlgorithmIdentity,
     BoundingBox,
-    ImageFinding,
     StudyFinding,
 )
 from dicom_node.outputs.sr import box_polyline, build_triage_sr
-from tests.dicom_node.conftest import THRESHOLDS
+from tests.dicom_node.conftest import study_finding
 from tests.peers import require_binary
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -48,23 +48,14 @@ def _scoords(group: Dataset) -> list[Dataset]:
 def boxed_finding(study_uid: str, dx_images: list[Dataset]) -> StudyFinding:
     """View 1 likely (solid), view 2 suspected, both with boxes; study suspected."""
     first, second = dx_images
-    return StudyFinding(
-        study_instance_uid=study_uid,
-        region="wrist",
-        fracture_probability=0.6,
-        level=FractureLevel.SUSPECTED,
-        thresholds=THRESHOLDS,
-        images=(
-            ImageFinding(
-                first.SOPInstanceUID, "wrist", 0.97, 0.8, FractureLevel.LIKELY,
-                BoundingBox(row_min=10, col_min=20, row_max=100, col_max=120),
-            ),
-            ImageFinding(
-                second.SOPInstanceUID, "wrist", 0.95, 0.4, FractureLevel.SUSPECTED,
-                BoundingBox(row_min=0, col_min=0, row_max=255, col_max=255),
-            ),
-        ),
-    )  # fmt: skip
+    return study_finding(
+        study_uid,
+        [
+            ViewResult(first.SOPInstanceUID, "wrist", 0.97, 0.8, BoundingBox(10, 20, 100, 120)),
+            ViewResult(second.SOPInstanceUID, "wrist", 0.95, 0.4, BoundingBox(0, 0, 255, 255)),
+        ],
+        aggregation="mean",
+    )
 
 
 def _build(images: list[Dataset], finding: StudyFinding, algorithm: AlgorithmIdentity, **kw):
@@ -155,22 +146,10 @@ def test_negative_views_and_switched_off_rois_have_no_scoord(
     negative_finding: StudyFinding,
     algorithm: AlgorithmIdentity,
 ) -> None:
-    boxed_negative = StudyFinding(
-        negative_finding.study_instance_uid,
-        negative_finding.region,
-        negative_finding.fracture_probability,
-        negative_finding.level,
-        negative_finding.thresholds,
-        tuple(
-            ImageFinding(
-                i.sop_instance_uid,
-                i.region,
-                i.region_probability,
-                i.fracture_probability,
-                i.level,
-                BoundingBox(5, 5, 50, 50),
-            )
-            for i in negative_finding.images
+    boxed_negative = dataclasses.replace(
+        negative_finding,
+        images=tuple(
+            dataclasses.replace(i, box=BoundingBox(5, 5, 50, 50)) for i in negative_finding.images
         ),
     )
     for sr in (

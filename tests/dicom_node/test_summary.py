@@ -13,7 +13,7 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from config.domain.findings import AlgorithmIdentity, StudyFinding
-from dicom_node.outputs.codes import AI_RESULT_DISCLAIMER
+from config.domain.vocabulary import AI_RESULT_DISCLAIMER
 from dicom_node.outputs.summary import (
     SUMMARY_WIDTH,
     build_summary_secondary_capture,
@@ -88,7 +88,7 @@ def test_summary_rows_hold_each_views_result(
     rows = summary_rows(dx_images, positive_finding)
     assert rows == [
         ("1", "PA L", "wrist", "0.83", "fracture likely"),
-        ("2", "PA L", "unsupported", "-", "not assessed"),
+        ("2", "PA L", "-", "-", "not assessed"),
     ]
 
 

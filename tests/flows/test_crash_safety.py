@@ -48,7 +48,7 @@ def node_environment(settings: Settings, tmp_path: Path) -> dict[str, str]:
 def start_node(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli.app", "serve"], env=env, stdout=handle, stderr=handle
+            [sys.executable, "-m", "flows.cli", "serve"], env=env, stdout=handle, stderr=handle
         )
     wait_for_port(port, timeout=120)
     return process

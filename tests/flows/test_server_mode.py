@@ -128,7 +128,7 @@ def worker(settings: Settings, home: Path) -> Iterator[Worker]:
     }
     with log.open("wb") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli.app", "worker"],
+            [sys.executable, "-m", "flows.cli", "worker"],
             env=env,
             stdout=handle,
             stderr=subprocess.STDOUT,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from config import REGION_CLASSES, REGIONS, UNSUPPORTED, FractureLevel
+from config import REGION_CLASSES, REGIONS, UNSUPPORTED
+from config.domain.findings import OperatingPoints
 from models.runtime.bundle import BundleError, load_bundle
 from models.runtime.gradcam import compute_cam, hottest_box
 from models.runtime.inference import BOX_FRACTION, HierarchicalModel, fracture_probability
@@ -109,10 +110,9 @@ def test_prediction_levels(demo_model: HierarchicalModel) -> None:
     prediction = demo_model.predict(image[None])[0]
     assert prediction.region == "forearm"
     assert set(prediction.region_probabilities) == set(REGION_CLASSES)
-    level = FractureLevel.from_probability(
-        prediction.fracture_probability, *demo_model.thresholds_for("forearm")
-    )
-    assert level is not FractureLevel.NOT_SUSPECTED
+    suspected, likely = demo_model.thresholds_for("forearm")
+    points = OperatingPoints(suspected=suspected, likely=likely)
+    assert points.level(prediction.fracture_probability).is_positive
 
 
 def test_bad_batch_is_rejected(demo_model: HierarchicalModel) -> None:

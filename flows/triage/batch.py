@@ -1,0 +1,255 @@
+"""How a claimed batch of studies is triaged: one pass through the models, a run per study.
+
+The views of every study go through the model tasks together (one tensor file, one
+pass per network), then each study is decided, recorded, built and sent on its own:
+one study failing does not fail the others, and every outcome is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from config.domain.decision import ViewResult, decide
+from config.domain.findings import (
+    AlgorithmIdentity,
+    BoundingBox,
+    Gate,
+    NotAssessed,
+    OperatingPoints,
+    StudyFinding,
+)
+from config.domain.intended_use import IntendedUse, resolve_region
+from config.settings import Settings
+from flows.runtime import Runtime
+from flows.triage import records
+from flows.triage.payloads import (
+    FractureResults,
+    HeaderScreen,
+    PreprocessedBatch,
+    RegionResult,
+    SourceView,
+    StudyViews,
+    TriageStatus,
+    TriageSummary,
+)
+from flows.triage.tasks import (
+    build_outputs,
+    classify_fractures,
+    classify_regions,
+    load_studies,
+    preprocess_views,
+    screen_headers,
+    send_outputs,
+)
+from models.runtime.inference import HierarchicalModel
+from models.runtime.preprocessing import Geometry
+
+logger = logging.getLogger(__name__)
+
+#: Stage 1's verdict on a view that is none of the bundle's regions.
+NOT_RECOGNISED = NotAssessed(
+    Gate.PIXELS, "stage 1 recognises none of the regions this model assesses"
+)
+
+Outcome = TriageSummary | Exception
+
+
+@dataclass(frozen=True)
+class ModelPass:
+    """What the gates and the models said about a batch (model results in the batch's order)."""
+
+    screens: Mapping[str, HeaderScreen]  # by SOP Instance UID, every view of the batch
+    batch: PreprocessedBatch  # the views the header let through, decoded
+    regions: tuple[RegionResult, ...] = ()  # stage 1
+    conflicts: Mapping[str, NotAssessed] = field(default_factory=dict)  # header vs stage 1
+    stage2_regions: tuple[str | None, ...] = ()  # what stage 2 ran with
+    fractures: FractureResults | None = None
+
+
+def operating_points(model: HierarchicalModel, settings: Settings) -> dict[str, OperatingPoints]:
+    """The bundle's operating points per region, with the site's overrides applied."""
+    return {
+        region: OperatingPoints(suspected=points.suspected, likely=points.likely).overridden(
+            settings.fracture_suspected_threshold, settings.fracture_likely_threshold
+        )
+        for region, points in model.metadata.thresholds.items()
+    }
+
+
+def triage_claimed(runtime: Runtime, study_uids: Sequence[str]) -> list[Outcome]:
+    """Triage studies this process has claimed; one outcome (or the error) per study."""
+    algorithm = runtime.algorithm()
+    outcomes: dict[str, Outcome] = {}
+    runs: dict[str, int] = {}
+    views: list[SourceView] = []
+    for uid, study_views in load_studies(list(study_uids)).items():
+        opened = _open_run(runtime, uid, study_views, algorithm)
+        if isinstance(opened, TriageSummary):
+            outcomes[uid] = opened
+        else:
+            runs[uid] = opened
+            views += study_views
+    if runs:
+        outcomes.update(_triage_runs(runtime, runs, tuple(views), algorithm))
+    return [outcomes[uid] for uid in study_uids]
+
+
+def _open_run(
+    runtime: Runtime, uid: str, views: tuple[SourceView, ...], algorithm: AlgorithmIdentity
+) -> TriageSummary | int:
+    """A new run for the study (its id), or the summary of why none is needed."""
+    sessions = runtime.sessions
+    if not views:
+        records.finish_without_run(sessions, uid, "no triageable instances")
+        return TriageSummary(uid, TriageStatus.NOT_TRIAGED)
+    key = records.input_key(algorithm, views)
+    earlier = records.earlier_identical_run(sessions, key)
+    if earlier is not None:
+        # The same instances, the same model: the result would be the same. Re-sent
+        # studies and repeated reprocess requests cost nothing and leave no duplicates.
+        records.finish_unchanged(sessions, uid, earlier, algorithm)
+        return TriageSummary(uid, TriageStatus.UNCHANGED, run_id=earlier)
+    return records.start_run(sessions, uid, algorithm, key)
+
+
+def _triage_runs(
+    runtime: Runtime,
+    runs: Mapping[str, int],
+    views: tuple[SourceView, ...],
+    algorithm: AlgorithmIdentity,
+) -> dict[str, Outcome]:
+    work_dir = runtime.work_dir / f"batch-{min(runs.values())}"
+    outcomes: dict[str, Outcome] = {}
+    try:
+        try:
+            model_pass = _run_models(views, str(work_dir), runtime.intended_use())
+        except Exception as error:  # the whole batch failed: every run says so
+            for uid, run_id in runs.items():
+                records.fail_run(runtime.sessions, uid, run_id, error)
+                outcomes[uid] = error
+            return outcomes
+        for uid, run_id in runs.items():
+            try:
+                study = study_views(model_pass, uid, views)
+                outcomes[uid] = _finish_study(runtime, run_id, study, model_pass, algorithm)
+            except Exception as error:
+                records.fail_run(runtime.sessions, uid, run_id, error)
+                outcomes[uid] = error
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return outcomes
+
+
+def _run_models(views: tuple[SourceView, ...], work_dir: str, use: IntendedUse) -> ModelPass:
+    """The header gate, then stage 1, the conflict check, stage 2: the fracture model only
+    ever runs on views every gate let through."""
+    screens = {screen.sop_instance_uid: screen for screen in screen_headers(views)}
+    through = tuple(view for view in views if screens[view.sop_instance_uid].not_assessed is None)
+    batch = preprocess_views(through, work_dir)
+    if not batch.views:  # nothing to run the models on: each study says why
+        return ModelPass(screens, batch)
+    regions = classify_regions(batch.inputs_path)
+    stage2: list[str | None] = []
+    conflicts: dict[str, NotAssessed] = {}
+    for view, region in zip(batch.views, regions, strict=True):
+        header_regions = frozenset(screens[view.sop_instance_uid].regions)
+        resolved, conflict = (
+            resolve_region(header_regions, region.region, use) if region.region else (None, None)
+        )
+        stage2.append(resolved)
+        if conflict is not None:
+            conflicts[view.sop_instance_uid] = conflict
+    fractures = classify_fractures(batch.inputs_path, tuple(stage2), work_dir)
+    return ModelPass(screens, batch, regions, conflicts, tuple(stage2), fractures)
+
+
+def study_views(
+    model_pass: ModelPass, study_uid: str, all_views: Sequence[SourceView]
+) -> StudyViews:
+    """The study's views in its stored order, with their rows in the batch (-1: not decoded)."""
+    rows = {view.sop_instance_uid: k for k, view in enumerate(model_pass.batch.views)}
+    mine = [view for view in all_views if view.study_instance_uid == study_uid]
+    indices = tuple(rows.get(view.sop_instance_uid, -1) for view in mine)
+    geometries = tuple(model_pass.batch.geometries[k] if k >= 0 else None for k in indices)
+    return StudyViews(study_uid, tuple(mine), geometries, indices)
+
+
+def view_results(model_pass: ModelPass, study: StudyViews) -> list[ViewResult]:
+    """What the gates, the decoder and the models said about each of the study's views."""
+    return [
+        _view_result(model_pass, view.sop_instance_uid, geometry, k)
+        for view, geometry, k in zip(study.views, study.geometries, study.indices, strict=True)
+    ]
+
+
+def _view_result(model_pass: ModelPass, uid: str, geometry: Geometry | None, k: int) -> ViewResult:
+    stopped = model_pass.screens[uid].not_assessed
+    if stopped is not None:
+        return ViewResult(uid, not_assessed=stopped)
+    if geometry is None or model_pass.fractures is None:
+        unreadable = {u.sop_instance_uid: u.reason for u in model_pass.batch.unreadable}
+        reason = unreadable.get(uid, "pixel data cannot be decoded")
+        return ViewResult(uid, not_assessed=NotAssessed(Gate.UNREADABLE, reason))
+    stage1 = model_pass.regions[k]
+    if stage1.region is None:
+        return ViewResult(uid, region_probability=stage1.probability, not_assessed=NOT_RECOGNISED)
+    if uid in model_pass.conflicts:
+        return ViewResult(
+            uid, region_probability=stage1.probability, not_assessed=model_pass.conflicts[uid]
+        )
+    box = model_pass.fractures.boxes[k]
+    return ViewResult(
+        uid,
+        region=model_pass.stage2_regions[k],
+        region_probability=stage1.probability,
+        fracture_probability=model_pass.fractures.probabilities[k],
+        box=BoundingBox(*geometry.box_to_source(*box)) if box is not None else None,
+    )
+
+
+def _finish_study(
+    runtime: Runtime,
+    run_id: int,
+    study: StudyViews,
+    model_pass: ModelPass,
+    algorithm: AlgorithmIdentity,
+) -> TriageSummary:
+    """Decide, record, build and send the outputs of one study of a batch."""
+    study_uid = study.study_instance_uid
+    screened_out = [v for v in study.views if model_pass.screens[v.sop_instance_uid].not_assessed]
+    if all(k < 0 for k in study.indices) and not screened_out:
+        raise ValueError("no view of the study could be decoded")
+    model = runtime.model()
+    finding = decide(
+        study_uid,
+        view_results(model_pass, study),
+        operating_points(model, runtime.settings),
+        model.metadata.study_aggregation,
+    )
+    records.record_results(runtime.sessions, run_id, finding)
+    cams_path = model_pass.fractures.cams_path if model_pass.fractures else None
+    outputs = build_outputs(run_id, study, finding, cams_path)
+    undelivered = 0
+    if runtime.settings.destinations:
+        sent = send_outputs(run_id)
+        undelivered = sent.failed + sent.retrying
+    records.finish_run(runtime.sessions, study_uid, run_id, finding, algorithm)
+    return _summary(run_id, finding, outputs, undelivered)
+
+
+def _summary(
+    run_id: int, finding: StudyFinding, outputs: Sequence[object], undelivered: int
+) -> TriageSummary:
+    return TriageSummary(
+        finding.study_instance_uid,
+        TriageStatus.TRIAGED,
+        run_id=run_id,
+        region=finding.region,
+        fracture_probability=finding.fracture_probability,
+        level=finding.level.value if finding.level else None,
+        outputs=tuple(getattr(o, "path", "") for o in outputs),
+        undelivered=undelivered,
+    )

@@ -1,0 +1,130 @@
+"""What the triage tasks hand each other: UIDs, paths and numbers in typed values.
+
+Pixel data never travels through Prefect: tensors and heatmaps go through files in
+the batch's work directory, and these values name them. Nothing here holds patient
+data, so Prefect's state (and its database) holds none either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from config.domain.findings import NotAssessed
+from config.domain.vocabulary import OutputKind
+from models.runtime.preprocessing import Geometry
+
+Box = tuple[int, int, int, int]  # (row_min, col_min, row_max, col_max), model-input pixels
+
+
+class TriageStatus(StrEnum):
+    """How the triage of one study ended (what the flows return per study)."""
+
+    TRIAGED = "triaged"
+    NOT_TRIAGED = "not_triaged"  # nothing in the study a model can read
+    UNCHANGED = "unchanged"  # the same model triaged the same instances already
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not ready, or another process has it
+
+
+@dataclass(frozen=True)
+class SourceView:
+    """One triageable instance of a study, as stored."""
+
+    study_instance_uid: str
+    sop_instance_uid: str
+    sha256: str
+    path: str  # absolute path of the stored file
+
+
+@dataclass(frozen=True)
+class UnreadableView:
+    """A view whose pixel data could not be turned into a model input."""
+
+    study_instance_uid: str
+    sop_instance_uid: str
+    reason: str  # the error's type and message, never patient data
+
+
+@dataclass(frozen=True)
+class PreprocessedBatch:
+    """The decoded views of a batch: the tensor file and, in its order, views and geometry."""
+
+    inputs_path: str  # (N, 1, S, S) float32 .npy
+    views: tuple[SourceView, ...]
+    geometries: tuple[Geometry, ...]
+    unreadable: tuple[UnreadableView, ...] = ()
+
+
+@dataclass(frozen=True)
+class RegionResult:
+    """Stage 1 for one view: one of the bundle's regions (None: none of them), confidence."""
+
+    region: str | None
+    probability: float
+
+
+@dataclass(frozen=True)
+class FractureResults:
+    """Stage 2 for a batch, in the batch's order: probability, hottest box, heatmaps' file."""
+
+    probabilities: tuple[float | None, ...]
+    boxes: tuple[Box | None, ...]
+    cams_path: str  # (N, S, S) float32 .npy, zeros for views without a region
+
+
+@dataclass(frozen=True)
+class StudyViews:
+    """The views of one study of a batch, with their places in the batch's files.
+
+    A view that could not be decoded has no geometry and no place (index -1).
+    """
+
+    study_instance_uid: str
+    views: tuple[SourceView, ...]
+    geometries: tuple[Geometry | None, ...]
+    indices: tuple[int, ...]  # rows of PreprocessedBatch's tensor and FractureResults
+
+
+@dataclass(frozen=True)
+class WrittenOutput:
+    """A result object written to the output directory, to be recorded and delivered."""
+
+    kind: OutputKind
+    sop_instance_uid: str  # an HL7 message's key is a 2.25 UID too
+    path: str  # relative to the output directory
+    sop_class_uid: str | None = None  # None for HL7 messages
+    series_instance_uid: str | None = None
+    destinations: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class DeliveryCounts:
+    """One outbox pass over a run's deliveries."""
+
+    sent: int = 0
+    failed: int = 0
+    retrying: int = 0
+
+
+@dataclass(frozen=True)
+class TriageSummary:
+    """What the triage flows return for one study: UIDs, numbers and paths only."""
+
+    study_instance_uid: str
+    status: TriageStatus
+    run_id: int | None = None
+    region: str | None = None
+    fracture_probability: float | None = None
+    level: str | None = None
+    outputs: tuple[str, ...] = ()
+    undelivered: int = 0
+
+
+@dataclass(frozen=True)
+class HeaderScreen:
+    """The header gate's verdict on one view, before any pixel is read."""
+
+    sop_instance_uid: str
+    not_assessed: NotAssessed | None = None  # the header says the view is outside
+    regions: tuple[str, ...] = ()  # assessed regions the header names (for conflicts)
