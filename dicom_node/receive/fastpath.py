@@ -25,8 +25,8 @@ the hooks that would retire them):
   are overridden to move TLS and the request off the accept loop and to serve
   connections handed over by another process.
 
-The interface for :mod:`dicom_node.receive.scp` is :func:`listen`, :class:`Listener` and
-:class:`TransportEvent`.
+The interface for :mod:`dicom_node.receive.scp` is :func:`listen`, :class:`Listener`,
+:class:`TransportEvent` and :func:`reading_a_pdu`.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ from dicom_node.receive.wire import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: The pynetdicom release these internals were read from and tested against; the
+#: contract test fails on any other, naming what to re-check before raising it.
+WRITTEN_FOR_PYNETDICOM = "3.0.4"
 
 #: Seconds a receiver waits between reads of a channel its node has closed.
 CLOSED_CHANNEL_PAUSE = 0.5
@@ -149,9 +153,20 @@ class GuardedSocket(AssociationSocket):
             )
             raise ConnectionAbortedError(refused.reason) from None
 
+    @property
+    def reading(self) -> bool:
+        return self._reader.reading
+
     def close(self) -> None:
         self._reader.release()
         super().close()
+
+
+def reading_a_pdu(association: Association) -> bool:
+    """Whether ``association``'s transport is inside a PDU read: if that read fails its
+    deadline, the transport reports the abort itself."""
+    sock = association.dul.socket
+    return isinstance(sock, GuardedSocket) and sock.reading
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,13 @@ from config import Settings
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.engine import engine_from_settings, make_session_factory
 from db.repositories import ReceivedInstance, RecordOutcome, StudyRepository
-from dicom_node.receive.fastpath import Listener, TransportEvent, TransportEventKind, listen
+from dicom_node.receive.fastpath import (
+    Listener,
+    TransportEvent,
+    TransportEventKind,
+    listen,
+    reading_a_pdu,
+)
 from dicom_node.receive.receivers import ReceiverProcesses, become_receiver_process
 from dicom_node.receive.statuses import (
     CANNOT_UNDERSTAND,
@@ -296,8 +302,11 @@ class StorageSCP:
 
     def handle_aborted(self, event: evt.Event) -> None:
         """Audit the abort of an association idle for longer than ``idle_timeout_seconds``
-        (pynetdicom's network timeout; aborts by the peer are not the node's outcome)."""
-        if not event.assoc.dul.idle_timer_expired():
+        (pynetdicom's network timeout; aborts by the peer are not the node's outcome).
+
+        Not when the timer ran out inside a PDU: that read's own deadline ends it, and the
+        transport audits it (handle_transport_event)."""
+        if not event.assoc.dul.idle_timer_expired() or reading_a_pdu(event.assoc):
             return
         self._audit_association(
             event,

@@ -302,21 +302,30 @@ class PduReader:
         self._step = None if bulk_reads else STOCK_READ_STEP
         self._body: tuple[PduHeader, Deadline] | None = None
         self._message_bytes = 0
+        self._reading = False
 
     @property
     def has_replay(self) -> bool:
         return bool(self._replay)
+
+    @property
+    def reading(self) -> bool:
+        """Whether a PDU is being read off the network (its header read, or a read under
+        way): its deadline is running."""
+        return self._reading or self._body is not None
 
     def read(self, sock: socket.socket, nr_bytes: int) -> bytearray:
         if self._replay:
             chunk = self._replay[:nr_bytes]
             del self._replay[:nr_bytes]
             return chunk
+        self._reading = True
         try:
             if self._body is None:
                 return self._read_header(sock, nr_bytes)
             return self._read_body(sock, nr_bytes)
         finally:
+            self._reading = False
             sock.settimeout(self._limits.idle_timeout)  # sends must not block for ever
 
     def _read_header(self, sock: socket.socket, nr_bytes: int) -> bytearray:
