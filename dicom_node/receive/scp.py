@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import socket
+from dataclasses import dataclass
 from io import BytesIO
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
@@ -54,7 +55,7 @@ from dicom_node.receive.statuses import (
     SUCCESS,
 )
 from dicom_node.receive.wire import ReceiveBudget, ReceiveLimits
-from dicom_node.store import InstanceStore
+from dicom_node.store import InstanceStore, StoredFile
 from dicom_node.tls import server_context
 from dicom_node.uids import InvalidUIDError, validate_uid
 
@@ -414,35 +415,28 @@ class StorageSCP:
             pixel_problem = f"pixel data cannot be decoded ({type(error).__name__})"
         if pixel_problem:
             raise StoreRefusedError(CANNOT_UNDERSTAND, pixel_problem)
+        uids = _InstanceUids.checked(values, event.request)
+        stored = self._store.write(encoded, uids.study, uids.series, uids.sop_instance)
+        self._record(event, calling_ae, uids, stored, _short_string(values["Modality"]))
+        return SUCCESS
 
-        try:
-            sop_uid = validate_uid(values["SOPInstanceUID"], "SOPInstanceUID")
-            sop_class = validate_uid(values["SOPClassUID"], "SOPClassUID")
-            study_uid = validate_uid(values["StudyInstanceUID"], "StudyInstanceUID")
-            series_uid = validate_uid(values["SeriesInstanceUID"], "SeriesInstanceUID")
-        except InvalidUIDError as error:
-            raise StoreRefusedError(DATASET_DOES_NOT_MATCH_SOP_CLASS, str(error)) from None
-        if sop_uid != event.request.AffectedSOPInstanceUID:
-            raise StoreRefusedError(
-                DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "SOPInstanceUID differs from the C-STORE request's Affected SOP Instance UID",
-            )
-        if sop_class != event.request.AffectedSOPClassUID:
-            raise StoreRefusedError(
-                DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "SOPClassUID differs from the C-STORE request's Affected SOP Class UID",
-            )
-
-        stored = self._store.write(encoded, study_uid, series_uid, sop_uid)
-        modality = _short_string(values["Modality"])
+    def _record(
+        self,
+        event: evt.Event,
+        calling_ae: str,
+        uids: _InstanceUids,
+        stored: StoredFile,
+        modality: str | None,
+    ) -> None:
+        """The instance's row and its audit event, in one transaction."""
         received = ReceivedInstance(
-            study_instance_uid=study_uid,
-            series_instance_uid=series_uid,
-            sop_instance_uid=sop_uid,
-            sop_class_uid=sop_class,
+            study_instance_uid=uids.study,
+            series_instance_uid=uids.series,
+            sop_instance_uid=uids.sop_instance,
+            sop_class_uid=uids.sop_class,
             transfer_syntax_uid=str(event.context.transfer_syntax),
             modality=modality,
-            triageable=sop_class in TRIAGEABLE_SOP_CLASSES,
+            triageable=uids.sop_class in TRIAGEABLE_SOP_CLASSES,
             path=stored.relative_path,
             size_bytes=stored.size_bytes,
             sha256=stored.sha256,
@@ -454,13 +448,12 @@ class StorageSCP:
             AuditLog(session).record(
                 _AUDIT_FOR_OUTCOME[outcome],
                 actor=calling_ae,
-                study_instance_uid=study_uid,
-                sop_instance_uid=sop_uid,
-                sop_class_uid=sop_class,
+                study_instance_uid=uids.study,
+                sop_instance_uid=uids.sop_instance,
+                sop_class_uid=uids.sop_class,
                 size_bytes=stored.size_bytes,
             )
-        logger.debug("%s SOP Instance %s of study %s", outcome, sop_uid, study_uid)
-        return SUCCESS
+        logger.debug("%s SOP Instance %s of study %s", outcome, uids.sop_instance, uids.study)
 
     def _audit_refusal(
         self,
@@ -486,6 +479,39 @@ class StorageSCP:
                 )
         except Exception:
             logger.exception("could not audit a refused instance")
+
+
+@dataclass(frozen=True)
+class _InstanceUids:
+    sop_instance: str
+    sop_class: str
+    study: str
+    series: str
+
+    @classmethod
+    def checked(cls, values: dict[str, Any], request: Any) -> _InstanceUids:
+        """The data set's UIDs, valid and matching the C-STORE request, or refused
+        (0xA900: they name the files and rows, so nothing else will do)."""
+        try:
+            uids = cls(
+                validate_uid(values["SOPInstanceUID"], "SOPInstanceUID"),
+                validate_uid(values["SOPClassUID"], "SOPClassUID"),
+                validate_uid(values["StudyInstanceUID"], "StudyInstanceUID"),
+                validate_uid(values["SeriesInstanceUID"], "SeriesInstanceUID"),
+            )
+        except InvalidUIDError as error:
+            raise StoreRefusedError(DATASET_DOES_NOT_MATCH_SOP_CLASS, str(error)) from None
+        if uids.sop_instance != request.AffectedSOPInstanceUID:
+            raise StoreRefusedError(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPInstanceUID differs from the C-STORE request's Affected SOP Instance UID",
+            )
+        if uids.sop_class != request.AffectedSOPClassUID:
+            raise StoreRefusedError(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPClassUID differs from the C-STORE request's Affected SOP Class UID",
+            )
+        return uids
 
 
 def pixel_data_problem(dataset: Dataset) -> str | None:
