@@ -10,10 +10,12 @@ then raise ``WRITTEN_FOR_PYNETDICOM``.
 from __future__ import annotations
 
 import inspect
+import re
 import socket
 import socketserver
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pynetdicom
 import pytest
@@ -224,3 +226,28 @@ def test_idle_timer_and_timeouts_are_where_scp_reads_them() -> None:
     assert association.dul._idle_timer.timeout == 7, _recheck()
     assert association.dul.artim_timer.timeout == 3, _recheck()
     assert association.dul.idle_timer_expired() is False
+
+
+#: pynetdicom internals: modules, and attributes a module may reach them by.
+_INTERNAL_MODULES = re.compile(r"^\s*(from|import) pynetdicom\.(transport|dul|fsm|_\w+)\b", re.M)
+_INTERNAL_ATTRIBUTES = re.compile(
+    r"(?<!\bself)(?<!\bcls)\.(_servers|_create_association|_read_pdu_data|_is_transport_event|_idle_timer|_handlers"
+    r"|_kill|_dul_ready|__class__\s*=)"
+)
+
+
+def test_no_product_module_but_fastpath_reaches_pynetdicom_internals() -> None:
+    """import-linter sees pynetdicom only as one package: this check keeps its internals
+    (imports of its transport, DUL or FSM modules, the private attributes fastpath uses)
+    out of every product module but fastpath.py."""
+    root = Path(__file__).resolve().parents[2]
+    fastpath = root / "dicom_node" / "receive" / "fastpath.py"
+    offenders = []
+    for package in ("config", "db", "models", "dicom_node", "flows"):
+        for path in sorted((root / package).rglob("*.py")):
+            text = path.read_text()
+            if path == fastpath:
+                continue
+            for match in (*_INTERNAL_MODULES.finditer(text), *_INTERNAL_ATTRIBUTES.finditer(text)):
+                offenders.append(f"{path.relative_to(root)}: {match.group(0).strip()}")
+    assert not offenders, "pynetdicom internals outside fastpath.py:\n" + "\n".join(offenders)
