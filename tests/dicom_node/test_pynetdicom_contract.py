@@ -231,8 +231,8 @@ def test_idle_timer_and_timeouts_are_where_scp_reads_them() -> None:
 #: pynetdicom internals: modules, and attributes a module may reach them by.
 _INTERNAL_MODULES = re.compile(r"^\s*(from|import) pynetdicom\.(transport|dul|fsm|_\w+)\b", re.M)
 _INTERNAL_ATTRIBUTES = re.compile(
-    r"(?<!\bself)(?<!\bcls)\.(_servers|_create_association|_read_pdu_data|_is_transport_event|_idle_timer|_handlers"
-    r"|_kill|_dul_ready|__class__\s*=)"
+    r"(?<!\bself)(?<!\bcls)\.(_servers|_create_association|_read_pdu_data"
+    r"|_is_transport_event|_idle_timer|_handlers|_kill|_dul_ready|__class__\s*=)"
 )
 
 
