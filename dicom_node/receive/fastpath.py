@@ -26,7 +26,7 @@ the hooks that would retire them):
   connections handed over by another process.
 
 The interface for :mod:`dicom_node.receive.scp` is :func:`listen`, :class:`Listener`,
-:class:`TransportEvent` and :func:`reading_a_pdu`.
+:class:`TransportEvent`, :func:`reading_a_pdu` and :func:`ended_by_transport`.
 """
 
 from __future__ import annotations
@@ -125,10 +125,12 @@ class GuardedSocket(AssociationSocket):
 
     _reader: PduReader
     _report: TransportEventHandler
+    _refused: bool
 
     def adopt(self, reader: PduReader, report: TransportEventHandler) -> None:
         self._reader = reader
         self._report = report
+        self._refused = False
 
     @property
     def ready(self) -> bool:
@@ -141,17 +143,24 @@ class GuardedSocket(AssociationSocket):
         except TransportRefusedError as refused:
             if refused.abort is not None:
                 _send_quietly(self.socket, abort_pdu(refused.abort))
-            requestor = self.assoc.requestor
-            self._report(
-                TransportEvent(
-                    TransportEventKind.ABORTED,
-                    refused.reason,
-                    str(requestor.address),
-                    int(requestor.port or 0),
-                    requestor.ae_title or None,
+            self._refused = True
+            if not self.assoc.is_aborted:  # else the idle timer's abort is audited already
+                requestor = self.assoc.requestor
+                self._report(
+                    TransportEvent(
+                        TransportEventKind.ABORTED,
+                        refused.reason,
+                        str(requestor.address),
+                        int(requestor.port or 0),
+                        requestor.ae_title or None,
+                    )
                 )
-            )
             raise ConnectionAbortedError(refused.reason) from None
+
+    @property
+    def refused(self) -> bool:
+        """Whether this socket ended the association (and reported it)."""
+        return self._refused
 
     @property
     def reading(self) -> bool:
@@ -163,10 +172,15 @@ class GuardedSocket(AssociationSocket):
 
 
 def reading_a_pdu(association: Association) -> bool:
-    """Whether ``association``'s transport is inside a PDU read: if that read fails its
-    deadline, the transport reports the abort itself."""
+    """Whether ``association``'s transport is inside a PDU read (its header read)."""
     sock = association.dul.socket
     return isinstance(sock, GuardedSocket) and sock.reading
+
+
+def ended_by_transport(association: Association) -> bool:
+    """Whether the transport ended ``association`` (and reported why)."""
+    sock = association.dul.socket
+    return isinstance(sock, GuardedSocket) and sock.refused
 
 
 @dataclass(frozen=True)

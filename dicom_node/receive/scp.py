@@ -44,6 +44,7 @@ from dicom_node.receive.fastpath import (
     Listener,
     TransportEvent,
     TransportEventKind,
+    ended_by_transport,
     listen,
     reading_a_pdu,
 )
@@ -303,17 +304,17 @@ class StorageSCP:
 
     def handle_aborted(self, event: evt.Event) -> None:
         """Audit the abort of an association idle for longer than ``idle_timeout_seconds``
-        (pynetdicom's network timeout; aborts by the peer are not the node's outcome).
-
-        Not when the timer ran out inside a PDU: that read's own deadline ends it, and the
-        transport audits it (handle_transport_event)."""
-        if not event.assoc.dul.idle_timer_expired() or reading_a_pdu(event.assoc):
+        (pynetdicom's network timeout; aborts by the peer are not the node's outcome, and
+        those the transport decided it audits itself: handle_transport_event)."""
+        if not event.assoc.dul.idle_timer_expired() or ended_by_transport(event.assoc):
             return
+        what = "a PDU not received in full" if reading_a_pdu(event.assoc) else "no PDU"
+        seconds = self._settings.idle_timeout_seconds
         self._audit_association(
             event,
             AuditEventType.ASSOCIATION_ABORTED,
             Outcome.FAILURE,
-            reason=f"idle for idle_timeout_seconds ({self._settings.idle_timeout_seconds:g} s)",
+            reason=f"{what} within idle_timeout_seconds ({seconds:g} s)",
         )
 
     def handle_accepted(self, event: evt.Event) -> None:

@@ -134,25 +134,30 @@ class ConnectionAllowance:
         self._budget = budget
         self._limit = limit
         self._held = 0
+        # The connection's thread reads the request, the association's threads the rest,
+        # and whichever ends it releases: never two at once in practice, locked anyway.
+        self._lock = threading.Lock()
 
     @property
     def held(self) -> int:
         return self._held
 
     def reserve(self, count: int) -> None:
-        if self._held + count > self._limit:
-            raise BudgetExceededError(
-                f"the connection would hold {self._held + count} bytes, over "
-                f"receive_connection_budget_bytes ({self._limit})"
-            )
-        if not self._budget.take(count):
-            raise BudgetExceededError(f"receive_budget_bytes ({self._budget.limit}) exhausted")
-        self._held += count
+        with self._lock:
+            if self._held + count > self._limit:
+                raise BudgetExceededError(
+                    f"the connection would hold {self._held + count} bytes, over "
+                    f"receive_connection_budget_bytes ({self._limit})"
+                )
+            if not self._budget.take(count):
+                raise BudgetExceededError(f"receive_budget_bytes ({self._budget.limit}) exhausted")
+            self._held += count
 
     def release(self, count: int) -> None:
-        count = min(count, self._held)
-        self._held -= count
-        self._budget.give(count)
+        with self._lock:
+            count = min(count, self._held)
+            self._held -= count
+            self._budget.give(count)
 
     def release_all(self) -> None:
         self.release(self._held)
