@@ -26,13 +26,12 @@ the hooks that would retire them):
   connections handed over by another process.
 
 The interface for :mod:`dicom_node.receive.scp` is :func:`listen`, :class:`Listener`,
-:class:`TransportEvent`, :func:`reading_a_pdu` and :func:`ended_by_transport`.
+:func:`reading_a_pdu` and :func:`ended_by_transport`; what the transport refused reaches
+it as a :class:`~dicom_node.receive.wire.TransportEvent`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import logging
 import socket
 import threading
@@ -52,9 +51,15 @@ from dicom_node.receive.wire import (
     PendingConnections,
     ReceiveBudget,
     ReceiveLimits,
+    TransportEvent,
+    TransportEventHandler,
+    TransportEventKind,
     TransportRefusedError,
     abort_pdu,
+    close_quietly,
+    host_and_port,
     read_association_request,
+    send_quietly,
 )
 
 logger = logging.getLogger(__name__)
@@ -65,52 +70,6 @@ WRITTEN_FOR_PYNETDICOM = "3.0.4"
 
 #: Seconds a receiver waits between reads of a channel its node has closed.
 CLOSED_CHANNEL_PAUSE = 0.5
-#: Seconds an A-ABORT may take to leave; a peer that does not read is not waited for.
-ABORT_SEND_TIMEOUT = 2.0
-
-
-class TransportEventKind(enum.StrEnum):
-    #: A connection closed before it became an association (no valid A-ASSOCIATE-RQ).
-    DROPPED = "dropped"
-    #: An association the transport aborted (a PDU over its cap, a budget, a timeout).
-    ABORTED = "aborted"
-
-
-@dataclass(frozen=True)
-class TransportEvent:
-    """What the transport refused, for the audit trail: never a byte of the peer's data."""
-
-    kind: TransportEventKind
-    reason: str
-    address: str
-    port: int
-    calling_ae_title: str | None = None
-    #: More than one: connections refused together (``max_pending_connections``).
-    connections: int = 1
-
-
-TransportEventHandler = Callable[[TransportEvent], None]
-
-
-def _send_quietly(sock: socket.socket | None, data: bytes) -> None:
-    if sock is None:
-        return
-    with contextlib.suppress(OSError, ValueError):
-        sock.settimeout(ABORT_SEND_TIMEOUT)
-        sock.sendall(data)
-
-
-def _close_quietly(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(OSError):
-        sock.close()
-
-
-def _host_and_port(address: Any) -> tuple[str, int]:
-    if isinstance(address, tuple) and len(address) >= 2:
-        return str(address[0]), int(address[1])
-    return str(address), 0
 
 
 class GuardedSocket(AssociationSocket):
@@ -142,7 +101,7 @@ class GuardedSocket(AssociationSocket):
             return self._reader.read(self.socket, nr_bytes)
         except TransportRefusedError as refused:
             if refused.abort is not None:
-                _send_quietly(self.socket, abort_pdu(refused.abort))
+                send_quietly(self.socket, abort_pdu(refused.abort))
             self._refused = True
             if not self.assoc.is_aborted:  # else the idle timer's abort is audited already
                 requestor = self.assoc.requestor
@@ -259,8 +218,8 @@ class ReceivingServer(ThreadedAssociationServer):
         return self.socket.accept()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._pending.admit(_host_and_port(client_address)):
-            _close_quietly(request)  # reported with the next connection that settles
+        if not self._pending.admit(host_and_port(client_address)):
+            close_quietly(request)  # reported with the next connection that settles
             return
         try:
             super().process_request(request, client_address)  # ThreadingMixIn: a thread
@@ -279,7 +238,7 @@ class ReceivingServer(ThreadedAssociationServer):
             logger.exception("serving a connection failed")
         finally:
             allowance.release_all()
-            _close_quietly(request if prepared is None else prepared.socket)
+            close_quietly(request if prepared is None else prepared.socket)
 
     def _prepare(
         self, request: socket.socket, client_address: Any, allowance: ConnectionAllowance
@@ -291,9 +250,9 @@ class ReceivingServer(ThreadedAssociationServer):
             first_pdu = read_association_request(connection, self.limits, allowance, deadline)
         except TransportRefusedError as refused:
             if refused.abort is not None:
-                _send_quietly(connection, abort_pdu(refused.abort))
-            _close_quietly(connection)
-            host, port = _host_and_port(client_address)
+                send_quietly(connection, abort_pdu(refused.abort))
+            close_quietly(connection)
+            host, port = host_and_port(client_address)
             self.report(TransportEvent(TransportEventKind.DROPPED, refused.reason, host, port))
             return None
         finally:

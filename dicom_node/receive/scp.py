@@ -40,14 +40,7 @@ from config import Settings
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.engine import engine_from_settings, make_session_factory
 from db.repositories import ReceivedInstance, RecordOutcome, StudyRepository
-from dicom_node.receive.fastpath import (
-    Listener,
-    TransportEvent,
-    TransportEventKind,
-    ended_by_transport,
-    listen,
-    reading_a_pdu,
-)
+from dicom_node.receive.fastpath import Listener, ended_by_transport, listen, reading_a_pdu
 from dicom_node.receive.receivers import ReceiverProcesses, become_receiver_process
 from dicom_node.receive.statuses import (
     CANNOT_UNDERSTAND,
@@ -55,7 +48,12 @@ from dicom_node.receive.statuses import (
     OUT_OF_RESOURCES,
     SUCCESS,
 )
-from dicom_node.receive.wire import ReceiveBudget, ReceiveLimits
+from dicom_node.receive.wire import (
+    ReceiveBudget,
+    ReceiveLimits,
+    TransportEvent,
+    TransportEventKind,
+)
 from dicom_node.store import InstanceStore, StoredFile
 from dicom_node.tls import server_context
 from dicom_node.uids import InvalidUIDError, validate_uid

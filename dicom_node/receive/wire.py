@@ -12,6 +12,7 @@ side is :mod:`dicom_node.receive.fastpath`.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import socket
 import struct
@@ -19,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pynetdicom.pdu import A_ABORT_RQ
 
@@ -79,6 +80,54 @@ class TransportRefusedError(Exception):
 
 class BudgetExceededError(Exception):
     """A reservation would pass the connection's or the process's receive budget."""
+
+
+#: Seconds an A-ABORT may take to leave; a peer that does not read is not waited for.
+ABORT_SEND_TIMEOUT = 2.0
+
+
+class TransportEventKind(enum.StrEnum):
+    #: A connection closed before it became an association (no valid A-ASSOCIATE-RQ).
+    DROPPED = "dropped"
+    #: An association the transport aborted (a PDU over its cap, a budget, a timeout).
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class TransportEvent:
+    """What the transport refused, for the audit trail: never a byte of the peer's data."""
+
+    kind: TransportEventKind
+    reason: str
+    address: str
+    port: int
+    calling_ae_title: str | None = None
+    #: More than one: connections refused together (``max_pending_connections``).
+    connections: int = 1
+
+
+TransportEventHandler = Callable[[TransportEvent], None]
+
+
+def send_quietly(sock: socket.socket | None, data: bytes) -> None:
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        sock.settimeout(ABORT_SEND_TIMEOUT)
+        sock.sendall(data)
+
+
+def close_quietly(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def host_and_port(address: Any) -> tuple[str, int]:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return str(address), 0
 
 
 @dataclass(frozen=True)
