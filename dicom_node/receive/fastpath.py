@@ -343,10 +343,6 @@ class Listener:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
-    @property
-    def budget(self) -> ReceiveBudget:
-        return self._server.budget
-
     def hand_off_with(self, hand_off: Callable[[socket.socket], bool] | None) -> None:
         """Connections go to ``hand_off`` first (None: all served here from now on)."""
         if isinstance(self._server, DispatchingServer):
