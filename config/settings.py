@@ -35,6 +35,10 @@ from pydantic_settings import (
 ENV_PREFIX = "FRACTURE_TRIAGE_"
 CONFIG_FILE_ENV = f"{ENV_PREFIX}CONFIG"
 
+#: The largest P-DATA-TF PDU the node announces or accepts, whatever ``max_pdu_bytes`` says:
+#: a declared length is checked against the cap before anything is allocated.
+PDU_LENGTH_CEILING = 16 * 1024**2
+
 # PS3.5 6.2: an AE title is at most 16 characters of the default repertoire, no backslash,
 # no control characters, and not only spaces.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -285,13 +289,51 @@ class Settings(BaseSettings):
     max_associations: int = Field(
         default=10, ge=1, description="Concurrent associations (per receiving process)."
     )
-    max_pdu_bytes: int = Field(default=262_144, ge=0, description="Maximum PDU; 0: unlimited.")
+    max_pdu_bytes: int = Field(
+        default=262_144,
+        ge=0,
+        le=PDU_LENGTH_CEILING,
+        description="Largest P-DATA-TF PDU announced (Maximum Length) and accepted; "
+        "0: the 16 MiB ceiling.",
+    )
     max_instance_bytes: int = Field(default=512 * 1024**2, gt=0)
     max_image_pixels: int = Field(
         default=100_000_000, gt=0, description="Rows x Columns above which an image is refused."
     )
     min_free_disk_bytes: int = Field(
         default=1024**3, ge=0, description="Instances are refused when the store has less free."
+    )
+
+    # Receiving: the time and memory a peer may take. Over a limit the connection is closed
+    # or the association aborted (A-ABORT), and audited (docs/security.md).
+    association_request_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="ARTIM: from a TCP connection to its complete A-ASSOCIATE-RQ (TLS "
+        "handshake included); also the wait for a peer to close after a release or abort.",
+    )
+    idle_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="An established association: the next PDU must arrive in full within "
+        "this, or the association is aborted.",
+    )
+    max_pending_connections: int = Field(
+        default=200,
+        ge=1,
+        description="Connections waiting for their A-ASSOCIATE-RQ (per receiving process); "
+        "more are closed at once.",
+    )
+    receive_budget_bytes: int = Field(
+        default=2 * 1024**3,
+        gt=0,
+        description="Bytes all associations of a receiving process may hold while receiving.",
+    )
+    receive_connection_budget_bytes: int = Field(
+        default=640 * 1024**2,
+        gt=0,
+        description="Bytes one association may hold while receiving: the PDU being read and "
+        "the DIMSE message being assembled.",
     )
 
     # Outbox: transient send failures are retried with exponential backoff up to a cap.
@@ -434,6 +476,22 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_receive_budgets(self) -> Settings:
+        if self.receive_connection_budget_bytes > self.receive_budget_bytes:
+            raise ValueError(
+                f"receive_connection_budget_bytes ({self.receive_connection_budget_bytes}) "
+                f"must not exceed receive_budget_bytes ({self.receive_budget_bytes})"
+            )
+        smallest = self.pdu_length_announced + 6
+        if self.receive_connection_budget_bytes < smallest:
+            raise ValueError(
+                f"receive_connection_budget_bytes ({self.receive_connection_budget_bytes}) "
+                f"must hold at least one whole PDU ({smallest} bytes with max_pdu_bytes "
+                f"{self.max_pdu_bytes})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_thresholds(self) -> Settings:
         suspected, likely = self.fracture_suspected_threshold, self.fracture_likely_threshold
         if suspected is not None and likely is not None and likely < suspected:
@@ -457,6 +515,12 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls))
         sources.append(file_secret_settings)
         return tuple(sources)
+
+    @property
+    def pdu_length_announced(self) -> int:
+        """The P-DATA-TF length the SCP announces and accepts (``max_pdu_bytes``, 0: the
+        ceiling, announced rather than "unlimited" so that what is announced is enforced)."""
+        return self.max_pdu_bytes or PDU_LENGTH_CEILING
 
     @property
     def sqlite_path(self) -> Path | None:

@@ -41,6 +41,7 @@ class AuditEventType(enum.StrEnum):
     ASSOCIATION_ACCEPTED = "association_accepted"
     ASSOCIATION_REJECTED = "association_rejected"
     CONNECTION_DROPPED = "connection_dropped"  # a connection that never asked to associate
+    ASSOCIATION_ABORTED = "association_aborted"  # by the node: a limit or a timeout
     INSTANCE_STORED = "instance_stored"
     INSTANCE_DUPLICATE = "instance_duplicate"
     INSTANCE_REPLACED = "instance_replaced"
@@ -55,6 +56,7 @@ class AuditEventType(enum.StrEnum):
     OUTPUT_SEND_FAILED = "output_send_failed"
     REPROCESS_REQUESTED = "reprocess_requested"
     PURGE = "purge"
+    PARTIAL_WRITES_REMOVED = "partial_writes_removed"  # .part files a crash left, at start-up
 
 
 class Outcome(enum.StrEnum):

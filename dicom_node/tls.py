@@ -7,38 +7,19 @@ or later (BCP 195), and both verify the peer against the CA when one is given.
 
 from __future__ import annotations
 
-import socket
 import ssl
 from pathlib import Path
-from typing import Any
 
 from config import TlsSettings
-
-#: Seconds a connecting peer has to finish the server-side TLS handshake. pynetdicom
-#: handshakes in its accept loop, so a peer that connects and stays silent would
-#: otherwise hold up every other association.
-HANDSHAKE_TIMEOUT_SECONDS = 10.0
-
-
-class _ServerContext(ssl.SSLContext):
-    """An SSL context whose server-side handshake cannot block for ever."""
-
-    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        previous = sock.gettimeout()
-        sock.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
-        try:
-            wrapped = super().wrap_socket(sock, *args, **kwargs)
-        except BaseException:
-            sock.close()  # pynetdicom drops the failed connection without closing it
-            raise
-        wrapped.settimeout(previous)
-        return wrapped
 
 
 def server_context(tls: TlsSettings) -> ssl.SSLContext:
     """The SCP's context: the node's certificate; client certificates required
-    (and verified against ``tls.ca_file``) when a CA is configured."""
-    context = _ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    (and verified against ``tls.ca_file``) when a CA is configured.
+
+    The SCP handshakes in each connection's own thread, within ARTIM
+    (``association_request_timeout_seconds``; dicom_node.receive.fastpath)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=tls.cert_file, keyfile=tls.key_file)
     if tls.ca_file is not None:

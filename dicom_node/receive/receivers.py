@@ -3,13 +3,14 @@
 pynetdicom reads PDUs in Python: every association of one process shares one
 interpreter. With ``scp_processes = N`` the node's SCP accepts every connection on its
 port and hands them in turn to itself and N - 1 child processes, each running its own
-:class:`~dicom_node.receive.scp.StorageSCP` (its own engine, the same store and database). A
-connection crosses as a file descriptor over a Unix socket pair (SCM_RIGHTS), before
-any byte of it is read; a child that cannot take one (dead, being restarted) leaves it
-to the node. Round robin rather than the kernel's SO_REUSEPORT hash, which put 3 of 4
-concurrent associations on one process half the time. Each process stores, records
-and audits exactly as the single one does; the audit chain and the study rows are
-serialised in the database, not in memory. ``max_associations`` applies per process.
+SCP (:func:`dicom_node.receive.scp.serve_handed_connections`: its own engine, the same
+store and database). A connection crosses as a file descriptor over a Unix socket pair
+(SCM_RIGHTS), before any byte of it is read; a child that cannot take one (dead, being
+restarted) leaves it to the node. Round robin rather than the kernel's SO_REUSEPORT
+hash, which put 3 of 4 concurrent associations on one process half the time. Each
+process stores, records and audits exactly as the single one does; the audit chain and
+the study rows are serialised in the database, not in memory. ``max_associations`` (and
+every receive limit) applies per process.
 
 A child that dies is started again; a child whose parent dies is killed by the kernel
 (``PR_SET_PDEATHSIG``), so a crashed node never leaves receivers holding its port.
@@ -26,6 +27,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
@@ -57,10 +59,14 @@ def _die_with_parent() -> None:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _receive(
-    values: dict[str, Any], index: int, ready: ProcessEvent, channel: socket.socket
-) -> None:
-    """A child: one more StorageSCP serving the connections handed on ``channel``, until SIGTERM.
+#: A receiver process's entry point: ``(settings values, index, ready, channel)``. It calls
+#: :func:`become_receiver_process`, serves the connections handed on ``channel``, sets
+#: ``ready`` once it does, and returns when the stop event is set.
+ReceiverMain = Callable[[dict[str, Any], int, ProcessEvent, socket.socket], None]
+
+
+def become_receiver_process(index: int) -> threading.Event:
+    """Set up a receiver process: the event SIGTERM sets, death with the parent, logging.
 
     SIGTERM, not a shared Event: a child killed while waiting on a multiprocessing
     Event can leave its lock held, and the next ``set()`` would hang the node's stop.
@@ -72,35 +78,19 @@ def _receive(
         level=logging.INFO, format=f"%(asctime)s receiver-{index} %(name)s: %(message)s"
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # datasets hold patient data
-    from db.engine import engine_from_settings, make_session_factory
-    from dicom_node.receive.scp import StorageSCP
-    from dicom_node.store import InstanceStore
-
-    settings = Settings.model_construct(**values)
-    engine = engine_from_settings(settings)
-    scp = StorageSCP(
-        settings,
-        make_session_factory(engine),
-        InstanceStore(settings.store_dir),
-        handed_connections=channel,
-    )
-    try:
-        scp.start()
-        ready.set()
-        stop.wait()
-    finally:
-        scp.stop()
-        engine.dispose()
+    return stop
 
 
 class ReceiverProcesses:
-    """``count`` child processes receiving on ``settings.port`` beside the parent's SCP."""
+    """``count`` child processes running ``main`` beside the parent's SCP (the SCP passes
+    its own entry point: this module knows processes and channels, not the SCP)."""
 
-    def __init__(self, settings: Settings, count: int) -> None:
+    def __init__(self, settings: Settings, count: int, main: ReceiverMain) -> None:
         if settings.port == 0:
             raise ValueError("receiver processes need the bound port, not 0")
         self._values = settings_values(settings)
         self._count = count
+        self._main = main
         self._context = multiprocessing.get_context("spawn")  # no threads or torch inherited
         self._children: dict[int, SpawnProcess] = {}
         self._channels: dict[int, socket.socket] = {}  # the node's ends, by child index
@@ -120,7 +110,7 @@ class ReceiverProcesses:
         node_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         node_end.setblocking(False)  # a stuck child must never block the node's acceptor
         child = self._context.Process(
-            target=_receive,
+            target=self._main,
             args=(self._values, index, ready, child_end),
             name=f"receiver-{index}",
             daemon=True,

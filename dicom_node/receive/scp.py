@@ -11,9 +11,10 @@ import logging
 import os
 import shutil
 import socket
-import threading
+from dataclasses import dataclass
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from multiprocessing.synchronize import Event as ProcessEvent
+from typing import Any
 
 from pydicom import Dataset, dcmread
 from pydicom.encaps import generate_fragments
@@ -33,29 +34,29 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings
 from db.audit import AuditEventType, AuditLog, Outcome
+from db.engine import engine_from_settings, make_session_factory
 from db.repositories import ReceivedInstance, RecordOutcome, StudyRepository
-from dicom_node.receive.fastpath import (
-    BulkReceiveRequestHandler,
-    DispatchingAssociationServer,
-    HandedConnectionServer,
-)
+from dicom_node.receive.fastpath import Listener, ended_by_transport, listen, reading_a_pdu
+from dicom_node.receive.receivers import ReceiverProcesses, become_receiver_process
 from dicom_node.receive.statuses import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,
     SUCCESS,
 )
-from dicom_node.store import InstanceStore
+from dicom_node.receive.wire import (
+    ReceiveBudget,
+    ReceiveLimits,
+    TransportEvent,
+    TransportEventKind,
+)
+from dicom_node.store import InstanceStore, StoredFile
 from dicom_node.tls import server_context
 from dicom_node.uids import InvalidUIDError, validate_uid
-
-if TYPE_CHECKING:
-    from dicom_node.receive.receivers import ReceiverProcesses
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,17 @@ class StoreRefusedError(Exception):
         self.study_instance_uid: str | None = None
 
 
+def receive_limits(settings: Settings) -> ReceiveLimits:
+    """The transport's limits from the settings (docs/security.md, docs/conformance.md)."""
+    return ReceiveLimits(
+        association_request_timeout=settings.association_request_timeout_seconds,
+        idle_timeout=settings.idle_timeout_seconds,
+        max_pdata_length=settings.pdu_length_announced,
+        connection_budget=settings.receive_connection_budget_bytes,
+        max_pending_connections=settings.max_pending_connections,
+    )
+
+
 class StorageSCP:
     """A pynetdicom storage SCP wired to an :class:`InstanceStore` and the audit DB."""
 
@@ -106,20 +118,21 @@ class StorageSCP:
         store: InstanceStore,
         *,
         handed_connections: socket.socket | None = None,
-        request_handler: type[RequestHandler] = BulkReceiveRequestHandler,
+        bulk_reads: bool = True,
     ) -> None:
         """``handed_connections``: a receiver process's SCP, serving the connections the
         node's SCP hands it on this channel instead of listening (dicom_node.receive.receivers).
 
-        ``request_handler``: how connections are served; pynetdicom's own
-        ``RequestHandler`` only to compare against it (benchmarks.ingest).
+        ``bulk_reads=False``: PDUs read in pynetdicom's 4 KiB steps, only to compare
+        (benchmarks.ingest).
         """
         self._settings = settings
         self._sessions = session_factory
         self._store = store
         self._handed_connections = handed_connections
-        self._request_handler = request_handler
-        self._server: ThreadedAssociationServer | None = None
+        self._bulk_reads = bulk_reads
+        self._budget = ReceiveBudget(settings.receive_budget_bytes)
+        self._listener: Listener | None = None
         self._receivers: ReceiverProcesses | None = None
 
     # -- association life cycle -------------------------------------------------------
@@ -132,78 +145,85 @@ class StorageSCP:
         if self._settings.allowed_calling_ae_titles:
             ae.require_calling_aet = list(self._settings.allowed_calling_ae_titles)
         ae.maximum_associations = self._settings.max_associations
-        ae.maximum_pdu_size = self._settings.max_pdu_bytes
+        ae.maximum_pdu_size = self._settings.pdu_length_announced
+        # ARTIM once associated (awaiting a peer's close), and the idle time between PDUs;
+        # the transport applies both before the association exists and within a PDU.
+        ae.acse_timeout = self._settings.association_request_timeout_seconds
+        ae.network_timeout = self._settings.idle_timeout_seconds
         return ae
 
     def start(self) -> tuple[str, int]:
         """Start listening in background threads; return the bound (address, port)."""
-        if self._server is not None:
+        if self._listener is not None:
             raise RuntimeError("the SCP is already running")
-        handlers = [
+        tls = server_context(self._settings.tls) if self._settings.tls else None
+        self._listener = listen(
+            self.build_ae(),
+            (self._settings.bind_address, self._settings.port),
+            evt_handlers=self._event_handlers(),
+            ssl_context=tls,
+            limits=receive_limits(self._settings),
+            budget=self._budget,
+            on_event=self.handle_transport_event,
+            bulk_reads=self._bulk_reads,
+            channel=self._handed_connections,
+        )
+        host, port = self._listener.address
+        # A receiver process has no port of its own and starts no receivers.
+        children = 0 if self._handed_connections else self._settings.scp_processes - 1
+        if children:
+            self._start_receivers(port, children)
+        logger.info(
+            "storage SCP %s listening on %s:%s%s%s",
+            self._settings.ae_title,
+            host,
+            port,
+            " (TLS)" if tls else "",
+            f" in {children + 1} processes" if children else "",
+        )
+        return host, port
+
+    def _event_handlers(self) -> list[tuple[evt.EventType, Any]]:
+        return [
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_CONN_CLOSE, self.handle_connection_closed),
             (evt.EVT_ACCEPTED, self.handle_accepted),
             (evt.EVT_REJECTED, self.handle_rejected),
+            (evt.EVT_ABORTED, self.handle_aborted),
         ]
-        address = (self._settings.bind_address, self._settings.port)
-        ssl_context = server_context(self._settings.tls) if self._settings.tls else None
-        ae = self.build_ae()
-        if self._handed_connections is not None:  # a receiver process: no port of its own
-            children = 0
-            server_class: type[ThreadedAssociationServer] = HandedConnectionServer
-            channel = {"channel": self._handed_connections}
-        else:
-            children = self._settings.scp_processes - 1
-            server_class, channel = DispatchingAssociationServer, {}
-        server = ae.make_server(
-            address,
-            evt_handlers=handlers,
-            ssl_context=ssl_context,
-            server_class=server_class,
-            request_handler=self._request_handler,
-            **channel,
-        )
-        ae._servers.append(server)  # as start_server does: shutdown() removes it
-        threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
-        self._server = server
-        bound = self._server.server_address
-        if children:
-            from dicom_node.receive.receivers import ReceiverProcesses
 
-            port_settings = self._settings.model_copy(update={"port": bound[1]})
-            self._receivers = ReceiverProcesses(port_settings, children)
-            try:
-                self._receivers.start()
-            except Exception:
-                self.stop()
-                raise
-            assert isinstance(server, DispatchingAssociationServer)
-            server.hand_off = self._receivers.hand_off
-        logger.info(
-            "storage SCP %s listening on %s:%s%s%s",
-            self._settings.ae_title,
-            *bound[:2],
-            " (TLS)" if ssl_context else "",
-            f" in {children + 1} processes" if children else "",
-        )
-        return bound[0], bound[1]
+    def _start_receivers(self, port: int, children: int) -> None:
+        assert self._listener is not None
+        port_settings = self._settings.model_copy(update={"port": port})
+        self._receivers = ReceiverProcesses(port_settings, children, serve_handed_connections)
+        try:
+            self._receivers.start()
+        except Exception:
+            self.stop()
+            raise
+        self._listener.hand_off_with(self._receivers.hand_off)
 
     @property
     def receiver_pids(self) -> list[int]:
         """The process IDs of the receiver processes (none with ``scp_processes = 1``)."""
         return self._receivers.pids if self._receivers is not None else []
 
+    @property
+    def receive_budget(self) -> ReceiveBudget:
+        """This process's receive budget (what its associations hold right now)."""
+        return self._budget
+
     def stop(self) -> None:
-        if isinstance(self._server, DispatchingAssociationServer):
-            self._server.hand_off = None  # from now on the node serves what still arrives
+        if self._listener is not None:
+            self._listener.hand_off_with(None)  # from now on the node serves what arrives
         if self._receivers is not None:
             self._receivers.stop()
             self._receivers = None
-        if self._server is not None:
-            self._server.shutdown()  # closes the socket too
-            self._server = None
+        if self._listener is not None:
+            self._listener.stop()  # closes the port; running associations end on their own
+            self._listener = None
 
     # -- handlers -------------------------------------------------------------------
 
@@ -256,6 +276,44 @@ class StorageSCP:
                 reason="connection closed without a valid A-ASSOCIATE-RQ",
             )
         logger.warning("connection from %s closed without a valid association request", address)
+
+    def handle_transport_event(self, event: TransportEvent) -> None:
+        """Audit what the transport refused: a connection closed before it associated
+        (ARTIM, TLS, a first PDU that is not a request, too many waiting) or an
+        association it aborted (a PDU over its cap, a byte budget, a PDU too slow)."""
+        kind = (
+            AuditEventType.CONNECTION_DROPPED
+            if event.kind is TransportEventKind.DROPPED
+            else AuditEventType.ASSOCIATION_ABORTED
+        )
+        extra = {"connections": event.connections} if event.connections > 1 else {}
+        with self._sessions.begin() as session:
+            AuditLog(session).record(
+                kind,
+                Outcome.FAILURE,
+                actor=event.calling_ae_title,
+                address=event.address,
+                port=event.port,
+                reason=event.reason,
+                receiver_pid=os.getpid(),
+                **extra,
+            )
+        logger.warning("%s from %s: %s", kind, event.address, event.reason)
+
+    def handle_aborted(self, event: evt.Event) -> None:
+        """Audit the abort of an association idle for longer than ``idle_timeout_seconds``
+        (pynetdicom's network timeout; aborts by the peer are not the node's outcome, and
+        those the transport decided it audits itself: handle_transport_event)."""
+        if not event.assoc.dul.idle_timer_expired() or ended_by_transport(event.assoc):
+            return
+        what = "a PDU not received in full" if reading_a_pdu(event.assoc) else "no PDU"
+        seconds = self._settings.idle_timeout_seconds
+        self._audit_association(
+            event,
+            AuditEventType.ASSOCIATION_ABORTED,
+            Outcome.FAILURE,
+            reason=f"{what} within idle_timeout_seconds ({seconds:g} s)",
+        )
 
     def handle_accepted(self, event: evt.Event) -> None:
         # Proposed SOP classes (or transfer syntaxes) we do not accept are refused per
@@ -356,35 +414,28 @@ class StorageSCP:
             pixel_problem = f"pixel data cannot be decoded ({type(error).__name__})"
         if pixel_problem:
             raise StoreRefusedError(CANNOT_UNDERSTAND, pixel_problem)
+        uids = _InstanceUids.checked(values, event.request)
+        stored = self._store.write(encoded, uids.study, uids.series, uids.sop_instance)
+        self._record(event, calling_ae, uids, stored, _short_string(values["Modality"]))
+        return SUCCESS
 
-        try:
-            sop_uid = validate_uid(values["SOPInstanceUID"], "SOPInstanceUID")
-            sop_class = validate_uid(values["SOPClassUID"], "SOPClassUID")
-            study_uid = validate_uid(values["StudyInstanceUID"], "StudyInstanceUID")
-            series_uid = validate_uid(values["SeriesInstanceUID"], "SeriesInstanceUID")
-        except InvalidUIDError as error:
-            raise StoreRefusedError(DATASET_DOES_NOT_MATCH_SOP_CLASS, str(error)) from None
-        if sop_uid != event.request.AffectedSOPInstanceUID:
-            raise StoreRefusedError(
-                DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "SOPInstanceUID differs from the C-STORE request's Affected SOP Instance UID",
-            )
-        if sop_class != event.request.AffectedSOPClassUID:
-            raise StoreRefusedError(
-                DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "SOPClassUID differs from the C-STORE request's Affected SOP Class UID",
-            )
-
-        stored = self._store.write(encoded, study_uid, series_uid, sop_uid)
-        modality = _short_string(values["Modality"])
+    def _record(
+        self,
+        event: evt.Event,
+        calling_ae: str,
+        uids: _InstanceUids,
+        stored: StoredFile,
+        modality: str | None,
+    ) -> None:
+        """The instance's row and its audit event, in one transaction."""
         received = ReceivedInstance(
-            study_instance_uid=study_uid,
-            series_instance_uid=series_uid,
-            sop_instance_uid=sop_uid,
-            sop_class_uid=sop_class,
+            study_instance_uid=uids.study,
+            series_instance_uid=uids.series,
+            sop_instance_uid=uids.sop_instance,
+            sop_class_uid=uids.sop_class,
             transfer_syntax_uid=str(event.context.transfer_syntax),
             modality=modality,
-            triageable=sop_class in TRIAGEABLE_SOP_CLASSES,
+            triageable=uids.sop_class in TRIAGEABLE_SOP_CLASSES,
             path=stored.relative_path,
             size_bytes=stored.size_bytes,
             sha256=stored.sha256,
@@ -396,13 +447,12 @@ class StorageSCP:
             AuditLog(session).record(
                 _AUDIT_FOR_OUTCOME[outcome],
                 actor=calling_ae,
-                study_instance_uid=study_uid,
-                sop_instance_uid=sop_uid,
-                sop_class_uid=sop_class,
+                study_instance_uid=uids.study,
+                sop_instance_uid=uids.sop_instance,
+                sop_class_uid=uids.sop_class,
                 size_bytes=stored.size_bytes,
             )
-        logger.debug("%s SOP Instance %s of study %s", outcome, sop_uid, study_uid)
-        return SUCCESS
+        logger.debug("%s SOP Instance %s of study %s", outcome, uids.sop_instance, uids.study)
 
     def _audit_refusal(
         self,
@@ -428,6 +478,39 @@ class StorageSCP:
                 )
         except Exception:
             logger.exception("could not audit a refused instance")
+
+
+@dataclass(frozen=True)
+class _InstanceUids:
+    sop_instance: str
+    sop_class: str
+    study: str
+    series: str
+
+    @classmethod
+    def checked(cls, values: dict[str, Any], request: Any) -> _InstanceUids:
+        """The data set's UIDs, valid and matching the C-STORE request, or refused
+        (0xA900: they name the files and rows, so nothing else will do)."""
+        try:
+            uids = cls(
+                validate_uid(values["SOPInstanceUID"], "SOPInstanceUID"),
+                validate_uid(values["SOPClassUID"], "SOPClassUID"),
+                validate_uid(values["StudyInstanceUID"], "StudyInstanceUID"),
+                validate_uid(values["SeriesInstanceUID"], "SeriesInstanceUID"),
+            )
+        except InvalidUIDError as error:
+            raise StoreRefusedError(DATASET_DOES_NOT_MATCH_SOP_CLASS, str(error)) from None
+        if uids.sop_instance != request.AffectedSOPInstanceUID:
+            raise StoreRefusedError(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPInstanceUID differs from the C-STORE request's Affected SOP Instance UID",
+            )
+        if uids.sop_class != request.AffectedSOPClassUID:
+            raise StoreRefusedError(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPClassUID differs from the C-STORE request's Affected SOP Class UID",
+            )
+        return uids
 
 
 def pixel_data_problem(dataset: Dataset) -> str | None:
@@ -480,3 +563,26 @@ def _loggable_uid(value: Any) -> str | None:
 
 def _short_string(value: Any) -> str | None:
     return str(value)[:16] if value else None
+
+
+def serve_handed_connections(
+    values: dict[str, Any], index: int, ready: ProcessEvent, channel: socket.socket
+) -> None:
+    """A receiver process (dicom_node.receive.receivers): one more StorageSCP serving the
+    connections handed on ``channel``, until SIGTERM."""
+    stop = become_receiver_process(index)
+    settings = Settings.model_construct(**values)
+    engine = engine_from_settings(settings)
+    scp = StorageSCP(
+        settings,
+        make_session_factory(engine),
+        InstanceStore(settings.store_dir),
+        handed_connections=channel,
+    )
+    try:
+        scp.start()
+        ready.set()
+        stop.wait()
+    finally:
+        scp.stop()
+        engine.dispose()
