@@ -14,6 +14,7 @@ from dicom_node.atna.export import export_worker
 from dicom_node.delivery.outbox import OutboxWorker
 from dicom_node.receive.completion import StudyCompletionWatcher
 from dicom_node.receive.scp import StorageSCP
+from dicom_node.store import sweep_partial_writes
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
 from flows.triage.flow import triage_batch
@@ -59,6 +60,11 @@ class TriageService:
     def start(self) -> tuple[str, int]:
         upgrade(self.runtime.engine)
         install_runtime(self.runtime)
+        settings = self.runtime.settings
+        # Writes a crash cut short left their .part files: removed (and audited) first.
+        sweep_partial_writes(
+            self.runtime.sessions, {"store": settings.store_dir, "outputs": settings.output_dir}
+        )
         self.address = self.scp.start()
         self.watcher.recover()
         self.watcher.start()
