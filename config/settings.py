@@ -367,6 +367,12 @@ class Settings(BaseSettings):
         default=None,
         description="A file holding the password (a Docker or Kubernetes secret), read at load.",
     )
+    database_auto_migrate: bool | None = Field(
+        default=None,
+        description="Migrate the database at start. None: yes for SQLite (the embedded "
+        "default), no for PostgreSQL, where the owner runs `fracture-triage db upgrade` and "
+        "a node on an older schema refuses to start.",
+    )
     audit_syslog: AuditSyslogSettings | None = Field(
         default=None,
         description="Send every audit event to this syslog collector (ATNA); None: off.",
@@ -411,6 +417,18 @@ class Settings(BaseSettings):
         gt=0,
         description="A study claimed longer ago without a result is triaged again "
         "(its worker was killed or lost).",
+    )
+    triage_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="A study whose triage fails is tried this often in all, with backoff, "
+        "before it is FAILED (reprocess --status failed tries again).",
+    )
+    triage_retry_base_seconds: float = Field(
+        default=30.0, gt=0, description="First wait before a failed triage is tried again."
+    )
+    triage_retry_cap_seconds: float = Field(
+        default=600.0, gt=0, description="Longest wait between attempts (the wait doubles)."
     )
     batch_max_studies: int = Field(
         default=16,
@@ -490,6 +508,22 @@ class Settings(BaseSettings):
                 f"{self.max_pdu_bytes})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_triage_retry(self) -> Settings:
+        if self.triage_retry_cap_seconds < self.triage_retry_base_seconds:
+            raise ValueError(
+                f"triage_retry_cap_seconds ({self.triage_retry_cap_seconds}) must not be below "
+                f"triage_retry_base_seconds ({self.triage_retry_base_seconds})"
+            )
+        return self
+
+    @property
+    def migrates_at_start(self) -> bool:
+        """Whether the node brings the database to the head revision itself at start."""
+        if self.database_auto_migrate is not None:
+            return self.database_auto_migrate
+        return self.sqlite_path is not None or self.database_url.startswith("sqlite")
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> Settings:

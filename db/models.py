@@ -122,6 +122,12 @@ class Study(Base):
     last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     ready_at: Mapped[dt.datetime | None]
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    triage_attempts: Mapped[int] = mapped_column(
+        default=0, server_default="0", doc="Failed triage attempts since the study last changed."
+    )
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(
+        doc="A READY study whose triage failed waits until then (backoff); None: at once."
+    )
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study", order_by="Instance.id")
     runs: Mapped[list[TriageRun]] = relationship(back_populates="study", order_by="TriageRun.id")

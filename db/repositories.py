@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -58,6 +58,14 @@ class AbandonedRun:
     reason: str
 
 
+def _ready_now(now: dt.datetime) -> tuple[Any, ...]:
+    """Where-clauses of a READY study that may be triaged at ``now`` (no retry pending)."""
+    return (
+        Study.status == StudyStatus.READY,
+        or_(Study.next_attempt_at.is_(None), Study.next_attempt_at <= now),
+    )
+
+
 def _due(now: dt.datetime) -> tuple[Any, ...]:
     """Where-clauses of a delivery that may be attempted at ``now``."""
     return (
@@ -88,6 +96,14 @@ class ReceivedInstance:
     sha256: str
     calling_ae_title: str | None
     urgent: bool = False
+
+
+@dataclass(frozen=True)
+class FailedAttempt:
+    """A failed triage attempt of a study: how many so far, and when it is tried again."""
+
+    attempts: int
+    retry_at: dt.datetime | None  # None: failed for good (the study is FAILED)
 
 
 class StudyRepository:
@@ -177,6 +193,7 @@ class StudyRepository:
             study.status in _REOPENABLE and received.triageable
         ):
             study.status = StudyStatus.RECEIVING
+            study.triage_attempts, study.next_attempt_at = 0, None  # a changed study
         return outcome
 
     def mark_ready(
@@ -220,7 +237,7 @@ class StudyRepository:
         Each is claimed with the same conditional update as :meth:`claim_for_triage`,
         so concurrent workers never take one study twice.
         """
-        query = select(Study.study_instance_uid).where(Study.status == StudyStatus.READY)
+        query = select(Study.study_instance_uid).where(*_ready_now(utcnow()))
         if among is not None:
             query = query.where(Study.study_instance_uid.in_(list(among)))
         query = query.order_by(Study.urgent.desc(), Study.ready_at, Study.id).limit(limit)
@@ -238,7 +255,13 @@ class StudyRepository:
                 Study.study_instance_uid == study_instance_uid,
                 Study.status != StudyStatus.TRIAGING,
             )
-            .values(status=StudyStatus.TRIAGING, updated_at=utcnow())
+            # A deliberate re-run starts its attempts afresh.
+            .values(
+                status=StudyStatus.TRIAGING,
+                updated_at=utcnow(),
+                triage_attempts=0,
+                next_attempt_at=None,
+            )
         )
         return result.rowcount == 1
 
@@ -251,6 +274,59 @@ class StudyRepository:
             query = query.where(Study.status == only_from)
         result = self._session.execute(query.values(status=status, updated_at=utcnow()))
         return result.rowcount == 1
+
+    def fail_attempt(
+        self,
+        study_instance_uid: str,
+        *,
+        max_attempts: int,
+        delay: Callable[[int], dt.timedelta],
+        now: dt.datetime | None = None,
+    ) -> FailedAttempt | None:
+        """Count a failed triage attempt: READY again after ``delay(attempts)``, or FAILED.
+
+        None when the study has changed meanwhile (a new view reopened it: RECEIVING,
+        and its next triage counts afresh).
+        """
+        now = now or utcnow()
+        study = self.get(study_instance_uid)
+        if study is None or study.status not in (StudyStatus.TRIAGING, StudyStatus.READY):
+            return None
+        study.triage_attempts += 1
+        study.updated_at = now
+        if study.triage_attempts >= max_attempts:
+            study.status, study.next_attempt_at = StudyStatus.FAILED, None
+            return FailedAttempt(study.triage_attempts, None)
+        retry_at = now + delay(study.triage_attempts)
+        study.status, study.next_attempt_at = StudyStatus.READY, retry_at
+        return FailedAttempt(study.triage_attempts, retry_at)
+
+    def succeeded(self, study_instance_uid: str) -> None:
+        """A triage run of the study succeeded: its failed attempts no longer count."""
+        self._session.execute(
+            update(Study)
+            .where(Study.study_instance_uid == study_instance_uid)
+            .values(triage_attempts=0, next_attempt_at=None)
+        )
+
+    def take_due_retries(self, now: dt.datetime | None = None) -> list[str]:
+        """READY studies whose retry time has come; each is returned once (its time cleared)."""
+        result = self._session.execute(
+            update(Study)
+            .where(
+                Study.status == StudyStatus.READY,
+                Study.next_attempt_at.is_not(None),
+                Study.next_attempt_at <= (now or utcnow()),
+            )
+            .values(next_attempt_at=None)
+            .returning(Study.study_instance_uid)
+        )
+        return sorted(result.scalars())
+
+    def ready_now(self, now: dt.datetime | None = None) -> list[str]:
+        """READY studies that may be triaged now (not waiting for a retry)."""
+        query = select(Study.study_instance_uid).where(*_ready_now(now or utcnow()))
+        return list(self._session.scalars(query.order_by(Study.id)))
 
     def uids_with_status(self, *statuses: StudyStatus) -> list[str]:
         query = (

@@ -88,7 +88,10 @@ class InstanceStore:
     """Files under ``root/<study>/<series>/<sop>.dcm`` (owner-only permissions)."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self.root = root  # created by the first write, or by ensure()
+
+    def ensure(self) -> None:
+        """Create the store's folder (owner-only) if it is missing."""
         make_private_dirs(self.root)
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:

@@ -6,6 +6,7 @@ profile or environment (a Prefect server, a different home) always wins.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,10 +15,30 @@ from pathlib import Path
 DEFAULT_PREFECT_HOME = Path("var/prefect")
 
 
+def prefect_home(preferred: Path = DEFAULT_PREFECT_HOME) -> Path:
+    """An owner-only folder for Prefect's embedded database that exists and is writable.
+
+    ``var/prefect`` under the working directory, created if missing (a node started from
+    a directory without ``var/`` must still run its flows); where that cannot be written
+    (a read-only working directory), a folder under the user's state directory.
+    """
+    fallback = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    for candidate in (preferred.resolve(), fallback / "fracture-triage" / "prefect"):
+        try:
+            candidate.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    raise OSError(f"no writable folder for Prefect's home ({preferred.resolve()}, {fallback})")
+
+
 def apply_prefect_defaults(home: Path | None = None) -> None:
-    home = home or DEFAULT_PREFECT_HOME
+    # Unusable: the node's start-up check names the problem (flows.node.startup).
+    if "PREFECT_HOME" not in os.environ:
+        with contextlib.suppress(OSError):
+            os.environ["PREFECT_HOME"] = str(prefect_home(home or DEFAULT_PREFECT_HOME))
     defaults = {
-        "PREFECT_HOME": str(home.resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # The ephemeral API starts a server subprocess; on 2 busy cores that can take a while.
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",

@@ -71,6 +71,8 @@ class StudyCompletionWatcher:
                     logger.warning("re-queued %d studies whose triage timed out", len(stale))
                 self._audit_requeued(session, stale, abandoned)
                 ready += stale
+            # Studies whose failed triage waited out its backoff: handed on once more.
+            ready += studies.take_due_retries()
         for uid in ready:
             logger.info("study %s is ready", uid)
             self._on_ready(uid)

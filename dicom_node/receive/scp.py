@@ -156,6 +156,7 @@ class StorageSCP:
         """Start listening in background threads; return the bound (address, port)."""
         if self._listener is not None:
             raise RuntimeError("the SCP is already running")
+        self._store.ensure()  # the disk-space checks look at it before the first write
         tls = server_context(self._settings.tls) if self._settings.tls else None
         self._listener = listen(
             self.build_ae(),

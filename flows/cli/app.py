@@ -68,13 +68,19 @@ def serve(
     _setup_logging(verbose)
     settings = _settings(config, port=port, bind_address=bind_address)
     from flows.node.service import TriageService
+    from flows.node.startup import NodeStartError
     from flows.runtime import Runtime
 
     service = TriageService(Runtime.create(settings))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    host, bound_port = service.start()
+    try:
+        host, bound_port = service.start()
+    except NodeStartError as error:
+        typer.echo(f"fracture-triage cannot start: {error}", err=True)
+        service.stop()
+        raise typer.Exit(2) from None
     console.print(f"[green]{settings.ae_title}[/green] listening on {host}:{bound_port}")
     try:
         stop.wait()

@@ -7,25 +7,27 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from db.migrate import upgrade
-from db.models import StudyStatus
 from db.repositories import RunRepository, StudyRepository
 from dicom_node.atna.export import export_worker
 from dicom_node.delivery.outbox import OutboxWorker
 from dicom_node.receive.completion import StudyCompletionWatcher
 from dicom_node.receive.scp import StorageSCP
 from dicom_node.store import sweep_partial_writes
+from flows.node.startup import (
+    check_database,
+    check_folders,
+    load_model,
+    port_taken,
+    start_orchestration,
+)
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
+from flows.triage.batch import retry_policy
 from flows.triage.flow import triage_batch
 from flows.triage.payloads import TriageSummary
+from flows.triage.records import fail_unclaimed
 
 logger = logging.getLogger(__name__)
-
-#: Server mode: a flow run that could not be created (Prefect down, deployments not yet
-#: registered) is tried again after this delay, doubled each time up to the maximum.
-HANDOFF_RETRY_FIRST_SECONDS = 5.0
-HANDOFF_RETRY_MAX_SECONDS = 60.0
 
 
 class TriageService:
@@ -52,20 +54,24 @@ class TriageService:
         self._futures: list[Future[list[TriageSummary]]] = []
         self._lock = threading.Lock()
         self._queued_batch: Future[list[TriageSummary]] | None = None
-        self._handoff_retry: threading.Timer | None = None
-        self._handoff_retry_delay = HANDOFF_RETRY_FIRST_SECONDS
-        self._stopping = False
         self.address: tuple[str, int] | None = None
 
     def start(self) -> tuple[str, int]:
-        upgrade(self.runtime.engine)
-        install_runtime(self.runtime)
-        settings = self.runtime.settings
+        """Start everything, or raise :class:`NodeStartError` with one line saying why."""
+        runtime, settings = self.runtime, self.runtime.settings
+        check_database(runtime)
+        check_folders(runtime)
+        load_model(runtime)
+        install_runtime(runtime)
+        start_orchestration(runtime)
         # Writes a crash cut short left their .part files: removed (and audited) first.
         sweep_partial_writes(
-            self.runtime.sessions, {"store": settings.store_dir, "outputs": settings.output_dir}
+            runtime.sessions, {"store": settings.store_dir, "outputs": settings.output_dir}
         )
-        self.address = self.scp.start()
+        try:
+            self.address = self.scp.start()
+        except OSError as error:
+            raise port_taken(error, (settings.bind_address, settings.port)) from None
         self.watcher.recover()
         self.watcher.start()
         self.outbox.start()  # also sends what a previous run left pending
@@ -99,9 +105,11 @@ class TriageService:
             try:
                 with flow_run_settings(self.runtime.settings.prefect_flow_heartbeat):
                     batch = triage_batch(max_studies=limit)
-            except Exception:
-                # The flow has recorded each failure (runs FAILED, audit events); keep serving.
-                logger.exception("triage batch failed")
+            except Exception as error:
+                # The flow records each run's failure itself; what is still READY was never
+                # claimed (the flow could not start): audited, and tried again with backoff.
+                logger.error("triage batch failed: %s", type(error).__name__)
+                self._fail_unclaimed(f"the triage flow could not run ({type(error).__name__})")
                 break
             done += batch
             if len(batch) < limit:
@@ -110,14 +118,21 @@ class TriageService:
 
     def _any_ready(self) -> bool:
         with self.runtime.sessions() as session:
-            return bool(StudyRepository(session).uids_with_status(StudyStatus.READY))
+            return bool(StudyRepository(session).ready_now())
+
+    def _fail_unclaimed(self, reason: str) -> None:
+        with self.runtime.sessions() as session:
+            waiting = StudyRepository(session).ready_now()
+        fail_unclaimed(self.runtime.sessions, waiting, reason, retry_policy(self.runtime.settings))
 
     def _create_flow_run(self, study_instance_uid: str) -> list[TriageSummary]:
         """Server mode: a flow run of the batch deployment, unless one is already waiting.
 
         The run claims every READY study when a worker starts it (urgent first), so
         one waiting run serves every study that becomes ready before it starts, and
-        a worker loads the models once for the whole batch.
+        a worker loads the models once for the whole batch. When no run can be created
+        (Prefect down, deployments not registered yet) the waiting studies are audited
+        and handed on again after a backoff (the completion watcher does it).
         """
         from prefect.deployments import run_deployment
         from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -138,36 +153,14 @@ class TriageService:
                     as_subflow=False,
                 )
             logger.info("study %s: flow run %s created", study_instance_uid, run.id)
-            with self._lock:
-                self._handoff_retry_delay = HANDOFF_RETRY_FIRST_SECONDS
-        except Exception:
-            # The study stays READY: never stranded, it is handed on again shortly.
-            logger.exception("could not create a flow run for study %s", study_instance_uid)
-            self._retry_handoff(study_instance_uid)
+        except Exception as error:
+            logger.error(
+                "could not create a flow run for study %s: %s",
+                study_instance_uid,
+                type(error).__name__,
+            )
+            self._fail_unclaimed(f"no flow run could be created ({type(error).__name__})")
         return []
-
-    def _retry_handoff(self, study_instance_uid: str) -> None:
-        """Hand the study on again later, with backoff; one retry pending at a time.
-
-        One is enough: the run it creates claims every READY study.
-        """
-        with self._lock:
-            if self._stopping or self._handoff_retry is not None:
-                return
-            delay = self._handoff_retry_delay
-            self._handoff_retry_delay = min(2 * delay, HANDOFF_RETRY_MAX_SECONDS)
-            timer = threading.Timer(delay, self._handoff_again, args=(study_instance_uid,))
-            timer.daemon = True
-            self._handoff_retry = timer
-        logger.warning("study %s: handing on again in %.0f s", study_instance_uid, delay)
-        timer.start()
-
-    def _handoff_again(self, study_instance_uid: str) -> None:
-        with self._lock:
-            self._handoff_retry = None
-            if self._stopping:
-                return
-        self.submit(study_instance_uid)
 
     @staticmethod
     def _batch_run_waiting(deployment_name: str) -> bool:
@@ -224,10 +217,6 @@ class TriageService:
                 )
 
     def stop(self) -> None:
-        with self._lock:
-            self._stopping = True
-            if self._handoff_retry is not None:
-                self._handoff_retry.cancel()
         self.watcher.stop()
         self.scp.stop()
         self._executor.shutdown(wait=True, cancel_futures=False)

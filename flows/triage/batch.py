@@ -11,6 +11,9 @@ import logging
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
 
 from config.domain.decision import ViewResult, decide
 from config.domain.findings import (
@@ -23,8 +26,11 @@ from config.domain.findings import (
 )
 from config.domain.intended_use import IntendedUse, resolve_region
 from config.settings import Settings
+from dicom_node.delivery.outbox import Backoff
+from dicom_node.phi import patient_values, scrub
 from flows.runtime import Runtime
 from flows.triage import records
+from flows.triage.errors import TriageError
 from flows.triage.payloads import (
     FractureResults,
     HeaderScreen,
@@ -54,7 +60,7 @@ NOT_RECOGNISED = NotAssessed(
     Gate.PIXELS, "stage 1 recognises none of the regions this model assesses"
 )
 
-Outcome = TriageSummary | Exception
+Outcome = TriageSummary | TriageError
 
 
 @dataclass(frozen=True)
@@ -128,19 +134,48 @@ def _triage_runs(
             model_pass = _run_models(views, str(work_dir), runtime.intended_use())
         except Exception as error:  # the whole batch failed: every run says so
             for uid, run_id in runs.items():
-                records.fail_run(runtime.sessions, uid, run_id, error)
-                outcomes[uid] = error
+                outcomes[uid] = _fail(runtime, uid, run_id, error)
             return outcomes
         for uid, run_id in runs.items():
             try:
                 study = study_views(model_pass, uid, views)
                 outcomes[uid] = _finish_study(runtime, run_id, study, model_pass, algorithm)
             except Exception as error:
-                records.fail_run(runtime.sessions, uid, run_id, error)
-                outcomes[uid] = error
+                outcomes[uid] = _fail(runtime, uid, run_id, error)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return outcomes
+
+
+def retry_policy(settings: Settings) -> records.RetryPolicy:
+    """The site's retry rule for failed triage runs."""
+    backoff = Backoff(settings.triage_retry_base_seconds, settings.triage_retry_cap_seconds)
+    return records.RetryPolicy(settings.triage_max_attempts, backoff.delay)
+
+
+def failure_reason(runtime: Runtime, study_uid: str, error: BaseException) -> str:
+    """The error's type and message, with every patient value of the study scrubbed."""
+    kind = error.kind if isinstance(error, TriageError) else type(error).__name__
+    detail = error.detail if isinstance(error, TriageError) else str(error)
+    values = patient_values(
+        _header(runtime.store.absolute(path))
+        for path in records.instance_paths(runtime.sessions, study_uid)
+    )
+    return f"{kind}: {scrub(detail, values)}"[:300]
+
+
+def _header(path: Path) -> Dataset:
+    try:
+        return dcmread(path, stop_before_pixels=True)
+    except Exception:  # unreadable: nothing of it can be quoted either
+        return Dataset()
+
+
+def _fail(runtime: Runtime, study_uid: str, run_id: int, error: BaseException) -> TriageError:
+    """Record the failed run (scrubbed reason, retry or FAILED); the error as flows raise it."""
+    reason = failure_reason(runtime, study_uid, error)
+    records.fail_run(runtime.sessions, study_uid, run_id, reason, retry_policy(runtime.settings))
+    return error if isinstance(error, TriageError) else TriageError("triage", error)
 
 
 def _run_models(views: tuple[SourceView, ...], work_dir: str, use: IntendedUse) -> ModelPass:

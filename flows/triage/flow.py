@@ -14,6 +14,7 @@ from prefect import flow
 from flows.runtime import current_runtime
 from flows.triage import records
 from flows.triage.batch import triage_claimed
+from flows.triage.errors import TriageError
 from flows.triage.payloads import TriageStatus, TriageSummary
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,8 @@ def triage_study(study_instance_uid: str, force: bool = False) -> TriageSummary:
         logger.info("study %s is not ready (or already taken); skipped", study_instance_uid)
         return TriageSummary(study_instance_uid, TriageStatus.SKIPPED)
     (outcome,) = triage_claimed(runtime, [study_instance_uid])
-    if isinstance(outcome, Exception):
-        raise outcome
+    if isinstance(outcome, TriageError):
+        raise outcome  # its message names the step and the error type only
     return outcome
 
 

@@ -7,9 +7,11 @@ always says where every study is.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect.runtime import flow_run
@@ -18,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.domain.findings import AlgorithmIdentity, StudyFinding
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.models import RunStatus, StudyStatus
-from db.repositories import ImageResultRow, RunRepository, StudyRepository
+from db.repositories import FailedAttempt, ImageResultRow, RunRepository, StudyRepository
 from dicom_node.outputs.sr import device_observer_uid
 from flows.triage.payloads import SourceView, WrittenOutput
 
@@ -74,6 +76,12 @@ def triageable_views(
             )
             if not runs.is_our_output(instance.sop_instance_uid)
         )
+
+
+def instance_paths(sessions: Sessions, study_instance_uid: str) -> list[str]:
+    """Every stored instance of the study (relative paths), ours coming back included."""
+    with sessions() as session:
+        return [i.path for i in StudyRepository(session).instances(study_instance_uid)]
 
 
 def start_run(
@@ -191,9 +199,9 @@ def finish_run(
         runs = RunRepository(session)
         runs.finish(runs.get(run_id), RunStatus.SUCCEEDED)
         # A study reopened by a late instance stays RECEIVING and is triaged again.
-        StudyRepository(session).set_status(
-            study_instance_uid, StudyStatus.TRIAGED, only_from=StudyStatus.TRIAGING
-        )
+        studies = StudyRepository(session)
+        studies.set_status(study_instance_uid, StudyStatus.TRIAGED, only_from=StudyStatus.TRIAGING)
+        studies.succeeded(study_instance_uid)
         detail: dict[str, str | None] = {
             "region": finding.region,
             "level": finding.level.value if finding.level else None,
@@ -212,15 +220,28 @@ def finish_run(
         )
 
 
-def fail_run(sessions: Sessions, study_instance_uid: str, run_id: int, error: Exception) -> None:
-    reason = f"{type(error).__name__}: {str(error)[:300]}"
-    logger.error("triage of study %s failed: %s", study_instance_uid, type(error).__name__)
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a study whose triage fails is tried, and how long it waits in between."""
+
+    max_attempts: int
+    delay: Callable[[int], dt.timedelta]
+
+
+def fail_run(
+    sessions: Sessions, study_instance_uid: str, run_id: int, reason: str, policy: RetryPolicy
+) -> None:
+    """The run failed: recorded and audited at once; the study tried again later, or FAILED.
+
+    ``reason`` must hold no patient data (flows.triage.batch scrubs it).
+    """
+    logger.error("triage of study %s failed: %s", study_instance_uid, reason.split(":")[0])
     with sessions.begin() as session:
         runs = RunRepository(session)
         run = runs.get(run_id)
         runs.finish(run, RunStatus.FAILED, reason)
-        StudyRepository(session).set_status(
-            study_instance_uid, StudyStatus.FAILED, only_from=StudyStatus.TRIAGING
+        attempt = StudyRepository(session).fail_attempt(
+            study_instance_uid, max_attempts=policy.max_attempts, delay=policy.delay
         )
         AuditLog(session).record(
             AuditEventType.TRIAGE_FAILED,
@@ -231,7 +252,36 @@ def fail_run(sessions: Sessions, study_instance_uid: str, run_id: int, error: Ex
             model_name=run.model_name,
             model_version=run.model_version,
             reason=reason,
+            **_attempt_detail(attempt),
         )
+
+
+def fail_unclaimed(
+    sessions: Sessions, study_uids: Sequence[str], reason: str, policy: RetryPolicy
+) -> None:
+    """Triage could not even start (orchestration down): each READY study waits and retries."""
+    with sessions.begin() as session:
+        studies, audit = StudyRepository(session), AuditLog(session)
+        for uid in study_uids:
+            attempt = studies.fail_attempt(
+                uid, max_attempts=policy.max_attempts, delay=policy.delay
+            )
+            audit.record(
+                AuditEventType.TRIAGE_FAILED,
+                Outcome.FAILURE,
+                actor="triage",
+                study_instance_uid=uid,
+                reason=reason,
+                **_attempt_detail(attempt),
+            )
+
+
+def _attempt_detail(attempt: FailedAttempt | None) -> dict[str, object]:
+    if attempt is None:  # a new view reopened the study meanwhile
+        return {"retry": "with the study's new views"}
+    if attempt.retry_at is None:
+        return {"attempt": attempt.attempts, "final": True}
+    return {"attempt": attempt.attempts, "retry_at": attempt.retry_at.isoformat()}
 
 
 def finish_without_run(sessions: Sessions, study_instance_uid: str, reason: str) -> None:

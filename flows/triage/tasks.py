@@ -21,6 +21,7 @@ from dicom_node.store import make_private_dirs
 from flows.runtime import current_runtime
 from flows.triage import records
 from flows.triage.assemble import StudyRun, ViewPixels, assemble, read_headers
+from flows.triage.errors import shielded
 from flows.triage.payloads import (
     DeliveryCounts,
     FractureResults,
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 @task(name="load-studies")
+@shielded("load-studies")
 def load_studies(study_instance_uids: list[str]) -> dict[str, tuple[SourceView, ...]]:
     """Each study's triageable instances (CR/DX, not our own outputs): UID, hash and path."""
     runtime = current_runtime()
@@ -48,6 +50,7 @@ def load_studies(study_instance_uids: list[str]) -> dict[str, tuple[SourceView, 
 
 
 @task(name="screen-headers")
+@shielded("screen-headers")
 def screen_headers(views: tuple[SourceView, ...]) -> tuple[HeaderScreen, ...]:
     """The header gate for each view, before any pixel is read (dicom_node.headers)."""
     use = current_runtime().intended_use()
@@ -73,6 +76,7 @@ def screen_headers(views: tuple[SourceView, ...]) -> tuple[HeaderScreen, ...]:
 
 
 @task(name="preprocess")
+@shielded("preprocess")
 def preprocess_views(views: tuple[SourceView, ...], work_dir: str) -> PreprocessedBatch:
     """Decode and preprocess each view; write the batch tensor to the work directory.
 
@@ -104,6 +108,7 @@ def preprocess_views(views: tuple[SourceView, ...], work_dir: str) -> Preprocess
 
 
 @task(name="classify-region")
+@shielded("classify-region")
 def classify_regions(inputs_path: str) -> tuple[RegionResult, ...]:
     """Stage 1: each view's region (None: not one of the bundle's) and its confidence."""
     images = np.load(inputs_path)
@@ -114,6 +119,7 @@ def classify_regions(inputs_path: str) -> tuple[RegionResult, ...]:
 
 
 @task(name="classify-fracture")
+@shielded("classify-fracture")
 def classify_fractures(
     inputs_path: str, regions: tuple[str | None, ...], work_dir: str
 ) -> FractureResults:
@@ -137,6 +143,7 @@ def classify_fractures(
 
 
 @task(name="build-outputs")
+@shielded("build-outputs")
 def build_outputs(
     run_id: int, study: StudyViews, finding: StudyFinding, cams_path: str | None
 ) -> tuple[WrittenOutput, ...]:
@@ -174,6 +181,7 @@ def build_outputs(
 
 
 @task(name="send")
+@shielded("send")
 def send_outputs(run_id: int) -> DeliveryCounts:
     """One outbox pass over the run's deliveries; what fails transiently stays queued.
 

@@ -63,13 +63,15 @@ def test_one_batch_triages_every_ready_study_urgent_first(
 
     (last,) = triage_batch()
     assert last.study_instance_uid == broken and last.status == StudyStatus.FAILED.value
-    assert triage_batch() == []  # nothing ready any more
+    assert triage_batch() == []  # the failed study waits for its retry (backoff)
     with runtime.sessions() as session:
         study = session.scalar(select(Study).where(Study.study_instance_uid == broken))
-        assert study is not None and study.status is StudyStatus.FAILED
+        assert study is not None and study.status is StudyStatus.READY
+        assert study.triage_attempts == 1 and study.next_attempt_at is not None
         failures = AuditLog(session).of_type(AuditEventType.TRIAGE_FAILED)
         assert [f.study_instance_uid for f in failures] == [broken]
         assert "decoded" in failures[0].detail["reason"]
+        assert failures[0].detail["attempt"] == 1 and "retry_at" in failures[0].detail
         outputs = session.scalars(select(OutputObject)).all()
         assert {o.run.study.study_instance_uid for o in outputs} == {urgent, routine}
 
