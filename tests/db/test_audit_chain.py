@@ -135,6 +135,24 @@ def test_truncate_is_rejected_on_postgresql(pg_engine: Engine) -> None:
         connection.exec_driver_sql("TRUNCATE audit_events")
 
 
+@pytest.mark.parametrize(
+    "statement",
+    ["UPDATE audit_events SET actor = 'x'", "DELETE FROM audit_events", "TRUNCATE audit_events"],
+)
+def test_replica_mode_does_not_switch_the_triggers_off(pg_engine: Engine, statement: str) -> None:
+    """A superuser's session_replication_role = replica skips ordinary triggers, not ALWAYS."""
+    record_events(make_session_factory(pg_engine), 2)
+    with pytest.raises(DBAPIError, match="append-only"), pg_engine.begin() as connection:
+        connection.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        connection.exec_driver_sql(statement)
+    with pg_engine.connect() as connection:
+        fires = connection.exec_driver_sql(
+            "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'audit_events'::regclass "
+            "AND NOT tgisinternal ORDER BY tgname"
+        ).all()
+    assert fires == [("audit_events_append_only", "A"), ("audit_events_no_truncate", "A")]
+
+
 # -- the hash chain ------------------------------------------------------------------------
 
 
