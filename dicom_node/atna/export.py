@@ -113,11 +113,30 @@ def audit_message(event: AuditEvent, *, ae_title: str, host: str) -> str:
     """The DICOM audit message (PS3.15 A.5.1) for one audit event, as XML text.
 
     Valid against the standard's schema (``dicom_node/schemas/audit-message.rnc``);
-    text from outside (AE titles, reasons) passes through :func:`xml_text`.
+    text from outside (AE titles, reasons) passes through :func:`xml_text`. The parts
+    come in the schema's order: event, participants, source, participant object.
     """
-    event_id, type_code, action, node_receives = _EVENTS.get(event.event_type, _DEFAULT_EVENT)
-    detail = event.detail or {}
+    mapping = _EVENTS.get(event.event_type, _DEFAULT_EVENT)
     root = ET.Element("AuditMessage")
+    _event_identification(root, event, mapping)
+    _participants(root, event, mapping[3], ae_title=ae_title, host=host)
+    source = _element(root, "AuditSourceIdentification", {"AuditSourceID": ae_title})
+    _element(
+        source,
+        "AuditSourceTypeCode",
+        {"csd-code": "4", "codeSystemName": "DCM", "originalText": "Application Server"},
+    )
+    if event.study_instance_uid:
+        _study_object(root, event)
+    else:
+        _node_object(root, event, ae_title)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _event_identification(
+    root: ET.Element, event: AuditEvent, mapping: tuple[_Code, _Code | None, str, bool | None]
+) -> None:
+    event_id, type_code, action, _ = mapping
     identification = _element(
         root,
         "EventIdentification",
@@ -130,10 +149,15 @@ def audit_message(event: AuditEvent, *, ae_title: str, host: str) -> str:
     _coded(identification, "EventID", event_id)
     if type_code is not None:
         _coded(identification, "EventTypeCode", type_code)
-    if event.outcome != "success" and detail.get("reason"):
-        _element(identification, "EventOutcomeDescription").text = xml_text(detail["reason"])
+    reason = (event.detail or {}).get("reason")
+    if event.outcome != "success" and reason:
+        _element(identification, "EventOutcomeDescription").text = xml_text(reason)
 
-    # The node itself.
+
+def _participants(
+    root: ET.Element, event: AuditEvent, node_receives: bool | None, *, ae_title: str, host: str
+) -> None:
+    """The node itself, then the peer or component that acted (calling AE, destination...)."""
     node = _element(
         root,
         "ActiveParticipant",
@@ -149,61 +173,55 @@ def audit_message(event: AuditEvent, *, ae_title: str, host: str) -> str:
         _coded(node, "RoleIDCode", APPLICATION_ROLE)
     else:
         _coded(node, "RoleIDCode", DESTINATION_ROLE if node_receives else SOURCE_ROLE)
-    # The peer or component that acted (calling AE, destination, watcher, triage, user).
-    if event.actor:
-        attributes = {
-            "UserID": event.actor,
-            "UserIsRequestor": "true" if node_receives else "false",
-        }
-        if detail.get("address"):
-            attributes["NetworkAccessPointID"] = str(detail["address"])
-            attributes["NetworkAccessPointTypeCode"] = "2"
-        peer = _element(root, "ActiveParticipant", attributes)
-        if node_receives is not None:
-            _coded(peer, "RoleIDCode", SOURCE_ROLE if node_receives else DESTINATION_ROLE)
+    if not event.actor:
+        return
+    attributes = {"UserID": event.actor, "UserIsRequestor": "true" if node_receives else "false"}
+    address = (event.detail or {}).get("address")
+    if address:
+        attributes["NetworkAccessPointID"] = str(address)
+        attributes["NetworkAccessPointTypeCode"] = "2"
+    peer = _element(root, "ActiveParticipant", attributes)
+    if node_receives is not None:
+        _coded(peer, "RoleIDCode", SOURCE_ROLE if node_receives else DESTINATION_ROLE)
 
-    source = _element(root, "AuditSourceIdentification", {"AuditSourceID": ae_title})
-    _element(
-        source,
-        "AuditSourceTypeCode",
-        {"csd-code": "4", "codeSystemName": "DCM", "originalText": "Application Server"},
+
+def _study_object(root: ET.Element, event: AuditEvent) -> None:
+    """The study as the participant object: ID type code, a name (its UID, never patient
+    data), the details, then the DICOM description (the SOP class) in the schema's order."""
+    assert event.study_instance_uid is not None
+    study = _element(
+        root,
+        "ParticipantObjectIdentification",
+        {
+            "ParticipantObjectID": event.study_instance_uid,
+            "ParticipantObjectTypeCode": "2",
+            "ParticipantObjectTypeCodeRole": "3",
+        },
     )
+    _coded(study, "ParticipantObjectIDTypeCode", STUDY_UID_TYPE)
+    _element(study, "ParticipantObjectName").text = xml_text(event.study_instance_uid)
+    _chain_details(study, event)
+    if event.sop_instance_uid:
+        description = _element(study, "ParticipantObjectDescription")
+        sop_class = _element(description, "SOPClass", {"NumberOfInstances": "1"})
+        sop_class_uid = (event.detail or {}).get("sop_class_uid")
+        if sop_class_uid:
+            sop_class.set("UID", xml_text(sop_class_uid))
+        _element(sop_class, "Instance", {"UID": event.sop_instance_uid})
 
-    # The schema's order inside a participant object: ID type code, then a name (or a
-    # query; required), then the details, then the DICOM description (SOP classes).
-    if event.study_instance_uid:
-        study = _element(
-            root,
-            "ParticipantObjectIdentification",
-            {
-                "ParticipantObjectID": event.study_instance_uid,
-                "ParticipantObjectTypeCode": "2",
-                "ParticipantObjectTypeCodeRole": "3",
-            },
-        )
-        _coded(study, "ParticipantObjectIDTypeCode", STUDY_UID_TYPE)
-        # The study's only name that is not patient data is its UID.
-        _element(study, "ParticipantObjectName").text = xml_text(event.study_instance_uid)
-        _chain_details(study, event)
-        if event.sop_instance_uid:
-            description = _element(study, "ParticipantObjectDescription")
-            sop_class = _element(description, "SOPClass", {"NumberOfInstances": "1"})
-            if detail.get("sop_class_uid"):
-                sop_class.set("UID", xml_text(detail["sop_class_uid"]))
-            _element(sop_class, "Instance", {"UID": event.sop_instance_uid})
-    else:
-        # No study (an association, a refused instance): the node is the object.
-        node_object = _element(
-            root,
-            "ParticipantObjectIdentification",
-            {"ParticipantObjectID": ae_title, "ParticipantObjectTypeCode": "2"},
-        )
-        _coded(node_object, "ParticipantObjectIDTypeCode", NODE_ID_TYPE)
-        _element(node_object, "ParticipantObjectName").text = xml_text(ae_title)
-        _chain_details(node_object, event)
-        if event.sop_instance_uid:
-            _detail(node_object, "SOP Instance UID", event.sop_instance_uid)
-    return ET.tostring(root, encoding="unicode")
+
+def _node_object(root: ET.Element, event: AuditEvent, ae_title: str) -> None:
+    """No study (an association, a refused instance): the node is the object."""
+    node_object = _element(
+        root,
+        "ParticipantObjectIdentification",
+        {"ParticipantObjectID": ae_title, "ParticipantObjectTypeCode": "2"},
+    )
+    _coded(node_object, "ParticipantObjectIDTypeCode", NODE_ID_TYPE)
+    _element(node_object, "ParticipantObjectName").text = xml_text(ae_title)
+    _chain_details(node_object, event)
+    if event.sop_instance_uid:
+        _detail(node_object, "SOP Instance UID", event.sop_instance_uid)
 
 
 def _chain_details(parent: ET.Element, event: AuditEvent) -> None:
