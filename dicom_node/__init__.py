@@ -12,3 +12,9 @@ from pydicom import config as _pydicom_config
 # (dicom_node.uids never echoes a malformed UID), so every process that runs the node
 # reads with pydicom's value validation off. Writing validation stays on.
 _pydicom_config.settings.reading_validation_mode = _pydicom_config.IGNORE
+
+# Library warnings and log lines that quote a value (a person name highdicom finds unusual,
+# a date pydicom cannot parse) go through logging with the quoted values scrubbed.
+from dicom_node.phi import capture_warnings as _capture_warnings  # noqa: E402
+
+_capture_warnings()

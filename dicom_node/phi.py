@@ -8,6 +8,7 @@ reaches a log, the audit trail, the triage runs' error column or Prefect's datab
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 
@@ -70,3 +71,43 @@ def scrub_quoted(text: str) -> str:
     """Every quoted value of a library's message replaced: what pydicom and highdicom quote
     in a warning is the offending value, which may be a name or a date."""
     return _QUOTED.sub(f"'{REDACTED}'", text)
+
+
+#: Loggers of the libraries that quote offending values in their messages.
+QUOTING_LOGGERS = ("py.warnings", "pydicom", "highdicom", "pynetdicom")
+_installed = False
+
+
+def _quoting(name: str) -> bool:
+    return any(name == logger or name.startswith(f"{logger}.") for logger in QUOTING_LOGGERS)
+
+
+def capture_warnings() -> None:
+    """Route Python warnings into logging, the quoting libraries' values scrubbed first.
+
+    The scrub sits in the log record factory, so the record is made from the scrubbed
+    text: no handler, filter or formatter downstream ever sees the value. Called when
+    dicom_node is imported, so every process that reads or writes DICOM (the node, its
+    receivers, workers, the CLI) has it before the first warning.
+    """
+    global _installed
+    if _installed:
+        return
+    logging.captureWarnings(True)
+    previous = logging.getLogRecordFactory()
+
+    def factory(name: str, level: int, fn: str, lno: int, msg: object, args: object,
+                *rest: object, **kwargs: object) -> logging.LogRecord:  # fmt: skip
+        if _quoting(name):
+            msg, args = scrub_quoted(_formatted(msg, args)), ()
+        return previous(name, level, fn, lno, msg, args, *rest, **kwargs)
+
+    logging.setLogRecordFactory(factory)
+    _installed = True
+
+
+def _formatted(msg: object, args: object) -> str:
+    try:
+        return str(msg) % args if args else str(msg)
+    except (TypeError, ValueError):  # a malformed call: scrub what there is
+        return f"{msg} {args}"
