@@ -40,6 +40,7 @@ def test_library_records_are_made_from_scrubbed_text(
     caplog.set_level(logging.WARNING)
     if logger_name == "py.warnings":
         with warnings.catch_warnings():  # pytest records warnings itself: route them here
+            logging.captureWarnings(False)  # whatever pytest installed is put back at exit
             logging.captureWarnings(True)
             warnings.simplefilter("always")
             warnings.warn("Value 'Wanda' is an unusual person name", UserWarning, stacklevel=1)
