@@ -538,6 +538,25 @@ def _save_png(image: np.ndarray, path: Path) -> None:
     Image.fromarray(np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)).save(path)
 
 
+def write_unsupported_phantoms(
+    out_dir: Path, count: int, size: int, seed: int
+) -> list[ImageRecord]:
+    """PNGs of ``count`` 'unsupported' phantoms (one patient each), kept if already written.
+
+    Stage 1 needs non-extremity images; :func:`models.training.train.train` adds these when
+    the data has none (MURA).
+    """
+    rng = np.random.default_rng(seed)
+    records = []
+    for k in range(count):
+        path = out_dir / f"unsupported_{k:05d}.png"
+        if not path.is_file():
+            _save_png(render_phantom(UNSUPPORTED, False, rng, size=size).image, path)
+        patient = f"synthetic-unsupported-{k:05d}"
+        records.append(ImageRecord(path, patient, patient, UNSUPPORTED, 0))
+    return records
+
+
 def write_phantom_mura(
     out_dir: str | Path,
     patients_per_region: tuple[int, int] = (8, 3),

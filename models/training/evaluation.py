@@ -35,14 +35,12 @@ import logging
 import shutil
 from collections import defaultdict
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
 from config.domain.decision import aggregate_study
@@ -51,6 +49,7 @@ from models.runtime.gradcam import CAM_METHODS, hottest_box
 from models.runtime.inference import HierarchicalModel
 from models.runtime.preprocessing import preprocess
 from models.training.datasets import ImageRecord, load_display_image
+from models.training.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -335,15 +334,6 @@ def box_contains(box: Sequence[float], target: Sequence[float]) -> bool:
     return box[0] <= row <= box[2] and box[1] <= col <= box[3]
 
 
-@contextmanager
-def _progress(enabled: bool):  # type: ignore[no-untyped-def]
-    if not enabled:
-        yield None
-        return
-    with Progress() as bar:
-        yield bar
-
-
 def _occlusion_box(model: HierarchicalModel, region: str, image: torch.Tensor) -> tuple[int, ...]:
     """Hottest box of occlusion sensitivity: where hiding the image lowers the fracture most."""
     from monai.visualize import OcclusionSensitivity
@@ -426,8 +416,7 @@ def evaluate_bundle(
     detected = 0
     hits = {method: 0 for method in CAM_METHODS}
     occlusion_hits = 0
-    with _progress(progress) as bar:
-        task = bar.add_task("evaluating", total=len(records)) if bar else None
+    with progress_bar(progress, "evaluating", len(records)) as advance:
         for record in records:
             image, geometry = preprocess(load_display_image(record.path), size)
             batch = image[None]
@@ -451,8 +440,7 @@ def evaluate_bundle(
                         occlusion_hits += box_contains(
                             _occlusion_box(model, record.region, tensor), target
                         )
-            if bar is not None and task is not None:
-                bar.update(task, advance=1)
+            advance(1)
 
     region_truth_a, region_pred_a = np.asarray(region_truth), np.asarray(region_pred)
     metrics: dict[str, Any] = {

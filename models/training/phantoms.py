@@ -26,6 +26,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 from torch.nn import functional
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
+from models.runtime.preprocessing import preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -437,6 +438,51 @@ def render_phantom(
     return Phantom(image, region, bool(fracture), box, "L" if flip else "R")
 
 
+@dataclass
+class PhantomSplit:
+    """Preprocessed phantoms with labels (boxes in model-input pixels)."""
+
+    images: torch.Tensor
+    regions: np.ndarray
+    fractures: np.ndarray
+    boxes: list[tuple[float, float, float, float] | None]
+
+
+def make_split(
+    rng: np.random.Generator, per_class: int, size: int, render_size: int | None = None
+) -> PhantomSplit:
+    """Render ``per_class`` phantoms per class of REGION_CLASSES (half fractured), preprocessed.
+
+    Parameters
+    ----------
+    rng
+        Random generator.
+    per_class
+        Images per class.
+    size
+        Model input size.
+    render_size
+        Phantom size before preprocessing (default ``size``).
+    """
+    images, regions, fractures, boxes = [], [], [], []
+    for label, region in enumerate(REGION_CLASSES):
+        for k in range(per_class):
+            fracture = region != UNSUPPORTED and k % 2 == 1
+            phantom = render_phantom(region, fracture, rng, size=render_size or size)
+            image, geometry = preprocess(phantom.image, size)
+            images.append(image)
+            regions.append(label)
+            fractures.append(int(fracture))
+            box = phantom.break_box
+            boxes.append(geometry.box_to_model(*box) if box is not None else None)
+    return PhantomSplit(
+        torch.as_tensor(np.stack(images)),
+        np.asarray(regions),
+        np.asarray(fractures),
+        boxes,
+    )
+
+
 # ----------------------------------------------------------------------------- DICOM
 
 
@@ -639,6 +685,8 @@ __all__ = [
     "DX_FOR_PRESENTATION",
     "REGIONS",
     "Phantom",
+    "PhantomSplit",
+    "make_split",
     "phantom_dataset",
     "render_phantom",
     "write_sample_studies",

@@ -12,6 +12,7 @@ from PIL import Image
 
 from config import REGIONS
 from models.runtime.bundle import load_bundle
+from models.training.config import PRESETS, TrainConfig, preset_config
 from models.training.datasets import (
     load_records,
     split_by_patient,
@@ -26,7 +27,8 @@ from models.training.evaluation import (
     expected_calibration_error,
     fit_temperature,
 )
-from models.training.train import PRESETS, TrainConfig, pick_operating_points, preset_config, train
+from models.training.operating_points import pick_operating_points
+from models.training.train import train
 
 
 def test_thresholds_on_a_known_score_set_give_the_expected_sensitivity() -> None:
