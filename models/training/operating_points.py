@@ -17,7 +17,7 @@ from config import REGIONS
 from config.domain.decision import aggregate_study
 from models.runtime.bundle import OperatingPoints
 from models.training.datasets import ImageRecord
-from models.training.evaluation import auroc
+from models.training.metrics import auroc
 
 logger = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ from config import REGION_CLASSES, REGIONS, UNSUPPORTED
 from models.runtime.bundle import BundleMetadata, save_bundle
 from models.runtime.inference import fracture_probability
 from models.runtime.networks import NetworkSpec, build_network, resolve_device
+from models.training.calibration import fit_temperature
 from models.training.config import TrainConfig
 from models.training.datasets import (
     ImageRecord,
@@ -45,7 +46,6 @@ from models.training.datasets import (
     split_by_patient,
     write_unsupported_phantoms,
 )
-from models.training.evaluation import fit_temperature
 from models.training.operating_points import RegionOperatingPoints, region_operating_points
 from models.training.progress import progress_bar
 from models.training.stages import (

@@ -12,6 +12,7 @@ from PIL import Image
 
 from config import REGIONS
 from models.runtime.bundle import load_bundle
+from models.training.calibration import fit_temperature
 from models.training.config import PRESETS, TrainConfig, preset_config
 from models.training.datasets import (
     load_records,
@@ -19,13 +20,12 @@ from models.training.datasets import (
     write_phantom_csv,
     write_phantom_mura,
 )
-from models.training.evaluation import (
+from models.training.evaluation import evaluate_bundle
+from models.training.metrics import (
     auroc,
     bootstrap_auroc_ci,
     cohen_kappa,
-    evaluate_bundle,
     expected_calibration_error,
-    fit_temperature,
 )
 from models.training.operating_points import pick_operating_points
 from models.training.train import train

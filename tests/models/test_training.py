@@ -17,7 +17,8 @@ from models.runtime.inference import BOX_FRACTION, HierarchicalModel, fracture_p
 from models.runtime.networks import gradcam_target_layer
 from models.runtime.preprocessing import preprocess
 from models.training.config import INTENDED_USE
-from models.training.evaluation import auroc, box_contains
+from models.training.evaluation import box_contains
+from models.training.metrics import auroc
 from models.training.operating_points import pick_operating_points
 from models.training.phantoms import PhantomSplit, render_phantom
 
