@@ -67,6 +67,13 @@ class BundleMetadata(BaseModel):
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     monai_version: str = monai.__version__
     torch_version: str = torch.__version__
+    training_code_fingerprint: str | None = Field(
+        default=None,
+        description=(
+            "models.training.fingerprint.training_code_fingerprint() of the code that trained "
+            "the bundle (blind to formatting and comments); None if not recorded."
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleMetadata:
@@ -164,6 +171,11 @@ def model_card(metadata: BundleMetadata) -> str:
     temperatures = (
         ", ".join(f"{k} {v:.3f}" for k, v in metadata.temperatures.items()) or "none (1.0)"
     )
+    fingerprint = (
+        f"Training code fingerprint: {metadata.training_code_fingerprint}.\n"
+        if metadata.training_code_fingerprint
+        else ""
+    )
     synthetic = (
         "\n**This bundle was trained on synthetic data only. It is NOT for clinical use.**\n"
         if metadata.trained_on_synthetic_data
@@ -205,4 +217,4 @@ def model_card(metadata: BundleMetadata) -> str:
 ## Versions
 
 Created {metadata.created} with MONAI {metadata.monai_version}, PyTorch {metadata.torch_version}.
-"""
+{fingerprint}"""

@@ -23,7 +23,18 @@ import torch
 from models.training.config import preset_config
 from models.training.datasets import load_csv, split_by_patient, write_phantom_csv
 from models.training.evaluation import evaluate_bundle
+from models.training.fingerprint import training_code_fingerprint
 from models.training.train import train
+
+__all__ = [
+    "DEMO_NAME",
+    "DEMO_VERSION",
+    "TRAINING_DATA",
+    "DemoRecipe",
+    "main",
+    "train_demo_bundle",
+    "training_code_fingerprint",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -46,6 +46,7 @@ from models.training.datasets import (
     split_by_patient,
     write_unsupported_phantoms,
 )
+from models.training.fingerprint import training_code_fingerprint
 from models.training.operating_points import RegionOperatingPoints, region_operating_points
 from models.training.progress import progress_bar
 from models.training.stages import (
@@ -395,4 +396,5 @@ def _bundle_metadata(
         study_aggregation=config.study_aggregation,
         temperatures=calibration.temperatures,
         metrics=metrics,
+        training_code_fingerprint=training_code_fingerprint(),
     )

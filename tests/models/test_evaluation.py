@@ -21,6 +21,7 @@ from models.training.datasets import (
     write_phantom_mura,
 )
 from models.training.evaluation import evaluate_bundle
+from models.training.fingerprint import training_code_fingerprint
 from models.training.metrics import (
     auroc,
     bootstrap_auroc_ci,
@@ -123,6 +124,10 @@ def test_train_then_evaluate_writes_a_loadable_bundle_with_a_model_card(tmp_path
     model = load_bundle(bundle)
     metadata = model.metadata
     assert set(metadata.temperatures) == {"region", *REGIONS}
+    # The bundle says which code trained it.
+    assert metadata.training_code_fingerprint == training_code_fingerprint()
+    card = (bundle / "docs" / "README.md").read_text()
+    assert f"Training code fingerprint: {training_code_fingerprint()}." in card
     assert all(t > 0 for t in metadata.temperatures.values())
     for region in REGIONS:
         suspected, likely = model.thresholds_for(region)
