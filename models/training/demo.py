@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from models.training.config import preset_config
+from models.training.config import TrainConfig, preset_config
 from models.training.datasets import load_csv, split_by_patient, write_phantom_csv
 from models.training.evaluation import evaluate_bundle
 from models.training.fingerprint import training_code_fingerprint
@@ -31,6 +31,7 @@ __all__ = [
     "DEMO_VERSION",
     "TRAINING_DATA",
     "DemoRecipe",
+    "demo_config",
     "main",
     "train_demo_bundle",
     "training_code_fingerprint",
@@ -70,6 +71,18 @@ class DemoRecipe:
     overrides: tuple[tuple[str, Any], ...] = ()
 
 
+def demo_config(seed: int = 0, recipe: DemoRecipe | None = None) -> TrainConfig:
+    """The demo bundle's training: the ``"phantom"`` preset, its name, data text and seed."""
+    return preset_config(
+        "phantom",
+        name=DEMO_NAME,
+        version=DEMO_VERSION,
+        training_data=TRAINING_DATA,
+        seed=seed,
+        **dict((recipe or DemoRecipe()).overrides),
+    )
+
+
 def train_demo_bundle(
     out_dir: Path, seed: int = 0, progress: bool = False, recipe: DemoRecipe | None = None
 ) -> Path:
@@ -103,14 +116,7 @@ def train_demo_bundle(
     torch.set_num_threads(2)  # the demo budget is defined on two CPU cores
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    config = preset_config(
-        "phantom",
-        name=DEMO_NAME,
-        version=DEMO_VERSION,
-        training_data=TRAINING_DATA,
-        seed=seed,
-        **dict(recipe.overrides),
-    )
+    config = demo_config(seed, recipe)
     with tempfile.TemporaryDirectory(prefix="fracture-triage-phantoms-") as folder:
         labels = write_phantom_csv(folder, recipe.per_class, size=config.image_size, seed=seed)
         splits = split_by_patient(

@@ -157,11 +157,7 @@ def evaluate_bundle(
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_bundle(bundle_dir)
-    tally = _Tally()
-    with progress_bar(progress, "evaluating", len(records)) as advance:
-        for record in records:
-            tally.add(model, record, occlusion)
-            advance(1)
+    tally = _Tally.of(model, records, occlusion, progress)
     description = data_description or f"{len(records)} labelled images"
     metrics, curves, studies = _metrics(model, tally, description, occlusion, seed)
     figures = _figures(curves, studies, out_dir)
@@ -186,6 +182,22 @@ class _Tally:
     detected: int = 0
     hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAM_METHODS, 0))
     occlusion_hits: int = 0
+
+    @classmethod
+    def of(
+        cls,
+        model: HierarchicalModel,
+        records: Sequence[ImageRecord],
+        occlusion: bool,
+        progress: bool,
+    ) -> _Tally:
+        """One pass of the bundle over the records (a progress bar if ``progress``)."""
+        tally = cls()
+        with progress_bar(progress, "evaluating", len(records)) as advance:
+            for record in records:
+                tally.add(model, record, occlusion)
+                advance(1)
+        return tally
 
     def add(self, model: HierarchicalModel, record: ImageRecord, occlusion: bool) -> None:
         """Run the bundle on one record as the node does and count the outcome."""

@@ -117,12 +117,10 @@ def train(
     calibration = _calibrate(config, runner, networks, data)
     elapsed = time.perf_counter() - started
     metrics = _metrics(splits, calibration, networks.summary, elapsed, runner)
-    metadata = _bundle_metadata(
-        config, _training_data_text(config, splits, synthetic_unsupported), calibration, metrics
-    )
+    training_data = _training_data_text(config, splits, synthetic_unsupported)
+    metadata = _bundle_metadata(config, training_data, calibration, metrics)
     (work / "train_config.json").write_text(config.model_dump_json(indent=2) + "\n")
-    fracture_nets = {k: v.cpu() for k, v in networks.fracture.items()}
-    save_bundle(out_dir, metadata, networks.region.cpu(), fracture_nets)
+    save_bundle(out_dir, metadata, networks.region.cpu(), networks.fracture_on_cpu())
     logger.info("bundle trained in %.1f s on %s: %s", elapsed, device, metrics)
     return out_dir
 
@@ -234,6 +232,9 @@ class _Networks:
     region: nn.Module
     fracture: dict[str, nn.Module]
     summary: dict[str, dict[str, Any]]
+
+    def fracture_on_cpu(self) -> dict[str, nn.Module]:
+        return {region: network.cpu() for region, network in self.fracture.items()}
 
 
 def _train_networks(config: TrainConfig, runner: StageRunner, data: _TrainingData) -> _Networks:
