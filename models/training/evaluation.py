@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,13 +43,13 @@ import torch
 from monai.visualize import OcclusionSensitivity
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
-from config.domain.decision import aggregate_study
 from models.runtime.bundle import MODEL_CARD_FILE, load_bundle, update_metadata
 from models.runtime.gradcam import CAM_METHODS, hottest_box
 from models.runtime.inference import HierarchicalModel
 from models.runtime.preprocessing import preprocess
 from models.training.datasets import ImageRecord, load_display_image
 from models.training.metrics import binary_metrics, cohen_kappa, roc_curve
+from models.training.operating_points import study_scores
 from models.training.progress import progress_bar
 from models.training.report import evaluation_report, plot_reliability, plot_roc
 
@@ -177,8 +176,9 @@ class _Tally:
 
     region_truth: list[int] = field(default_factory=list)
     region_predicted: list[int] = field(default_factory=list)
-    study_probabilities: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    study_truth: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # The records of a supported region and their fracture probabilities (image level).
+    fracture_records: list[ImageRecord] = field(default_factory=list)
+    fracture_probabilities: list[float] = field(default_factory=list)
     detected: int = 0
     hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAM_METHODS, 0))
     occlusion_hits: int = 0
@@ -210,8 +210,8 @@ class _Tally:
             return
         probability = model.classify_fractures(batch, [record.region])[0]
         assert probability is not None
-        self.study_probabilities[record.study_id].append(probability)
-        self.study_truth[record.study_id] = (record.region, record.label)
+        self.fracture_records.append(record)
+        self.fracture_probabilities.append(probability)
         suspected, _ = model.thresholds_for(record.region)
         if not (record.label and record.box is not None and probability >= suspected):
             return
@@ -261,14 +261,10 @@ class _Studies:
 
     @classmethod
     def of(cls, tally: _Tally, aggregation: str) -> _Studies:
-        studies = sorted(tally.study_probabilities)
-        return cls(
-            np.asarray([tally.study_truth[s][1] for s in studies]),
-            np.asarray(
-                [aggregate_study(tally.study_probabilities[s], aggregation) for s in studies]
-            ),
-            np.asarray([tally.study_truth[s][0] for s in studies]),
-        )
+        records, probabilities = tally.fracture_records, tally.fracture_probabilities
+        studies, scores, labels = study_scores(records, np.asarray(probabilities), aggregation)
+        region_of = {record.study_id: record.region for record in records}
+        return cls(labels, scores, np.asarray([region_of[s] for s in studies]))
 
 
 def _fracture_metrics(
