@@ -5,6 +5,10 @@ The result is a *demonstration* bundle: it shows the whole pipeline (two-stage i
 operating points, Grad-CAM boxes) behaving sensibly on phantoms. It has never seen a
 radiograph and says so in its metadata (``trained_on_synthetic_data=True``).
 
+Every trained bundle records :func:`training_code_fingerprint`; :func:`demo_bundle_is_current`
+tells whether an existing demo bundle (``make demo``'s ``var/bundles/demo``, a test cache) was
+built by the code checked out now, so it need not be trained again.
+
 Run ``python -m models.training.demo OUT_DIR`` (or ``fracture-triage build-demo-bundle``).
 """
 
@@ -20,6 +24,7 @@ from typing import Any
 
 import torch
 
+from models.runtime.bundle import WEIGHTS_FILE, BundleError, load_metadata
 from models.training.config import TrainConfig, preset_config
 from models.training.datasets import load_csv, split_by_patient, write_phantom_csv
 from models.training.evaluation import evaluate_bundle
@@ -31,6 +36,7 @@ __all__ = [
     "DEMO_VERSION",
     "TRAINING_DATA",
     "DemoRecipe",
+    "demo_bundle_is_current",
     "demo_config",
     "main",
     "train_demo_bundle",
@@ -137,6 +143,22 @@ def train_demo_bundle(
     elapsed = time.perf_counter() - started
     logger.info("demo bundle trained and evaluated in %.1f s: %s", elapsed, evaluation.metrics)
     return out_dir
+
+
+def demo_bundle_is_current(bundle_dir: Path) -> bool:
+    """Whether ``bundle_dir`` holds a complete demo bundle trained by the current code.
+
+    Complete: metadata, weights and the evaluation that :func:`train_demo_bundle` does
+    last. Current: its recorded training code fingerprint is today's. A missing,
+    unreadable, interrupted or older bundle (none recorded) is not: train it again.
+    """
+    bundle_dir = Path(bundle_dir)
+    try:
+        metadata = load_metadata(bundle_dir)
+    except BundleError:
+        return False
+    complete = (bundle_dir / WEIGHTS_FILE).is_file() and "evaluation" in metadata.metrics
+    return complete and metadata.training_code_fingerprint == training_code_fingerprint()
 
 
 def main(argv: list[str] | None = None) -> None:
