@@ -104,6 +104,7 @@ def train(
         If the train or validation split is empty, or a region has no training images.
     """
     started = time.perf_counter()
+    code = training_code_fingerprint()  # of the code that starts the run, not edits during it
     out_dir = Path(out_dir)
     work = out_dir / "training"
     (work / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,7 @@ def train(
     elapsed = time.perf_counter() - started
     metrics = _metrics(splits, calibration, networks.summary, elapsed, runner)
     training_data = _training_data_text(config, splits, synthetic_unsupported)
-    metadata = _bundle_metadata(config, training_data, calibration, metrics)
+    metadata = _bundle_metadata(config, training_data, calibration, metrics, code)
     (work / "train_config.json").write_text(config.model_dump_json(indent=2) + "\n")
     save_bundle(out_dir, metadata, networks.region.cpu(), networks.fracture_on_cpu())
     logger.info("bundle trained in %.1f s on %s: %s", elapsed, device, metrics)
@@ -376,6 +377,7 @@ def _bundle_metadata(
     training_data: str,
     calibration: _Calibration,
     metrics: dict[str, Any],
+    code_fingerprint: str,
 ) -> BundleMetadata:
     region_spec, fracture_spec = _network_specs(config)
     return BundleMetadata(
@@ -397,5 +399,5 @@ def _bundle_metadata(
         study_aggregation=config.study_aggregation,
         temperatures=calibration.temperatures,
         metrics=metrics,
-        training_code_fingerprint=training_code_fingerprint(),
+        training_code_fingerprint=code_fingerprint,
     )
