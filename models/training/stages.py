@@ -163,6 +163,7 @@ class StageRunner:
         self.config = config
         self.device = device
         self.checkpoint_dir = checkpoint_dir
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.advance = advance
         self.amp = config.amp and device.type == "cuda"
 

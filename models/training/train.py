@@ -107,7 +107,6 @@ def train(
     code = training_code_fingerprint()  # of the code that starts the run, not edits during it
     out_dir = Path(out_dir)
     work = out_dir / "training"
-    (work / "checkpoints").mkdir(parents=True, exist_ok=True)
     set_determinism(seed=config.seed)
     device = resolve_device(config.device)
     splits, synthetic_unsupported = _split(config, records, work)
@@ -159,6 +158,7 @@ def _split(
     if missing:
         raise ValueError(f"no training images for regions {missing}")
     patients = {name: sorted({r.patient_id for r in split}) for name, split in splits.items()}
+    work.mkdir(parents=True, exist_ok=True)
     (work / "splits.json").write_text(json.dumps(patients, indent=1))
     return splits, synthetic_unsupported
 
