@@ -267,7 +267,7 @@ def main() -> None:
         os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))
         bundle = args.bundle
         if bundle is None:
-            from models.training.train import train_demo_bundle
+            from models.training.demo import train_demo_bundle
 
             bundle = train_demo_bundle(work / "bundle", progress=True)
         studies = write_studies(work / "studies", args.studies)

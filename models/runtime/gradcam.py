@@ -116,7 +116,10 @@ def compute_cam(
 
 
 def _connected_component(mask: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
-    # 8-connected flood fill by repeated dilation inside the mask (no SciPy dependency).
+    # 8-connected flood fill by repeated dilation inside the mask. A labelling call
+    # (scipy.ndimage.label, or skimage.measure.label, which MONAI's connected-component
+    # transforms need) would replace it, but neither SciPy nor scikit-image is a dependency;
+    # torch's max_pool2d as the dilation gives the same component 20x slower on a CPU.
     component = np.zeros_like(mask)
     component[seed] = True
     while True:

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
-from models.runtime.bundle import BundleMetadata
 from models.runtime.gradcam import CAM_METHODS, CamExplainer, hottest_box
+from models.runtime.metadata import BundleMetadata
 from models.runtime.networks import gradcam_target_layer
 
 logger = logging.getLogger(__name__)

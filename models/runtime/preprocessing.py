@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import pydicom
 import torch
-from monai.transforms import Compose, MapTransform, Transform
+from monai.transforms import Compose, MapTransform, NormalizeIntensity, Transform
+from monai.utils import convert_to_numpy
 from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from torch.nn import functional
@@ -344,25 +345,39 @@ class FitToSquared(MapTransform):
         return out
 
 
+#: Below this standard deviation an image counts as flat and standardises to zeros.
+FLAT_IMAGE_STD = 1e-6
+
+
 class StandardizeIntensity(Transform):
-    """Per-image zero mean, unit standard deviation.
+    """Per-image zero mean, unit standard deviation: MONAI's ``NormalizeIntensity``, flat = 0.
 
     Per-image (not fixed) statistics: display windows differ between sites and between
     8-bit exports and DICOM windows, and per-image standardisation removes the remaining
-    global brightness/contrast offset. A constant image maps to all zeros.
+    global brightness/contrast offset. :class:`monai.transforms.NormalizeIntensity` with its
+    defaults does exactly that, except on a constant (blank) image: its float32 mean can be
+    one rounding step off the value, leaving a standard deviation of ~1e-8 that it then
+    divides by, so a blank image comes out as +-1 everywhere. Such an image maps to zeros
+    here, as it always has.
     """
 
+    backend = NormalizeIntensity.backend
+
+    def __init__(self) -> None:
+        self.normalize = NormalizeIntensity(dtype=np.float32)
+
     def __call__(self, image: np.ndarray) -> np.ndarray:  # type: ignore[override]
-        """Return ``(image - mean) / std`` as float32."""
-        array = np.asarray(image, dtype=np.float32)
-        std = float(array.std())
-        if std < 1e-6:
-            return np.zeros_like(array)
-        return ((array - array.mean()) / std).astype(np.float32)
+        """Return ``(image - mean) / std`` as a float32 array (zeros for a flat image)."""
+        tensor = torch.as_tensor(np.asarray(image, dtype=np.float32))
+        if float(tensor.std(correction=0)) < FLAT_IMAGE_STD:
+            return np.zeros(tensor.shape, dtype=np.float32)
+        return convert_to_numpy(self.normalize(tensor), dtype=np.float32)
 
 
 class StandardizeIntensityd(MapTransform):
     """Dictionary wrapper of :class:`StandardizeIntensity`."""
+
+    backend = StandardizeIntensity.backend
 
     def __init__(self, keys: Any) -> None:
         super().__init__(keys)

@@ -57,7 +57,6 @@ import numpy as np
 import pydicom
 from monai.transforms import MapTransform, Transform
 from PIL import Image
-from pydicom.uid import generate_uid
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
 from models.runtime.preprocessing import (
@@ -66,7 +65,7 @@ from models.runtime.preprocessing import (
     display_image_from_png,
     preprocess,
 )
-from models.training.phantoms import phantom_dataset, render_phantom
+from models.training.phantoms import phantom_dataset, render_phantom, seeded_uids
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +258,53 @@ def _mura_root(path: Path) -> Path:
     raise DatasetError(f"{path} is neither {_MURA_DIR} nor a folder that contains it")
 
 
+def _mura_study_labels(root: Path, split: str) -> dict[str, int]:
+    labels: dict[str, int] = {}
+    studies_csv = root / _MURA_DIR / f"{split}_labeled_studies.csv"
+    for line, row in enumerate(_read_rows(studies_csv, header=False), start=1):
+        if len(row) < 2:
+            raise DatasetError(f"{studies_csv}:{line}: expected 'study_dir,label', got {row}")
+        labels[row[0].rstrip("/")] = _label(row[1], f"{studies_csv}:{line}")
+    return labels
+
+
+def _load_mura_split(root: Path, split: str) -> list[ImageRecord]:
+    """Records of MURA's ``train`` or ``valid`` split (the latter as our ``test``)."""
+    labels = _mura_study_labels(root, split)
+    images_csv = root / _MURA_DIR / f"{split}_image_paths.csv"
+    records = []
+    for line, row in enumerate(_read_rows(images_csv, header=False), start=1):
+        relative = row[0]
+        match = _MURA_PATH.search(relative)
+        if match is None:
+            raise DatasetError(
+                f"{images_csv}:{line}: path {relative!r} does not follow "
+                f"{_MURA_DIR}/<split>/XR_<REGION>/patientN/studyN_<positive|negative>/"
+            )
+        region = match["region"].lower()
+        if region not in REGIONS:
+            raise DatasetError(
+                f"{images_csv}:{line}: region XR_{match['region']} is not one of {REGIONS}"
+            )
+        study_dir = relative[: match.end()].rstrip("/")
+        if study_dir not in labels:
+            raise DatasetError(f"{images_csv}:{line}: study {study_dir!r} has no label")
+        file = root / relative
+        if not file.is_file():
+            raise DatasetError(f"{images_csv}:{line}: image {file} does not exist")
+        records.append(
+            ImageRecord(
+                path=file,
+                patient_id=match["patient"],
+                study_id=f"{split}/XR_{match['region']}/{match['patient']}/{match['study']}",
+                region=region,
+                label=labels[study_dir],
+                split="test" if split == "valid" else None,
+            )
+        )
+    return records
+
+
 def load_mura(path: str | Path) -> list[ImageRecord]:
     """Records of a MURA v1.1 copy (both splits).
 
@@ -280,44 +326,7 @@ def load_mura(path: str | Path) -> list[ImageRecord]:
         layout, or an image whose study has no label.
     """
     root = _mura_root(Path(path))
-    records: list[ImageRecord] = []
-    for split in ("train", "valid"):
-        labels: dict[str, int] = {}
-        studies_csv = root / _MURA_DIR / f"{split}_labeled_studies.csv"
-        for line, row in enumerate(_read_rows(studies_csv, header=False), start=1):
-            if len(row) < 2:
-                raise DatasetError(f"{studies_csv}:{line}: expected 'study_dir,label', got {row}")
-            labels[row[0].rstrip("/")] = _label(row[1], f"{studies_csv}:{line}")
-        images_csv = root / _MURA_DIR / f"{split}_image_paths.csv"
-        for line, row in enumerate(_read_rows(images_csv, header=False), start=1):
-            relative = row[0]
-            match = _MURA_PATH.search(relative)
-            if match is None:
-                raise DatasetError(
-                    f"{images_csv}:{line}: path {relative!r} does not follow "
-                    f"{_MURA_DIR}/<split>/XR_<REGION>/patientN/studyN_<positive|negative>/"
-                )
-            region = match["region"].lower()
-            if region not in REGIONS:
-                raise DatasetError(
-                    f"{images_csv}:{line}: region XR_{match['region']} is not one of {REGIONS}"
-                )
-            study_dir = relative[: match.end()].rstrip("/")
-            if study_dir not in labels:
-                raise DatasetError(f"{images_csv}:{line}: study {study_dir!r} has no label")
-            file = root / relative
-            if not file.is_file():
-                raise DatasetError(f"{images_csv}:{line}: image {file} does not exist")
-            records.append(
-                ImageRecord(
-                    path=file,
-                    patient_id=match["patient"],
-                    study_id=f"{split}/XR_{match['region']}/{match['patient']}/{match['study']}",
-                    region=region,
-                    label=labels[study_dir],
-                    split="test" if split == "valid" else None,
-                )
-            )
+    records = [r for split in ("train", "valid") for r in _load_mura_split(root, split)]
     logger.info("MURA at %s: %d images", root, len(records))
     return records
 
@@ -375,6 +384,55 @@ def load_csv(path: str | Path) -> list[ImageRecord]:
     return records
 
 
+@dataclass(frozen=True)
+class _DicomFolder:
+    """The DICOM files of a folder (headers only), by SOP Instance UID and by relative path."""
+
+    root: Path
+    by_uid: dict[str, tuple[Path, pydicom.Dataset]]
+    by_file: dict[str, tuple[Path, pydicom.Dataset]]
+
+    @classmethod
+    def index(cls, root: Path, labels_file: Path) -> _DicomFolder:
+        folder = cls(root, {}, {})
+        for file in sorted(p for p in root.rglob("*") if p.is_file() and p != labels_file):
+            if file.suffix.lower() in (".csv", ".txt", ".md", ".json"):
+                continue
+            try:
+                ds = pydicom.dcmread(file, stop_before_pixels=True)
+            except pydicom.errors.InvalidDicomError:
+                logger.debug("skipping non-DICOM file %s", file)
+                continue
+            folder.by_uid[str(ds.get("SOPInstanceUID", ""))] = (file, ds)
+            folder.by_file[file.relative_to(root).as_posix()] = (file, ds)
+        return folder
+
+    def find(self, row: Mapping[str, str], where: str) -> tuple[Path, pydicom.Dataset]:
+        """The file a labels row names by ``sop_instance_uid`` or by ``file``."""
+        if row.get("sop_instance_uid"):
+            found = self.by_uid.get(row["sop_instance_uid"])
+            key = f"SOP Instance UID {row['sop_instance_uid']}"
+        elif row.get("file"):
+            found = self.by_file.get(Path(row["file"]).as_posix())
+            key = f"file {row['file']}"
+        else:
+            raise DatasetError(f"{where}: needs a 'sop_instance_uid' or a 'file' column")
+        if found is None:
+            raise DatasetError(f"{where}: {key} is not in {self.root}")
+        return found
+
+
+def _body_part_region(ds: pydicom.Dataset, where: str) -> str:
+    body_part = str(ds.get("BodyPartExamined", "")).upper()
+    region = BODY_PART_REGIONS.get(body_part, "")
+    if not region:
+        raise DatasetError(
+            f"{where}: no region column and Body Part Examined {body_part!r} is not "
+            f"one of {sorted(BODY_PART_REGIONS)}"
+        )
+    return region
+
+
 def load_dicom_folder(path: str | Path, labels_csv: str | Path | None = None) -> list[ImageRecord]:
     """Records of a DICOM folder labelled by a CSV (``labels.csv`` in the folder by default).
 
@@ -389,44 +447,15 @@ def load_dicom_folder(path: str | Path, labels_csv: str | Path | None = None) ->
         raise DatasetError(f"DICOM folder {root} does not exist")
     labels_file = Path(labels_csv) if labels_csv is not None else root / "labels.csv"
     rows = _read_rows(labels_file, header=True)
-    by_uid: dict[str, tuple[Path, pydicom.Dataset]] = {}
-    by_file: dict[str, tuple[Path, pydicom.Dataset]] = {}
-    for file in sorted(p for p in root.rglob("*") if p.is_file() and p != labels_file):
-        if file.suffix.lower() in (".csv", ".txt", ".md", ".json"):
-            continue
-        try:
-            ds = pydicom.dcmread(file, stop_before_pixels=True)
-        except pydicom.errors.InvalidDicomError:
-            logger.debug("skipping non-DICOM file %s", file)
-            continue
-        by_uid[str(ds.get("SOPInstanceUID", ""))] = (file, ds)
-        by_file[file.relative_to(root).as_posix()] = (file, ds)
+    folder = _DicomFolder.index(root, labels_file)
     records = []
     for line, row in enumerate(rows, start=2):
         assert isinstance(row, dict)
         where = f"{labels_file}:{line}"
         if not row.get("label"):
             raise DatasetError(f"{where}: column 'label' is missing or empty")
-        if row.get("sop_instance_uid"):
-            found = by_uid.get(row["sop_instance_uid"])
-            key = f"SOP Instance UID {row['sop_instance_uid']}"
-        elif row.get("file"):
-            found = by_file.get(Path(row["file"]).as_posix())
-            key = f"file {row['file']}"
-        else:
-            raise DatasetError(f"{where}: needs a 'sop_instance_uid' or a 'file' column")
-        if found is None:
-            raise DatasetError(f"{where}: {key} is not in {root}")
-        file, ds = found
-        region = (row.get("region") or "").lower()
-        if not region:
-            body_part = str(ds.get("BodyPartExamined", "")).upper()
-            region = BODY_PART_REGIONS.get(body_part, "")
-            if not region:
-                raise DatasetError(
-                    f"{where}: no region column and Body Part Examined {body_part!r} is not "
-                    f"one of {sorted(BODY_PART_REGIONS)}"
-                )
+        file, ds = folder.find(row, where)
+        region = (row.get("region") or "").lower() or _body_part_region(ds, where)
         if region not in REGION_CLASSES:
             raise DatasetError(f"{where}: region {region!r} is not one of {REGION_CLASSES}")
         records.append(
@@ -538,6 +567,25 @@ def _save_png(image: np.ndarray, path: Path) -> None:
     Image.fromarray(np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)).save(path)
 
 
+def write_unsupported_phantoms(
+    out_dir: Path, count: int, size: int, seed: int
+) -> list[ImageRecord]:
+    """PNGs of ``count`` 'unsupported' phantoms (one patient each), kept if already written.
+
+    Stage 1 needs non-extremity images; :func:`models.training.train.train` adds these when
+    the data has none (MURA).
+    """
+    rng = np.random.default_rng(seed)
+    records = []
+    for k in range(count):
+        path = out_dir / f"unsupported_{k:05d}.png"
+        if not path.is_file():
+            _save_png(render_phantom(UNSUPPORTED, False, rng, size=size).image, path)
+        patient = f"synthetic-unsupported-{k:05d}"
+        records.append(ImageRecord(path, patient, patient, UNSUPPORTED, 0))
+    return records
+
+
 def write_phantom_mura(
     out_dir: str | Path,
     patients_per_region: tuple[int, int] = (8, 3),
@@ -642,11 +690,7 @@ def write_phantom_dicom_folder(
     """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
-    uid_rng = random.Random(seed)
-
-    def uid() -> str:
-        return generate_uid(entropy_srcs=[str(uid_rng.getrandbits(128))])
-
+    uid = seeded_uids(seed)
     lines = ["sop_instance_uid,file,region,label"]
     line = 0
     for region in REGION_CLASSES:

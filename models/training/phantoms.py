@@ -26,6 +26,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 from torch.nn import functional
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
+from models.runtime.preprocessing import preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -437,6 +438,51 @@ def render_phantom(
     return Phantom(image, region, bool(fracture), box, "L" if flip else "R")
 
 
+@dataclass
+class PhantomSplit:
+    """Preprocessed phantoms with labels (boxes in model-input pixels)."""
+
+    images: torch.Tensor
+    regions: np.ndarray
+    fractures: np.ndarray
+    boxes: list[tuple[float, float, float, float] | None]
+
+
+def make_split(
+    rng: np.random.Generator, per_class: int, size: int, render_size: int | None = None
+) -> PhantomSplit:
+    """Render ``per_class`` phantoms per class of REGION_CLASSES (half fractured), preprocessed.
+
+    Parameters
+    ----------
+    rng
+        Random generator.
+    per_class
+        Images per class.
+    size
+        Model input size.
+    render_size
+        Phantom size before preprocessing (default ``size``).
+    """
+    images, regions, fractures, boxes = [], [], [], []
+    for label, region in enumerate(REGION_CLASSES):
+        for k in range(per_class):
+            fracture = region != UNSUPPORTED and k % 2 == 1
+            phantom = render_phantom(region, fracture, rng, size=render_size or size)
+            image, geometry = preprocess(phantom.image, size)
+            images.append(image)
+            regions.append(label)
+            fractures.append(int(fracture))
+            box = phantom.break_box
+            boxes.append(geometry.box_to_model(*box) if box is not None else None)
+    return PhantomSplit(
+        torch.as_tensor(np.stack(images)),
+        np.asarray(regions),
+        np.asarray(fractures),
+        boxes,
+    )
+
+
 # ----------------------------------------------------------------------------- DICOM
 
 
@@ -490,29 +536,39 @@ def phantom_dataset(
     pydicom.Dataset
         A FileDataset-ready dataset with explicit VR little endian file meta.
     """
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ValueError(f"photometric {photometric!r} is not MONOCHROME1 or MONOCHROME2")
-    if not 8 <= bits_stored <= 16:
-        raise ValueError(f"bits_stored {bits_stored} is outside 8..16")
-    image = phantom.image if rows is None else _resize(phantom.image, int(rows))
-    max_value = 2**bits_stored - 1
-    # Use most of the range but not all of it, as a detector would; the window maps it back.
-    low, high = 0.05 * max_value, 0.9 * max_value
-    stored = np.round(low + np.clip(image, 0.0, 1.0) * (high - low))
-    if photometric == "MONOCHROME1":
-        stored = max_value - stored
-    pixels = stored.astype(np.uint16)
+    ds = Dataset()
+    ds.file_meta = _file_meta(sop_instance_uid)
     when = study_datetime or datetime(2024, 1, 15, 10, 30, 0)
-    body_part, code, meaning = _ANATOMY[phantom.region]
+    body_part = _ANATOMY[phantom.region][0]
+    _identify(ds, sop_instance_uid, when, accession_number, body_part, view_position)
+    ds.PatientName, ds.PatientID = patient_name, patient_id
+    ds.PatientBirthDate, ds.PatientSex = PHANTOM_BIRTH_DATE, "O"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_instance_uid, series_instance_uid
+    ds.InstanceNumber = int(instance_number)
+    _describe_anatomy(ds, phantom)
+    image = phantom.image if rows is None else _resize(phantom.image, int(rows))
+    _encode_pixels(ds, image, photometric, bits_stored, phantom.image.shape[0])
+    return ds
 
+
+def _file_meta(sop_instance_uid: str) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
     meta.MediaStorageSOPInstanceUID = sop_instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    return meta
 
-    ds = Dataset()
-    ds.file_meta = meta
+
+def _identify(
+    ds: Dataset,
+    sop_instance_uid: str,
+    when: datetime,
+    accession_number: str,
+    body_part: str,
+    view_position: str,
+) -> None:
+    """SOP Common, dates and times, equipment, descriptions and numbers of a DX phantom."""
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.SOPClassUID = DX_FOR_PRESENTATION
@@ -527,17 +583,15 @@ def phantom_dataset(
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = f"XR {body_part} (synthetic phantom)"
     ds.SeriesDescription = f"{body_part} {view_position}"
-    ds.PatientName = patient_name
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = PHANTOM_BIRTH_DATE
-    ds.PatientSex = "O"
     ds.BodyPartExamined = body_part
     ds.ViewPosition = view_position
-    ds.StudyInstanceUID = study_instance_uid
-    ds.SeriesInstanceUID = series_instance_uid
     ds.StudyID = accession_number[-16:] or "1"
     ds.SeriesNumber = 1
-    ds.InstanceNumber = int(instance_number)
+
+
+def _describe_anatomy(ds: Dataset, phantom: Phantom) -> None:
+    """Orientation, laterality and the SNOMED CT anatomic region of the phantom's region."""
+    _, code, meaning = _ANATOMY[phantom.region]
     ds.PatientOrientation = ["A", "F"] if phantom.region == UNSUPPORTED else ["L", "F"]
     ds.Laterality = ""
     ds.ImageLaterality = "U" if phantom.region == UNSUPPORTED else phantom.laterality
@@ -546,6 +600,23 @@ def phantom_dataset(
     region_item.CodingSchemeDesignator = "SCT"
     region_item.CodeMeaning = meaning
     ds.AnatomicRegionSequence = Sequence([region_item])
+
+
+def _encode_pixels(
+    ds: Dataset, image: np.ndarray, photometric: str, bits_stored: int, phantom_rows: int
+) -> None:
+    """Stored values, the window that maps them back, pixel spacing and the Image Pixel module."""
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"photometric {photometric!r} is not MONOCHROME1 or MONOCHROME2")
+    if not 8 <= bits_stored <= 16:
+        raise ValueError(f"bits_stored {bits_stored} is outside 8..16")
+    max_value = 2**bits_stored - 1
+    # Use most of the range but not all of it, as a detector would; the window maps it back.
+    low, high = 0.05 * max_value, 0.9 * max_value
+    stored = np.round(low + np.clip(image, 0.0, 1.0) * (high - low))
+    if photometric == "MONOCHROME1":
+        stored = max_value - stored
+    pixels = stored.astype(np.uint16)
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
     ds.PixelIntensityRelationship = "LOG"
@@ -554,7 +625,7 @@ def phantom_dataset(
     ds.RescaleIntercept = 0
     ds.RescaleSlope = 1
     ds.RescaleType = "US"
-    pixel_mm = 0.15 * (phantom.image.shape[0] / pixels.shape[0])
+    pixel_mm = 0.15 * (phantom_rows / pixels.shape[0])
     ds.ImagerPixelSpacing = [f"{pixel_mm:.4f}", f"{pixel_mm:.4f}"]
     ds.PixelSpacing = [f"{pixel_mm:.4f}", f"{pixel_mm:.4f}"]
     ds.PixelSpacingCalibrationType = "GEOMETRY"
@@ -569,7 +640,16 @@ def phantom_dataset(
     ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 0
     ds.PixelData = pixels.tobytes()
-    return ds
+
+
+def seeded_uids(seed: int) -> Callable[[], str]:
+    """A source of UIDs that repeats for the same ``seed`` (pydicom's generate_uid, seeded)."""
+    entropy = random.Random(seed)
+
+    def uid() -> str:
+        return generate_uid(entropy_srcs=[str(entropy.getrandbits(128))])
+
+    return uid
 
 
 _SAMPLE_STUDIES: tuple[tuple[str, str, tuple[bool, ...]], ...] = (
@@ -602,11 +682,7 @@ def write_sample_studies(out_dir: Path, seed: int = 7) -> list[Path]:
     """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
-    uid_rng = random.Random(seed)  # deterministic entropy for generate_uid
-
-    def uid() -> str:
-        return generate_uid(entropy_srcs=[str(uid_rng.getrandbits(128))])
-
+    uid = seeded_uids(seed)
     study_dirs = []
     for index, (region, patient, fractures) in enumerate(_SAMPLE_STUDIES):
         study_uid, series_uid = uid(), uid()
@@ -639,7 +715,10 @@ __all__ = [
     "DX_FOR_PRESENTATION",
     "REGIONS",
     "Phantom",
+    "PhantomSplit",
+    "make_split",
     "phantom_dataset",
     "render_phantom",
+    "seeded_uids",
     "write_sample_studies",
 ]

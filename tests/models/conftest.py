@@ -9,7 +9,7 @@ import pytest
 
 from models.runtime.bundle import load_bundle
 from models.runtime.inference import HierarchicalModel
-from models.training.train import PhantomSplit, make_split
+from models.training.phantoms import PhantomSplit, make_split
 
 #: Seed of the held-out phantoms; differs from the training seed on purpose.
 HELD_OUT_SEED = 12345

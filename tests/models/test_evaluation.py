@@ -12,21 +12,24 @@ from PIL import Image
 
 from config import REGIONS
 from models.runtime.bundle import load_bundle
+from models.training.calibration import fit_temperature
+from models.training.config import PRESETS, TrainConfig, preset_config
 from models.training.datasets import (
     load_records,
     split_by_patient,
     write_phantom_csv,
     write_phantom_mura,
 )
-from models.training.evaluation import (
+from models.training.evaluation import evaluate_bundle
+from models.training.fingerprint import training_code_fingerprint
+from models.training.metrics import (
     auroc,
     bootstrap_auroc_ci,
     cohen_kappa,
-    evaluate_bundle,
     expected_calibration_error,
-    fit_temperature,
 )
-from models.training.train import PRESETS, TrainConfig, pick_operating_points, preset_config, train
+from models.training.operating_points import pick_operating_points
+from models.training.train import train
 
 
 def test_thresholds_on_a_known_score_set_give_the_expected_sensitivity() -> None:
@@ -121,6 +124,10 @@ def test_train_then_evaluate_writes_a_loadable_bundle_with_a_model_card(tmp_path
     model = load_bundle(bundle)
     metadata = model.metadata
     assert set(metadata.temperatures) == {"region", *REGIONS}
+    # The bundle says which code trained it.
+    assert metadata.training_code_fingerprint == training_code_fingerprint()
+    card = (bundle / "docs" / "README.md").read_text()
+    assert f"Training code fingerprint: {training_code_fingerprint()}." in card
     assert all(t > 0 for t in metadata.temperatures.values())
     for region in REGIONS:
         suspected, likely = model.thresholds_for(region)

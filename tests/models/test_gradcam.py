@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +123,31 @@ def test_efficientnet_explains_its_last_feature_map_and_trains_a_step() -> None:
     assert torch.isfinite(loss)
     changed = [k for k, v in net.state_dict().items() if not torch.equal(before[k], v)]
     assert "_fc.weight" in changed and "_conv_stem.weight" in changed
+
+
+def _component_box(mask: np.ndarray, seed: tuple[int, int]) -> tuple[int, int, int, int]:
+    # Breadth-first search over the 8 neighbours: the textbook connected component.
+    seen, queue = {seed}, [seed]
+    while queue:
+        row, col = queue.pop()
+        for dr, dc in itertools.product((-1, 0, 1), repeat=2):
+            r, c = row + dr, col + dc
+            inside = 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]
+            if inside and mask[r, c] and (r, c) not in seen:
+                seen.add((r, c))
+                queue.append((r, c))
+    rows, cols = zip(*seen, strict=True)
+    return min(rows), min(cols), max(rows), max(cols)
+
+
+def test_hottest_box_is_the_eight_connected_component_of_the_maximum() -> None:
+    rng = np.random.default_rng(6)
+    for _ in range(40):
+        cam = rng.uniform(size=(int(rng.integers(4, 40)), int(rng.integers(4, 40))))
+        seed = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        expected = _component_box(cam >= 0.5 * cam.max(), (int(seed[0]), int(seed[1])))
+        assert hottest_box(cam, 0.5) == expected
+    # Diagonal contact joins (8-connectivity), a one-pixel gap does not.
+    cam = np.zeros((6, 6))
+    cam[0, 0], cam[1, 1], cam[2, 2], cam[4, 4] = 1.0, 0.9, 0.8, 0.9
+    assert hottest_box(cam, 0.5) == (0, 0, 2, 2)

@@ -17,9 +17,11 @@ from models.runtime.gradcam import compute_cam, hottest_box
 from models.runtime.inference import BOX_FRACTION, HierarchicalModel, fracture_probability
 from models.runtime.networks import gradcam_target_layer
 from models.runtime.preprocessing import preprocess
-from models.training.evaluation import auroc, box_contains
-from models.training.phantoms import render_phantom
-from models.training.train import INTENDED_USE, PhantomSplit, pick_operating_points
+from models.training.config import INTENDED_USE
+from models.training.evaluation import box_contains
+from models.training.metrics import auroc
+from models.training.operating_points import pick_operating_points
+from models.training.phantoms import PhantomSplit, render_phantom
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,220 @@
+"""What a bundle is: its metadata (:class:`BundleMetadata`), its file layout and its model card.
+
+Kept apart from :mod:`models.runtime.bundle` (which reads and writes bundle directories and
+builds the :class:`~models.runtime.inference.HierarchicalModel`) so inference can depend on
+the metadata without depending on the loader: ``bundle -> inference -> metadata``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import monai
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from config import REGION_CLASSES, REGIONS
+from models.runtime.networks import NetworkSpec
+
+METADATA_FILE = Path("configs/metadata.json")
+WEIGHTS_FILE = Path("models/model.pt")
+MODEL_CARD_FILE = Path("docs/README.md")
+
+
+class OperatingPoints(BaseModel):
+    """The two per-region thresholds on the fracture probability."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    suspected: float = Field(ge=0.0, le=1.0, description="High-sensitivity operating point.")
+    likely: float = Field(ge=0.0, le=1.0, description="High-specificity operating point.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OperatingPoints:
+        if self.likely < self.suspected:
+            raise ValueError(f"likely ({self.likely}) is below suspected ({self.suspected})")
+        return self
+
+
+class BundleMetadata(BaseModel):
+    """What a bundle is, what it was trained on, and how to use its outputs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    description: str
+    intended_use: str
+    training_data: str
+    trained_on_synthetic_data: bool
+    image_size: int = Field(ge=32, description="Side of the square model input (preprocessing).")
+    region_network: NetworkSpec
+    fracture_network: NetworkSpec
+    regions: tuple[str, ...] = REGIONS
+    region_min_probability: float = Field(ge=0.0, le=1.0)
+    thresholds: dict[str, OperatingPoints]
+    study_aggregation: Literal["mean", "max"] = "mean"
+    temperatures: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Temperature-scaling calibration per network: key 'region' for stage 1 and a region "
+            "name for its fracture network; logits are divided by it. Absent means 1.0."
+        ),
+    )
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    monai_version: str = monai.__version__
+    torch_version: str = torch.__version__
+    training_code_fingerprint: str | None = Field(
+        default=None,
+        description=(
+            "models.training.fingerprint.training_code_fingerprint() of the code that trained "
+            "the bundle (blind to formatting and comments); None if not recorded."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BundleMetadata:
+        # The region network's outputs are REGION_CLASSES in order, so regions must match.
+        if tuple(self.regions) != REGIONS:
+            raise ValueError(f"regions {self.regions} must be {REGIONS} (network output order)")
+        if self.region_network.out_channels != len(REGION_CLASSES):
+            raise ValueError(
+                f"region_network.out_channels is {self.region_network.out_channels}; "
+                f"expected {len(REGION_CLASSES)} ({REGION_CLASSES})"
+            )
+        if self.fracture_network.out_channels not in (1, 2):
+            raise ValueError(
+                f"fracture_network.out_channels is {self.fracture_network.out_channels}; "
+                "expected 1 (sigmoid) or 2 (softmax)"
+            )
+        missing = [region for region in self.regions if region not in self.thresholds]
+        if missing:
+            raise ValueError(f"thresholds missing for regions {missing}")
+        unknown = [region for region in self.thresholds if region not in self.regions]
+        if unknown:
+            raise ValueError(f"thresholds for unknown regions {unknown}")
+        allowed = ("region", *self.regions)
+        for network, temperature in self.temperatures.items():
+            if network not in allowed:
+                raise ValueError(f"temperature for unknown network {network!r}; expected {allowed}")
+            if not 1e-3 <= temperature <= 1e3:
+                raise ValueError(
+                    f"temperature {temperature} of {network!r} is outside [0.001, 1000]"
+                )
+        try:
+            datetime.fromisoformat(self.created)
+        except ValueError as error:
+            raise ValueError(f"created {self.created!r} is not an ISO timestamp") from error
+        return self
+
+    def temperature(self, network: str) -> float:
+        """Calibration temperature of ``network`` ('region' or a region name); 1.0 if absent."""
+        return float(self.temperatures.get(network, 1.0))
+
+
+def _metric_lines(metrics: dict[str, Any]) -> str:
+    lines = []
+    for key, value in metrics.items():
+        if key in ("figures", "evaluation"):
+            continue
+        lines.append(f"- {key}: {value}")
+    return "\n".join(lines) or "- none"
+
+
+def _evaluation_section(metadata: BundleMetadata) -> str:
+    evaluation = metadata.metrics.get("evaluation")
+    figures = metadata.metrics.get("figures") or {}
+    if not evaluation and not figures:
+        return ""
+    parts = ["\n## Evaluation\n"]
+    if isinstance(evaluation, dict):
+        overall = evaluation.get("overall", {})
+        parts.append(f"Data: {evaluation.get('data', 'not recorded')}\n")
+        if overall:
+            parts.append(
+                "| scope | studies | AUROC (95% CI) | sens@suspected | spec@suspected "
+                "| sens@likely | spec@likely | kappa@suspected | ECE |"
+            )
+            parts.append("|---|---|---|---|---|---|---|---|---|")
+            for scope, row in [("overall", overall), *evaluation.get("regions", {}).items()]:
+                parts.append(
+                    f"| {scope} | {row.get('studies')} | {row.get('auroc')} "
+                    f"({row.get('auroc_ci')}) | {row.get('sensitivity_suspected')} | "
+                    f"{row.get('specificity_suspected')} | {row.get('sensitivity_likely')} | "
+                    f"{row.get('specificity_likely')} | {row.get('kappa_suspected')} | "
+                    f"{row.get('ece')} |"
+                )
+            parts.append("")
+        for key in (
+            "region_accuracy",
+            "gradcam_box_hit_rate",
+            "gradcampp_box_hit_rate",
+            "occlusion_box_hit_rate",
+        ):
+            if key in evaluation:
+                parts.append(f"- {key}: {evaluation[key]}")
+    for name, file in figures.items():
+        parts.append(f"\n![{name}]({Path(file).relative_to(MODEL_CARD_FILE.parent)})")
+    return "\n".join(parts) + "\n"
+
+
+def model_card(metadata: BundleMetadata) -> str:
+    """The Markdown model card (``docs/README.md``) that describes a bundle to a reader."""
+    thresholds = "\n".join(
+        f"| {region} | {points.suspected:.3f} | {points.likely:.3f} |"
+        for region, points in metadata.thresholds.items()
+    )
+    metrics = _metric_lines(metadata.metrics)
+    temperatures = (
+        ", ".join(f"{k} {v:.3f}" for k, v in metadata.temperatures.items()) or "none (1.0)"
+    )
+    fingerprint = (
+        f"Training code fingerprint: {metadata.training_code_fingerprint}.\n"
+        if metadata.training_code_fingerprint
+        else ""
+    )
+    synthetic = (
+        "\n**This bundle was trained on synthetic data only. It is NOT for clinical use.**\n"
+        if metadata.trained_on_synthetic_data
+        else ""
+    )
+    return f"""# {metadata.name} {metadata.version}
+{synthetic}
+{metadata.description}
+
+## Intended use
+
+{metadata.intended_use}
+
+## Training data
+
+{metadata.training_data}
+
+## Models
+
+- Input: one display-rendered radiograph, fitted to {metadata.image_size}x{metadata.image_size},
+  standardised per image (see `models.runtime.preprocessing`).
+- Stage 1 (region): `{metadata.region_network.architecture}`, softmax over {list(REGION_CLASSES)};
+  a region below probability {metadata.region_min_probability} counts as unsupported.
+- Stage 2 (fracture): one `{metadata.fracture_network.architecture}` per region.
+- Study probability: {metadata.study_aggregation} of the image probabilities.
+- Calibration (temperature scaling, fitted on the validation split): {temperatures}.
+- Explanation: Grad-CAM on the fracture output.
+
+## Operating points
+
+| region | suspected (high sensitivity) | likely (high specificity) |
+|---|---|---|
+{thresholds}
+
+## Held-out metrics
+
+{metrics}
+{_evaluation_section(metadata)}
+## Versions
+
+Created {metadata.created} with MONAI {metadata.monai_version}, PyTorch {metadata.torch_version}.
+{fingerprint}"""

@@ -1,0 +1,158 @@
+"""The evaluation's pictures and text: ROC curves, reliability diagram, Markdown report.
+
+Figures are drawn with matplotlib's object API (:class:`matplotlib.figure.Figure`), so no
+pyplot state and no global backend switch: saving a PNG renders with Agg.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from models.training.metrics import expected_calibration_error, reliability_bins
+
+#: Columns of the study-level table, in order, and the key of each in a metrics row.
+_TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("studies", "studies"),
+    ("positives", "positives"),
+    ("AUROC", "auroc"),
+    ("95% CI", "auroc_ci"),
+    ("sens@suspected", "sensitivity_suspected"),
+    ("spec@suspected", "specificity_suspected"),
+    ("kappa@suspected", "kappa_suspected"),
+    ("sens@likely", "sensitivity_likely"),
+    ("spec@likely", "specificity_likely"),
+    ("kappa@likely", "kappa_likely"),
+    ("ECE", "ece"),
+)
+
+
+def _square_axes() -> tuple[Figure, Axes]:
+    figure = Figure(figsize=(6, 6), dpi=100)
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+    return figure, axes
+
+
+def _save(figure: Figure, axes: Axes, legend_location: str, path: Path) -> Path:
+    axes.legend(loc=legend_location, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> Path:
+    """ROC curves ``{name: (fpr, tpr, auroc)}`` into one PNG."""
+    figure, axes = _square_axes()
+    for name, (fpr, tpr, area) in curves.items():
+        axes.plot(fpr, tpr, lw=2.5 if name == "overall" else 1.2, label=f"{name} ({area:.3f})")
+    axes.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
+    axes.set_title("Study-level ROC (AUROC)")
+    return _save(figure, axes, "lower right", path)
+
+
+def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, path: Path) -> Path:
+    """Reliability diagram (observed frequency against mean probability per bin) as PNG."""
+    bins = reliability_bins(labels, probabilities)
+    ece = expected_calibration_error(labels, probabilities)
+    figure, axes = _square_axes()
+    axes.lines[0].set_label("perfect calibration")
+    if bins:
+        mean_p, observed, _counts = zip(*bins, strict=True)
+        axes.plot(mean_p, observed, marker="o", label=f"model (ECE {ece:.3f})")
+        for p, o, n in bins:
+            axes.annotate(str(n), (p, o), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    axes.set(xlabel="predicted fracture probability", ylabel="observed fracture frequency")
+    axes.set(xlim=(0, 1), ylim=(0, 1.01))
+    axes.set_title("Reliability (study level; numbers: studies per bin)")
+    return _save(figure, axes, "upper left", path)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _fracture_section(metrics: dict[str, Any]) -> list[str]:
+    header = " | ".join(title for title, _ in _TABLE_COLUMNS)
+    lines = [
+        "## Fracture (study level)",
+        "",
+        f"| scope | {header} |",
+        "|---" * (len(_TABLE_COLUMNS) + 1) + "|",
+    ]
+    scopes = [("overall", metrics.get("overall")), *metrics["regions"].items()]
+    rows = [(scope, row) for scope, row in scopes if row]
+    for scope, row in rows:
+        cells = " | ".join(_fmt(row.get(key)) for _, key in _TABLE_COLUMNS)
+        lines.append(f"| {scope} | {cells} |")
+    lines += ["", "Confusion matrices (tp / fp / tn / fn):", ""]
+    for scope, row in rows:
+        s, k = row["confusion_suspected"], row["confusion_likely"]
+        lines.append(
+            f"- {scope}: suspected {s['tp']}/{s['fp']}/{s['tn']}/{s['fn']}, "
+            f"likely {k['tp']}/{k['fp']}/{k['tn']}/{k['fn']}"
+        )
+    return lines
+
+
+def _region_section(metrics: dict[str, Any]) -> list[str]:
+    classes = metrics["region_confusion"]["classes"]
+    lines = [
+        "## Region (stage 1, image level)",
+        "",
+        f"Accuracy {_fmt(metrics['region_accuracy'])}, kappa {_fmt(metrics['region_kappa'])}.",
+        "",
+        "| true \\ predicted | " + " | ".join(classes) + " |",
+        "|---" * (len(classes) + 1) + "|",
+    ]
+    for cls, counts in zip(classes, metrics["region_confusion"]["matrix"], strict=True):
+        lines.append(f"| {cls} | " + " | ".join(str(c) for c in counts) + " |")
+    return lines
+
+
+def _explanation_section(metrics: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Explanations",
+        "",
+        f"Share of the {metrics['gradcam_detected_positives_with_box']} detected positive "
+        "images with a known box whose hottest box contains the centre of the true break:",
+        "",
+        f"- Grad-CAM (what the node writes): {_fmt(metrics['gradcam_box_hit_rate'])}",
+        f"- Grad-CAM++: {_fmt(metrics['gradcampp_box_hit_rate'])}",
+    ]
+    if "occlusion_box_hit_rate" in metrics:
+        lines.append(
+            f"- Occlusion sensitivity (second opinion): {_fmt(metrics['occlusion_box_hit_rate'])}"
+        )
+    return lines
+
+
+def evaluation_report(
+    name: str, version: str, metrics: dict[str, Any], figures: dict[str, Path]
+) -> str:
+    """The Markdown report of :func:`models.training.evaluation.evaluate_bundle`."""
+    lines = [
+        f"# Evaluation of {name} {version}",
+        "",
+        f"Data: {metrics['data']} ({metrics['images']} images). Study probability: "
+        f"{metrics['aggregation']} of the views, from the network of the study's region.",
+        "",
+        *_fracture_section(metrics),
+        "",
+        *_region_section(metrics),
+        "",
+        *_explanation_section(metrics),
+        "",
+    ]
+    lines += [f"![{figure_name}]({file.name})" for figure_name, file in figures.items()]
+    return "\n".join(lines) + "\n"

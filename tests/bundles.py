@@ -1,0 +1,79 @@
+"""An untrained test bundle, built in well under a second, whose results the tests choose.
+
+Flow, DICOM and node tests need a bundle that loads and runs like a real one, not a
+good model: this one is tiny (a three-block DenseNet at 64 px) and says so everywhere
+(its name, description, model card and metadata: untrained, synthetic, tests only).
+Its stage 1 is rigged (a zero final layer whose bias picks one region) and its
+intended use lets the header's region win a disagreement, so the region a view is
+assessed as comes from its header (Body Part Examined); its per-region operating
+points decide the level whatever the untrained stage 2 says: wrist views are
+"fracture likely", elbow views "fracture suspected", every other region "no fracture
+suspected". Model quality is tested with the demo bundle, trained on phantoms.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from config.domain.findings import OperatingPoints
+from config.domain.intended_use import IntendedUse
+from config.domain.vocabulary import REGION_CLASSES, REGIONS
+from models.runtime.bundle import save_bundle
+from models.runtime.metadata import BundleMetadata
+from models.runtime.networks import NetworkSpec, build_network
+
+TEST_BUNDLE_NAME = "untrained-test-bundle"
+IMAGE_SIZE = 64
+_TINY = {"init_features": 8, "growth_rate": 4, "block_config": (1, 1, 1), "bn_size": 2}
+
+#: The level each region's views get, whatever the untrained network says.
+ALWAYS_LIKELY = OperatingPoints(suspected=0.0, likely=0.0)
+ALWAYS_SUSPECTED = OperatingPoints(suspected=0.0, likely=1.0)
+NEVER = OperatingPoints(suspected=1.0, likely=1.0)
+DEFAULT_POINTS = {region: NEVER for region in REGIONS} | {
+    "wrist": ALWAYS_LIKELY,
+    "elbow": ALWAYS_SUSPECTED,
+}
+
+
+def build_test_bundle(
+    path: Path,
+    *,
+    points: dict[str, OperatingPoints] | None = None,
+    stage1_region: str = "wrist",
+    version: str = "0.0.1",
+    seed: int = 0,
+) -> Path:
+    """Write the untrained test bundle to ``path`` (see the module's description)."""
+    torch.manual_seed(seed)
+    region_spec = NetworkSpec(
+        architecture="densenet-small", out_channels=len(REGION_CLASSES), kwargs=_TINY
+    )
+    fracture_spec = NetworkSpec(architecture="densenet-small", out_channels=1, kwargs=_TINY)
+    region_network = build_network(region_spec)
+    final = region_network.class_layers.out
+    with torch.no_grad():
+        final.weight.zero_()
+        final.bias.fill_(-8.0)
+        final.bias[REGION_CLASSES.index(stage1_region)] = 8.0
+    metadata = BundleMetadata(
+        name=TEST_BUNDLE_NAME,
+        version=version,
+        description="UNTRAINED test bundle: rigged stage 1, random stage 2. Tests only.",
+        intended_use=IntendedUse(
+            statement="Tests of the node's pipeline only; untrained, not a model.",
+            regions=REGIONS,
+            header_conflict="header",
+        ),
+        training_data="None: untrained (random weights, a rigged final layer), for tests.",
+        trained_on_synthetic_data=True,
+        image_size=IMAGE_SIZE,
+        region_network=region_spec,
+        fracture_network=fracture_spec,
+        region_min_probability=0.5,
+        thresholds=points or DEFAULT_POINTS,
+    )
+    fracture_networks = {region: build_network(fracture_spec) for region in REGIONS}
+    return save_bundle(path, metadata, region_network, fracture_networks)
