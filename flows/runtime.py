@@ -85,12 +85,7 @@ class Runtime:
 
     def intended_use(self) -> IntendedUse:
         """What the loaded bundle declares it was made for (the header gate's rules)."""
-        metadata = self.model().metadata
-        declared = metadata.intended_use
-        if isinstance(declared, IntendedUse):
-            return declared
-        # A bundle that states its intended use in prose only: its regions, any header.
-        return IntendedUse(statement=declared, regions=tuple(metadata.regions))
+        return self.model().metadata.intended_use
 
     def close(self) -> None:
         self.engine.dispose()

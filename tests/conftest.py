@@ -1,8 +1,7 @@
-"""Shared fixtures: settings in a temp dir, the demo bundle (trained once), sample studies."""
+"""Shared fixtures: settings in a temp dir, the test and demo bundles, sample studies."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -21,35 +20,41 @@ from tests.phi import log_scanner, scan_files
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_CACHE = REPO / "var" / "test-cache"
+DEMO_BUNDLE = REPO / "var" / "bundles" / "demo"
 
 
-def _models_fingerprint() -> str:
-    # The demo bundle is trained, calibrated and evaluated by models/ as a whole (phantoms,
-    # data loading, training, evaluation into the model card): any change retrains it.
-    digest = hashlib.sha256()
-    for path in sorted((REPO / "models").glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
+@pytest.fixture(scope="session")
+def test_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The untrained test bundle (tests/bundles.py): built in well under a second, results
+    chosen by the tests. Flow, DICOM and node tests run on it."""
+    from tests.bundles import build_test_bundle
+
+    return build_test_bundle(tmp_path_factory.mktemp("bundles") / "untrained")
 
 
 @pytest.fixture(scope="session")
 def demo_bundle() -> Path:
-    """The demo bundle, trained once per version of the training code and cached under var/.
+    """The demo bundle, trained on phantoms: for the tests of model quality and pictures.
 
-    ``FRACTURE_TRIAGE_TEST_BUNDLE`` points the tests at an existing bundle instead
-    (a developer iterating on other code); CI never sets it.
+    ``make demo`` (or ``make test``'s ``demo-bundle`` step) builds var/bundles/demo; it is
+    reused when it was trained by the current training code (its fingerprint, blind to
+    formatting and comments, matches). Otherwise it is trained once into var/test-cache.
+    ``FRACTURE_TRIAGE_TEST_BUNDLE`` points at another bundle (a developer's shortcut).
     """
-    from models.training.train import train_demo_bundle
+    from models.training.demo import demo_bundle_is_current, train_demo_bundle
+    from models.training.fingerprint import training_code_fingerprint
 
     if os.environ.get("FRACTURE_TRIAGE_TEST_BUNDLE"):
         return Path(os.environ["FRACTURE_TRIAGE_TEST_BUNDLE"])
-
-    bundle = BUNDLE_CACHE / f"demo-bundle-{_models_fingerprint()}"
-    if not (bundle / "configs" / "metadata.json").is_file():
+    if demo_bundle_is_current(DEMO_BUNDLE):
+        return DEMO_BUNDLE
+    bundle = BUNDLE_CACHE / f"demo-bundle-{training_code_fingerprint()[:16]}"
+    if not demo_bundle_is_current(bundle):
         # Train beside the target and rename: concurrent test sessions never see half a bundle.
         partial = BUNDLE_CACHE / f".partial-{os.getpid()}-{bundle.name}"
         shutil.rmtree(partial, ignore_errors=True)
         train_demo_bundle(partial, seed=0)
+        shutil.rmtree(bundle, ignore_errors=True)
         try:
             partial.rename(bundle)
         except OSError:  # another session finished first: use its bundle
@@ -58,8 +63,9 @@ def demo_bundle() -> Path:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, demo_bundle: Path) -> Callable[..., Settings]:
-    """Settings rooted in the test's temp dir (SQLite, store, outputs), fast completion."""
+def make_settings(tmp_path: Path, test_bundle: Path) -> Callable[..., Settings]:
+    """Settings rooted in the test's temp dir (SQLite, store, outputs), fast completion,
+    the untrained test bundle (pass ``model_bundle_dir`` for another)."""
 
     def make(**overrides: object) -> Settings:
         values: dict[str, object] = {
@@ -67,7 +73,7 @@ def make_settings(tmp_path: Path, demo_bundle: Path) -> Callable[..., Settings]:
             "store_dir": tmp_path / "store",
             "output_dir": tmp_path / "outputs",
             "database_url": f"sqlite:///{tmp_path / 'audit.db'}",
-            "model_bundle_dir": demo_bundle,
+            "model_bundle_dir": test_bundle,
             "study_stable_seconds": 1.0,
             "prefect_flow_heartbeat": False,
         }

@@ -16,26 +16,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from config import REGION_CLASSES, REGIONS
+from config.domain.anatomy import BODY_PARTS
+from config.domain.findings import OperatingPoints
+from config.domain.intended_use import IntendedUse
 from models.runtime.networks import NetworkSpec
 
 METADATA_FILE = Path("configs/metadata.json")
 WEIGHTS_FILE = Path("models/model.pt")
 MODEL_CARD_FILE = Path("docs/README.md")
-
-
-class OperatingPoints(BaseModel):
-    """The two per-region thresholds on the fracture probability."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    suspected: float = Field(ge=0.0, le=1.0, description="High-sensitivity operating point.")
-    likely: float = Field(ge=0.0, le=1.0, description="High-specificity operating point.")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> OperatingPoints:
-        if self.likely < self.suspected:
-            raise ValueError(f"likely ({self.likely}) is below suspected ({self.suspected})")
-        return self
 
 
 class BundleMetadata(BaseModel):
@@ -46,7 +34,10 @@ class BundleMetadata(BaseModel):
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
     description: str
-    intended_use: str
+    intended_use: IntendedUse = Field(
+        description="What the bundle was made for (the header gate and the model card read it); "
+        "a bundle that states it in prose only is read as its regions, any header."
+    )
     training_data: str
     trained_on_synthetic_data: bool
     image_size: int = Field(ge=32, description="Side of the square model input (preprocessing).")
@@ -74,6 +65,15 @@ class BundleMetadata(BaseModel):
             "the bundle (blind to formatting and comments); None if not recorded."
         ),
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prose_intended_use(cls, data: Any) -> Any:
+        # Bundles written before the intended use was structured state it as a sentence.
+        if isinstance(data, dict) and isinstance(data.get("intended_use"), str):
+            regions = tuple(data.get("regions") or REGIONS)
+            data = {**data, "intended_use": {"statement": data["intended_use"], "regions": regions}}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleMetadata:
@@ -113,6 +113,37 @@ class BundleMetadata(BaseModel):
     def temperature(self, network: str) -> float:
         """Calibration temperature of ``network`` ('region' or a region name); 1.0 if absent."""
         return float(self.temperatures.get(network, 1.0))
+
+
+def _intended_use_section(use: IntendedUse) -> str:
+    """The intended use as the model card states it: the sentence, then what is enforced."""
+    ages = f"{use.min_age_years:g} years and older" if use.min_age_years is not None else "any age"
+    if use.max_age_years is not None:
+        ages = f"{use.min_age_years or 0:g} to {use.max_age_years:g} years"
+    regions = ", ".join(
+        f"{region} ({BODY_PARTS[region].code[0]} {BODY_PARTS[region].code[1]})"
+        for region in use.regions
+    )
+    winner = {
+        "not_assessed": "not assessed",
+        "pixels": "the image's region is used",
+        "header": "the header's region is used",
+    }[use.header_conflict]
+    return "\n".join(
+        [
+            use.statement,
+            "",
+            f"- Modalities: {', '.join(use.modalities)}",
+            f"- Regions assessed: {regions}",
+            f"- Views: {', '.join(use.views) if use.views else 'any projection'}",
+            f"- Patients: {ages}; {'human only' if use.human_only else 'any species'}",
+            f"- Secondary copies (Image Type SECONDARY): "
+            f"{'assessed' if use.secondary_copies else 'not assessed'}",
+            f"- Header and image naming different regions: {winner}",
+            "- Anything else (another body part, a child, a non-human subject, an image the "
+            "region model does not recognise) is reported as not assessed, with the reason.",
+        ]
+    )
 
 
 def _metric_lines(metrics: dict[str, Any]) -> str:
@@ -187,7 +218,7 @@ def model_card(metadata: BundleMetadata) -> str:
 
 ## Intended use
 
-{metadata.intended_use}
+{_intended_use_section(metadata.intended_use)}
 
 ## Training data
 

@@ -72,6 +72,12 @@ class TrainConfig(BaseModel):
     )
     training_data: str = ""
     trained_on_synthetic_data: bool = False
+    min_age_years: float | None = Field(
+        default=18.0,
+        ge=0,
+        description="Youngest patients the bundle assesses (intended use); None: any age. "
+        "Adults by default: children's growth plates are not in the training data.",
+    )
 
     @field_validator("architecture")
     @classmethod

@@ -162,12 +162,20 @@ def demo_bundle_is_current(bundle_dir: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry: ``python -m models.training.demo OUT_DIR [--seed N]``."""
+    """Command-line entry: ``python -m models.training.demo OUT_DIR [--seed N] [--if-stale]``."""
     parser = argparse.ArgumentParser(description="Train the synthetic demo bundle.")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--if-stale",
+        action="store_true",
+        help="Keep a bundle at OUT_DIR that the current training code made (its fingerprint).",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.if_stale and demo_bundle_is_current(args.out_dir):
+        logging.getLogger(__name__).info("demo bundle %s is current; kept", args.out_dir)
+        return
     train_demo_bundle(args.out_dir, seed=args.seed, progress=True)
 
 

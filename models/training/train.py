@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
+from config.domain.intended_use import IntendedUse
 from models.runtime.bundle import BundleMetadata, save_bundle
 from models.runtime.inference import fracture_probability
 from models.runtime.networks import NetworkSpec, build_network, resolve_device
@@ -387,7 +388,9 @@ def _bundle_metadata(
             f"Two-stage fracture triage ({config.architecture}, {config.image_size}px): region, "
             "then per-region fracture, calibrated by temperature scaling, with Grad-CAM."
         ),
-        intended_use=config.intended_use,
+        intended_use=IntendedUse(
+            statement=config.intended_use, regions=REGIONS, min_age_years=config.min_age_years
+        ),
         training_data=training_data,
         trained_on_synthetic_data=config.trained_on_synthetic_data,
         image_size=config.image_size,

@@ -28,9 +28,9 @@ def bundle_with_version(bundle: Path, version: str, target: Path) -> Path:
 
 
 @pytest.fixture
-def upgraded_bundle(demo_bundle: Path, tmp_path: Path) -> Path:
-    """The demo bundle as a newer model version (a site upgrading its model)."""
-    return bundle_with_version(demo_bundle, UPGRADED_VERSION, tmp_path / "bundle-upgraded")
+def upgraded_bundle(test_bundle: Path, tmp_path: Path) -> Path:
+    """The test bundle as a newer model version (a site upgrading its model)."""
+    return bundle_with_version(test_bundle, UPGRADED_VERSION, tmp_path / "bundle-upgraded")
 
 
 def store_study(runtime: Runtime, study_dir: Path, *, urgent: bool = False) -> str:

@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from config import load_settings
+from config import Settings, load_settings
 from flows.node.service import TriageService
 from flows.runtime import Runtime
 from tests.dicom_node.test_audit_export import Collector, parse
 
 
-def test_node_sends_its_audit_events_to_the_collector(tmp_path: Path) -> None:
+def test_node_sends_its_audit_events_to_the_collector(
+    make_settings: Callable[..., Settings],
+) -> None:
     collector = Collector()
     try:
-        settings = load_settings(
-            port=0,
-            store_dir=tmp_path / "store",
-            output_dir=tmp_path / "outputs",
-            database_url=f"sqlite:///{tmp_path / 'audit.db'}",
-            audit_syslog={"host": "127.0.0.1", "port": collector.port, "poll_seconds": 0.2},
+        settings = make_settings(
+            audit_syslog={"host": "127.0.0.1", "port": collector.port, "poll_seconds": 0.2}
         )
         service = TriageService(Runtime.create(settings))
         assert service.audit_export is not None

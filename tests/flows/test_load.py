@@ -24,9 +24,9 @@ PEAK_RSS_LIMIT = 3 * 1024**3
 
 
 def test_400_instances_over_8_associations_one_in_ten_bad(
-    demo_bundle: Path, tmp_path: Path
+    test_bundle: Path, tmp_path: Path
 ) -> None:
-    result = run_load(tmp_path, demo_bundle, free_port(), instances=400, associations=8)
+    result = run_load(tmp_path, test_bundle, free_port(), instances=400, associations=8)
     assert result.problems == [], "\n".join(result.problems[:20])
     assert (result.valid, result.malformed, result.unknown_ae) == (360, 20, 20)
     assert result.statuses == {"malformed 0xC000": 20, "valid 0x0000": 360}

@@ -74,49 +74,49 @@ def refusal(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_a_node_without_a_loadable_bundle_refuses_to_start(
-    demo_bundle: Path, tmp_path: Path
+    test_bundle: Path, tmp_path: Path
 ) -> None:
     result = serve(node_env(tmp_path, tmp_path / "no-such-bundle"), tmp_path)
     assert "model bundle" in refusal(result) and "cannot be loaded" in refusal(result)
 
     broken = tmp_path / "broken-bundle"
-    shutil.copytree(demo_bundle, broken)
+    shutil.copytree(test_bundle, broken)
     (broken / "models" / "model.pt").write_bytes(b"not weights")
     assert "cannot be loaded" in refusal(serve(node_env(tmp_path, broken), tmp_path))
 
 
 def test_a_taken_port_an_unwritable_store_and_a_missing_database_are_named(
-    demo_bundle: Path, tmp_path: Path
+    test_bundle: Path, tmp_path: Path
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        line = refusal(serve(node_env(tmp_path / "a", demo_bundle, port=port), tmp_path))
+        line = refusal(serve(node_env(tmp_path / "a", test_bundle, port=port), tmp_path))
         assert f"port {port}" in line and "taken" in line
 
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
     line = refusal(
-        serve(node_env(tmp_path / "b", demo_bundle, store_dir=a_file / "store"), tmp_path)
+        serve(node_env(tmp_path / "b", test_bundle, store_dir=a_file / "store"), tmp_path)
     )
     assert "store_dir" in line and "not writable" in line
 
     unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
-    line = refusal(serve(node_env(tmp_path / "c", demo_bundle, database_url=unreachable), tmp_path))
+    line = refusal(serve(node_env(tmp_path / "c", test_bundle, database_url=unreachable), tmp_path))
     assert "database cannot be reached" in line
 
 
 def test_a_node_on_an_unmigrated_postgresql_database_refuses_to_start(
-    demo_bundle: Path, tmp_path: Path
+    test_bundle: Path, tmp_path: Path
 ) -> None:
     with scratch_postgres_database() as url:
-        line = refusal(serve(node_env(tmp_path, demo_bundle, database_url=url), tmp_path))
+        line = refusal(serve(node_env(tmp_path, test_bundle, database_url=url), tmp_path))
         assert "revision none" in line and "fracture-triage db upgrade" in line
 
 
 def test_a_node_started_in_a_folder_without_var_triages_a_study(
-    demo_bundle: Path, sample_studies: list[Path], tmp_path: Path
+    test_bundle: Path, sample_studies: list[Path], tmp_path: Path
 ) -> None:
     """Every path relative (the example config's), nothing under the working folder yet."""
     workdir = tmp_path / "empty"
@@ -127,7 +127,7 @@ def test_a_node_started_in_a_folder_without_var_triages_a_study(
     }
     env.update(
         FRACTURE_TRIAGE_PORT=str(port),
-        FRACTURE_TRIAGE_MODEL_BUNDLE_DIR=str(demo_bundle),
+        FRACTURE_TRIAGE_MODEL_BUNDLE_DIR=str(test_bundle),
         FRACTURE_TRIAGE_STUDY_STABLE_SECONDS="1",
         FRACTURE_TRIAGE_PREFECT_FLOW_HEARTBEAT="false",
         HOME=str(tmp_path / "home"),

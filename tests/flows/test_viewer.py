@@ -98,9 +98,11 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> ob
 def test_ai_series_are_listed_and_the_summary_renders_in_the_browser(
     tmp_path: Path,
     make_settings: Callable[..., Settings],
+    demo_bundle: Path,
     sample_studies: list[Path],
     browser: object,
 ) -> None:
+    """The README's pictures: the demo model (trained on phantoms) on the wrist study."""
     require(ORTHANC_WEBVIEWER_PLUGIN.is_file(), "apt-get install orthanc-webviewer")
     # A fresh folder: a picture left by an earlier run must not pass for this run's.
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
@@ -114,7 +116,9 @@ def test_ai_series_are_listed_and_the_summary_renders_in_the_browser(
         pacs = Destination(
             name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=orthanc.dicom_port
         )
-        settings = make_settings(port=node_port, destinations=(pacs,))
+        settings = make_settings(
+            port=node_port, destinations=(pacs,), model_bundle_dir=demo_bundle
+        )
         files = sorted(sample_studies[0].glob("*.dcm"))
         for path in files:
             orthanc.upload(path)
