@@ -25,13 +25,13 @@ from config.settings import Hl7Destination
 from db.audit import AuditEventType, AuditLog
 from db.models import Delivery, DeliveryStatus, RunStatus, Study, StudyStatus, TriageRun
 from db.repositories import RunRepository
+from dicom_node.outputs.drawing import BOX_COLOUR
 from dicom_node.outputs.summary import SUMMARY_SERIES_DESCRIPTION
 from flows.node.service import TriageService
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
 from flows.triage.flow import UNCHANGED, triage_study
 from flows.triage.payloads import TriageSummary
-from models.runtime.overlay import BOX_COLOUR
 from tests.hl7_listener import run_mllp_listener
 from tests.peers import Orthanc, assert_dciodvfy_clean, free_port, run_orthanc
 
