@@ -6,45 +6,38 @@ whose AI level is "fracture suspected" or "fracture likely",
 patient (PID), the order by accession number (ORC/OBR), the finding
 ``125605004^Fracture of bone^SCT`` with the level as a coded value, the
 probability, and the disclaimer with the model's name and version. The outbox
-sends the message file with :func:`send_mllp` and retries with backoff; an
-``AA``/``CA`` acknowledgement means delivered, ``AR``/``CR`` a permanent refusal,
-anything else (no answer, ``AE``) a retry.
+sends the message file (:mod:`dicom_node.delivery.mllp`) and retries with backoff.
+
+Free text is escaped with the ``hl7`` package's escaping (delimiters as ``\\F\\``,
+``\\S\\``..., non-ASCII as ``\\Xhh\\``), after control characters are made spaces:
+a field is one line, and the package writes characters below 0x10 as a malformed
+``\\X a\\`` (a space-padded hex).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import re
 
 import hl7
 from pydicom import Dataset
 
-from config import FractureLevel
 from config.domain.findings import AlgorithmIdentity, StudyFinding
 from config.domain.vocabulary import (
     AI_RESULT_DISCLAIMER,
     PRIVATE_CODING_SCHEME,
     SYNTHETIC_DATA_WARNING,
 )
+from dicom_node.outputs.codes import LEVEL_CODES
 
-__all__ = [
-    "MllpResult",
-    "build_oru_r01",
-    "send_mllp",
-    "send_mllp_files",
-]
+__all__ = ["build_oru_r01", "escape"]
 
 logger = logging.getLogger(__name__)
 
-_SB, _EB, _CR = b"\x0b", b"\x1c", b"\x0d"
-_LEVEL_CODES = {
-    FractureLevel.SUSPECTED: "FXSUSPECTED",
-    FractureLevel.LIKELY: "FXLIKELY",
-}
+#: A message with the standard delimiters, whose escaping :func:`escape` uses.
+_DELIMITERS = hl7.parse("MSH|^~\\&|FRACTURE_TRIAGE")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def build_oru_r01(
@@ -87,13 +80,15 @@ def build_oru_r01(
     if source.get("StudyInstanceUID") != finding.study_instance_uid:
         raise ValueError("the source image is not of the finding's study")
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d%H%M%S")
-    accession = _escape(str(source.get("AccessionNumber", "") or ""))
+    accession = escape(str(source.get("AccessionNumber", "") or ""))
     name = source.get("PatientName")
     patient_name = (
-        "^".join(_escape(part) for part in str(name).split("^")[:5]) if name is not None else ""
+        "^".join(escape(part) for part in str(name).split("=")[0].split("^")[:5])
+        if name is not None
+        else ""
     )
-    birth_date = str(source.get("PatientBirthDate", "") or "")
-    sex = str(source.get("PatientSex", "") or "")
+    birth_date = escape(str(source.get("PatientBirthDate", "") or ""))
+    sex = escape(str(source.get("PatientSex", "") or ""))
     level = finding.level
     assert level is not None  # a positive study has a level
     comment = f"{AI_RESULT_DISCLAIMER}. Model {algorithm.name} {algorithm.version}"
@@ -105,10 +100,10 @@ def build_oru_r01(
             [
                 "MSH",
                 "^~\\&",
-                _escape(sending_application),
-                _escape(sending_facility),
-                _escape(receiving_application),
-                _escape(receiving_facility),
+                escape(sending_application),
+                escape(sending_facility),
+                escape(receiving_application),
+                escape(receiving_facility),
                 stamp,
                 "",
                 "ORU^R01^ORU_R01",
@@ -122,7 +117,7 @@ def build_oru_r01(
                 "PID",
                 "1",
                 "",
-                f"{_escape(str(source.get('PatientID', '') or ''))}",
+                f"{escape(str(source.get('PatientID', '') or ''))}",
                 "",
                 patient_name,
                 "",
@@ -139,7 +134,7 @@ def build_oru_r01(
                 "CWE",
                 "125605004^Fracture of bone^SCT",
                 "1",
-                f"{_LEVEL_CODES[level]}^{_escape(level.value)}^{PRIVATE_CODING_SCHEME}",
+                f"{LEVEL_CODES[level].value}^{escape(level.value)}^{PRIVATE_CODING_SCHEME}",
                 "",
                 "",
                 "A",
@@ -177,7 +172,7 @@ def build_oru_r01(
                 "ST",
                 "STUDYUID^Study Instance UID^99FXTRIAGE",
                 "1",
-                _escape(finding.study_instance_uid),
+                escape(finding.study_instance_uid),
                 "",
                 "",
                 "",
@@ -186,78 +181,14 @@ def build_oru_r01(
                 "P",
             ]
         ),
-        "|".join(["NTE", "1", "L", _escape(comment)]),
+        "|".join(["NTE", "1", "L", escape(comment)]),
     ]
     message = "\r".join(segments)
     hl7.parse(message)  # must parse back: catches a broken segment before it is queued
     return message
 
 
-@dataclass(frozen=True)
-class MllpResult:
-    """The outcome of one MLLP exchange."""
-
-    success: bool
-    permanent: bool = False
-    error: str | None = None
-    acknowledgement: str | None = None
-
-
-def send_mllp(message: str | bytes, host: str, port: int, *, timeout: float = 30.0) -> MllpResult:
-    """Send one HL7 message over MLLP and read the acknowledgement.
-
-    Returns
-    -------
-    MllpResult
-        success for ``AA``/``CA``; permanent for ``AR``/``CR``; otherwise a
-        transient failure (connection refused, timeout, ``AE``, garbage).
-    """
-    payload = message.encode("utf-8") if isinstance(message, str) else message
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(_SB + payload + _EB + _CR)
-            buffer = b""
-            while _EB + _CR not in buffer:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buffer += chunk
-    except OSError as error:
-        return MllpResult(False, error=f"MLLP {host}:{port}: {type(error).__name__}: {error}")
-    start, end = buffer.find(_SB), buffer.find(_EB + _CR)
-    if start < 0 or end < 0:
-        return MllpResult(False, error=f"MLLP {host}:{port}: no framed acknowledgement")
-    ack = buffer[start + 1 : end].decode("utf-8", errors="replace")
-    try:
-        code = str(hl7.parse(ack).segment("MSA")[1])
-    except (KeyError, IndexError, ValueError) as error:
-        return MllpResult(False, error=f"unreadable acknowledgement: {error}", acknowledgement=ack)
-    if code in ("AA", "CA"):
-        return MllpResult(True, acknowledgement=ack)
-    return MllpResult(
-        False,
-        permanent=code in ("AR", "CR"),
-        error=f"acknowledgement {code}",
-        acknowledgement=ack,
-    )
-
-
-def send_mllp_files(
-    paths: Sequence[Path], host: str, port: int, *, timeout: float = 30.0
-) -> list[MllpResult]:
-    """Send message files (one message each) in order, one connection per message."""
-    return [send_mllp(path.read_bytes(), host, port, timeout=timeout) for path in paths]
-
-
-def _escape(text: str) -> str:
-    """HL7 escape sequences for the delimiters in free text."""
-    return (
-        text.replace("\\", "\\E\\")
-        .replace("|", "\\F\\")
-        .replace("^", "\\S\\")
-        .replace("&", "\\T\\")
-        .replace("~", "\\R\\")
-        .replace("\r", " ")
-        .replace("\n", " ")
-    )
+def escape(text: str) -> str:
+    """Free text for one HL7 field: control characters as spaces, then the ``hl7``
+    package's escape sequences for the delimiters and non-ASCII characters."""
+    return str(_DELIMITERS.escape(_CONTROL.sub(" ", text)))
