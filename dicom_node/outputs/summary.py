@@ -24,7 +24,7 @@ import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw
 from pydicom import Dataset
-from pydicom.uid import JPEGLSLossless
+from pydicom.uid import JPEG2000Lossless
 
 from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding
 from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING, FractureLevel
@@ -238,7 +238,7 @@ def build_summary_secondary_capture(
     instance: NewInstance,
     *,
     intended_use: str | None = None,
-    transfer_syntax_uid: str = JPEGLSLossless,
+    transfer_syntax_uid: str = JPEG2000Lossless,
 ) -> hd.sc.SCImage:
     """Build the study's summary Secondary Capture.
 
@@ -256,7 +256,7 @@ def build_summary_secondary_capture(
     intended_use: str | None, optional
         The model's intended use, printed under the warnings.
     transfer_syntax_uid: str, optional
-        A lossless transfer syntax (default JPEG-LS Lossless).
+        A lossless transfer syntax (default JPEG 2000 Lossless).
 
     Returns
     -------

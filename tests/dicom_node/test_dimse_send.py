@@ -16,6 +16,7 @@ from pydicom import Dataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
 )
@@ -24,11 +25,40 @@ from config import Destination
 from config.domain.findings import AlgorithmIdentity, StudyFinding
 from dicom_node.delivery.dimse import UNCOMPRESSED, requested_contexts, send_files
 from dicom_node.outputs.instance import NewInstance
+from dicom_node.outputs.secondary_capture import build_annotated_view
 from dicom_node.outputs.sr import build_triage_sr
-from tests.dicom_node.builders import annotated
+from tests.dicom_node.builders import blob
 from tests.peers import free_port, require_binary, run_orthanc, wait_for_port
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _outputs(
+    directory: Path,
+    images: list[Dataset],
+    finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+    syntax: str,
+) -> list[Path]:
+    """A compressed annotated view and an (uncompressed) SR of one study, as files."""
+    source = images[0]
+    display = np.linspace(0, 1, 256 * 256, dtype=np.float32).reshape(256, 256)
+    sc = build_annotated_view(
+        source,
+        display,
+        finding.images[0],
+        algorithm,
+        NewInstance.new_series(9002),
+        cam=blob(256, 256),
+        transfer_syntax_uid=syntax,
+    )
+    sr = build_triage_sr(images, finding, algorithm, NewInstance.new_series(9001))
+    paths = []
+    for name, dataset in (("sc.dcm", sc), ("sr.dcm", sr)):
+        paths.append(directory / name)
+        dataset.save_as(paths[-1], enforce_file_format=True)
+    assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == syntax
+    return paths
 
 
 @pytest.fixture
@@ -38,15 +68,8 @@ def outputs(
     positive_finding: StudyFinding,
     algorithm: AlgorithmIdentity,
 ) -> list[Path]:
-    """A JPEG-LS annotated view and an (uncompressed) SR of one study, as files."""
-    sc = annotated(dx_images, positive_finding, algorithm, NewInstance.new_series(9002))
-    sr = build_triage_sr(dx_images, positive_finding, algorithm, NewInstance.new_series(9001))
-    paths = []
-    for name, dataset in (("sc.dcm", sc), ("sr.dcm", sr)):
-        paths.append(tmp_path / name)
-        dataset.save_as(paths[-1], enforce_file_format=True)
-    assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == JPEGLSLossless
-    return paths
+    """JPEG-LS: dcmtk's storescp decodes it (it has no JPEG 2000 codec)."""
+    return _outputs(tmp_path, dx_images, positive_finding, algorithm, JPEGLSLossless)
 
 
 @contextlib.contextmanager
@@ -110,16 +133,22 @@ def test_a_peer_gets_the_capture_in_a_syntax_it_accepts_in_one_association(
     np.testing.assert_array_equal(stored.pixel_array, sent.pixel_array)  # lossless
 
 
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless], ids=["j2k", "jpeg-ls"])
 def test_orthanc_takes_the_compressed_capture_as_written(
-    tmp_path: Path, outputs: list[Path]
+    tmp_path: Path,
+    dx_images: list[Dataset],
+    positive_finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+    syntax: str,
 ) -> None:
+    files = _outputs(tmp_path, dx_images, positive_finding, algorithm, syntax)
     with run_orthanc(tmp_path / "orthanc") as orthanc:
         pacs = Destination(
             name="pacs", ae_title=orthanc.ae_title, host="127.0.0.1", port=orthanc.dicom_port
         )
-        results = send_files(outputs, pacs, "FRACTURE_TRIAGE", timeout=30)
+        results = send_files(files, pacs, "FRACTURE_TRIAGE", timeout=30)
         assert all(r.success for r in results), [r.error for r in results]
-        sop = str(pydicom.dcmread(outputs[0]).SOPInstanceUID)
+        sop = str(pydicom.dcmread(files[0]).SOPInstanceUID)
         (found,) = orthanc.request("POST", "/tools/lookup", sop.encode())
-        syntax = orthanc.get(f"/instances/{found['ID']}/metadata/TransferSyntax")
-    assert syntax.decode() == JPEGLSLossless
+        stored = orthanc.get(f"/instances/{found['ID']}/metadata/TransferSyntax")
+    assert stored.decode() == syntax

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom import Dataset
-from pydicom.uid import JPEGLSLossless, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from config.domain.findings import AlgorithmIdentity, BoundingBox, ImageFinding, OperatingPoints
 from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
@@ -77,13 +77,14 @@ def test_annotated_view_is_valid_and_keeps_every_radiograph_pixel_below_its_band
 
     sc = pydicom.dcmread(path)
     assert sc.SOPClassUID == SECONDARY_CAPTURE
-    assert sc.file_meta.TransferSyntaxUID == JPEGLSLossless
+    assert sc.file_meta.TransferSyntaxUID == JPEG2000Lossless
     assert sc.StudyInstanceUID == dx_image.StudyInstanceUID
     assert sc.SeriesInstanceUID != dx_image.SeriesInstanceUID
     assert sc.SeriesDescription == ANNOTATED_HEATMAP_SERIES_DESCRIPTION
     assert (sc.PatientName, sc.PatientID) == (dx_image.PatientName, dx_image.PatientID)
     assert (sc.BurnedInAnnotation, sc.ImageComments) == ("YES", AI_RESULT_DISCLAIMER)
-    assert (sc.PhotometricInterpretation, sc.SamplesPerPixel) == ("RGB", 3)
+    # RGB coded with JPEG 2000's reversible colour transform.
+    assert (sc.PhotometricInterpretation, sc.SamplesPerPixel) == ("YBR_RCT", 3)
     assert sc.Columns == dx_image.Columns
     band = _band_rows(sc, dx_image)
     assert 0 < band < dx_image.Rows // 2
@@ -157,19 +158,22 @@ def test_a_view_not_assessed_gets_no_annotated_copy(
         _build(dx_image, not_assessed(dx_image.SOPInstanceUID), algorithm)
 
 
-def test_other_lossless_syntaxes_and_their_pixels(
+def test_every_lossless_syntax_keeps_the_same_pixels(
     dx_image: Dataset, algorithm: AlgorithmIdentity
 ) -> None:
-    jpeg_ls = _build(dx_image, _view(dx_image, 0.9), algorithm, cam=blob(256, 256))
-    rle = _build(
-        dx_image,
-        _view(dx_image, 0.9),
-        algorithm,
-        cam=blob(256, 256),
-        transfer_syntax_uid=RLELossless,
-    )
-    assert rle.file_meta.TransferSyntaxUID == RLELossless
-    np.testing.assert_array_equal(jpeg_ls.pixel_array, rle.pixel_array)
+    pictures = []
+    for syntax in (JPEG2000Lossless, JPEGLSLossless, RLELossless, ExplicitVRLittleEndian):
+        sc = _build(
+            dx_image,
+            _view(dx_image, 0.9),
+            algorithm,
+            cam=blob(256, 256),
+            transfer_syntax_uid=syntax,
+        )
+        assert sc.file_meta.TransferSyntaxUID == syntax
+        pictures.append(sc.pixel_array)
+    for picture in pictures[1:]:
+        np.testing.assert_array_equal(picture, pictures[0])
     with pytest.raises(ValueError, match="not one of"):
         _build(dx_image, _view(dx_image, 0.9), algorithm, transfer_syntax_uid="1.2.840.10008.1.2")
 

@@ -72,9 +72,9 @@ def test_summary_is_valid_and_references_every_view(
     assert sc.SeriesInstanceUID not in {ds.SeriesInstanceUID for ds in dx_images}
     assert sc.PatientID == source.PatientID
     assert sc.SeriesDescription == SUMMARY_SERIES_DESCRIPTION
-    assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"  # JPEG-LS Lossless
+    assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"  # JPEG 2000 Lossless
     assert sc.Columns == SUMMARY_WIDTH and sc.Rows >= 768
-    assert sc.PhotometricInterpretation == "RGB"
+    assert sc.PhotometricInterpretation == "YBR_RCT"  # RGB, reversibly transformed
     assert sc.BurnedInAnnotation == "YES"
     assert sc.ImageComments == AI_RESULT_DISCLAIMER
     assert {item.ReferencedSOPInstanceUID for item in sc.ReferencedImageSequence} == {
