@@ -54,24 +54,12 @@ def build_oru_r01(
 ) -> str:
     """Build the ORU^R01 of a positive study (segments separated by carriage returns).
 
-    Parameters
-    ----------
-    source: pydicom.Dataset
-        One source image of the study (patient, accession number and study UID
-        are read from its header).
-    finding: config.domain.findings.StudyFinding
-        The study finding; its level must be suspected or likely.
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model that produced `finding`.
-    control_id: str
-        MSH-10, unique per message (at most 20 characters).
-
-    Raises
-    ------
-    ValueError
-        When the study is not positive or the control ID is empty or too long.
+    ``source`` is one image of the study (patient and accession number are read from
+    its header, repaired: :mod:`dicom_node.outputs.sources`); ``control_id`` is MSH-10,
+    unique per message, 1-20 characters. A study that is not positive, a control ID
+    out of range or a source of another study raise ValueError.
     """
-    if not finding.is_positive or finding.fracture_probability is None:
+    if not finding.is_positive or finding.fracture_probability is None or not finding.level:
         raise ValueError(
             f"study {finding.study_instance_uid} is not positive ({finding.level}): no ORU"
         )
@@ -80,112 +68,80 @@ def build_oru_r01(
     if source.get("StudyInstanceUID") != finding.study_instance_uid:
         raise ValueError("the source image is not of the finding's study")
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d%H%M%S")
-    accession = escape(str(source.get("AccessionNumber", "") or ""))
-    name = source.get("PatientName")
-    patient_name = (
-        "^".join(escape(part) for part in str(name).split("=")[0].split("^")[:5])
-        if name is not None
-        else ""
-    )
-    birth_date = escape(str(source.get("PatientBirthDate", "") or ""))
-    sex = escape(str(source.get("PatientSex", "") or ""))
+    accession = _text(source, "AccessionNumber")
     level = finding.level
-    assert level is not None  # a positive study has a level
-    comment = f"{AI_RESULT_DISCLAIMER}. Model {algorithm.name} {algorithm.version}"
-    if algorithm.trained_on_synthetic_data:
-        comment += f". {SYNTHETIC_DATA_WARNING}"
-    service = f"FXTRIAGE^AI fracture triage^{PRIVATE_CODING_SCHEME}"
     segments = [
-        "|".join(
-            [
-                "MSH",
-                "^~\\&",
-                escape(sending_application),
-                escape(sending_facility),
-                escape(receiving_application),
-                escape(receiving_facility),
-                stamp,
-                "",
-                "ORU^R01^ORU_R01",
-                control_id,
-                "P",
-                "2.5.1",
-            ]
+        _segment(
+            "MSH", "^~\\&", escape(sending_application), escape(sending_facility),
+            escape(receiving_application), escape(receiving_facility), stamp, "",
+            "ORU^R01^ORU_R01", control_id, "P", "2.5.1",
         ),
-        "|".join(
-            [
-                "PID",
-                "1",
-                "",
-                f"{escape(str(source.get('PatientID', '') or ''))}",
-                "",
-                patient_name,
-                "",
-                birth_date,
-                sex,
-            ]
+        _patient(source),
+        _segment("ORC", "RE", accession, accession),
+        _segment("OBR", "1", accession, accession, _SERVICE, "", "", stamp, *[""] * 17, "P"),
+        _observation(
+            "1", "CWE", "125605004^Fracture of bone^SCT",
+            f"{LEVEL_CODES[level].value}^{escape(level.value)}^{PRIVATE_CODING_SCHEME}",
+            stamp, abnormal="A",
         ),
-        "|".join(["ORC", "RE", accession, accession]),
-        "|".join(["OBR", "1", accession, accession, service, "", "", stamp] + [""] * 17 + ["P"]),
-        "|".join(
-            [
-                "OBX",
-                "1",
-                "CWE",
-                "125605004^Fracture of bone^SCT",
-                "1",
-                f"{LEVEL_CODES[level].value}^{escape(level.value)}^{PRIVATE_CODING_SCHEME}",
-                "",
-                "",
-                "A",
-                "",
-                "",
-                "P",
-                "",
-                "",
-                stamp,
-            ]
+        _observation(
+            "2", "NM", f"FXPROB^Fracture probability^{PRIVATE_CODING_SCHEME}",
+            f"{finding.fracture_probability:.3f}", stamp, units="1^no units^UCUM",
         ),
-        "|".join(
-            [
-                "OBX",
-                "2",
-                "NM",
-                f"FXPROB^Fracture probability^{PRIVATE_CODING_SCHEME}",
-                "1",
-                f"{finding.fracture_probability:.3f}",
-                "1^no units^UCUM",
-                "",
-                "",
-                "",
-                "",
-                "P",
-                "",
-                "",
-                stamp,
-            ]
+        _observation(
+            "3", "ST", f"STUDYUID^Study Instance UID^{PRIVATE_CODING_SCHEME}",
+            escape(finding.study_instance_uid), stamp,
         ),
-        "|".join(
-            [
-                "OBX",
-                "3",
-                "ST",
-                "STUDYUID^Study Instance UID^99FXTRIAGE",
-                "1",
-                escape(finding.study_instance_uid),
-                "",
-                "",
-                "",
-                "",
-                "",
-                "P",
-            ]
-        ),
-        "|".join(["NTE", "1", "L", escape(comment)]),
-    ]
+        _segment("NTE", "1", "L", escape(_comment(algorithm))),
+    ]  # fmt: skip
     message = "\r".join(segments)
     hl7.parse(message)  # must parse back: catches a broken segment before it is queued
     return message
+
+
+_SERVICE = f"FXTRIAGE^AI fracture triage^{PRIVATE_CODING_SCHEME}"
+
+
+def _segment(name: str, *fields: str) -> str:
+    return "|".join((name, *fields))
+
+
+def _observation(
+    set_id: str,
+    value_type: str,
+    identifier: str,
+    value: str,
+    stamp: str,
+    *,
+    units: str = "",
+    abnormal: str = "",
+) -> str:
+    """An OBX: preliminary (OBX-11 P), observed at ``stamp`` (OBX-14)."""
+    return _segment(
+        "OBX", set_id, value_type, identifier, "1", value, units, "", abnormal, "", "", "P",
+        "", "", stamp,
+    )  # fmt: skip
+
+
+def _patient(source: Dataset) -> str:
+    """PID: ID, name (the first component group, five components), birth date, sex."""
+    name = source.get("PatientName")
+    components = str(name).split("=")[0].split("^")[:5] if name is not None else []
+    return _segment(
+        "PID", "1", "", _text(source, "PatientID"), "", "^".join(map(escape, components)), "",
+        _text(source, "PatientBirthDate"), _text(source, "PatientSex"),
+    )  # fmt: skip
+
+
+def _text(source: Dataset, keyword: str) -> str:
+    return escape(str(source.get(keyword, "") or ""))
+
+
+def _comment(algorithm: AlgorithmIdentity) -> str:
+    comment = f"{AI_RESULT_DISCLAIMER}. Model {algorithm.name} {algorithm.version}"
+    if algorithm.trained_on_synthetic_data:
+        comment += f". {SYNTHETIC_DATA_WARNING}"
+    return comment
 
 
 def escape(text: str) -> str:

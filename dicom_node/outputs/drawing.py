@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from config.domain.findings import AlgorithmIdentity, ImageFinding
 from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING, FractureLevel
+from dicom_node.outputs.sources import check_types
 from dicom_node.outputs.wording import not_assessed_sentence, probability_text
 
 __all__ = [
@@ -155,10 +156,7 @@ def render_view(
 
 def banner_lines(finding: ImageFinding, algorithm: AlgorithmIdentity) -> list[str]:
     """The band's text: disclaimer, result, model and, for synthetic training, the warning."""
-    if not isinstance(finding, ImageFinding):
-        raise TypeError(f"finding must be an ImageFinding, got {type(finding).__name__}")
-    if not isinstance(algorithm, AlgorithmIdentity):
-        raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
+    check_types(finding=(finding, ImageFinding), algorithm=(algorithm, AlgorithmIdentity))
     if finding.not_assessed is not None:
         result = not_assessed_sentence(finding.not_assessed)
     else:

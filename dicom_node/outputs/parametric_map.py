@@ -43,7 +43,7 @@ from config.domain.vocabulary import AI_RESULT_DISCLAIMER
 from dicom_node.outputs.codes import NO_UNITS
 from dicom_node.outputs.equipment import contributing_equipment, laterality
 from dicom_node.outputs.instance import NewInstance
-from dicom_node.outputs.sources import IDENTIFYING_UIDS, quiet_warnings, repaired_header
+from dicom_node.outputs.sources import quiet_warnings, view_header
 from dicom_node.uids import derived_uid
 
 __all__ = [
@@ -140,46 +140,48 @@ def build_heatmap_parametric_map(
     algorithm: AlgorithmIdentity,
     instance: NewInstance,
 ) -> hd.pm.ParametricMap:
-    """Build the Parametric Map of one view's Grad-CAM heatmap.
+    """Build the Parametric Map of one positive view's Grad-CAM heatmap.
 
-    Parameters
-    ----------
-    source: pydicom.Dataset
-        The source view (its header suffices; broken values are written empty).
-    heatmap: numpy.ndarray
-        Float Grad-CAM map of `source` in [0, 1] covering the whole image, on the
-        source's grid or any coarser grid of the same aspect; one larger than
-        :func:`map_shape` is reduced to it by area averaging.
-    finding: config.domain.findings.ImageFinding
-        The result of `source` (same SOP Instance UID), assessed.
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model that produced `finding` and `heatmap`.
-    instance: dicom_node.outputs.instance.NewInstance
-        The map's series and instance (not the source's).
-
-    Returns
-    -------
-    highdicom.pm.ParametricMap
-        One 16-bit frame with a ``Grad-CAM`` real world value mapping (slope
-        1/65535, unit ``1``), a 0-1 window, Contributing Equipment naming the
-        algorithm, and references to the source.
-
-    Raises
-    ------
-    UndefinedGeometryError
-        When the source has no usable Patient Orientation or pixel spacing.
-    ValueError
-        When an input is inconsistent (the message names the bad value).
+    ``heatmap`` is the float map of ``source`` in [0, 1] covering the whole image, on
+    the source's grid or any coarser grid of its aspect; one larger than
+    :func:`map_shape` is reduced to it by area averaging. The map: one 16-bit frame,
+    a ``Grad-CAM`` real world value mapping (slope 1/65535, unit ``1``), a 0-1 window,
+    the algorithm as Contributing Equipment, references to the source. A source
+    without usable Patient Orientation or pixel spacing raises
+    :class:`UndefinedGeometryError`; other wrong inputs TypeError or ValueError.
     """
-    header = _checked_source(source, finding, algorithm, instance)
+    header = view_header(source, finding, algorithm, instance)
     rows, columns = int(header.Rows), int(header.Columns)
     checked = _check_heatmap(heatmap, (rows, columns))
     largest = map_shape(rows, columns)
     values = checked if checked.shape[0] <= largest[0] else _reduced(checked, largest)
     geometry = _map_geometry(header, values.shape)
     stored = np.round(values * _STORED_MAX).astype(np.uint16)
+    pm = _parametric_map(stored, geometry, algorithm, instance)
+    # A projection has no slices: highdicom may add the nominal thickness and spacing.
+    measures = pm.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    for keyword in ("SliceThickness", "SpacingBetweenSlices"):
+        if keyword in measures:
+            delattr(measures, keyword)
+    # General Series, Type 2C (empty where the view names no side); no highdicom argument.
+    pm.Laterality = laterality(header) or ""
+    pm.ImageComments = AI_RESULT_DISCLAIMER  # General Image; no highdicom argument
+    logger.info(
+        "built Parametric Map %s (series %s) of image %s: %d x %d, region %s",
+        instance.sop_instance_uid,
+        instance.series_instance_uid,
+        header.SOPInstanceUID,
+        *values.shape,
+        finding.region,
+    )
+    return pm
+
+
+def _parametric_map(
+    stored: np.ndarray, geometry: _Geometry, algorithm: AlgorithmIdentity, instance: NewInstance
+) -> hd.pm.ParametricMap:
     with quiet_warnings("building the Parametric Map"):
-        pm = hd.pm.ParametricMap(
+        return hd.pm.ParametricMap(
             source_images=[geometry.source],
             pixel_array=stored,
             manufacturer=algorithm.manufacturer,
@@ -202,46 +204,6 @@ def build_heatmap_parametric_map(
             ),
             **instance.series_attributes(PM_SERIES_DESCRIPTION),
         )
-    # A projection has no slices: highdicom may add the nominal thickness and spacing.
-    measures = pm.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-    for keyword in ("SliceThickness", "SpacingBetweenSlices"):
-        if keyword in measures:
-            delattr(measures, keyword)
-    # General Series, Type 2C (empty where the view names no side); no highdicom argument.
-    pm.Laterality = laterality(header) or ""
-    pm.ImageComments = AI_RESULT_DISCLAIMER  # General Image; no highdicom argument
-    logger.info(
-        "built Parametric Map %s (series %s) of image %s: %d x %d, region %s",
-        instance.sop_instance_uid,
-        instance.series_instance_uid,
-        header.SOPInstanceUID,
-        *values.shape,
-        finding.region,
-    )
-    return pm
-
-
-def _checked_source(
-    source: Dataset, finding: ImageFinding, algorithm: AlgorithmIdentity, instance: NewInstance
-) -> Dataset:
-    """The repaired header of a source that can carry the map of `finding`."""
-    if not isinstance(finding, ImageFinding):
-        raise TypeError(f"finding must be an ImageFinding, got {type(finding).__name__}")
-    if not isinstance(algorithm, AlgorithmIdentity):
-        raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
-    header = repaired_header(source).dataset
-    missing = [k for k in (*IDENTIFYING_UIDS, "Rows", "Columns") if not header.get(k)]
-    if missing:
-        raise ValueError(f"source lacks {', '.join(missing)}")
-    if finding.sop_instance_uid != header.SOPInstanceUID:
-        raise ValueError(
-            f"finding is for image {finding.sop_instance_uid}, not for the source "
-            f"{header.SOPInstanceUID}"
-        )
-    if not finding.assessed:
-        raise ValueError(f"image {finding.sop_instance_uid} was not assessed: it has no heatmap")
-    instance.check_new_among([header])
-    return header
 
 
 def _mapping() -> hd.pm.RealWorldValueMapping:

@@ -26,7 +26,7 @@ from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding
 from config.domain.vocabulary import AI_RESULT_DISCLAIMER
 from dicom_node.outputs.equipment import common_laterality, contributing_equipment
 from dicom_node.outputs.instance import NewInstance
-from dicom_node.outputs.sources import check_sources, quiet_warnings, repaired_header
+from dicom_node.outputs.sources import quiet_warnings, study_headers
 from dicom_node.outputs.sr import box_polyline
 from dicom_node.outputs.wording import GATE_LABELS, probability_text
 
@@ -103,30 +103,11 @@ def build_triage_gsps(
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """Build the study's presentation state: boxes on positive views, a text on each.
 
-    Parameters
-    ----------
-    source_images: Sequence[pydicom.Dataset]
-        The study's grayscale source images (headers suffice: Rows, Columns,
-        window and rescale attributes are read; broken values are written empty).
-    finding: config.domain.findings.StudyFinding
-        The study finding; each image finding must have its source here.
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model that produced `finding`.
-    instance: dicom_node.outputs.instance.NewInstance
-        The presentation state's series and instance (not a source's).
-
-    Returns
-    -------
-    highdicom.pr.GrayscaleSoftcopyPresentationState
-        Referencing every view, with one graphic annotation per view.
+    ``source_images`` are the study's grayscale views (headers suffice: Rows, Columns,
+    window and rescale attributes are read); the state references every view, with
+    one graphic annotation per view. Wrong inputs raise TypeError or ValueError.
     """
-    if not isinstance(finding, StudyFinding):
-        raise TypeError(f"finding must be a StudyFinding, got {type(finding).__name__}")
-    if not isinstance(algorithm, AlgorithmIdentity):
-        raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
-    checked = check_sources(source_images, finding.study_instance_uid)
-    instance.check_new_among(checked.values())
-    sources = {uid: repaired_header(ds).dataset for uid, ds in checked.items()}
+    sources = study_headers(source_images, finding, algorithm, instance)
     layer = hd.pr.GraphicLayer(
         layer_name=GSPS_LAYER,
         order=1,

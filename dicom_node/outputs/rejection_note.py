@@ -21,7 +21,7 @@ from pydicom.sr.codedict import codes
 from config.domain.findings import AlgorithmIdentity
 from dicom_node.outputs.equipment import AI_SERIES_PREFIX, contributing_equipment
 from dicom_node.outputs.instance import NewInstance
-from dicom_node.outputs.sources import quiet_warnings
+from dicom_node.outputs.sources import check_types, quiet_warnings
 from dicom_node.outputs.sr import device_observer
 
 __all__ = [
@@ -48,31 +48,13 @@ def build_rejection_note(
 ) -> hd.ko.KeyObjectSelectionDocument:
     """Build the IOCM rejection note for superseded AI objects of one study.
 
-    Parameters
-    ----------
-    rejected: Sequence[pydicom.Dataset]
-        The superseded objects (headers suffice), all of one study; our own
-        objects, so their headers need no repair.
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model whose new results supersede them (the note's observer).
-    instance: dicom_node.outputs.instance.NewInstance
-        The note's series and instance; neither may be a rejected object's.
-    reason: str
-        Why they are withdrawn (the Key Object Description), e.g. the new run.
-
-    Returns
-    -------
-    highdicom.ko.KeyObjectSelectionDocument
-        Titled "Rejected for Quality Reasons", referencing every rejected object.
-
-    Raises
-    ------
-    ValueError
-        If `rejected` is empty, spans several studies, or the new series or
-        instance is a rejected object's.
+    ``rejected`` are the superseded objects (headers suffice), all of one study, our
+    own (their headers need no repair); ``instance`` may be none of theirs; ``reason``
+    (the Key Object Description) says why, e.g. the new run. The note is titled
+    "Rejected for Quality Reasons" and references every rejected object; an empty or
+    multi-study ``rejected``, an empty reason or a taken UID raise ValueError.
     """
-    if not isinstance(algorithm, AlgorithmIdentity):
-        raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
+    check_types(algorithm=(algorithm, AlgorithmIdentity), instance=(instance, NewInstance))
     if isinstance(rejected, Dataset) or not rejected:
         raise ValueError("rejected must be a non-empty sequence of datasets")
     studies = {str(ds.StudyInstanceUID) for ds in rejected}

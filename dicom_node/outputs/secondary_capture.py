@@ -34,10 +34,10 @@ from pydicom.uid import (
 
 from config.domain.findings import AlgorithmIdentity, ImageFinding
 from config.domain.vocabulary import AI_RESULT_DISCLAIMER
-from dicom_node.outputs.drawing import annotated_picture
+from dicom_node.outputs.drawing import AnnotatedPicture, annotated_picture
 from dicom_node.outputs.equipment import contributing_equipment, laterality
 from dicom_node.outputs.instance import NewInstance
-from dicom_node.outputs.sources import IDENTIFYING_UIDS, quiet_warnings, repaired_header
+from dicom_node.outputs.sources import quiet_warnings, view_header
 
 __all__ = [
     "ANNOTATED_HEATMAP_SERIES_DESCRIPTION",
@@ -79,37 +79,13 @@ def build_annotated_view(
 ) -> hd.sc.SCImage:
     """Build the annotated Secondary Capture of one assessed view.
 
-    Parameters
-    ----------
-    source: pydicom.Dataset
-        The source image (its header suffices; broken values are written empty).
-    display: numpy.ndarray
-        ``(Rows, Columns)`` float image in [0, 1]: the source as its VOI renders it.
-    finding: config.domain.findings.ImageFinding
-        The result of `source` (same SOP Instance UID), assessed.
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model that produced `finding`.
-    instance: dicom_node.outputs.instance.NewInstance
-        The capture's series and instance (not the source's).
-    cam: numpy.ndarray | None, optional
-        Grad-CAM's map on the source grid, [0, 1]; drawn only on a positive view.
-    transfer_syntax_uid: str, optional
-        One of :data:`LOSSLESS_TRANSFER_SYNTAXES` (default JPEG 2000 Lossless).
-
-    Returns
-    -------
-    highdicom.sc.SCImage
-        RGB, the band's rows plus the source's rows, the source's columns; Source
-        and Referenced Image Sequences pointing at `source`.
-
-    Raises
-    ------
-    ValueError
-        When an input is inconsistent (the message names the bad value).
-    TypeError
-        When an input has the wrong type.
+    ``display`` is the source as its VOI renders it, ``(Rows, Columns)`` floats in
+    [0, 1]; ``cam`` Grad-CAM's map on the same grid, drawn only on a positive view.
+    The capture: RGB, the band's rows plus the source's rows, the source's columns,
+    Source and Referenced Image Sequences pointing at ``source``. Wrong inputs raise
+    TypeError or ValueError naming the value.
     """
-    header = _checked_source(source, finding, instance)
+    header = view_header(source, finding, algorithm, instance)
     expected = (int(header.Rows), int(header.Columns))
     if np.shape(display) != expected or (cam is not None and np.shape(cam) != expected):
         shapes = (np.shape(display), None if cam is None else np.shape(cam))
@@ -134,16 +110,7 @@ def build_annotated_view(
         transfer_syntax_uid=transfer_syntax_uid,
     )
     _keep_lossy_history(header, sc)
-    drawn = "Grad-CAM heatmap (absolute scale) and finding box" if picture.heatmap_drawn else ""
-    drawn = drawn or ("finding box" if finding.is_positive and finding.box else "no marks")
-    # highdicom's SC constructor has no argument for these two (SC Image, General Image).
-    sc.DerivationDescription = (
-        f"{drawn} of {algorithm.name} {algorithm.version} over the source image "
-        f"(dotted: suspected, solid: likely); result band of {picture.band_rows} rows added "
-        "above the image"
-    )[:1024]
-    sc.SourceImageSequence = [_image_reference(header, purpose=True)]
-    sc.ReferencedImageSequence = [_image_reference(header, purpose=False)]
+    _describe_derivation(sc, header, picture, finding, algorithm)
     logger.info(
         "built annotated view SC %s (series %s) of image %s: region %s, level %s, heatmap %s",
         instance.sop_instance_uid,
@@ -213,6 +180,26 @@ def rgb_secondary_capture(
     return sc
 
 
+def _describe_derivation(
+    sc: Dataset,
+    source: Dataset,
+    picture: AnnotatedPicture,
+    finding: ImageFinding,
+    algorithm: AlgorithmIdentity,
+) -> None:
+    """What was drawn, and the references to the source (no highdicom argument for these:
+    SC Image and General Image)."""
+    drawn = "Grad-CAM heatmap (absolute scale) and finding box" if picture.heatmap_drawn else ""
+    drawn = drawn or ("finding box" if finding.is_positive and finding.box else "no marks")
+    sc.DerivationDescription = (
+        f"{drawn} of {algorithm.name} {algorithm.version} over the source image "
+        f"(dotted: suspected, solid: likely); result band of {picture.band_rows} rows added "
+        "above the image"
+    )[:1024]
+    sc.SourceImageSequence = [_image_reference(source, purpose=True)]
+    sc.ReferencedImageSequence = [_image_reference(source, purpose=False)]
+
+
 def _keep_lossy_history(source: Dataset, sc: Dataset) -> None:
     """A copy of a lossy-compressed image says so (General Image; no highdicom argument)."""
     if source.get("LossyImageCompression") != "01":
@@ -229,25 +216,6 @@ def _single_letters(orientation: object) -> tuple[str, str] | None:
     if len(values) == 2 and all(len(v) == 1 and v in _BIPED_DIRECTIONS for v in values):
         return values[0], values[1]
     return None
-
-
-def _checked_source(source: Dataset, finding: ImageFinding, instance: NewInstance) -> Dataset:
-    """The repaired header of a source that can carry an annotated view of `finding`."""
-    if not isinstance(finding, ImageFinding):
-        raise TypeError(f"finding must be an ImageFinding, got {type(finding).__name__}")
-    if not isinstance(instance, NewInstance):
-        raise TypeError(f"instance must be a NewInstance, got {type(instance).__name__}")
-    header = repaired_header(source).dataset
-    missing = [k for k in (*IDENTIFYING_UIDS, "Rows", "Columns") if not header.get(k)]
-    if missing:
-        raise ValueError(f"source lacks {', '.join(missing)}")
-    if finding.sop_instance_uid != header.SOPInstanceUID:
-        raise ValueError(
-            f"finding is for image {finding.sop_instance_uid}, not for the source "
-            f"{header.SOPInstanceUID}"
-        )
-    instance.check_new_among([header])
-    return header
 
 
 def _image_reference(source: Dataset, *, purpose: bool) -> Dataset:

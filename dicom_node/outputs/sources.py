@@ -38,14 +38,19 @@ from pydicom.dataelem import DataElement
 from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import DA, DT, TM, PersonName, validate_value
 
+from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding
+from dicom_node.outputs.instance import NewInstance
+
 __all__ = [
     "COPIED_TYPE_2",
     "IDENTIFYING_UIDS",
     "RepairedHeader",
     "check_sources",
+    "check_types",
     "quiet_warnings",
     "repaired_header",
     "repaired_headers",
+    "view_header",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,8 +115,7 @@ def repaired_header(source: Dataset) -> RepairedHeader:
     TypeError
         When ``source`` is not a dataset.
     """
-    if not isinstance(source, Dataset):
-        raise TypeError(f"source must be a pydicom Dataset, got {type(source).__name__}")
+    check_types(source=(source, Dataset))
     header = Dataset()
     if hasattr(source, "file_meta"):
         header.file_meta = copy.deepcopy(source.file_meta)
@@ -141,6 +145,70 @@ def repaired_headers(sources: Sequence[Dataset]) -> tuple[list[Dataset], tuple[s
     results = [repaired_header(ds) for ds in sources]
     keywords = dict.fromkeys(keyword for result in results for keyword in result.repaired)
     return [result.dataset for result in results], tuple(keywords)
+
+
+def check_types(**arguments: tuple[object, type]) -> None:
+    """Raise TypeError naming the first argument that is not of its type.
+
+    ``check_types(finding=(finding, StudyFinding))`` -> "finding must be a StudyFinding, got
+    dict".
+    """
+    for name, (value, expected) in arguments.items():
+        if not isinstance(value, expected):
+            raise TypeError(f"{name} must be a {expected.__name__}, got {type(value).__name__}")
+
+
+def view_header(
+    source: Dataset, finding: ImageFinding, algorithm: AlgorithmIdentity, instance: NewInstance
+) -> Dataset:
+    """The repaired header of the one assessed view an output is about.
+
+    Raises TypeError for an argument of the wrong type; ValueError when the view was
+    not assessed, its header lacks an identifying UID, Rows or Columns, it is not the
+    image the finding is about, or ``instance`` is its series or instance.
+    """
+    check_types(
+        finding=(finding, ImageFinding),
+        algorithm=(algorithm, AlgorithmIdentity),
+        instance=(instance, NewInstance),
+    )
+    if not finding.assessed:
+        raise ValueError(f"image {finding.sop_instance_uid} was not assessed: no output of it")
+    header = repaired_header(source).dataset
+    missing = [k for k in (*IDENTIFYING_UIDS, "Rows", "Columns") if not header.get(k)]
+    if missing:
+        raise ValueError(f"source lacks {', '.join(missing)}")
+    if finding.sop_instance_uid != header.SOPInstanceUID:
+        raise ValueError(
+            f"finding is for image {finding.sop_instance_uid}, not for the source "
+            f"{header.SOPInstanceUID}"
+        )
+    instance.check_new_among([header])
+    return header
+
+
+def study_headers(
+    source_images: Sequence[Dataset],
+    finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+    instance: NewInstance,
+) -> dict[str, Dataset]:
+    """The repaired headers of a study's views by SOP Instance UID, checked for an output
+    about the whole study (every image of ``finding`` among them, ``instance`` new)."""
+    check_types(
+        finding=(finding, StudyFinding),
+        algorithm=(algorithm, AlgorithmIdentity),
+        instance=(instance, NewInstance),
+    )
+    checked = check_sources(source_images, finding.study_instance_uid)
+    instance.check_new_among(checked.values())
+    for image in finding.images:
+        if image.sop_instance_uid not in checked:
+            raise ValueError(
+                f"image finding {image.sop_instance_uid} has no source image; "
+                f"sources are {sorted(checked)}"
+            )
+    return {uid: repaired_header(ds).dataset for uid, ds in checked.items()}
 
 
 def check_sources(source_images: Sequence[Dataset], study_instance_uid: str) -> dict[str, Dataset]:

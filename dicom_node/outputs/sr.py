@@ -66,7 +66,7 @@ from dicom_node.outputs.codes import (
 )
 from dicom_node.outputs.equipment import common_laterality, contributing_equipment, laterality
 from dicom_node.outputs.instance import NewInstance
-from dicom_node.outputs.sources import check_sources, quiet_warnings, repaired_header
+from dicom_node.outputs.sources import check_types, quiet_warnings, study_headers
 from dicom_node.outputs.wording import (
     finding_sentence,
     not_assessed_sentence,
@@ -116,52 +116,17 @@ def build_triage_sr(
     include_rois: bool = True,
     previous_versions: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
-    """Build the triage Structured Report of a study.
+    """Build the triage Structured Report of a study: a Comprehensive 3D SR in a new
+    series, same patient and study as the sources, COMPLETE, UNVERIFIED and PRELIMINARY
+    (an AI result a reader has not signed).
 
-    Parameters
-    ----------
-    source_images: Sequence[pydicom.Dataset]
-        The source images of the study (headers suffice). Every image of `finding`
-        must be among them; all must belong to the study ``finding.study_instance_uid``.
-        Broken header values are written empty (:mod:`dicom_node.outputs.sources`).
-    finding: config.domain.findings.StudyFinding
-        Study-level result and the per-image findings behind it.
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model that produced `finding`.
-    instance: dicom_node.outputs.instance.NewInstance
-        The SR's series and instance (neither a source's).
-    institution_name: str | None, optional
-        Institution Name written to the SR.
-    include_rois: bool, optional
-        Give each positive view with a box a TID 1410 planar ROI (default);
-        ``False`` keeps every view a plain TID 1501 group.
-    previous_versions: Sequence[pydicom.Dataset], optional
-        Earlier triage reports of the study that this one supersedes (their
-        headers suffice); listed in the Predecessor Documents Sequence.
-
-    Returns
-    -------
-    highdicom.sr.Comprehensive3DSR
-        The SR document: same patient and study as the sources, COMPLETE,
-        UNVERIFIED and PRELIMINARY (an AI result a reader has not signed).
-
-    Raises
-    ------
-    ValueError
-        When an input is inconsistent (the message names the bad value).
-    TypeError
-        When an input has the wrong type.
+    ``source_images`` are the study's images (headers suffice; every image of
+    ``finding`` among them); ``include_rois`` gives each positive view with a box a
+    TID 1410 planar ROI (else plain TID 1501 groups); ``previous_versions`` are earlier
+    reports this one supersedes (Predecessor Documents Sequence). Wrong inputs raise
+    TypeError or ValueError naming the value.
     """
-    _check_types(finding, algorithm, instance)
-    checked = check_sources(source_images, finding.study_instance_uid)
-    instance.check_new_among(checked.values())
-    for image in finding.images:
-        if image.sop_instance_uid not in checked:
-            raise ValueError(
-                f"image finding {image.sop_instance_uid} has no matching source image; "
-                f"sources are {sorted(checked)}"
-            )
-    sources = {uid: repaired_header(ds).dataset for uid, ds in checked.items()}
+    sources = study_headers(source_images, finding, algorithm, instance)
     previous = _check_previous_versions(previous_versions, finding.study_instance_uid)
     groups = _groups(finding, algorithm, sources, instance, include_rois)
     report = hd.sr.MeasurementReport(
@@ -196,15 +161,6 @@ def build_triage_sr(
         finding.level,
     )
     return sr
-
-
-def _check_types(finding: object, algorithm: object, instance: object) -> None:
-    if not isinstance(finding, StudyFinding):
-        raise TypeError(f"finding must be a StudyFinding, got {type(finding).__name__}")
-    if not isinstance(algorithm, AlgorithmIdentity):
-        raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
-    if not isinstance(instance, NewInstance):
-        raise TypeError(f"instance must be a NewInstance, got {type(instance).__name__}")
 
 
 def _private_scheme(algorithm: AlgorithmIdentity) -> CodingSchemeIdentificationItem:
@@ -328,8 +284,7 @@ def box_polyline(box: BoundingBox, rows: int, columns: int) -> np.ndarray:
     along the outer pixel edges: from (col_min, row_min) to (col_max + 1,
     row_max + 1), clipped to the image. Five points, the last equal to the first.
     """
-    if not isinstance(box, BoundingBox):
-        raise TypeError(f"box must be a BoundingBox, got {type(box).__name__}")
+    check_types(box=(box, BoundingBox))
     left = min(float(box.col_min), columns - 1.0)
     top = min(float(box.row_min), rows - 1.0)
     right = min(float(box.col_max) + 1.0, float(columns))

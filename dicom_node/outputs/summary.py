@@ -32,7 +32,7 @@ from dicom_node.outputs.drawing import font, wrap_text
 from dicom_node.outputs.equipment import common_laterality, laterality
 from dicom_node.outputs.instance import NewInstance
 from dicom_node.outputs.secondary_capture import rgb_secondary_capture
-from dicom_node.outputs.sources import check_sources, repaired_header
+from dicom_node.outputs.sources import check_types, study_headers
 from dicom_node.outputs.wording import (
     GATE_LABELS,
     not_assessed_sentence,
@@ -131,10 +131,7 @@ def summary_page(
     intended_use: str | None = None,
 ) -> list[PageLine]:
     """The page's lines, top to bottom (what :func:`render_summary` draws)."""
-    if not isinstance(finding, StudyFinding):
-        raise TypeError(f"finding must be a StudyFinding, got {type(finding).__name__}")
-    if not isinstance(algorithm, AlgorithmIdentity):
-        raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
+    check_types(finding=(finding, StudyFinding), algorithm=(algorithm, AlgorithmIdentity))
     rows = summary_rows(source_images, finding)
     lines = [
         PageLine(("AI fracture triage",), "title"),
@@ -240,37 +237,12 @@ def build_summary_secondary_capture(
     intended_use: str | None = None,
     transfer_syntax_uid: str = JPEG2000Lossless,
 ) -> hd.sc.SCImage:
-    """Build the study's summary Secondary Capture.
-
-    Parameters
-    ----------
-    source_images: Sequence[pydicom.Dataset]
-        The study's source images (headers suffice; broken values are written
-        empty); patient and study come from the first.
-    finding: config.domain.findings.StudyFinding
-        The study finding.
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model that produced `finding`.
-    instance: dicom_node.outputs.instance.NewInstance
-        The summary's series and instance (not a source's).
-    intended_use: str | None, optional
-        The model's intended use, printed under the warnings.
-    transfer_syntax_uid: str, optional
-        A lossless transfer syntax (default JPEG 2000 Lossless).
-
-    Returns
-    -------
-    highdicom.sc.SCImage
-        RGB, 1024 columns, Referenced Image Sequence naming every view,
-        Contributing Equipment naming the algorithm.
+    """Build the study's summary Secondary Capture: the page of :func:`render_summary`,
+    1024 columns, patient and study from the first source, Referenced Image Sequence
+    naming every view; ``intended_use`` is printed under the warnings. Wrong inputs
+    raise TypeError or ValueError naming the value.
     """
-    if not isinstance(finding, StudyFinding):
-        raise TypeError(f"finding must be a StudyFinding, got {type(finding).__name__}")
-    headers = [
-        repaired_header(ds).dataset
-        for ds in check_sources(source_images, finding.study_instance_uid).values()
-    ]
-    instance.check_new_among(headers)
+    headers = list(study_headers(source_images, finding, algorithm, instance).values())
     pixels = render_summary(headers, finding, algorithm, intended_use)
     sc = rgb_secondary_capture(
         headers[0],
