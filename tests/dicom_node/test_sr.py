@@ -12,11 +12,13 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from config.domain.findings import AlgorithmIdentity, StudyFinding
+from config.domain.decision import ViewResult
+from config.domain.findings import AlgorithmIdentity, Gate, NotAssessed, StudyFinding
 from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
 from dicom_node.outputs.codes import PRIVATE_CODES, finding_site
 from dicom_node.outputs.instance import NewInstance
 from dicom_node.outputs.sr import build_triage_sr, device_observer_uid
+from tests.dicom_node.conftest import study_finding
 from tests.peers import require_binary
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -292,3 +294,25 @@ def test_patient_identifiers_are_not_logged(
     assert caplog.records
     assert "Doe" not in caplog.text
     assert str(dx_images[0].PatientID) not in caplog.text
+
+
+def test_an_unreadable_view_is_not_assessed_in_the_sr_with_its_coded_reason(
+    study_uid: str, dx_images: list[Dataset], algorithm: AlgorithmIdentity
+) -> None:
+    unreadable = NotAssessed(Gate.UNREADABLE, "the pixel data could not be decoded")
+    finding = study_finding(
+        study_uid,
+        [
+            ViewResult(dx_images[0].SOPInstanceUID, "wrist", 0.9, 0.2),
+            ViewResult(dx_images[1].SOPInstanceUID, not_assessed=unreadable),
+        ],
+    )
+    _, assessed_view, unreadable_view = _groups(_build(dx_images, finding, algorithm))
+    assert _code(_children(unreadable_view, "Reason not assessed for fracture")[0]) == (
+        "FXGATEUNREADABLE",
+        "99FXTRIAGE",
+    )
+    comments = [item.TextValue for item in _children(unreadable_view, "Comment")]
+    assert comments == ["Not assessed for fracture: the pixel data could not be decoded."]
+    assert not _children(unreadable_view, "Finding Site")
+    assert _children(assessed_view, "Finding Site")

@@ -130,6 +130,9 @@ def test_dsrdump_shows_the_roi_coordinates_and_dsr2html_renders(
         [dsr2html, str(path)], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert "Polyline" in html and "Fracture of bone" in html and "Fracture likely" in html
+    # Sentences for readers, one per item: the finding, then the operating points.
+    assert "Fracture likely in the left wrist (probability 0.80)." in html
+    assert "Operating points: fracture suspected from probability 0.30, likely from 0.70." in html
 
 
 def test_negative_views_and_switched_off_rois_have_no_scoord(
