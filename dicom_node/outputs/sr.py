@@ -388,7 +388,8 @@ def _not_assessed(why: NotAssessed) -> dict[str, object]:
 
 
 def _number(name: Code, value: float) -> hd.sr.Measurement:
-    return hd.sr.Measurement(name=name, value=round(float(value), 6), unit=NO_UNITS)
+    # Three decimals: finer than the operating points (two decimals), short to read.
+    return hd.sr.Measurement(name=name, value=round(float(value), 3), unit=NO_UNITS)
 
 
 def _sentence(result: _Result) -> str:

@@ -154,7 +154,9 @@ def summary_page(
             for index, (row, image) in enumerate(zip(rows, finding.images, strict=True), 1)
             if image.not_assessed is not None
         )
-        boxes = "Annotated views: dotted box = fracture suspected, solid box = fracture likely"
+        boxes = "Annotated views: solid box = fracture likely"
+        if finding.operating_points is not None and finding.operating_points.distinct:
+            boxes = "Annotated views: dotted box = fracture suspected, solid box = fracture likely"
         lines.append(PageLine((boxes,), "note", _MUTED))
     lines.append(PageLine((f"Model: {algorithm.name} {algorithm.version}",), "detail"))
     lines.append(PageLine((f"Manufacturer: {algorithm.manufacturer}",), "note", _MUTED))

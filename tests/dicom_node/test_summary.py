@@ -177,7 +177,7 @@ def test_no_suspected_level_is_offered_where_both_points_are_equal(
     )
     text = _texts(dx_images, finding, algorithm)
     assert "Operating point for the wrist: fracture likely from probability 0.60" in text
-    assert "fracture suspected from" not in text
+    assert "fracture suspected from" not in text and "dotted box" not in text
 
 
 def test_an_unreadable_view_shows_in_the_table(
