@@ -27,11 +27,10 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset, dcmread
-from pydicom.uid import generate_uid
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import machine_description
+from benchmarks.common import machine_description, write_phantom_study
 from config.domain.anatomy import part_of_term
 from config.domain.decision import ViewResult, decide
 from config.domain.findings import (
@@ -45,7 +44,7 @@ from config.domain.vocabulary import REGIONS
 from config.settings import Settings, load_settings
 from flows.triage.assemble import StudyRun, ViewPixels, assemble
 from models.runtime.preprocessing import FitToSquare, display_image_from_dataset
-from models.training.phantoms import phantom_dataset, render_phantom, write_sample_studies
+from models.training.phantoms import write_sample_studies
 
 ALGORITHM = AlgorithmIdentity("fracture-demo", "0.1.0", trained_on_synthetic_data=True)
 POINTS = OperatingPoints(suspected=0.3, likely=0.7)
@@ -104,28 +103,17 @@ def measure_all(work: Path, size: tuple[int, int], settings: Settings) -> list[R
 def real_sized_study(out: Path, rows: int, columns: int, views: int = 3) -> Path:
     """A 3-view wrist study of ``rows`` x ``columns`` 12-bit views, written uncompressed."""
     rng = np.random.default_rng(11)
-    study, series = generate_uid(), generate_uid()
-    out.mkdir(parents=True)
-    for view in range(1, views + 1):
-        phantom = render_phantom("wrist", view == 1, rng, size=256)
-        ds = phantom_dataset(
-            phantom,
-            patient_name="Bench^Real",
-            patient_id="BENCH-REAL",
-            study_instance_uid=study,
-            series_instance_uid=series,
-            sop_instance_uid=generate_uid(),
-            accession_number="BENCHREAL",
-            instance_number=view,
-            rows=rows,
-            view_position=("PA", "LL", "OBL")[(view - 1) % 3],
-        )
+    study_dir = write_phantom_study(
+        out, REGIONS.index("wrist"), views, True, rng, name="Real", rows=rows
+    )
+    for path in sorted(study_dir.glob("*.dcm")):
+        ds = dcmread(path)
         pixels = ds.pixel_array[:, :columns].astype(np.float64)
         pixels += rng.normal(0.0, 0.01 * 4095, pixels.shape)  # detector noise, full size
         ds.PixelData = np.clip(pixels, 0, 4095).astype(np.uint16).tobytes()
         ds.Columns = columns
-        ds.save_as(out / f"{view:03d}.dcm", enforce_file_format=True)
-    return out
+        ds.save_as(path, enforce_file_format=True)
+    return study_dir
 
 
 def measure(
