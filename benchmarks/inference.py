@@ -31,12 +31,12 @@ from benchmarks.common import machine_description
 from config import REGION_CLASSES
 from config.domain.decision import ViewResult, decide
 from config.domain.findings import AlgorithmIdentity, OperatingPoints
-from dicom_node.outputs.secondary_capture import build_overlay_secondary_capture
+from dicom_node.outputs.instance import NewInstance
+from dicom_node.outputs.secondary_capture import build_annotated_view
 from dicom_node.outputs.sr import build_triage_sr
 from models.runtime.bundle import load_bundle
 from models.runtime.gradcam import CamExplainer
 from models.runtime.networks import gradcam_target_layer
-from models.runtime.overlay import render_overlay
 from models.runtime.preprocessing import display_image_from_dataset, preprocess
 from models.training.phantoms import phantom_dataset, render_phantom
 
@@ -163,31 +163,12 @@ def measure(
         findings = list(study.images)
 
         def encode() -> None:
-            series = generate_uid()
-            for number, (ds, display, finding) in enumerate(
-                zip(datasets, displays, findings, strict=True)
-            ):
-                overlay = render_overlay(display, None, (10, 10, 50, 50), dotted=False)
-                sc = build_overlay_secondary_capture(
-                    ds,
-                    overlay,
-                    finding,
-                    algorithm,
-                    series_instance_uid=series,
-                    sop_instance_uid=generate_uid(),
-                    series_number=9002,
-                    instance_number=number + 1,
-                )
+            instance = NewInstance.new_series(9002)
+            for ds, display, finding in zip(datasets, displays, findings, strict=True):
+                sc = build_annotated_view(ds, display, finding, algorithm, instance)
                 sc.save_as(BytesIO(), enforce_file_format=True)
-            sr = build_triage_sr(
-                datasets,
-                study,
-                algorithm,
-                series_instance_uid=generate_uid(),
-                sop_instance_uid=generate_uid(),
-                series_number=9001,
-                instance_number=1,
-            )
+                instance = instance.next_in_series()
+            sr = build_triage_sr(datasets, study, algorithm, NewInstance.new_series(9001))
             sr.save_as(BytesIO(), enforce_file_format=True)
 
         stages["output encoding"] = encode

@@ -32,6 +32,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from config.domain.vocabulary import OutputKind
+
 ENV_PREFIX = "FRACTURE_TRIAGE_"
 CONFIG_FILE_ENV = f"{ENV_PREFIX}CONFIG"
 
@@ -196,28 +198,105 @@ class PrioritySettings(BaseModel):
         return start <= hour < end if start < end else hour >= start or hour < end
 
 
-class OutputSettings(BaseModel):
-    """Which DICOM objects a triage run produces; each can be switched off per site."""
+StudyCondition = Literal["all", "assessed", "positive"]
+
+
+class OutputRoute(BaseModel):
+    """One rule of the output profile: these kinds of object go to these destinations
+    for the studies the conditions select. A kind is made for a study when any route
+    selecting the study names it (even with no destination: it is written to
+    ``output_dir``); it goes to every destination of every such route."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sr: bool = Field(default=True, description="TID 1500 SR, with a planar ROI per positive view.")
+    kinds: tuple[OutputKind, ...] = Field(
+        min_length=1,
+        description="DICOM objects: sr, summary, sc (annotated views), gsps, pm (heatmap "
+        "Parametric Map). The rejection note follows the objects it withdraws, the HL7 "
+        "worklist flag goes to every HL7 destination for positive studies.",
+    )
+    destinations: tuple[str, ...] = Field(
+        default=(), description="DICOM destination names; empty: every DICOM destination."
+    )
+    studies: StudyCondition = Field(
+        default="all",
+        description="all studies; 'assessed' (not those outside the intended use); "
+        "'positive' (fracture suspected or likely).",
+    )
+    calling_ae_titles: tuple[str, ...] = Field(
+        default=(), description="Only studies sent by these AEs (empty: any)."
+    )
+    modalities: tuple[str, ...] = Field(
+        default=(), description="Only studies with a view of these modalities (empty: any)."
+    )
+
+    @field_validator("kinds")
+    @classmethod
+    def _routable(cls, value: tuple[OutputKind, ...]) -> tuple[OutputKind, ...]:
+        fixed = {OutputKind.REJECTION_NOTE, OutputKind.WORKLIST_FLAG}
+        if fixed & set(value):
+            raise ValueError(
+                f"kinds {sorted(fixed & set(value))} are not routed: the rejection note "
+                "follows what it withdraws, the HL7 flag goes to HL7 destinations"
+            )
+        return value
+
+    @field_validator("calling_ae_titles")
+    @classmethod
+    def _check_ae_titles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(validate_ae_title(v) for v in value)
+
+    def selects(
+        self, *, assessed: bool, positive: bool, calling_ae_title: str | None, modalities: set[str]
+    ) -> bool:
+        """Whether this route applies to a study with these properties."""
+        if (self.studies == "assessed" and not assessed) or (
+            self.studies == "positive" and not positive
+        ):
+            return False
+        if (
+            self.calling_ae_titles
+            and (calling_ae_title or "").strip() not in self.calling_ae_titles
+        ):
+            return False
+        return not self.modalities or bool(modalities & set(self.modalities))
+
+
+#: The profile for a typical PACS: the SR for every study; the summary and the annotated
+#: positive views for studies that were assessed. GSPS and Parametric Map are opt-in.
+DEFAULT_ROUTES = (
+    OutputRoute(kinds=(OutputKind.SR,)),
+    OutputRoute(kinds=(OutputKind.SUMMARY, OutputKind.ANNOTATED), studies="assessed"),
+)
+
+
+class OutputSettings(BaseModel):
+    """Which result objects a triage run makes, how they look, and where they go."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     sr_rois: bool = Field(
         default=True, description="Planar ROIs (SCOORD) in the SR, drawn by OHIF-style viewers."
     )
-    summary: bool = Field(default=True, description="One summary table Secondary Capture.")
-    annotated: bool = Field(
-        default=True, description="One annotated Secondary Capture per view (box, heatmap)."
-    )
     heatmap: bool = Field(
-        default=True, description="Grad-CAM heatmap on the annotated captures; off: boxes only."
-    )
-    gsps: bool = Field(
-        default=True, description="Grayscale Softcopy Presentation State with the boxes."
-    )
-    parametric_map: bool = Field(
         default=True,
-        description="Grad-CAM heatmap as a Parametric Map (float values) per assessed view.",
+        description="Grad-CAM heatmap on the annotated positive views (absolute scale); "
+        "off: box and result only.",
+    )
+    negative_views: Literal["none", "plain"] = Field(
+        default="none",
+        description="Annotated copies of views with no fracture suspected: none, or a plain "
+        "copy under a 'no fracture suspected' band.",
+    )
+    compression: Literal["jpeg-2000", "jpeg-ls", "rle", "none"] = Field(
+        default="jpeg-2000",
+        description="Lossless transfer syntax of the Secondary Captures (annotated views, "
+        "summary); the sender falls back to uncompressed where a peer does not accept it. "
+        "'jpeg-ls' for viewers that cannot decode JPEG 2000 (about 2.5x the bytes).",
+    )
+    routes: tuple[OutputRoute, ...] = Field(
+        default=DEFAULT_ROUTES,
+        description="The output profile: which objects go to which destinations, when.",
     )
 
 
@@ -524,6 +603,18 @@ class Settings(BaseSettings):
         if self.database_auto_migrate is not None:
             return self.database_auto_migrate
         return self.sqlite_path is not None or self.database_url.startswith("sqlite")
+
+    @model_validator(mode="after")
+    def _check_output_routes(self) -> Settings:
+        dicom = {d.name for d in self.destinations if not isinstance(d, Hl7Destination)}
+        for route in self.outputs.routes:
+            unknown = sorted(set(route.destinations) - dicom)
+            if unknown:
+                raise ValueError(
+                    f"outputs.routes names {unknown}, not DICOM destinations "
+                    f"(those are {sorted(dicom)})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> Settings:

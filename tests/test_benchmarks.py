@@ -55,3 +55,14 @@ def test_gpu_benchmark_runs_on_whatever_device_there_is(demo_bundle: Path, tmp_p
     result = json.loads(out.read_text())
     assert [row["batch"] for row in result["rows"]] == [1, 4]
     assert result["device_name"] and isinstance(result["goal_met"], bool)
+
+
+def test_output_size_benchmark_runs_the_default_profile(tmp_path: Path) -> None:
+    out = tmp_path / "output_size.json"
+    _run("benchmarks.output_size", "--quick", "--json", str(out))
+    result = json.loads(out.read_text())
+    studies = [row["study"] for row in result["rows"]]
+    assert len(studies) == 6 and result["real_sized"] == [1200, 1000]
+    assert all(row["source_bytes"] > 0 and row["ai_bytes"] > 0 for row in result["rows"])
+    not_assessed = next(row for row in result["rows"] if "chest" in row["study"])
+    assert set(not_assessed["ai_bytes_by_kind"]) == {"sr"}  # the default profile: SR only

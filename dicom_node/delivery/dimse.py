@@ -1,4 +1,12 @@
-"""C-STORE of produced objects to a destination (the SCU side)."""
+"""C-STORE of produced objects to a destination (the SCU side).
+
+Objects written with a lossless compressed transfer syntax (the Secondary
+Captures) are offered twice per SOP class: in a presentation context of their
+compressed syntax alone, and in one of Explicit and Implicit VR Little Endian. A
+peer that accepts the compressed one gets the file as it is; one that accepts only
+uncompressed gets it decompressed (the same object, the same SOP Instance UID), in
+the same association.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
@@ -46,10 +55,8 @@ def send_files(
     datasets = [dcmread(path) for path in paths]
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    for sop_class, syntax in sorted(
-        {(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets}
-    ):
-        ae.add_requested_context(sop_class, syntax)
+    for sop_class, syntaxes in requested_contexts(datasets):
+        ae.add_requested_context(sop_class, syntaxes)
 
     assoc = ae.associate(
         destination.host,
@@ -75,6 +82,22 @@ def send_files(
     return outcomes
 
 
+#: What every peer accepts: an object in another syntax is offered in these too.
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+def requested_contexts(datasets: list[Dataset]) -> list[tuple[str, list[str]]]:
+    """The presentation contexts to propose: per SOP class, each compressed syntax alone
+    (so the peer cannot answer it with an uncompressed one) and the uncompressed pair."""
+    contexts: dict[tuple[str, tuple[str, ...]], None] = {}
+    for ds in datasets:
+        sop_class, syntax = str(ds.SOPClassUID), UID(ds.file_meta.TransferSyntaxUID)
+        if syntax not in UNCOMPRESSED:
+            contexts[(sop_class, (syntax,))] = None
+        contexts[(sop_class, UNCOMPRESSED)] = None
+    return [(sop_class, list(syntaxes)) for sop_class, syntaxes in sorted(contexts)]
+
+
 def _association_failure(assoc: Association) -> tuple[str, bool]:
     """Why an association did not come up, and whether trying again could help.
 
@@ -94,10 +117,19 @@ def _store_one(assoc: Association, ds: Dataset, destination: Destination) -> Sen
     uid = str(ds.SOPInstanceUID)
     if not assoc.is_established:
         return SendOutcome(uid, destination.name, False, None, "association lost")
-    if not any(cx.abstract_syntax == ds.SOPClassUID for cx in assoc.accepted_contexts):
+    accepted = {
+        UID(cx.transfer_syntax[0])
+        for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == ds.SOPClassUID
+    }
+    if not accepted:
         return SendOutcome(
             uid, destination.name, False, None, "SOP class refused by the destination", True
         )
+    if UID(ds.file_meta.TransferSyntaxUID) not in accepted | set(UNCOMPRESSED):
+        # The peer takes this class uncompressed only: the same object, decompressed.
+        ds.decompress(generate_instance_uid=False)  # the same object, not a new one
+        logger.info("%s: sent decompressed (compressed syntax not accepted)", destination.name)
     status = assoc.send_c_store(ds)
     code = getattr(status, "Status", None)
     if code is None:

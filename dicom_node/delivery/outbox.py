@@ -26,7 +26,7 @@ from db.models import Delivery, DeliveryStatus, utcnow
 from db.repositories import RunRepository
 from dicom_node.delivery.dicomweb import stow_files
 from dicom_node.delivery.dimse import SendOutcome, send_files
-from dicom_node.hl7.oru import send_mllp_files
+from dicom_node.delivery.mllp import send_mllp_files
 from dicom_node.tls import client_context
 
 logger = logging.getLogger(__name__)

@@ -6,45 +6,38 @@ whose AI level is "fracture suspected" or "fracture likely",
 patient (PID), the order by accession number (ORC/OBR), the finding
 ``125605004^Fracture of bone^SCT`` with the level as a coded value, the
 probability, and the disclaimer with the model's name and version. The outbox
-sends the message file with :func:`send_mllp` and retries with backoff; an
-``AA``/``CA`` acknowledgement means delivered, ``AR``/``CR`` a permanent refusal,
-anything else (no answer, ``AE``) a retry.
+sends the message file (:mod:`dicom_node.delivery.mllp`) and retries with backoff.
+
+Free text is escaped with the ``hl7`` package's escaping (delimiters as ``\\F\\``,
+``\\S\\``..., non-ASCII as ``\\Xhh\\``), after control characters are made spaces:
+a field is one line, and the package writes characters below 0x10 as a malformed
+``\\X a\\`` (a space-padded hex).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import re
 
 import hl7
 from pydicom import Dataset
 
-from config import FractureLevel
 from config.domain.findings import AlgorithmIdentity, StudyFinding
 from config.domain.vocabulary import (
     AI_RESULT_DISCLAIMER,
     PRIVATE_CODING_SCHEME,
     SYNTHETIC_DATA_WARNING,
 )
+from dicom_node.outputs.codes import LEVEL_CODES
 
-__all__ = [
-    "MllpResult",
-    "build_oru_r01",
-    "send_mllp",
-    "send_mllp_files",
-]
+__all__ = ["build_oru_r01", "escape"]
 
 logger = logging.getLogger(__name__)
 
-_SB, _EB, _CR = b"\x0b", b"\x1c", b"\x0d"
-_LEVEL_CODES = {
-    FractureLevel.SUSPECTED: "FXSUSPECTED",
-    FractureLevel.LIKELY: "FXLIKELY",
-}
+#: A message with the standard delimiters, whose escaping :func:`escape` uses.
+_DELIMITERS = hl7.parse("MSH|^~\\&|FRACTURE_TRIAGE")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def build_oru_r01(
@@ -61,24 +54,12 @@ def build_oru_r01(
 ) -> str:
     """Build the ORU^R01 of a positive study (segments separated by carriage returns).
 
-    Parameters
-    ----------
-    source: pydicom.Dataset
-        One source image of the study (patient, accession number and study UID
-        are read from its header).
-    finding: config.domain.findings.StudyFinding
-        The study finding; its level must be suspected or likely.
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model that produced `finding`.
-    control_id: str
-        MSH-10, unique per message (at most 20 characters).
-
-    Raises
-    ------
-    ValueError
-        When the study is not positive or the control ID is empty or too long.
+    ``source`` is one image of the study (patient and accession number are read from
+    its header, repaired: :mod:`dicom_node.outputs.sources`); ``control_id`` is MSH-10,
+    unique per message, 1-20 characters. A study that is not positive, a control ID
+    out of range or a source of another study raise ValueError.
     """
-    if not finding.is_positive or finding.fracture_probability is None:
+    if not finding.is_positive or finding.fracture_probability is None or not finding.level:
         raise ValueError(
             f"study {finding.study_instance_uid} is not positive ({finding.level}): no ORU"
         )
@@ -87,177 +68,83 @@ def build_oru_r01(
     if source.get("StudyInstanceUID") != finding.study_instance_uid:
         raise ValueError("the source image is not of the finding's study")
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d%H%M%S")
-    accession = _escape(str(source.get("AccessionNumber", "") or ""))
-    name = source.get("PatientName")
-    patient_name = (
-        "^".join(_escape(part) for part in str(name).split("^")[:5]) if name is not None else ""
-    )
-    birth_date = str(source.get("PatientBirthDate", "") or "")
-    sex = str(source.get("PatientSex", "") or "")
+    accession = _text(source, "AccessionNumber")
     level = finding.level
-    assert level is not None  # a positive study has a level
-    comment = f"{AI_RESULT_DISCLAIMER}. Model {algorithm.name} {algorithm.version}"
-    if algorithm.trained_on_synthetic_data:
-        comment += f". {SYNTHETIC_DATA_WARNING}"
-    service = f"FXTRIAGE^AI fracture triage^{PRIVATE_CODING_SCHEME}"
     segments = [
-        "|".join(
-            [
-                "MSH",
-                "^~\\&",
-                _escape(sending_application),
-                _escape(sending_facility),
-                _escape(receiving_application),
-                _escape(receiving_facility),
-                stamp,
-                "",
-                "ORU^R01^ORU_R01",
-                control_id,
-                "P",
-                "2.5.1",
-            ]
+        _segment(
+            "MSH", "^~\\&", escape(sending_application), escape(sending_facility),
+            escape(receiving_application), escape(receiving_facility), stamp, "",
+            "ORU^R01^ORU_R01", control_id, "P", "2.5.1",
         ),
-        "|".join(
-            [
-                "PID",
-                "1",
-                "",
-                f"{_escape(str(source.get('PatientID', '') or ''))}",
-                "",
-                patient_name,
-                "",
-                birth_date,
-                sex,
-            ]
+        _patient(source),
+        _segment("ORC", "RE", accession, accession),
+        _segment("OBR", "1", accession, accession, _SERVICE, "", "", stamp, *[""] * 17, "P"),
+        _observation(
+            "1", "CWE", "125605004^Fracture of bone^SCT",
+            f"{LEVEL_CODES[level].value}^{escape(level.value)}^{PRIVATE_CODING_SCHEME}",
+            stamp, abnormal="A",
         ),
-        "|".join(["ORC", "RE", accession, accession]),
-        "|".join(["OBR", "1", accession, accession, service, "", "", stamp] + [""] * 17 + ["P"]),
-        "|".join(
-            [
-                "OBX",
-                "1",
-                "CWE",
-                "125605004^Fracture of bone^SCT",
-                "1",
-                f"{_LEVEL_CODES[level]}^{_escape(level.value)}^{PRIVATE_CODING_SCHEME}",
-                "",
-                "",
-                "A",
-                "",
-                "",
-                "P",
-                "",
-                "",
-                stamp,
-            ]
+        _observation(
+            "2", "NM", f"FXPROB^Fracture probability^{PRIVATE_CODING_SCHEME}",
+            f"{finding.fracture_probability:.3f}", stamp, units="1^no units^UCUM",
         ),
-        "|".join(
-            [
-                "OBX",
-                "2",
-                "NM",
-                f"FXPROB^Fracture probability^{PRIVATE_CODING_SCHEME}",
-                "1",
-                f"{finding.fracture_probability:.3f}",
-                "1^no units^UCUM",
-                "",
-                "",
-                "",
-                "",
-                "P",
-                "",
-                "",
-                stamp,
-            ]
+        _observation(
+            "3", "ST", f"STUDYUID^Study Instance UID^{PRIVATE_CODING_SCHEME}",
+            escape(finding.study_instance_uid), stamp,
         ),
-        "|".join(
-            [
-                "OBX",
-                "3",
-                "ST",
-                "STUDYUID^Study Instance UID^99FXTRIAGE",
-                "1",
-                _escape(finding.study_instance_uid),
-                "",
-                "",
-                "",
-                "",
-                "",
-                "P",
-            ]
-        ),
-        "|".join(["NTE", "1", "L", _escape(comment)]),
-    ]
+        _segment("NTE", "1", "L", escape(_comment(algorithm))),
+    ]  # fmt: skip
     message = "\r".join(segments)
     hl7.parse(message)  # must parse back: catches a broken segment before it is queued
     return message
 
 
-@dataclass(frozen=True)
-class MllpResult:
-    """The outcome of one MLLP exchange."""
-
-    success: bool
-    permanent: bool = False
-    error: str | None = None
-    acknowledgement: str | None = None
+_SERVICE = f"FXTRIAGE^AI fracture triage^{PRIVATE_CODING_SCHEME}"
 
 
-def send_mllp(message: str | bytes, host: str, port: int, *, timeout: float = 30.0) -> MllpResult:
-    """Send one HL7 message over MLLP and read the acknowledgement.
-
-    Returns
-    -------
-    MllpResult
-        success for ``AA``/``CA``; permanent for ``AR``/``CR``; otherwise a
-        transient failure (connection refused, timeout, ``AE``, garbage).
-    """
-    payload = message.encode("utf-8") if isinstance(message, str) else message
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(_SB + payload + _EB + _CR)
-            buffer = b""
-            while _EB + _CR not in buffer:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buffer += chunk
-    except OSError as error:
-        return MllpResult(False, error=f"MLLP {host}:{port}: {type(error).__name__}: {error}")
-    start, end = buffer.find(_SB), buffer.find(_EB + _CR)
-    if start < 0 or end < 0:
-        return MllpResult(False, error=f"MLLP {host}:{port}: no framed acknowledgement")
-    ack = buffer[start + 1 : end].decode("utf-8", errors="replace")
-    try:
-        code = str(hl7.parse(ack).segment("MSA")[1])
-    except (KeyError, IndexError, ValueError) as error:
-        return MllpResult(False, error=f"unreadable acknowledgement: {error}", acknowledgement=ack)
-    if code in ("AA", "CA"):
-        return MllpResult(True, acknowledgement=ack)
-    return MllpResult(
-        False,
-        permanent=code in ("AR", "CR"),
-        error=f"acknowledgement {code}",
-        acknowledgement=ack,
-    )
+def _segment(name: str, *fields: str) -> str:
+    return "|".join((name, *fields))
 
 
-def send_mllp_files(
-    paths: Sequence[Path], host: str, port: int, *, timeout: float = 30.0
-) -> list[MllpResult]:
-    """Send message files (one message each) in order, one connection per message."""
-    return [send_mllp(path.read_bytes(), host, port, timeout=timeout) for path in paths]
+def _observation(
+    set_id: str,
+    value_type: str,
+    identifier: str,
+    value: str,
+    stamp: str,
+    *,
+    units: str = "",
+    abnormal: str = "",
+) -> str:
+    """An OBX: preliminary (OBX-11 P), observed at ``stamp`` (OBX-14)."""
+    return _segment(
+        "OBX", set_id, value_type, identifier, "1", value, units, "", abnormal, "", "", "P",
+        "", "", stamp,
+    )  # fmt: skip
 
 
-def _escape(text: str) -> str:
-    """HL7 escape sequences for the delimiters in free text."""
-    return (
-        text.replace("\\", "\\E\\")
-        .replace("|", "\\F\\")
-        .replace("^", "\\S\\")
-        .replace("&", "\\T\\")
-        .replace("~", "\\R\\")
-        .replace("\r", " ")
-        .replace("\n", " ")
-    )
+def _patient(source: Dataset) -> str:
+    """PID: ID, name (the first component group, five components), birth date, sex."""
+    name = source.get("PatientName")
+    components = str(name).split("=")[0].split("^")[:5] if name is not None else []
+    return _segment(
+        "PID", "1", "", _text(source, "PatientID"), "", "^".join(map(escape, components)), "",
+        _text(source, "PatientBirthDate"), _text(source, "PatientSex"),
+    )  # fmt: skip
+
+
+def _text(source: Dataset, keyword: str) -> str:
+    return escape(str(source.get(keyword, "") or ""))
+
+
+def _comment(algorithm: AlgorithmIdentity) -> str:
+    comment = f"{AI_RESULT_DISCLAIMER}. Model {algorithm.name} {algorithm.version}"
+    if algorithm.trained_on_synthetic_data:
+        comment += f". {SYNTHETIC_DATA_WARNING}"
+    return comment
+
+
+def escape(text: str) -> str:
+    """Free text for one HL7 field: control characters as spaces, then the ``hl7``
+    package's escape sequences for the delimiters and non-ASCII characters."""
+    return str(_DELIMITERS.escape(_CONTROL.sub(" ", text)))

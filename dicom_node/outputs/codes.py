@@ -16,10 +16,12 @@ Choices worth knowing:
   ("no units"): a dimensionless value in [0, 1]. The CAD concepts of CID 6048
   ("Probability of cancer", "Certainty of Finding") mean something else.
 * Procedure reported: ``(168537006, SCT, "Plain radiography")``.
-* Triage level: the three :class:`config.FractureLevel` values have no standard
-  code, so the level is a TEXT item under a private concept of the
-  ``99FXTRIAGE`` coding scheme (identified in the SR's Coding Scheme
-  Identification Sequence, see :data:`PRIVATE_CODING_SCHEME`).
+* Triage level and not-assessed reason: no standard code exists, so both are
+  coded values of this project's private scheme ``99FXTRIAGE`` (identified in the
+  SR's Coding Scheme Identification Sequence, listed in docs/conformance.md): the
+  concept ``FXLEVEL`` with one code per :class:`~config.domain.vocabulary.FractureLevel`,
+  the concept ``FXNOTASSESSED`` with one code per :class:`~config.domain.findings.Gate`,
+  and ``FXREGIONP``, stage 1's probability of the region (a NUM, unit ``1``).
 """
 
 from __future__ import annotations
@@ -30,20 +32,26 @@ from typing import Final
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from config import REGIONS, FractureLevel
-from config.domain.vocabulary import PRIVATE_CODING_SCHEME
+from config.domain.anatomy import finding_site_code
+from config.domain.findings import Gate
+from config.domain.vocabulary import PRIVATE_CODING_SCHEME, FractureLevel
 
 __all__ = [
     "ABSENT",
     "COMMENT",
     "DEVICE_OBSERVER_NAME",
-    "FINDING_SITE_BY_REGION",
     "FRACTURE_LEVEL",
     "FRACTURE_OF_BONE",
+    "LATERALITY",
+    "LEVEL_CODES",
+    "NOT_ASSESSED_REASON",
     "NO_UNITS",
     "PLAIN_RADIOGRAPHY",
     "PRESENT",
+    "PRIVATE_CODES",
     "PROBABILITY",
+    "REASON_CODES",
+    "REGION_PROBABILITY",
     "UNDETERMINED",
     "finding_site",
     "presence",
@@ -62,10 +70,52 @@ PROBABILITY: Final = codes.DCM.Probability
 #: UCUM "1": the probability is a dimensionless number in [0, 1].
 NO_UNITS: Final = codes.UCUM.NoUnits
 
-#: Concept name of the triage level (a TEXT item holding a FractureLevel value).
+#: Concept name of the triage level (a CODE item, one of :data:`LEVEL_CODES`).
 FRACTURE_LEVEL: Final = Code("FXLEVEL", PRIVATE_CODING_SCHEME, "Fracture triage level")
+#: The coded triage levels.
+LEVEL_CODES: Final = MappingProxyType(
+    {
+        FractureLevel.NOT_SUSPECTED: Code(
+            "FXNOTSUSPECTED", PRIVATE_CODING_SCHEME, "No fracture suspected"
+        ),
+        FractureLevel.SUSPECTED: Code("FXSUSPECTED", PRIVATE_CODING_SCHEME, "Fracture suspected"),
+        FractureLevel.LIKELY: Code("FXLIKELY", PRIVATE_CODING_SCHEME, "Fracture likely"),
+    }
+)
 
-#: Concept name of free-text remarks (disclaimers, unsupported regions).
+#: Concept name of why an image or study was not assessed (a CODE item of :data:`REASON_CODES`).
+NOT_ASSESSED_REASON: Final = Code(
+    "FXNOTASSESSED", PRIVATE_CODING_SCHEME, "Reason not assessed for fracture"
+)
+#: One coded reason per gate that can stop an assessment.
+REASON_CODES: Final = MappingProxyType(
+    {
+        Gate.HEADER: Code("FXGATEHEADER", PRIVATE_CODING_SCHEME, "Header outside the intended use"),
+        Gate.PIXELS: Code(
+            "FXGATEPIXELS", PRIVATE_CODING_SCHEME, "Image outside what the model assesses"
+        ),
+        Gate.CONFLICT: Code(
+            "FXGATECONFLICT", PRIVATE_CODING_SCHEME, "Header and image name different regions"
+        ),
+        Gate.UNREADABLE: Code("FXGATEUNREADABLE", PRIVATE_CODING_SCHEME, "Image unreadable"),
+    }
+)
+
+#: Concept name of stage 1's probability of the region it named (a NUM, unit 1).
+REGION_PROBABILITY: Final = Code(
+    "FXREGIONP", PRIVATE_CODING_SCHEME, "Probability of the anatomic region"
+)
+
+#: Every private code, for the conformance statement and its test.
+PRIVATE_CODES: Final = (
+    FRACTURE_LEVEL,
+    *LEVEL_CODES.values(),
+    NOT_ASSESSED_REASON,
+    *REASON_CODES.values(),
+    REGION_PROBABILITY,
+)
+
+#: Concept name of free-text remarks (disclaimers, operating points, reasons).
 COMMENT: Final = codes.DCM.Comment
 
 #: Procedure reported in the TID 1500 report.
@@ -74,47 +124,20 @@ PLAIN_RADIOGRAPHY: Final = codes.SCT.PlainRadiography
 #: Device observer name (TID 1004) of every object the node writes.
 DEVICE_OBSERVER_NAME: Final = "fracture-triage"
 
-#: CID 4 Anatomic Region concept for each region of :data:`config.REGIONS`.
-FINDING_SITE_BY_REGION: Final = MappingProxyType(
-    {
-        "elbow": codes.SCT.ElbowJoint,  # 16953009
-        "finger": codes.SCT.Finger,  # 7569003
-        "forearm": codes.SCT.Forearm,  # 14975008
-        "hand": codes.SCT.Hand,  # 85562004
-        "humerus": codes.SCT.Humerus,  # 85050009
-        "shoulder": codes.SCT.Shoulder,  # 16982005
-        "wrist": codes.SCT.WristJoint,  # 74670003
-    }
-)
-
-if set(FINDING_SITE_BY_REGION) != set(REGIONS):  # pragma: no cover - import-time guard
-    raise RuntimeError(
-        f"FINDING_SITE_BY_REGION covers {sorted(FINDING_SITE_BY_REGION)}, REGIONS is {REGIONS}"
-    )
+#: Laterality modifiers of a finding site (SNOMED CT, CID 244).
+LATERALITY: Final = MappingProxyType({"L": codes.SCT.Left, "R": codes.SCT.Right})
 
 
 def finding_site(region: str) -> Code:
-    """Return the anatomic region code of a supported region.
-
-    Parameters
-    ----------
-    region: str
-        One of :data:`config.REGIONS`.
-
-    Returns
-    -------
-    pydicom.sr.coding.Code
-        The CID 4 Anatomic Region concept.
+    """Return the anatomic region code of a body part (any of the domain's body parts).
 
     Raises
     ------
     ValueError
-        When `region` is not one of :data:`config.REGIONS`.
+        When `region` is not a body part the domain knows.
     """
-    try:
-        return FINDING_SITE_BY_REGION[region]
-    except KeyError:
-        raise ValueError(f"unknown region {region!r}; expected one of {REGIONS}") from None
+    scheme, value, meaning = finding_site_code(region)
+    return Code(value, scheme, meaning)
 
 
 def presence(level: FractureLevel) -> Code:
@@ -122,16 +145,6 @@ def presence(level: FractureLevel) -> Code:
 
     A fracture counts as present when the level is
     :attr:`config.FractureLevel.SUSPECTED` or :attr:`config.FractureLevel.LIKELY`.
-
-    Parameters
-    ----------
-    level: config.FractureLevel
-        Triage level.
-
-    Returns
-    -------
-    pydicom.sr.coding.Code
-        :data:`PRESENT` or :data:`ABSENT`.
 
     Raises
     ------

@@ -7,12 +7,12 @@ algorithm processed the source images to make the result (``109103``
 "Modifying Equipment" is for equipment that changed an existing instance, e.g.
 a de-identifier, which the node never does). Series descriptions start with
 ``AI`` so PACS hanging protocols and worklist filters can pick AI series out,
-and Series Date and Time say when the node made the series.
+and Series Date and Time say when the node made the series
+(:class:`~dicom_node.outputs.instance.NewInstance`).
 """
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Sequence
 from typing import Final
 
@@ -28,7 +28,7 @@ __all__ = [
     "PROCESSING_EQUIPMENT",
     "common_laterality",
     "contributing_equipment",
-    "label_ai_series",
+    "laterality",
 ]
 
 #: Every series the node writes has a description starting with this.
@@ -69,51 +69,20 @@ def contributing_equipment(
     ]
 
 
-def common_laterality(source_images: Sequence[Dataset]) -> str:
-    """The side shared by all views (``"L"`` or ``"R"``), else ``""``.
+def laterality(source: Dataset) -> str | None:
+    """The side a view shows, ``"L"`` or ``"R"`` (Image Laterality, else Laterality), or None.
+
+    Other values (``"B"``, ``"U"``, empty, absent) name no single side.
+    """
+    side = str(source.get("ImageLaterality") or source.get("Laterality") or "").strip()
+    return side if side in ("L", "R") else None
+
+
+def common_laterality(source_images: Sequence[Dataset]) -> str | None:
+    """The side shared by all views (``"L"`` or ``"R"``), else None.
 
     Laterality (General Series) is Type 2C for paired body parts: an output
-    about several views takes their common side, or leaves it empty.
+    about several views takes their common side, or leaves it out.
     """
-    sides = {str(ds.get("ImageLaterality") or ds.get("Laterality") or "") for ds in source_images}
-    side = sides.pop() if len(sides) == 1 else ""
-    return side if side in ("L", "R") else ""
-
-
-def label_ai_series(
-    dataset: Dataset, description: str, series_created: datetime.datetime | None = None
-) -> None:
-    """Give an output its AI series description and the series' creation date and time.
-
-    Parameters
-    ----------
-    dataset: pydicom.Dataset
-        The output object; its Series Description, Series Date and Series Time
-        are set in place.
-    description: str
-        Series Description; must start with :data:`AI_SERIES_PREFIX`.
-    series_created: datetime.datetime | None, optional
-        When the series was made (local time, as DICOM dates and times are).
-        All instances of one series must share it, so callers building a
-        series of several instances pass one value; ``None``: the instance's
-        creation date and time.
-
-    Raises
-    ------
-    ValueError
-        When `description` does not start with ``"AI"``, or `series_created` is
-        ``None`` and `dataset` has no Instance Creation Date and Time.
-    """
-    if not description.startswith(AI_SERIES_PREFIX):
-        raise ValueError(
-            f"series description {description!r} does not start with {AI_SERIES_PREFIX!r}"
-        )
-    dataset.SeriesDescription = description
-    if series_created is not None:
-        dataset.SeriesDate = series_created.strftime("%Y%m%d")
-        dataset.SeriesTime = series_created.strftime("%H%M%S.%f")
-        return
-    if not dataset.get("InstanceCreationDate") or not dataset.get("InstanceCreationTime"):
-        raise ValueError("dataset has no Instance Creation Date and Time to date its series by")
-    dataset.SeriesDate = dataset.InstanceCreationDate
-    dataset.SeriesTime = dataset.InstanceCreationTime
+    sides = {laterality(ds) for ds in source_images}
+    return sides.pop() if len(sides) == 1 else None

@@ -15,7 +15,6 @@ presentation state; MONOCHROME1 views get the INVERSE presentation LUT shape.
 
 from __future__ import annotations
 
-import datetime
 import logging
 from collections.abc import Sequence
 
@@ -25,9 +24,11 @@ from pydicom import Dataset
 from config import FractureLevel
 from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding
 from config.domain.vocabulary import AI_RESULT_DISCLAIMER
-from dicom_node.outputs.equipment import common_laterality, contributing_equipment, label_ai_series
+from dicom_node.outputs.equipment import common_laterality, contributing_equipment
+from dicom_node.outputs.instance import NewInstance
+from dicom_node.outputs.sources import quiet_warnings, study_headers
 from dicom_node.outputs.sr import box_polyline
-from dicom_node.uids import check_new_uid
+from dicom_node.outputs.wording import GATE_LABELS, probability_text
 
 __all__ = [
     "DASHED_LINE_PATTERN",
@@ -42,7 +43,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Series Description of the presentation state series.
-GSPS_SERIES_DESCRIPTION = "AI fracture triage annotations (GSPS)"
+GSPS_SERIES_DESCRIPTION = "AI annotations (GSPS)"
 #: Graphic layer holding the boxes and texts.
 GSPS_LAYER = "AI FRACTURE"
 _LAYER_COLOUR = hd.color.CIELabColor(97.1, -21.6, 94.5)  # yellow, like the burned-in boxes
@@ -55,9 +56,10 @@ DASHED_LINE_PATTERN = 0xF0F0F0F0
 
 def gsps_text(image: ImageFinding) -> str:
     """The short text drawn on a view, e.g. ``"AI: fracture likely p=0.83"``."""
-    if image.level is None or image.fracture_probability is None:
-        return "AI: not assessed"
-    return f"AI: {image.level.value} p={image.fracture_probability:.2f}"
+    if image.not_assessed is not None:
+        return f"AI: not assessed ({GATE_LABELS[image.not_assessed.gate]})"
+    assert image.level is not None and image.fracture_probability is not None
+    return f"AI: {image.level.value} p={probability_text(image.fracture_probability)}"
 
 
 def line_style(*, dashed: bool) -> Dataset:
@@ -97,134 +99,104 @@ def build_triage_gsps(
     source_images: Sequence[Dataset],
     finding: StudyFinding,
     algorithm: AlgorithmIdentity,
-    *,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    series_number: int,
-    instance_number: int,
-    series_created: datetime.datetime | None = None,
+    instance: NewInstance,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """Build the study's presentation state: boxes on positive views, a text on each.
 
-    Parameters
-    ----------
-    source_images: Sequence[pydicom.Dataset]
-        The study's grayscale source images (headers suffice: Rows, Columns,
-        window and rescale attributes are read).
-    finding: config.domain.findings.StudyFinding
-        The study finding; each image finding must have its source here.
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model that produced `finding`.
-    series_instance_uid, sop_instance_uid: str
-        UIDs of the new series and presentation state.
-    series_number, instance_number: int
-        Positive numbers of the new series and instance.
-    series_created: datetime.datetime | None, optional
-        When the series was made: its Series Date and Time (default: now).
-
-    Returns
-    -------
-    highdicom.pr.GrayscaleSoftcopyPresentationState
-        Referencing every view, with one graphic annotation per view.
+    ``source_images`` are the study's grayscale views (headers suffice: Rows, Columns,
+    window and rescale attributes are read); the state references every view, with
+    one graphic annotation per view. Wrong inputs raise TypeError or ValueError.
     """
-    if not isinstance(finding, StudyFinding):
-        raise TypeError(f"finding must be a StudyFinding, got {type(finding).__name__}")
-    if not isinstance(algorithm, AlgorithmIdentity):
-        raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
-    if isinstance(source_images, Dataset) or not source_images:
-        raise ValueError("source_images must be a non-empty sequence of datasets")
-    check_new_uid("series_instance_uid", series_instance_uid)
-    check_new_uid("sop_instance_uid", sop_instance_uid)
-    sources = {str(ds.SOPInstanceUID): ds for ds in source_images}
-    for ds in source_images:
-        if ds.get("StudyInstanceUID") != finding.study_instance_uid:
-            raise ValueError(
-                f"source image {ds.SOPInstanceUID} is not of study {finding.study_instance_uid}"
-            )
-    if series_instance_uid in {str(ds.SeriesInstanceUID) for ds in source_images}:
-        raise ValueError(f"series_instance_uid {series_instance_uid} is a source series")
-
+    sources = study_headers(source_images, finding, algorithm, instance)
     layer = hd.pr.GraphicLayer(
         layer_name=GSPS_LAYER,
         order=1,
         description=f"{algorithm.name} {algorithm.version}: {AI_RESULT_DISCLAIMER}",
         display_color=_LAYER_COLOUR,
     )
-    annotations = []
-    for image in finding.images:
-        source = sources.get(image.sop_instance_uid)
-        if source is None:
-            raise ValueError(f"image finding {image.sop_instance_uid} has no source image")
-        rows, columns = int(source.Rows), int(source.Columns)
-        graphics = []
-        if image.is_positive and image.box is not None:
-            box = hd.pr.GraphicObject(
-                graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
-                graphic_data=box_polyline(image.box, rows, columns),
-                units=hd.pr.AnnotationUnitsValues.PIXEL,
-            )
-            box.LineStyleSequence = [line_style(dashed=image.level is FractureLevel.SUSPECTED)]
-            graphics.append(box)
-        # The text sits in the top left corner of the view, clear of the anatomy.
-        margin = max(1.0, columns / 100)
-        text = hd.pr.TextObject(
-            text_value=gsps_text(image),
+    annotations = [_annotation(image, sources, layer) for image in finding.images]
+    with quiet_warnings("building the GSPS"):
+        gsps = hd.pr.GrayscaleSoftcopyPresentationState(
+            referenced_images=list(sources.values()),
+            manufacturer=algorithm.manufacturer,
+            manufacturer_model_name=algorithm.name,
+            software_versions=algorithm.version,
+            device_serial_number=algorithm.version,
+            content_label="AI_FRACTURE",
+            content_description="AI fracture triage boxes, not for diagnostic use",
+            graphic_annotations=annotations,
+            graphic_layers=[layer],
+            institution_name=None,
+            content_creator_name=None,
+            presentation_lut_transformation=_presentation_lut(list(sources.values()), finding),
+            contributing_equipment=contributing_equipment(
+                algorithm, "AI fracture triage presentation state"
+            ),
+            **instance.series_attributes(GSPS_SERIES_DESCRIPTION),
+        )
+    # General Series, Type 2C (empty where the views share no side); no highdicom argument.
+    gsps.Laterality = common_laterality(list(sources.values())) or ""
+    logger.info(
+        "built GSPS %s (series %s) for study %s: %d view(s)",
+        instance.sop_instance_uid,
+        instance.series_instance_uid,
+        finding.study_instance_uid,
+        len(annotations),
+    )
+    return gsps
+
+
+def _annotation(
+    image: ImageFinding, sources: dict[str, Dataset], layer: hd.pr.GraphicLayer
+) -> hd.pr.GraphicAnnotation:
+    """One view's box (positive views with a box) and its text."""
+    source = sources.get(image.sop_instance_uid)
+    if source is None:
+        raise ValueError(f"image finding {image.sop_instance_uid} has no source image")
+    rows, columns = int(source.Rows), int(source.Columns)
+    graphics = []
+    if image.is_positive and image.box is not None:
+        box = hd.pr.GraphicObject(
+            graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+            graphic_data=box_polyline(image.box, rows, columns),
             units=hd.pr.AnnotationUnitsValues.PIXEL,
-            bounding_box=(margin, margin, columns * 0.6, margin + max(12.0, rows / 20)),
-            text_justification=hd.pr.TextJustificationValues.LEFT,
         )
-        annotations.append(
-            hd.pr.GraphicAnnotation(
-                referenced_images=[source],
-                graphic_layer=layer,
-                graphic_objects=graphics or None,
-                text_objects=[text],
-            )
-        )
-    # A presentation state ignores the images' Photometric Interpretation: MONOCHROME1
-    # views (bone dark in the pixel data, common in CR) need the INVERSE LUT shape.
-    photometric = {str(ds.get("PhotometricInterpretation", "MONOCHROME2")) for ds in source_images}
+        # highdicom's graphic objects take no line style (see line_style()).
+        box.LineStyleSequence = [line_style(dashed=image.level is FractureLevel.SUSPECTED)]
+        graphics.append(box)
+    # The text sits in the top left corner of the view, clear of the anatomy.
+    margin = min(max(1.0, columns / 100), columns / 10, rows / 10)
+    right = max(columns * 0.6, min(float(columns), margin + 1.0))
+    bottom = min(float(rows), margin + max(12.0, rows / 20))
+    text = hd.pr.TextObject(
+        text_value=gsps_text(image),
+        units=hd.pr.AnnotationUnitsValues.PIXEL,
+        bounding_box=(margin, margin, right, bottom),
+        text_justification=hd.pr.TextJustificationValues.LEFT,
+    )
+    return hd.pr.GraphicAnnotation(
+        referenced_images=[source],
+        graphic_layer=layer,
+        graphic_objects=graphics or None,
+        text_objects=[text],
+    )
+
+
+def _presentation_lut(
+    sources: list[Dataset], finding: StudyFinding
+) -> hd.PresentationLUTTransformation:
+    """INVERSE for MONOCHROME1 views (a presentation state ignores the photometric
+    interpretation, and CR is often MONOCHROME1), else IDENTITY."""
+    photometric = {str(ds.get("PhotometricInterpretation") or "MONOCHROME2") for ds in sources}
     if len(photometric) > 1:
         logger.warning(
             "study %s mixes %s views: GSPS shown with IDENTITY presentation LUT",
             finding.study_instance_uid,
             " and ".join(sorted(photometric)),
         )
-    inverse = photometric == {"MONOCHROME1"}
-    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
-        referenced_images=list(source_images),
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=algorithm.manufacturer,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=algorithm.version,
-        content_label="AI_FRACTURE",
-        content_description="AI fracture triage boxes, not for diagnostic use",
-        graphic_annotations=annotations,
-        graphic_layers=[layer],
-        institution_name=None,
-        content_creator_name=None,
-        presentation_lut_transformation=hd.PresentationLUTTransformation(
-            presentation_lut_shape=(
-                hd.PresentationLUTShapeValues.INVERSE
-                if inverse
-                else hd.PresentationLUTShapeValues.IDENTITY
-            )
-        ),
-        contributing_equipment=contributing_equipment(
-            algorithm, "AI fracture triage presentation state"
-        ),
+    shape = (
+        hd.PresentationLUTShapeValues.INVERSE
+        if photometric == {"MONOCHROME1"}
+        else hd.PresentationLUTShapeValues.IDENTITY
     )
-    label_ai_series(gsps, GSPS_SERIES_DESCRIPTION, series_created)
-    gsps.Laterality = common_laterality(source_images)
-    logger.info(
-        "built GSPS %s (series %s) for study %s: %d view(s)",
-        sop_instance_uid,
-        series_instance_uid,
-        finding.study_instance_uid,
-        len(annotations),
-    )
-    return gsps
+    return hd.PresentationLUTTransformation(presentation_lut_shape=shape)

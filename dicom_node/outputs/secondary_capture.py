@@ -1,290 +1,221 @@
-"""The Grad-CAM overlay of one image as a DICOM Secondary Capture.
+"""An annotated view as a DICOM Secondary Capture, and what every capture the node writes shares.
 
-:func:`build_overlay_secondary_capture` wraps an RGB overlay (the radiograph
-with its heatmap, rendered elsewhere) in an SC Image of the source study, new
-series, after burning a banner into its top rows: the disclaimer, the region,
-level and probability, the model, and a warning when the model was trained on
-synthetic data. The banner is part of the pixels, so it survives any viewer.
+:func:`build_annotated_view` draws (:mod:`dicom_node.outputs.drawing`) the
+radiograph of an assessed view under a band added above it with the result, the
+model and the warnings; a positive view gets its box and, where its Grad-CAM map
+is given, the heatmap on the absolute scale. It wraps the picture in an SC Image
+of the source study (new series), RGB, compressed losslessly: JPEG 2000 Lossless by
+default, whose reversible colour transform leaves the grey radiograph's colour
+difference planes nearly empty (a third of JPEG-LS's bytes on a noisy 3000-pixel
+view, which JPEG-LS codes as three identical planes).
+
+:func:`rgb_secondary_capture` is the part the summary shares: the source's patient
+and study, the algorithm as contributing equipment, Burned In Annotation ``YES``,
+the disclaimer, a lossless transfer syntax.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
+from types import MappingProxyType
+from typing import Final
 
 import highdicom as hd
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from config.domain.findings import AlgorithmIdentity, ImageFinding
-from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
-from dicom_node.outputs.equipment import contributing_equipment, label_ai_series
-from dicom_node.uids import check_new_uid, check_positive_number
+from config.domain.vocabulary import AI_RESULT_DISCLAIMER
+from dicom_node.outputs.drawing import AnnotatedPicture, annotated_picture
+from dicom_node.outputs.equipment import contributing_equipment, laterality
+from dicom_node.outputs.instance import NewInstance
+from dicom_node.outputs.sources import quiet_warnings, view_header
 
 __all__ = [
-    "SC_BOXES_SERIES_DESCRIPTION",
-    "SC_SERIES_DESCRIPTION",
-    "banner_lines",
-    "build_overlay_secondary_capture",
-    "burn_banner",
+    "ANNOTATED_HEATMAP_SERIES_DESCRIPTION",
+    "ANNOTATED_SERIES_DESCRIPTION",
+    "LOSSLESS_TRANSFER_SYNTAXES",
+    "build_annotated_view",
+    "rgb_secondary_capture",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Series Description of the overlay series (starts with "AI", as PACS filters expect).
-SC_SERIES_DESCRIPTION = "AI fracture heatmap"
-#: Series Description when the site switched the heatmap off (boxes only).
-SC_BOXES_SERIES_DESCRIPTION = "AI fracture annotations"
+#: Series Description of annotated views (box and result, no heatmap).
+ANNOTATED_SERIES_DESCRIPTION: Final = "AI annotated views"
+#: Series Description of annotated views with the Grad-CAM heatmap drawn.
+ANNOTATED_HEATMAP_SERIES_DESCRIPTION: Final = "AI annotated views, heatmap"
 
-_TEXT_COLOUR = (255, 255, 255)
-_WARNING_COLOUR = (255, 214, 0)
-_BAND_COLOUR = (0, 0, 0)
-#: Font size as a fraction of the image width before fitting the longest line.
-_FONT_SIZE_PER_WIDTH = 1 / 40
-#: Smallest font size in pixels: below it, lines wrap instead of shrinking.
-_MIN_FONT_SIZE = 10
+#: The transfer syntaxes captures may be written with, by the setting's name.
+LOSSLESS_TRANSFER_SYNTAXES: Final = MappingProxyType(
+    {
+        "jpeg-ls": JPEGLSLossless,
+        "jpeg-2000": JPEG2000Lossless,
+        "rle": RLELossless,
+        "none": ExplicitVRLittleEndian,
+    }
+)
 
-
-def banner_lines(finding: ImageFinding, algorithm: AlgorithmIdentity) -> list[str]:
-    """Return the banner text of an overlay, one string per line.
-
-    Parameters
-    ----------
-    finding: config.domain.findings.ImageFinding
-        The result of the image.
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model that produced `finding`.
-
-    Returns
-    -------
-    list[str]
-        The disclaimer, the result (e.g. ``"wrist: fracture suspected (p=0.83)"``),
-        the model name and version and, for a model trained on synthetic data,
-        ``"TRAINED ON SYNTHETIC DATA - NOT FOR CLINICAL USE"``.
-
-    Raises
-    ------
-    TypeError
-        When an argument has the wrong type.
-    """
-    if not isinstance(finding, ImageFinding):
-        raise TypeError(f"finding must be an ImageFinding, got {type(finding).__name__}")
-    if not isinstance(algorithm, AlgorithmIdentity):
-        raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
-    if finding.not_assessed is not None:
-        result = f"not assessed for fracture: {finding.not_assessed.reason}"
-    else:
-        result = f"{finding.region}: {finding.level.value} (p={finding.fracture_probability:.2f})"
-    lines = [AI_RESULT_DISCLAIMER, result, f"model: {algorithm.name} {algorithm.version}"]
-    if algorithm.trained_on_synthetic_data:
-        lines.append(SYNTHETIC_DATA_WARNING)
-    return lines
+_BIPED_DIRECTIONS = frozenset("APRLHF")
 
 
-def burn_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
-    """Burn text lines into a dark band across the top of an RGB image.
-
-    The font size scales with the image width (about 1/40 of it) and shrinks
-    until the longest line fits, down to 10 pixels; lines that still do not
-    fit wrap at spaces. The banner is readable on large radiographs and
-    complete on small ones.
-
-    Parameters
-    ----------
-    rgb: numpy.ndarray
-        ``(rows, columns, 3)`` ``uint8`` image; not modified.
-    lines: list[str]
-        Text lines, top to bottom; a line equal to
-        :data:`dicom_node.outputs.codes.SYNTHETIC_DATA_WARNING` is drawn in yellow.
-
-    Returns
-    -------
-    numpy.ndarray
-        A new ``(rows, columns, 3)`` ``uint8`` image with the banner.
-
-    Raises
-    ------
-    ValueError
-        When `rgb` is not a ``(rows, columns, 3)`` ``uint8`` array or `lines` is empty.
-    """
-    _check_rgb(rgb)
-    if not lines:
-        raise ValueError("lines is empty: a banner needs at least one line")
-    rows, columns = rgb.shape[:2]
-    image = Image.fromarray(np.ascontiguousarray(rgb))
-    draw = ImageDraw.Draw(image)
-    margin = max(2, columns // 100)
-    room = columns - 2 * margin
-    size = max(_MIN_FONT_SIZE, round(columns * _FONT_SIZE_PER_WIDTH))
-    font = _font(size)
-    while size > _MIN_FONT_SIZE and _widest(draw, lines, font) > room:
-        size -= 1
-        font = _font(size)
-    # Lines that still do not fit (narrow images) wrap at spaces.
-    wrapped = [
-        (part, line == SYNTHETIC_DATA_WARNING)
-        for line in lines
-        for part in _wrap(draw, line, font, room)
-    ]
-    line_height = round(size * 1.25)
-    band_height = min(rows, 2 * margin + line_height * len(wrapped))
-    draw.rectangle((0, 0, columns - 1, band_height - 1), fill=_BAND_COLOUR)
-    for number, (text, warning) in enumerate(wrapped):
-        colour = _WARNING_COLOUR if warning else _TEXT_COLOUR
-        draw.text((margin, margin + number * line_height), text, fill=colour, font=font)
-    return np.asarray(image, dtype=np.uint8).copy()
-
-
-def build_overlay_secondary_capture(
+def build_annotated_view(
     source: Dataset,
-    overlay_rgb: np.ndarray,
+    display: np.ndarray,
     finding: ImageFinding,
     algorithm: AlgorithmIdentity,
+    instance: NewInstance,
     *,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    series_number: int,
-    instance_number: int,
-    heatmap: bool = True,
-    series_created: datetime.datetime | None = None,
-) -> Dataset:
-    """Build the Secondary Capture of an image's heatmap overlay.
+    cam: np.ndarray | None = None,
+    transfer_syntax_uid: str = JPEG2000Lossless,
+) -> hd.sc.SCImage:
+    """Build the annotated Secondary Capture of one assessed view.
 
-    Parameters
-    ----------
-    source: pydicom.Dataset
-        The source image (metadata suffices; pixel data is not read).
-    overlay_rgb: numpy.ndarray
-        ``(Rows, Columns, 3)`` ``uint8`` RGB rendering of the source with its
-        heatmap, the size of the source.
-    finding: config.domain.findings.ImageFinding
-        The result of `source` (same SOP Instance UID).
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model that produced `finding`.
-    series_instance_uid: str
-        Series Instance UID of the new overlay series.
-    sop_instance_uid: str
-        SOP Instance UID of the SC image.
-    series_number: int
-        Series Number of the overlay series (positive).
-    instance_number: int
-        Instance Number of the SC image (positive).
-    heatmap: bool, optional
-        Whether `overlay_rgb` holds the Grad-CAM heatmap (default) or the
-        box only; it steers the Series and Derivation Descriptions.
-    series_created: datetime.datetime | None, optional
-        When the series was made: its Series Date and Time (default: now).
-
-    Returns
-    -------
-    pydicom.Dataset
-        A :class:`highdicom.sc.SCImage`: same patient and study as `source`,
-        RGB, Burned In Annotation ``YES``, Source and Referenced Image
-        Sequences pointing at `source`.
-
-    Raises
-    ------
-    ValueError
-        When an input is inconsistent (the message names the bad value).
-    TypeError
-        When an input has the wrong type.
+    ``display`` is the source as its VOI renders it, ``(Rows, Columns)`` floats in
+    [0, 1]; ``cam`` Grad-CAM's map on the same grid, drawn only on a positive view.
+    The capture: RGB, the band's rows plus the source's rows, the source's columns,
+    Source and Referenced Image Sequences pointing at ``source``. Wrong inputs raise
+    TypeError or ValueError naming the value.
     """
-    if not isinstance(source, Dataset):
-        raise TypeError(f"source must be a pydicom Dataset, got {type(source).__name__}")
-    missing = [
-        keyword
-        for keyword in (
-            "SOPClassUID",
-            "SOPInstanceUID",
-            "StudyInstanceUID",
-            "SeriesInstanceUID",
-            "Rows",
-            "Columns",
-        )
-        if not source.get(keyword)
-    ]
-    if missing:
-        raise ValueError(f"source lacks {', '.join(missing)}")
-    lines = banner_lines(finding, algorithm)  # checks the types of finding and algorithm
-    _check_rgb(overlay_rgb)
-    expected = (int(source.Rows), int(source.Columns), 3)
-    if overlay_rgb.shape != expected:
+    header = view_header(source, finding, algorithm, instance)
+    expected = (int(header.Rows), int(header.Columns))
+    if np.shape(display) != expected or (cam is not None and np.shape(cam) != expected):
+        shapes = (np.shape(display), None if cam is None else np.shape(cam))
         raise ValueError(
-            f"overlay_rgb has shape {overlay_rgb.shape}; the source "
-            f"{source.SOPInstanceUID} needs {expected}"
+            f"display and cam have shapes {shapes}; the source {header.SOPInstanceUID} "
+            f"needs {expected}"
         )
-    if finding.sop_instance_uid != source.SOPInstanceUID:
-        raise ValueError(
-            f"finding is for image {finding.sop_instance_uid}, not for the source "
-            f"{source.SOPInstanceUID}"
-        )
-    check_new_uid("series_instance_uid", series_instance_uid)
-    check_new_uid("sop_instance_uid", sop_instance_uid)
-    if series_instance_uid == source.SeriesInstanceUID:
-        raise ValueError(
-            f"series_instance_uid {series_instance_uid} is the source series; "
-            "the SC needs a new one"
-        )
-    if sop_instance_uid == source.SOPInstanceUID:
-        raise ValueError(f"sop_instance_uid {sop_instance_uid} is the source's SOP Instance UID")
-    check_positive_number("series_number", series_number)
-    check_positive_number("instance_number", instance_number)
-
-    pixels = burn_banner(overlay_rgb, lines)
-    laterality = source.get("ImageLaterality") or source.get("Laterality")
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source,
-        pixel_array=pixels,
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-        bits_allocated=8,
-        coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=algorithm.manufacturer,
-        # highdicom accepts single-letter orientations only; the source's value
-        # (e.g. "AL", or empty) is copied below instead.
-        patient_orientation=("A", "F"),
-        laterality=laterality if laterality in ("L", "R") else None,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=contributing_equipment(
-            algorithm, "AI fracture triage: annotated copy of the view"
-        ),
+    picture = annotated_picture(display, finding, algorithm, cam)
+    description = (
+        ANNOTATED_HEATMAP_SERIES_DESCRIPTION
+        if picture.heatmap_drawn
+        else ANNOTATED_SERIES_DESCRIPTION
     )
-    orientation = source.get("PatientOrientation")
-    sc.PatientOrientation = orientation if orientation else None
-    label_ai_series(
-        sc, SC_SERIES_DESCRIPTION if heatmap else SC_BOXES_SERIES_DESCRIPTION, series_created
+    sc = rgb_secondary_capture(
+        header,
+        picture.rgb,
+        algorithm,
+        instance,
+        description,
+        orientation=header.get("PatientOrientation"),
+        side=laterality(header),
+        transfer_syntax_uid=transfer_syntax_uid,
     )
-    sc.ManufacturerModelName = algorithm.name
-    sc.SoftwareVersions = algorithm.version
-    sc.BurnedInAnnotation = "YES"
-    sc.ImageComments = AI_RESULT_DISCLAIMER
-    drawn = "Grad-CAM heatmap and finding box" if heatmap else "finding box"
-    sc.DerivationDescription = (
-        f"{drawn} of {algorithm.name} {algorithm.version} over the source image "
-        "(dotted: suspected, solid: likely), with a burned-in AI result banner"
-    )
-    if source.get("LossyImageCompression") == "01":
-        sc.LossyImageCompression = "01"
-        for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
-            if keyword in source:
-                setattr(sc, keyword, source[keyword].value)
-    sc.SourceImageSequence = [_image_reference(source, purpose=True)]
-    sc.ReferencedImageSequence = [_image_reference(source, purpose=False)]
+    _keep_lossy_history(header, sc)
+    _describe_derivation(sc, header, picture, finding, algorithm)
     logger.info(
-        "built overlay SC %s (series %s) of image %s: region %s, level %s",
-        sop_instance_uid,
-        series_instance_uid,
-        source.SOPInstanceUID,
+        "built annotated view SC %s (series %s) of image %s: region %s, level %s, heatmap %s",
+        instance.sop_instance_uid,
+        instance.series_instance_uid,
+        header.SOPInstanceUID,
         finding.region,
         finding.level,
+        picture.heatmap_drawn,
     )
     return sc
+
+
+def rgb_secondary_capture(
+    reference: Dataset,
+    pixels: np.ndarray,
+    algorithm: AlgorithmIdentity,
+    instance: NewInstance,
+    description: str,
+    *,
+    orientation: object = None,
+    side: str | None = None,
+    transfer_syntax_uid: str = JPEG2000Lossless,
+) -> hd.sc.SCImage:
+    """An RGB Secondary Capture of `reference`'s patient and study, made by `algorithm`.
+
+    `reference` must be a repaired header (:func:`~dicom_node.outputs.sources.repaired_header`);
+    `orientation` is the Patient Orientation to write (None: empty, e.g. for a table),
+    `side` the Laterality (``"L"``, ``"R"`` or None).
+    """
+    if transfer_syntax_uid not in LOSSLESS_TRANSFER_SYNTAXES.values():
+        raise ValueError(
+            f"transfer_syntax_uid {transfer_syntax_uid} is not one of "
+            f"{sorted(LOSSLESS_TRANSFER_SYNTAXES)}"
+        )
+    single_letters = _single_letters(orientation)
+    with quiet_warnings("building a Secondary Capture"):
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=reference,
+            pixel_array=np.ascontiguousarray(pixels),
+            # JPEG 2000 Lossless codes RGB with its reversible colour transform (YBR_RCT).
+            photometric_interpretation=(
+                hd.PhotometricInterpretationValues.YBR_RCT
+                if transfer_syntax_uid == JPEG2000Lossless
+                else hd.PhotometricInterpretationValues.RGB
+            ),
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            manufacturer=algorithm.manufacturer,
+            manufacturer_model_name=algorithm.name,
+            software_versions=algorithm.version,
+            patient_orientation=single_letters or ("A", "F"),
+            laterality=side,
+            transfer_syntax_uid=UID(transfer_syntax_uid),
+            contributing_equipment=contributing_equipment(algorithm, description),
+            **instance.series_attributes(description),
+        )
+    if single_letters is None:
+        # highdicom takes single letters only: a source's "AL" or no orientation
+        # (a table has none) is written as it is, or empty.
+        sc.PatientOrientation = list(orientation) if orientation else None  # type: ignore[call-overload]
+    if side is None:
+        # Laterality is Type 2C: empty where no single side (highdicom takes L or R only).
+        sc.Laterality = ""
+    # No highdicom argument for these (General Image): the pixels carry burned-in text.
+    sc.BurnedInAnnotation = "YES"
+    sc.ImageComments = AI_RESULT_DISCLAIMER
+    return sc
+
+
+def _describe_derivation(
+    sc: Dataset,
+    source: Dataset,
+    picture: AnnotatedPicture,
+    finding: ImageFinding,
+    algorithm: AlgorithmIdentity,
+) -> None:
+    """What was drawn, and the references to the source (no highdicom argument for these:
+    SC Image and General Image)."""
+    drawn = "Grad-CAM heatmap (absolute scale) and finding box" if picture.heatmap_drawn else ""
+    drawn = drawn or ("finding box" if finding.is_positive and finding.box else "no marks")
+    sc.DerivationDescription = (
+        f"{drawn} of {algorithm.name} {algorithm.version} over the source image "
+        f"(dotted: suspected, solid: likely); result band of {picture.band_rows} rows added "
+        "above the image"
+    )[:1024]
+    sc.SourceImageSequence = [_image_reference(source, purpose=True)]
+    sc.ReferencedImageSequence = [_image_reference(source, purpose=False)]
+
+
+def _keep_lossy_history(source: Dataset, sc: Dataset) -> None:
+    """A copy of a lossy-compressed image says so (General Image; no highdicom argument)."""
+    if source.get("LossyImageCompression") != "01":
+        return
+    sc.LossyImageCompression = "01"
+    for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        if source.get(keyword):
+            setattr(sc, keyword, source[keyword].value)
+
+
+def _single_letters(orientation: object) -> tuple[str, str] | None:
+    """The orientation as highdicom takes it (two single letters), else None."""
+    values = [str(v) for v in orientation] if orientation else []  # type: ignore[attr-defined]
+    if len(values) == 2 and all(len(v) == 1 and v in _BIPED_DIRECTIONS for v in values):
+        return values[0], values[1]
+    return None
 
 
 def _image_reference(source: Dataset, *, purpose: bool) -> Dataset:
@@ -296,49 +227,3 @@ def _image_reference(source: Dataset, *, purpose: bool) -> Dataset:
             hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
         ]
     return item
-
-
-def _check_rgb(rgb: np.ndarray) -> None:
-    if not isinstance(rgb, np.ndarray):
-        raise ValueError(f"expected a numpy array, got {type(rgb).__name__}")
-    if rgb.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 RGB array, got dtype {rgb.dtype}")
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
-        raise ValueError(f"expected a (rows, columns, 3) RGB array, got shape {rgb.shape}")
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's bundled font at `size` pixels (bitmap fallback without FreeType)."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (ImportError, OSError, AttributeError):  # pragma: no cover - Pillow without FreeType
-        logger.warning("FreeType unavailable: banner drawn with Pillow's small bitmap font")
-        return ImageFont.load_default()
-
-
-def _widest(
-    draw: ImageDraw.ImageDraw,
-    lines: list[str],
-    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
-) -> float:
-    return max(draw.textlength(line, font=font) for line in lines)
-
-
-def _wrap(
-    draw: ImageDraw.ImageDraw,
-    line: str,
-    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
-    room: float,
-) -> list[str]:
-    """Split `line` at spaces into parts at most `room` pixels wide (a long word stays whole)."""
-    parts: list[str] = []
-    current = ""
-    for word in line.split(" "):
-        candidate = f"{current} {word}" if current else word
-        if current and draw.textlength(candidate, font=font) > room:
-            parts.append(current)
-            current = word
-        else:
-            current = candidate
-    parts.append(current)
-    return parts

@@ -3,30 +3,35 @@
 :func:`build_triage_sr` turns a :class:`~config.domain.findings.StudyFinding` into
 a Comprehensive 3D SR in the source study (new series), following the IHE AI
 Results profile: a device observer (the algorithm), one TID 1501 group for the
-study and one per source image, each with the "Fracture of bone" finding
-(present/absent), the fracture probability, the finding site, the triage level,
-TID 4019 Algorithm Identification and references to the source images.
+study and one per source image, and references to the source images.
 
-A view with a positive finding (fracture suspected or likely) and a box gets a
-TID 1410 planar ROI group instead: the same finding, probability, site and
-level, plus a closed POLYLINE SCOORD around the box on the source image, so
-OHIF-style viewers draw it over the original. A re-run's report names the
-report it supersedes in the Predecessor Documents Sequence.
+An assessed group holds the "Fracture of bone" finding (present/absent), the
+finding site (the region's code, with the view's laterality where the source
+names L or R), the fracture probability and, for an image, stage 1's probability
+of the region (NUMs, unit 1), the triage level as a coded value, TID 4019
+Algorithm Identification, and a sentence saying it all for human readers. A group
+not assessed holds the finding as "undetermined", the coded reason (one private
+code per gate) and the reason as a sentence, and no site, probability or level.
+
+A view with a positive finding and a box gets a TID 1410 planar ROI group
+instead: the same content plus a closed POLYLINE SCOORD around the box on the
+source image, so OHIF-style viewers draw it over the original. A re-run's report
+names the report it supersedes in the Predecessor Documents Sequence.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from config import FractureLevel
 from config.domain.findings import (
     AlgorithmIdentity,
     BoundingBox,
@@ -40,21 +45,34 @@ from config.domain.vocabulary import (
     PRIVATE_CODING_SCHEME,
     PRIVATE_CODING_SCHEME_NAME,
     SYNTHETIC_DATA_WARNING,
+    FractureLevel,
 )
 from dicom_node.outputs.codes import (
     COMMENT,
     DEVICE_OBSERVER_NAME,
     FRACTURE_LEVEL,
     FRACTURE_OF_BONE,
+    LATERALITY,
+    LEVEL_CODES,
     NO_UNITS,
+    NOT_ASSESSED_REASON,
     PLAIN_RADIOGRAPHY,
     PROBABILITY,
+    REASON_CODES,
+    REGION_PROBABILITY,
     UNDETERMINED,
     finding_site,
     presence,
 )
-from dicom_node.outputs.equipment import contributing_equipment, label_ai_series
-from dicom_node.uids import check_new_uid, check_positive_number, derived_uid
+from dicom_node.outputs.equipment import common_laterality, contributing_equipment, laterality
+from dicom_node.outputs.instance import NewInstance
+from dicom_node.outputs.sources import check_types, quiet_warnings, study_headers
+from dicom_node.outputs.wording import (
+    finding_sentence,
+    not_assessed_sentence,
+    operating_points_sentence,
+)
+from dicom_node.uids import derived_uid
 
 __all__ = [
     "SR_SERIES_DESCRIPTION",
@@ -72,6 +90,11 @@ SR_SERIES_DESCRIPTION = "AI fracture triage report"
 #: Modalities whose TID 1603 image library descriptors highdicom writes.
 _PROJECTION_MODALITIES = frozenset({"CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA"})
 
+Group = (
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+)
+
 
 def device_observer_uid(algorithm: AlgorithmIdentity) -> str:
     """Return the Device Observer UID of an algorithm.
@@ -79,16 +102,6 @@ def device_observer_uid(algorithm: AlgorithmIdentity) -> str:
     The UID is derived from the algorithm's name and version (a ``2.25`` UID
     of a name-based UUID), so every report of one model version names the
     same device.
-
-    Parameters
-    ----------
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model that produced the result.
-
-    Returns
-    -------
-    str
-        The device observer UID.
     """
     return derived_uid(DEVICE_OBSERVER_NAME, algorithm.name, algorithm.version)
 
@@ -97,141 +110,65 @@ def build_triage_sr(
     source_images: Sequence[Dataset],
     finding: StudyFinding,
     algorithm: AlgorithmIdentity,
+    instance: NewInstance,
     *,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    series_number: int,
-    instance_number: int,
     institution_name: str | None = None,
     include_rois: bool = True,
     previous_versions: Sequence[Dataset] = (),
-    series_created: datetime.datetime | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """Build the triage Structured Report of a study.
+    """Build the triage Structured Report of a study: a Comprehensive 3D SR in a new
+    series, same patient and study as the sources, COMPLETE, UNVERIFIED and PRELIMINARY
+    (an AI result a reader has not signed).
 
-    Parameters
-    ----------
-    source_images: Sequence[pydicom.Dataset]
-        The source images of the study (their metadata suffices; pixel data is
-        not read). Every image of `finding` must be among them; all must belong
-        to the study ``finding.study_instance_uid``.
-    finding: config.domain.findings.StudyFinding
-        Study-level result and the per-image findings behind it.
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model that produced `finding`.
-    series_instance_uid: str
-        Series Instance UID of the new SR series.
-    sop_instance_uid: str
-        SOP Instance UID of the SR document.
-    series_number: int
-        Series Number of the SR series (positive).
-    instance_number: int
-        Instance Number of the SR document (positive).
-    institution_name: str | None, optional
-        Institution Name written to the SR.
-    include_rois: bool, optional
-        Give each positive view with a box a TID 1410 planar ROI (default);
-        ``False`` keeps every view a plain TID 1501 group.
-    previous_versions: Sequence[pydicom.Dataset], optional
-        Earlier triage reports of the study that this one supersedes (their
-        headers suffice); listed in the Predecessor Documents Sequence.
-    series_created: datetime.datetime | None, optional
-        When the series was made: its Series Date and Time (default: now).
-
-    Returns
-    -------
-    highdicom.sr.Comprehensive3DSR
-        The SR document: same patient and study as the sources, COMPLETE,
-        UNVERIFIED and PRELIMINARY (an AI result a reader has not signed).
-
-    Raises
-    ------
-    ValueError
-        When an input is inconsistent (the message names the bad value).
-    TypeError
-        When an input has the wrong type.
+    ``source_images`` are the study's images (headers suffice; every image of
+    ``finding`` among them); ``include_rois`` gives each positive view with a box a
+    TID 1410 planar ROI (else plain TID 1501 groups); ``previous_versions`` are earlier
+    reports this one supersedes (Predecessor Documents Sequence). Wrong inputs raise
+    TypeError or ValueError naming the value.
     """
-    if not isinstance(finding, StudyFinding):
-        raise TypeError(f"finding must be a StudyFinding, got {type(finding).__name__}")
-    if not isinstance(algorithm, AlgorithmIdentity):
-        raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
-    sources = _check_sources(source_images, finding.study_instance_uid)
-    check_new_uid("series_instance_uid", series_instance_uid)
-    check_new_uid("sop_instance_uid", sop_instance_uid)
-    check_positive_number("series_number", series_number)
-    check_positive_number("instance_number", instance_number)
-    if series_instance_uid in {str(ds.SeriesInstanceUID) for ds in sources.values()}:
-        raise ValueError(
-            f"series_instance_uid {series_instance_uid} is a source series; the SR needs a new one"
-        )
-    if sop_instance_uid in sources:
-        raise ValueError(
-            f"sop_instance_uid {sop_instance_uid} is a source image's SOP Instance UID"
-        )
-    for image in finding.images:
-        if image.sop_instance_uid not in sources:
-            raise ValueError(
-                f"image finding {image.sop_instance_uid} has no matching source image; "
-                f"sources are {sorted(sources)}"
-            )
-
-    algorithm_id = hd.sr.AlgorithmIdentification(
-        name=algorithm.name,
-        version=algorithm.version,
-        manufacturer=algorithm.manufacturer,
-    )
-    groups = [_study_group(finding, algorithm, algorithm_id, sources, sop_instance_uid)]
-    groups.extend(
-        _image_group(
-            index,
-            image,
-            algorithm_id,
-            sources,
-            sop_instance_uid,
-            include_rois=include_rois,
-        )
-        for index, image in enumerate(finding.images, start=1)
-    )
+    sources = study_headers(source_images, finding, algorithm, instance)
     previous = _check_previous_versions(previous_versions, finding.study_instance_uid)
+    groups = _groups(finding, algorithm, sources, instance, include_rois)
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=PLAIN_RADIOGRAPHY,
         imaging_measurements=groups,
         referenced_images=[_library_view(ds) for ds in sources.values()],
     )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=list(sources.values()),
-        content=report,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=algorithm.manufacturer,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        institution_name=institution_name,
-        previous_versions=previous or None,
-        contributing_equipment=contributing_equipment(algorithm, "AI fracture triage report"),
-    )
-    label_ai_series(sr, SR_SERIES_DESCRIPTION, series_created)
-    sr.ManufacturerModelName = algorithm.name
-    sr.SoftwareVersions = algorithm.version
-    scheme = Dataset()
-    scheme.CodingSchemeDesignator = PRIVATE_CODING_SCHEME
-    scheme.CodingSchemeName = PRIVATE_CODING_SCHEME_NAME
-    scheme.CodingSchemeResponsibleOrganization = algorithm.manufacturer
-    sr.CodingSchemeIdentificationSequence = [scheme]
+    with quiet_warnings("building the triage SR"):
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=list(sources.values()),
+            content=report,
+            manufacturer=algorithm.manufacturer,
+            manufacturer_model_name=algorithm.name,
+            software_versions=algorithm.version,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            institution_name=institution_name,
+            previous_versions=previous or None,
+            contributing_equipment=contributing_equipment(algorithm, "AI fracture triage report"),
+            coding_schemes=[_private_scheme(algorithm)],
+            **instance.series_attributes(SR_SERIES_DESCRIPTION),
+        )
     logger.info(
         "built triage SR %s (series %s) for study %s from %d image(s): region %s, level %s",
-        sop_instance_uid,
-        series_instance_uid,
+        instance.sop_instance_uid,
+        instance.series_instance_uid,
         finding.study_instance_uid,
         len(sources),
         finding.region,
         finding.level,
     )
     return sr
+
+
+def _private_scheme(algorithm: AlgorithmIdentity) -> CodingSchemeIdentificationItem:
+    return CodingSchemeIdentificationItem(
+        designator=PRIVATE_CODING_SCHEME,
+        name=PRIVATE_CODING_SCHEME_NAME,
+        responsible_organization=algorithm.manufacturer,
+    )
 
 
 def device_observer(algorithm: AlgorithmIdentity) -> hd.sr.ObserverContext:
@@ -251,28 +188,92 @@ def _observation_context(algorithm: AlgorithmIdentity) -> hd.sr.ObservationConte
     return hd.sr.ObservationContext(observer_device_context=device_observer(algorithm))
 
 
-def _study_group(
+@dataclass(frozen=True)
+class _Result:
+    """What one group says: assessed (region ... points) or not (why)."""
+
+    region: str | None
+    probability: float | None
+    level: FractureLevel | None
+    points: OperatingPoints | None
+    not_assessed: NotAssessed | None
+    side: str | None = None
+    region_probability: float | None = None
+
+    @classmethod
+    def of_image(cls, image: ImageFinding, source: Dataset) -> _Result:
+        return cls(
+            image.region,
+            image.fracture_probability,
+            image.level,
+            image.operating_points,
+            image.not_assessed,
+            laterality(source),
+            image.region_probability if image.assessed else None,
+        )
+
+    @classmethod
+    def of_study(cls, finding: StudyFinding, sources: Sequence[Dataset]) -> _Result:
+        return cls(
+            finding.region,
+            finding.fracture_probability,
+            finding.level,
+            finding.operating_points,
+            finding.not_assessed,
+            common_laterality(sources),
+        )
+
+
+def _groups(
     finding: StudyFinding,
     algorithm: AlgorithmIdentity,
-    algorithm_id: hd.sr.AlgorithmIdentification,
     sources: dict[str, Dataset],
-    sop_instance_uid: str,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    comments = [AI_RESULT_DISCLAIMER]
+    instance: NewInstance,
+    include_rois: bool,
+) -> list[Group]:
+    """The study's group, then one per image in the finding's order."""
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name=algorithm.name, version=algorithm.version, manufacturer=algorithm.manufacturer
+    )
+    notices = [AI_RESULT_DISCLAIMER]
     if algorithm.trained_on_synthetic_data:
-        comments.append(SYNTHETIC_DATA_WARNING)
-    return _group(
-        tracking_label="fracture triage: study",
-        tracking_uid=derived_uid(sop_instance_uid, "study"),
-        region=finding.region,
-        probability=finding.fracture_probability,
-        level=finding.level,
-        points=finding.operating_points,
-        not_assessed=finding.not_assessed,
+        notices.append(SYNTHETIC_DATA_WARNING)
+    assessed_views = [
+        sources[image.sop_instance_uid]
+        for image in finding.images
+        if image.assessed and image.region == finding.region
+    ]
+    study = _group(
+        tracking=hd.sr.TrackingIdentifier(
+            uid=derived_uid(instance.sop_instance_uid, "study"), identifier="study"
+        ),
+        result=_Result.of_study(finding, assessed_views),
         algorithm_id=algorithm_id,
         images=list(sources.values()),
-        comments=comments,
+        notices=notices,
     )
+    groups: list[Group] = [study]
+    for index, image in enumerate(finding.images, start=1):
+        source = sources[image.sop_instance_uid]
+        groups.append(
+            _group(
+                tracking=hd.sr.TrackingIdentifier(
+                    uid=derived_uid(instance.sop_instance_uid, image.sop_instance_uid),
+                    identifier=_view_label(index, source),
+                ),
+                result=_Result.of_image(image, source),
+                algorithm_id=algorithm_id,
+                images=[source],
+                roi=_roi(image, source) if include_rois else None,
+            )
+        )
+    return groups
+
+
+def _view_label(index: int, source: Dataset) -> str:
+    """The tracking identifier of a view's group, e.g. ``"view 1 (PA)"``."""
+    position = str(source.get("ViewPosition") or "").strip()
+    return f"view {index} ({position})" if position else f"view {index}"
 
 
 def box_polyline(box: BoundingBox, rows: int, columns: int) -> np.ndarray:
@@ -283,8 +284,7 @@ def box_polyline(box: BoundingBox, rows: int, columns: int) -> np.ndarray:
     along the outer pixel edges: from (col_min, row_min) to (col_max + 1,
     row_max + 1), clipped to the image. Five points, the last equal to the first.
     """
-    if not isinstance(box, BoundingBox):
-        raise TypeError(f"box must be a BoundingBox, got {type(box).__name__}")
+    check_types(box=(box, BoundingBox))
     left = min(float(box.col_min), columns - 1.0)
     top = min(float(box.row_min), rows - 1.0)
     right = min(float(box.col_max) + 1.0, float(columns))
@@ -295,140 +295,112 @@ def box_polyline(box: BoundingBox, rows: int, columns: int) -> np.ndarray:
     )
 
 
-def _image_group(
-    index: int,
-    image: ImageFinding,
-    algorithm_id: hd.sr.AlgorithmIdentification,
-    sources: dict[str, Dataset],
-    sop_instance_uid: str,
-    *,
-    include_rois: bool,
-) -> (
-    hd.sr.MeasurementsAndQualitativeEvaluations
-    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-):
-    source = sources[image.sop_instance_uid]
-    roi = None
-    if (
-        include_rois
-        and image.is_positive
-        and image.box is not None
-        and source.get("Rows")
-        and source.get("Columns")
-    ):
-        roi = hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=box_polyline(image.box, int(source.Rows), int(source.Columns)),
-            source_image=hd.sr.SourceImageForRegion(
-                referenced_sop_class_uid=source.SOPClassUID,
-                referenced_sop_instance_uid=source.SOPInstanceUID,
-            ),
-        )
-    return _group(
-        tracking_label=f"fracture triage: image {index}",
-        tracking_uid=derived_uid(sop_instance_uid, image.sop_instance_uid),
-        region=image.region,
-        probability=image.fracture_probability,
-        level=image.level,
-        points=image.operating_points,
-        not_assessed=image.not_assessed,
-        algorithm_id=algorithm_id,
-        images=[source],
-        comments=[],
-        roi=roi,
+def _roi(image: ImageFinding, source: Dataset) -> hd.sr.ImageRegion | None:
+    """The planar ROI of a positive view with a box (None for any other view)."""
+    if not (image.is_positive and image.box and source.get("Rows") and source.get("Columns")):
+        return None
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=box_polyline(image.box, int(source.Rows), int(source.Columns)),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=source.SOPClassUID,
+            referenced_sop_instance_uid=source.SOPInstanceUID,
+        ),
     )
 
 
 def _group(
     *,
-    tracking_label: str,
-    tracking_uid: str,
-    region: str | None,
-    probability: float | None,
-    level: FractureLevel | None,
-    points: OperatingPoints | None,
-    not_assessed: NotAssessed | None,
+    tracking: hd.sr.TrackingIdentifier,
+    result: _Result,
     algorithm_id: hd.sr.AlgorithmIdentification,
     images: Sequence[Dataset],
-    comments: list[str],
+    notices: Sequence[str] = (),
     roi: hd.sr.ImageRegion | None = None,
-) -> (
-    hd.sr.MeasurementsAndQualitativeEvaluations
-    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-):
+) -> Group:
     """One group: the fracture finding of a study or of one image.
 
     TID 1501 with references to its source images, or, with `roi`, TID 1410
     whose image region both outlines the finding and names its source image.
     """
-    source_refs = [
-        hd.sr.SourceImageForMeasurementGroup(
-            referenced_sop_class_uid=ds.SOPClassUID,
-            referenced_sop_instance_uid=ds.SOPInstanceUID,
+    content = {
+        "tracking_identifier": tracking,
+        "finding_type": FRACTURE_OF_BONE,
+        "algorithm_id": algorithm_id,
+        **(_not_assessed(result.not_assessed) if result.not_assessed else _assessed(result)),
+    }
+    if roi is not None and result.not_assessed is None:
+        group: Group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            referenced_region=roi, **content
         )
-        for ds in images
-    ]
-    tracking = hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=tracking_label)
-    texts: list[tuple[Code, str]] = []
-    if region is None or probability is None:
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            finding_type=FRACTURE_OF_BONE,
-            algorithm_id=algorithm_id,
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(name=FRACTURE_OF_BONE, value=UNDETERMINED)
-            ],
-            source_images=source_refs,
-        )
-        why = not_assessed.reason if not_assessed is not None else "no result"
-        texts.append((COMMENT, f"Not assessed for fracture: {why}"))
     else:
-        assert level is not None and points is not None  # an assessed finding has both
-        site = hd.sr.FindingSite(anatomic_location=finding_site(region))
-        content: dict[str, object] = {
-            "tracking_identifier": tracking,
-            "finding_type": FRACTURE_OF_BONE,
-            "algorithm_id": algorithm_id,
-            "finding_sites": [site],
-            "measurements": [
-                hd.sr.Measurement(
-                    name=PROBABILITY,
-                    value=round(float(probability), 6),
-                    unit=NO_UNITS,
-                    algorithm_id=algorithm_id,
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            source_images=[
+                hd.sr.SourceImageForMeasurementGroup(
+                    referenced_sop_class_uid=ds.SOPClassUID,
+                    referenced_sop_instance_uid=ds.SOPInstanceUID,
                 )
+                for ds in images
             ],
-            "qualitative_evaluations": [
-                hd.sr.QualitativeEvaluation(name=FRACTURE_OF_BONE, value=presence(level))
-            ],
-        }
-        if roi is not None:
-            group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                referenced_region=roi, **content
-            )
-        else:
-            group = hd.sr.MeasurementsAndQualitativeEvaluations(
-                source_images=source_refs, **content
-            )
-        texts.append((FRACTURE_LEVEL, level.value))
-        texts.append(
-            (
-                COMMENT,
-                f"Operating points: fracture suspected at p >= {points.suspected:.3f}, "
-                f"likely at p >= {points.likely:.3f}",
-            )
+            **content,
         )
-    texts.extend((COMMENT, text) for text in comments)
-    container = group[0]
-    for name, value in texts:
-        container.ContentSequence.append(
+    sentences = [_sentence(result), *(_points(result)), *notices]
+    # highdicom's TID 1501 groups take no TEXT items: the sentences are appended as
+    # CONTAINS TEXT "Comment" items, which TID 1501's qualitative evaluations allow.
+    for sentence in sentences:
+        group[0].ContentSequence.append(
             hd.sr.TextContentItem(
-                name=name,
-                value=value,
+                name=COMMENT,
+                value=sentence,
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
     return group
+
+
+def _assessed(result: _Result) -> dict[str, object]:
+    """The content of an assessed group: site, probabilities, presence and coded level."""
+    assert result.region and result.level and result.probability is not None
+    side = LATERALITY.get(result.side or "")
+    measurements = [_number(PROBABILITY, result.probability)]
+    if result.region_probability is not None:
+        measurements.append(_number(REGION_PROBABILITY, result.region_probability))
+    return {
+        "finding_sites": [
+            hd.sr.FindingSite(anatomic_location=finding_site(result.region), laterality=side)
+        ],
+        "measurements": measurements,
+        "qualitative_evaluations": [
+            hd.sr.QualitativeEvaluation(name=FRACTURE_OF_BONE, value=presence(result.level)),
+            hd.sr.QualitativeEvaluation(name=FRACTURE_LEVEL, value=LEVEL_CODES[result.level]),
+        ],
+    }
+
+
+def _not_assessed(why: NotAssessed) -> dict[str, object]:
+    """The content of a group not assessed: undetermined, and the coded reason."""
+    return {
+        "qualitative_evaluations": [
+            hd.sr.QualitativeEvaluation(name=FRACTURE_OF_BONE, value=UNDETERMINED),
+            hd.sr.QualitativeEvaluation(name=NOT_ASSESSED_REASON, value=REASON_CODES[why.gate]),
+        ]
+    }
+
+
+def _number(name: Code, value: float) -> hd.sr.Measurement:
+    # Three decimals: finer than the operating points (two decimals), short to read.
+    return hd.sr.Measurement(name=name, value=round(float(value), 3), unit=NO_UNITS)
+
+
+def _sentence(result: _Result) -> str:
+    if result.not_assessed is not None:
+        return not_assessed_sentence(result.not_assessed)
+    assert result.region and result.level and result.probability is not None
+    return finding_sentence(result.region, result.level, result.probability, result.side)
+
+
+def _points(result: _Result) -> list[str]:
+    return [operating_points_sentence(result.points)] if result.points is not None else []
 
 
 def _library_view(ds: Dataset) -> Dataset:
@@ -451,10 +423,6 @@ def _library_view(ds: Dataset) -> Dataset:
             view.PatientOrientation = orientation
             view.ImagerPixelSpacing = spacing
         else:
-            logger.debug(
-                "image %s lacks Patient Orientation or pixel spacing: no TID 1603 descriptors",
-                ds.SOPInstanceUID,
-            )
             modality = "OT"  # only steers highdicom's descriptor choice
     else:
         modality = "OT"  # no cross-sectional descriptors in a radiograph report
@@ -467,42 +435,6 @@ def _has_two_values(value: object) -> bool:
         return len(value) == 2 and all(str(v) for v in value)  # type: ignore[arg-type]
     except TypeError:
         return False
-
-
-def _check_sources(source_images: Sequence[Dataset], study_instance_uid: str) -> dict[str, Dataset]:
-    """Check the source images and index them by SOP Instance UID."""
-    if isinstance(source_images, Dataset) or not isinstance(source_images, Sequence):
-        raise TypeError(
-            f"source_images must be a sequence of datasets, got {type(source_images).__name__}"
-        )
-    if not source_images:
-        raise ValueError(f"study {study_instance_uid}: source_images is empty")
-    sources: dict[str, Dataset] = {}
-    for position, ds in enumerate(source_images):
-        if not isinstance(ds, Dataset):
-            raise TypeError(f"source_images[{position}] is a {type(ds).__name__}, not a Dataset")
-        missing = [
-            keyword
-            for keyword in (
-                "SOPClassUID",
-                "SOPInstanceUID",
-                "StudyInstanceUID",
-                "SeriesInstanceUID",
-            )
-            if not ds.get(keyword)
-        ]
-        if missing:
-            raise ValueError(f"source_images[{position}] lacks {', '.join(missing)}")
-        uid = str(ds.SOPInstanceUID)
-        if ds.StudyInstanceUID != study_instance_uid:
-            raise ValueError(
-                f"source image {uid} belongs to study {ds.StudyInstanceUID}, "
-                f"not to the finding's study {study_instance_uid}"
-            )
-        if uid in sources:
-            raise ValueError(f"source image {uid} is given twice")
-        sources[uid] = ds
-    return sources
 
 
 def _check_previous_versions(

@@ -1,46 +1,66 @@
-"""The study's triage summary as one Secondary Capture: a table every viewer shows.
+"""The study's triage summary as one Secondary Capture: the result at a glance.
 
-:func:`render_summary` draws, with Pillow, a dark 1024-pixel-wide page: the
-disclaimer, the study decision (region, level, probability) and the operating
-points, one table row per view (instance number, view, laterality, region,
-fracture probability, level), the model's name and version and, for a model
-trained on synthetic data, a warning in yellow. :func:`build_summary_secondary_capture`
-wraps it in an SC Image of the study, in a new series, referencing every view.
-The page names no patient: viewers show the patient from the header.
+:func:`summary_page` composes the page as lines of text: the title, the disclaimer
+and, for a model trained on synthetic data, its warning; the intended use; the
+study's decision (region, level, probability) and the operating points of that
+region only (without a "suspected" level where its two points are equal), or, for a
+study not assessed, the reason and no operating points; one table row per view
+(instance number, view, region, fracture probability, level or why it was not
+assessed); the model. :func:`render_summary` draws it with Pillow on a dark page
+1024 pixels wide in fonts of 22-36 pixels (legible at a viewer's default zoom), and
+:func:`build_summary_secondary_capture` wraps it in an SC Image of the study, in a
+new series, referencing every view. The page names no patient: viewers show the
+patient from the header.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
 
 import highdicom as hd
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import JPEG2000Lossless
 
-from config import FractureLevel
 from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding
-from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
-from dicom_node.outputs.equipment import common_laterality, contributing_equipment, label_ai_series
-from dicom_node.uids import check_new_uid, check_positive_number
+from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING, FractureLevel
+from dicom_node.outputs.drawing import font, wrap_text
+from dicom_node.outputs.equipment import common_laterality, laterality
+from dicom_node.outputs.instance import NewInstance
+from dicom_node.outputs.secondary_capture import rgb_secondary_capture
+from dicom_node.outputs.sources import check_types, study_headers
+from dicom_node.outputs.wording import (
+    GATE_LABELS,
+    not_assessed_sentence,
+    operating_points_sentence,
+    probability_text,
+    site_text,
+)
 
 __all__ = [
     "SUMMARY_SERIES_DESCRIPTION",
     "SUMMARY_WIDTH",
+    "PageLine",
     "build_summary_secondary_capture",
     "render_summary",
+    "summary_page",
     "summary_rows",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Series Description of the summary series (starts with "AI", as PACS filters expect).
-SUMMARY_SERIES_DESCRIPTION = "AI fracture triage summary"
+SUMMARY_SERIES_DESCRIPTION: Final = "AI summary"
 #: Width of the summary page in pixels: sharp on a reading monitor, small on the wire.
-SUMMARY_WIDTH = 1024
+SUMMARY_WIDTH: Final = 1024
+_MIN_HEIGHT = 768
+_MARGIN = 28
+
+Style = Literal["title", "warning", "label", "decision", "detail", "header", "row", "note"]
 
 _BACKGROUND = (16, 16, 16)
 _TEXT = (235, 235, 235)
@@ -52,27 +72,38 @@ _LEVEL_COLOURS = {
     FractureLevel.SUSPECTED: (255, 170, 60),
     FractureLevel.LIKELY: (255, 90, 90),
 }
+#: Font size and line height of each style, in pixels.
+_SIZES: dict[Style, tuple[int, int]] = {
+    "title": (36, 52),
+    "warning": (24, 34),
+    "label": (22, 30),
+    "decision": (36, 52),
+    "detail": (24, 34),
+    "header": (22, 34),
+    "row": (26, 38),
+    "note": (22, 32),
+}
+_COLUMN_X = (_MARGIN, 84, 270, 460, 600)
 _COLUMNS = ("#", "View", "Region", "Fracture p", "Result")
-_COLUMN_X = (24, 90, 380, 560, 720)
+
+
+@dataclass(frozen=True)
+class PageLine:
+    """One line of the page: a text, or a table row's cells, in a style and colour."""
+
+    cells: tuple[str, ...]
+    style: Style
+    colour: tuple[int, int, int] = _TEXT
+    rule_below: bool = False
 
 
 def summary_rows(
     source_images: Sequence[Dataset], finding: StudyFinding
 ) -> list[tuple[str, str, str, str, str]]:
-    """The table rows of the summary, one per view, in the order of `finding.images`.
+    """The table rows, one per view in the order of ``finding.images``.
 
-    Parameters
-    ----------
-    source_images: Sequence[pydicom.Dataset]
-        The study's source images (headers suffice).
-    finding: config.domain.findings.StudyFinding
-        The study finding; every image of it must be among `source_images`.
-
-    Returns
-    -------
-    list[tuple[str, str, str, str, str]]
-        Instance number, view (view position and laterality), region, fracture
-        probability and level (``"not assessed"`` for an unsupported region).
+    Instance number, view (view position and laterality), region, fracture
+    probability and level, or ``"not assessed (<gate>)"``.
     """
     sources = {str(ds.SOPInstanceUID): ds for ds in source_images}
     rows = []
@@ -80,183 +111,157 @@ def summary_rows(
         source = sources.get(image.sop_instance_uid)
         if source is None:
             raise ValueError(f"image finding {image.sop_instance_uid} has no source image")
+        probability = image.fracture_probability
         rows.append(
             (
                 str(source.get("InstanceNumber", "") or ""),
                 _view_label(source),
                 image.region or "-",
-                "-" if image.fracture_probability is None else f"{image.fracture_probability:.2f}",
-                _level_text(image),
+                "-" if probability is None else probability_text(probability),
+                _result_text(image),
             )
         )
     return rows
 
 
-def render_summary(
-    source_images: Sequence[Dataset], finding: StudyFinding, algorithm: AlgorithmIdentity
-) -> np.ndarray:
-    """Render the summary page.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(rows, 1024, 3)`` ``uint8`` RGB; at least 768 rows, taller for many views.
-    """
-    if not isinstance(finding, StudyFinding):
-        raise TypeError(f"finding must be a StudyFinding, got {type(finding).__name__}")
-    if not isinstance(algorithm, AlgorithmIdentity):
-        raise TypeError(f"algorithm must be an AlgorithmIdentity, got {type(algorithm).__name__}")
+def summary_page(
+    source_images: Sequence[Dataset],
+    finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+    intended_use: str | None = None,
+) -> list[PageLine]:
+    """The page's lines, top to bottom (what :func:`render_summary` draws)."""
+    check_types(finding=(finding, StudyFinding), algorithm=(algorithm, AlgorithmIdentity))
     rows = summary_rows(source_images, finding)
-    title, body, small = _font(34), _font(24), _font(20)
-    line = 36
-    height = max(768, 24 + 11 * line + len(rows) * line + 5 * line)
+    lines = [
+        PageLine(("AI fracture triage",), "title"),
+        PageLine((AI_RESULT_DISCLAIMER.upper(),), "warning", _WARNING),
+    ]
+    if algorithm.trained_on_synthetic_data:
+        lines.append(PageLine((SYNTHETIC_DATA_WARNING,), "warning", _WARNING))
+    if intended_use:
+        lines.append(PageLine((f"Intended use: {intended_use}",), "note", _MUTED))
+    lines.append(PageLine(("Study decision",), "label", _MUTED))
+    lines.extend(_decision(finding, source_images))
+    lines.append(PageLine(_COLUMNS, "header", _MUTED, rule_below=True))
+    for row, image in zip(rows, finding.images, strict=True):
+        colour = _LEVEL_COLOURS[image.level] if image.level is not None else _MUTED
+        lines.append(PageLine(row, "row", colour))
+    lines[-1] = PageLine(lines[-1].cells, "row", lines[-1].colour, rule_below=True)
+    if finding.assessed:
+        lines.extend(
+            PageLine((f"#{row[0] or index}: {not_assessed_sentence(image.not_assessed)}",), "note")
+            for index, (row, image) in enumerate(zip(rows, finding.images, strict=True), 1)
+            if image.not_assessed is not None
+        )
+        boxes = "Annotated views: solid box = fracture likely"
+        if finding.operating_points is not None and finding.operating_points.distinct:
+            boxes = "Annotated views: dotted box = fracture suspected, solid box = fracture likely"
+        lines.append(PageLine((boxes,), "note", _MUTED))
+    lines.append(PageLine((f"Model: {algorithm.name} {algorithm.version}",), "detail"))
+    lines.append(PageLine((f"Manufacturer: {algorithm.manufacturer}",), "note", _MUTED))
+    return lines
+
+
+def _decision(finding: StudyFinding, source_images: Sequence[Dataset]) -> list[PageLine]:
+    """The decision and the operating points of the study's region, or why not assessed."""
+    if finding.not_assessed is not None:
+        return [
+            PageLine(("NOT ASSESSED for fracture",), "decision", _MUTED),
+            PageLine((f"Reason: {finding.not_assessed.reason.strip()}",), "detail"),
+        ]
+    assert finding.level and finding.region and finding.operating_points
+    assert finding.fracture_probability is not None
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in source_images}
+    views = [by_uid[i.sop_instance_uid] for i in finding.images if i.region == finding.region]
+    site = site_text(finding.region, common_laterality(views))
+    probability = probability_text(finding.fracture_probability)
+    return [
+        PageLine(
+            (f"{finding.level.value.upper()}: {site} (p={probability})",),
+            "decision",
+            _LEVEL_COLOURS[finding.level],
+        ),
+        PageLine(
+            (operating_points_sentence(finding.operating_points, finding.region),),
+            "detail",
+            _MUTED,
+        ),
+    ]
+
+
+def render_summary(
+    source_images: Sequence[Dataset],
+    finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+    intended_use: str | None = None,
+) -> np.ndarray:
+    """Draw the summary page: ``(rows, 1024, 3)`` uint8 RGB, at least 768 rows."""
+    lines = _wrapped(summary_page(source_images, finding, algorithm, intended_use))
+    height = max(_MIN_HEIGHT, 2 * _MARGIN + sum(_SIZES[line.style][1] + 8 for line in lines))
     image = Image.new("RGB", (SUMMARY_WIDTH, height), _BACKGROUND)
     draw = ImageDraw.Draw(image)
-    y = 24
-    draw.text((24, y), "AI fracture triage", fill=_TEXT, font=title)
-    y += 52
-    draw.text((24, y), AI_RESULT_DISCLAIMER.upper(), fill=_WARNING, font=body)
-    y += line
-    if algorithm.trained_on_synthetic_data:
-        draw.text((24, y), SYNTHETIC_DATA_WARNING, fill=_WARNING, font=body)
-        y += line
-    y += line // 2
-
-    if finding.not_assessed is not None:
-        decision, colour = "NOT ASSESSED for fracture", _MUTED
-        detail = finding.not_assessed.reason
-    else:
-        assert finding.level is not None and finding.operating_points is not None
-        points = finding.operating_points
-        decision = (
-            f"{finding.region}: {finding.level.value.upper()} "
-            f"(p={finding.fracture_probability:.2f})"
-        )
-        colour = _LEVEL_COLOURS[finding.level]
-        detail = (
-            f"Operating points: suspected at p >= {points.suspected:.2f}, "
-            f"likely at p >= {points.likely:.2f}"
-        )
-    draw.text((24, y), "Study decision", fill=_MUTED, font=small)
-    y += 28
-    draw.text((24, y), decision, fill=colour, font=title)
-    y += 52
-    draw.text((24, y), detail, fill=_MUTED, font=small)
-    y += line + line // 2
-
-    for x, name in zip(_COLUMN_X, _COLUMNS, strict=True):
-        draw.text((x, y), name, fill=_MUTED, font=small)
-    y += 30
-    draw.line((24, y, SUMMARY_WIDTH - 24, y), fill=_RULE, width=2)
-    y += 8
-    for row, image_finding in zip(rows, finding.images, strict=True):
-        colour = _LEVEL_COLOURS.get(image_finding.level, _TEXT) if image_finding.level else _MUTED
-        for x, value in zip(_COLUMN_X, row, strict=True):
-            draw.text((x, y), value, fill=colour if x == _COLUMN_X[-1] else _TEXT, font=body)
-        y += line
-    draw.line((24, y, SUMMARY_WIDTH - 24, y), fill=_RULE, width=2)
-    y += line // 2
-    draw.text(
-        (24, y),
-        "Annotated views: dotted box = fracture suspected, solid box = fracture likely",
-        fill=_MUTED,
-        font=small,
-    )
-    y += line + line // 2
-    draw.text((24, y), f"Model: {algorithm.name} {algorithm.version}", fill=_TEXT, font=body)
-    y += line
-    draw.text((24, y), f"Manufacturer: {algorithm.manufacturer}", fill=_MUTED, font=small)
+    y = _MARGIN
+    for line in lines:
+        size, advance = _SIZES[line.style]
+        xs = _COLUMN_X if len(line.cells) > 1 else (_MARGIN,)
+        for x, cell in zip(xs, line.cells, strict=True):
+            colour = line.colour if line.style != "row" or x == _COLUMN_X[-1] else _TEXT
+            draw.text((x, y), cell, fill=colour, font=font(size))
+        y += advance
+        if line.rule_below:
+            draw.line((_MARGIN, y, SUMMARY_WIDTH - _MARGIN, y), fill=_RULE, width=2)
+        y += 8
     return np.asarray(image, dtype=np.uint8).copy()
+
+
+def _wrapped(lines: list[PageLine]) -> list[PageLine]:
+    """Single-text lines too wide for the page, split at spaces."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    room = SUMMARY_WIDTH - 2 * _MARGIN
+    result = []
+    for line in lines:
+        if len(line.cells) > 1:
+            result.append(line)
+            continue
+        typeface = font(_SIZES[line.style][0])
+        for part in wrap_text(measure, line.cells[0], typeface, room):
+            result.append(PageLine((part,), line.style, line.colour))
+    return result
 
 
 def build_summary_secondary_capture(
     source_images: Sequence[Dataset],
     finding: StudyFinding,
     algorithm: AlgorithmIdentity,
+    instance: NewInstance,
     *,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    series_number: int,
-    instance_number: int,
-    series_created: datetime.datetime | None = None,
-) -> Dataset:
-    """Build the study's summary Secondary Capture.
-
-    Parameters
-    ----------
-    source_images: Sequence[pydicom.Dataset]
-        The study's source images (headers suffice); patient and study come
-        from the first.
-    finding: config.domain.findings.StudyFinding
-        The study finding.
-    algorithm: config.domain.findings.AlgorithmIdentity
-        The model that produced `finding`.
-    series_instance_uid, sop_instance_uid: str
-        UIDs of the new series and image.
-    series_number, instance_number: int
-        Positive numbers of the new series and image.
-    series_created: datetime.datetime | None, optional
-        When the series was made: its Series Date and Time (default: now).
-
-    Returns
-    -------
-    pydicom.Dataset
-        A :class:`highdicom.sc.SCImage`: RGB, 1024 columns, Burned In
-        Annotation ``YES``, Referenced Image Sequence naming every view,
-        Contributing Equipment naming the algorithm.
+    intended_use: str | None = None,
+    transfer_syntax_uid: str = JPEG2000Lossless,
+) -> hd.sc.SCImage:
+    """Build the study's summary Secondary Capture: the page of :func:`render_summary`,
+    1024 columns, patient and study from the first source, Referenced Image Sequence
+    naming every view; ``intended_use`` is printed under the warnings. Wrong inputs
+    raise TypeError or ValueError naming the value.
     """
-    if isinstance(source_images, Dataset) or not source_images:
-        raise ValueError("source_images must be a non-empty sequence of datasets")
-    if not isinstance(finding, StudyFinding):
-        raise TypeError(f"finding must be a StudyFinding, got {type(finding).__name__}")
-    for ds in source_images:
-        if ds.get("StudyInstanceUID") != finding.study_instance_uid:
-            raise ValueError(
-                f"source image {ds.get('SOPInstanceUID')} is not of study "
-                f"{finding.study_instance_uid}"
-            )
-    check_new_uid("series_instance_uid", series_instance_uid)
-    check_new_uid("sop_instance_uid", sop_instance_uid)
-    if series_instance_uid in {str(ds.SeriesInstanceUID) for ds in source_images}:
-        raise ValueError(f"series_instance_uid {series_instance_uid} is a source series")
-    check_positive_number("series_number", series_number)
-    check_positive_number("instance_number", instance_number)
-
-    pixels = render_summary(source_images, finding, algorithm)
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source_images[0],
-        pixel_array=pixels,
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-        bits_allocated=8,
-        coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=algorithm.manufacturer,
-        patient_orientation=("A", "F"),  # required by highdicom; emptied below
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=contributing_equipment(algorithm, "AI fracture triage summary"),
+    headers = list(study_headers(source_images, finding, algorithm, instance).values())
+    pixels = render_summary(headers, finding, algorithm, intended_use)
+    sc = rgb_secondary_capture(
+        headers[0],
+        pixels,
+        algorithm,
+        instance,
+        SUMMARY_SERIES_DESCRIPTION,
+        side=common_laterality(headers),
+        transfer_syntax_uid=transfer_syntax_uid,
     )
-    sc.PatientOrientation = None  # a table, not a projection of the patient
-    sc.Laterality = common_laterality(source_images)
-    label_ai_series(sc, SUMMARY_SERIES_DESCRIPTION, series_created)
-    sc.ManufacturerModelName = algorithm.name
-    sc.SoftwareVersions = algorithm.version
-    sc.BurnedInAnnotation = "YES"
-    sc.ImageComments = AI_RESULT_DISCLAIMER
-    sc.DerivationDescription = f"Triage summary table of {algorithm.name} {algorithm.version}"
-    references = []
-    for ds in source_images:
-        item = Dataset()
-        item.ReferencedSOPClassUID = ds.SOPClassUID
-        item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
-        references.append(item)
-    sc.ReferencedImageSequence = references
+    # No highdicom argument for these (SC Image, General Image).
+    sc.DerivationDescription = f"Triage summary of {algorithm.name} {algorithm.version}"
+    sc.ReferencedImageSequence = [_reference(ds) for ds in headers]
     logger.info(
         "built summary SC %s (series %s) for study %s: %d view(s), region %s, level %s",
-        sop_instance_uid,
-        series_instance_uid,
+        instance.sop_instance_uid,
+        instance.series_instance_uid,
         finding.study_instance_uid,
         len(finding.images),
         finding.region,
@@ -265,26 +270,20 @@ def build_summary_secondary_capture(
     return sc
 
 
+def _reference(ds: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    return item
+
+
 def _view_label(source: Dataset) -> str:
-    parts = [
-        str(value)
-        for value in (
-            source.get("ViewPosition"),
-            source.get("ImageLaterality") or source.get("Laterality"),
-        )
-        if value
-    ]
-    return " ".join(parts) or str(source.get("Modality", "image"))
+    parts = [str(source.get("ViewPosition") or "").strip(), laterality(source) or ""]
+    return " ".join(part for part in parts if part) or str(source.get("Modality") or "image")
 
 
-def _level_text(image: ImageFinding) -> str:
-    if image.level is None:
-        return "not assessed"
+def _result_text(image: ImageFinding) -> str:
+    if image.not_assessed is not None:
+        return f"not assessed ({GATE_LABELS[image.not_assessed.gate]})"
+    assert image.level is not None
     return image.level.value
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (ImportError, OSError, AttributeError):  # pragma: no cover - Pillow without FreeType
-        return ImageFont.load_default()

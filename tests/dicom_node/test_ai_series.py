@@ -1,66 +1,19 @@
-"""IHE AI conventions every output shares: AI series description, series date and time."""
+"""IHE AI conventions every output shares: AI series description, series date and time,
+one validated new-instance value."""
 
 from __future__ import annotations
 
 import datetime
 
-import numpy as np
 import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from config.domain.findings import AlgorithmIdentity, StudyFinding
-from dicom_node.outputs.equipment import label_ai_series
-from dicom_node.outputs.parametric_map import build_heatmap_parametric_map
-from dicom_node.outputs.presentation_state import build_triage_gsps
-from dicom_node.outputs.secondary_capture import build_overlay_secondary_capture
-from dicom_node.outputs.sr import build_triage_sr
-from dicom_node.outputs.summary import build_summary_secondary_capture
+from dicom_node.outputs.instance import NewInstance
+from tests.dicom_node.builders import BUILDERS
 
 CREATED = datetime.datetime(2025, 3, 4, 5, 6, 7, 890000)
-
-
-def _sr(
-    images: list[Dataset], finding: StudyFinding, algorithm: AlgorithmIdentity, **kw: object
-) -> Dataset:
-    return build_triage_sr(images, finding, algorithm, **kw)
-
-
-def _summary(
-    images: list[Dataset], finding: StudyFinding, algorithm: AlgorithmIdentity, **kw: object
-) -> Dataset:
-    return build_summary_secondary_capture(images, finding, algorithm, **kw)
-
-
-def _gsps(
-    images: list[Dataset], finding: StudyFinding, algorithm: AlgorithmIdentity, **kw: object
-) -> Dataset:
-    return build_triage_gsps(images, finding, algorithm, **kw)
-
-
-def _annotated(
-    images: list[Dataset], finding: StudyFinding, algorithm: AlgorithmIdentity, **kw: object
-) -> Dataset:
-    source = images[0]
-    overlay = np.zeros((source.Rows, source.Columns, 3), np.uint8)
-    return build_overlay_secondary_capture(source, overlay, finding.images[0], algorithm, **kw)
-
-
-def _parametric_map(
-    images: list[Dataset], finding: StudyFinding, algorithm: AlgorithmIdentity, **kw: object
-) -> Dataset:
-    source = images[0]
-    heatmap = np.zeros((source.Rows, source.Columns), np.float32)
-    return build_heatmap_parametric_map(source, heatmap, finding.images[0], algorithm, **kw)
-
-
-BUILDERS = {
-    "sr": _sr,
-    "summary": _summary,
-    "gsps": _gsps,
-    "annotated": _annotated,
-    "parametric-map": _parametric_map,
-}
 
 
 @pytest.mark.parametrize("name", BUILDERS)
@@ -70,33 +23,58 @@ def test_every_output_is_an_ai_series_dated_when_it_was_made(
     positive_finding: StudyFinding,
     algorithm: AlgorithmIdentity,
 ) -> None:
-    arguments = {
-        "series_instance_uid": generate_uid(),
-        "sop_instance_uid": generate_uid(),
-        "series_number": 9000,
-        "instance_number": 1,
-    }
-    dated = BUILDERS[name](
-        dx_images, positive_finding, algorithm, series_created=CREATED, **arguments
+    new = NewInstance(generate_uid(), generate_uid(), 9000, 3, CREATED)
+    made = BUILDERS[name](dx_images, positive_finding, algorithm, new)
+    assert made.SeriesDescription.startswith("AI")
+    assert (str(made.SeriesDate), str(made.SeriesTime)) == ("20250304", "050607.890000")
+    assert str(made.SeriesDate) != dx_images[0].StudyDate
+    assert (made.SeriesInstanceUID, made.SOPInstanceUID) == (
+        new.series_instance_uid,
+        new.sop_instance_uid,
     )
-    assert dated.SeriesDescription.startswith("AI")
-    assert (dated.SeriesDate, dated.SeriesTime) == ("20250304", "050607.890000")
-    assert dated.SeriesDate != dx_images[0].StudyDate
-
-    # Without a date, the series is dated by the instance's creation.
-    arguments["sop_instance_uid"] = generate_uid()
-    undated = BUILDERS[name](dx_images, positive_finding, algorithm, **arguments)
-    assert undated.SeriesDate == undated.InstanceCreationDate
-    assert undated.SeriesTime == undated.InstanceCreationTime
+    assert (made.SeriesNumber, made.InstanceNumber) == (9000, 3)
 
 
-def test_series_description_must_start_with_ai() -> None:
-    dataset = Dataset()
+#: A rejection note's sources are our own objects (tested in test_rejection_note.py).
+FROM_SOURCES = [name for name in BUILDERS if name != "rejection-note"]
+
+
+@pytest.mark.parametrize("name", FROM_SOURCES)
+def test_no_output_joins_a_source_series_or_takes_a_source_uid(
+    name: str,
+    dx_images: list[Dataset],
+    positive_finding: StudyFinding,
+    algorithm: AlgorithmIdentity,
+) -> None:
+    source = dx_images[0]
+    for new in (
+        NewInstance(source.SeriesInstanceUID, generate_uid(), 9000),
+        NewInstance(generate_uid(), source.SOPInstanceUID, 9000),
+    ):
+        with pytest.raises(ValueError, match="is a source"):
+            BUILDERS[name](dx_images, positive_finding, algorithm, new)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("not-a-uid", "1.2.3", 1, 1), "series_instance_uid is not a valid UID: 'not-a-uid'"),
+        (("1.2.3", "1.2.3.abc", 1, 1), "sop_instance_uid is not a valid UID: '1.2.3.abc'"),
+        (("1.2.3", "1.2.4", 0, 1), "series_number must be a positive integer, got 0"),
+        (("1.2.3", "1.2.4", 1, True), "instance_number must be a positive integer, got True"),
+        (("1.2.3", "1.2.3", 1, 1), "sop_instance_uid 1.2.3 equals the series_instance_uid"),
+    ],
+)
+def test_new_instance_is_checked_at_construction(arguments: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        NewInstance(*arguments)
+
+
+def test_new_instance_numbers_the_instances_of_one_series() -> None:
+    first = NewInstance.new_series(9002, CREATED)
+    second = first.next_in_series()
+    assert second.series_instance_uid == first.series_instance_uid
+    assert second.sop_instance_uid != first.sop_instance_uid
+    assert (second.instance_number, second.series_created) == (2, CREATED)
     with pytest.raises(ValueError, match="'Fracture report'"):
-        label_ai_series(dataset, "Fracture report", CREATED)
-    assert "SeriesDescription" not in dataset
-
-
-def test_series_needs_a_date() -> None:
-    with pytest.raises(ValueError, match="Instance Creation"):
-        label_ai_series(Dataset(), "AI report")
+        first.series_attributes("Fracture report")

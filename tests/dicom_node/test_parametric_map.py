@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 
 from config.domain.findings import AlgorithmIdentity, ImageFinding
 from config.domain.vocabulary import AI_RESULT_DISCLAIMER
+from dicom_node.outputs.instance import NewInstance
 from dicom_node.outputs.parametric_map import (
     GRAD_CAM_LABEL,
     PM_SERIES_DESCRIPTION,
@@ -53,19 +54,13 @@ def _heatmap(rows: int = 200, columns: int = 160) -> np.ndarray:
 
 
 def _build(
-    source: Dataset, heatmap: np.ndarray, finding: ImageFinding, **overrides: object
+    source: Dataset, heatmap: np.ndarray, finding: ImageFinding, new: NewInstance | None = None
 ) -> hd.pm.ParametricMap:
-    arguments: dict[str, object] = {
-        "series_instance_uid": generate_uid(),
-        "sop_instance_uid": generate_uid(),
-        "series_number": 9005,
-        "instance_number": 1,
-    }
-    arguments.update(overrides)
     algorithm = AlgorithmIdentity(
         "fracture-wrist-densenet", "1.2.0", trained_on_synthetic_data=True
     )
-    return build_heatmap_parametric_map(source, heatmap, finding, algorithm, **arguments)
+    new = new or NewInstance.new_series(9005)
+    return build_heatmap_parametric_map(source, heatmap, finding, algorithm, new)
 
 
 def test_parametric_map_is_valid_and_holds_the_heatmap_on_the_source_grid(
@@ -86,18 +81,19 @@ def test_parametric_map_is_valid_and_holds_the_heatmap_on_the_source_grid(
     assert pm.SeriesDescription == PM_SERIES_DESCRIPTION
     assert pm.ImageComments == AI_RESULT_DISCLAIMER
     assert (pm.Rows, pm.Columns, pm.NumberOfFrames) == (200, 160, 1)
-    assert "FloatPixelData" in pm and pm.BitsAllocated == 32
-    np.testing.assert_array_equal(pm.pixel_array, heatmap)  # float32 values, unchanged
+    assert "FloatPixelData" not in pm and pm.BitsAllocated == 16  # no float data needed
+    np.testing.assert_allclose(pm.pixel_array / 65535, heatmap, atol=1 / 65535)
 
     shared = pm.SharedFunctionalGroupsSequence[0]
     (mapping,) = shared.RealWorldValueMappingSequence
     assert mapping.LUTExplanation == GRAD_CAM_LABEL
     unit = mapping.MeasurementUnitsCodeSequence[0]
     assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("1", "UCUM")
-    assert (mapping.RealWorldValueSlope, mapping.RealWorldValueIntercept) == (1.0, 0.0)
-    assert mapping.DoubleFloatRealWorldValueLastValueMapped == pytest.approx(1.0)
+    assert mapping.RealWorldValueSlope == pytest.approx(1 / 65535)
+    assert mapping.RealWorldValueIntercept == 0.0
+    assert mapping.RealWorldValueLastValueMapped == 65535
     voi = shared.FrameVOILUTSequence[0]
-    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (0.5, 1.0)
+    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (32767.5, 65535.0)
 
     # Tied to the source: same grid, per-frame derivation and series references.
     derivation = pm.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
@@ -193,12 +189,13 @@ def test_view_without_orientation_or_spacing_gets_no_map(
     ("heatmap", "message"),
     [
         (np.zeros((160, 200), np.float32), r"shape \(160, 200\)"),
-        (np.zeros((200, 160), np.float64), "float32"),
+        (np.zeros((100, 40), np.float32), "not the aspect"),
+        (np.zeros((200, 160), np.uint8), "must be float"),
         (np.full((200, 160), 1.5, np.float32), r"not within \[0, 1\]"),
         (np.full((200, 160), -0.1, np.float32), r"not within \[0, 1\]"),
         (np.full((200, 160), np.nan, np.float32), "not finite"),
     ],
-    ids=["transposed", "float64", "above-one", "negative", "nan"],
+    ids=["transposed", "aspect", "integer", "above-one", "negative", "nan"],
 )
 def test_bad_heatmap_is_refused(
     source: Dataset, finding: ImageFinding, heatmap: np.ndarray, message: str
@@ -216,8 +213,54 @@ def test_unassessed_view_and_wrong_finding_are_refused(source: Dataset) -> None:
         _build(source, _heatmap(), other)
 
 
-def test_source_series_and_bad_numbers_are_refused(source: Dataset, finding: ImageFinding) -> None:
+def test_source_series_is_refused(source: Dataset, finding: ImageFinding) -> None:
     with pytest.raises(ValueError, match=re.escape(source.SeriesInstanceUID)):
-        _build(source, _heatmap(), finding, series_instance_uid=source.SeriesInstanceUID)
-    with pytest.raises(ValueError, match="instance_number"):
-        _build(source, _heatmap(), finding, instance_number=0)
+        _build(
+            source, _heatmap(), finding, NewInstance(source.SeriesInstanceUID, generate_uid(), 1)
+        )
+
+
+def test_a_large_view_gets_a_map_at_most_512_wide_with_the_geometry_scaled(
+    tmp_path: Path, dciodvfy_clean: Callable[[Path], str]
+) -> None:
+    """A 3000 x 2500 CR: the map is 512 x 427, each of its pixels spans ~5.9 source pixels,
+    and the heat's peak lands at the same place on the patient."""
+    big = make_dx(
+        study_instance_uid=generate_uid(),
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+        rows=3000,
+        columns=2500,
+    )
+    big.ImagerPixelSpacing = [0.1, 0.12]
+    r, c = np.mgrid[0:3000, 0:2500]
+    heatmap = np.exp(-(((r - 2100) / 150.0) ** 2 + ((c - 700) / 120.0) ** 2)).astype(np.float32)
+    pm = _build(big, heatmap, assessed(big.SOPInstanceUID, "wrist", 0.8))
+    path = tmp_path / "pm.dcm"
+    pm.save_as(path, enforce_file_format=True)
+    dciodvfy_clean(path)
+    assert (pm.Rows, pm.Columns) == (512, 427)
+    assert path.stat().st_size < 600_000, "not 30 MB of float32 at the source's size"
+
+    shared = pm.SharedFunctionalGroupsSequence[0]
+    row_spacing, column_spacing = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    assert row_spacing == pytest.approx(0.1 * 3000 / 512)
+    assert column_spacing == pytest.approx(0.12 * 2500 / 427)
+    first = np.array(
+        pm.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient,
+        dtype=float,
+    )
+    along_row, along_column = np.array([0, -1.0, 0]), np.array([0, 0, -1.0])  # A\F
+    # The map's outer edge is the source's: its first pixel's corner is the source's.
+    corner = first - along_row * column_spacing / 2 - along_column * row_spacing / 2
+    source_corner = -along_row * 0.12 / 2 - along_column * 0.1 / 2
+    np.testing.assert_allclose(corner, source_corner, atol=1e-5)
+    peak_row, peak_column = np.unravel_index(np.argmax(pm.pixel_array), pm.pixel_array.shape)
+    where = first + along_row * peak_column * column_spacing + along_column * peak_row * row_spacing
+    expected = along_row * 700 * 0.12 + along_column * 2100 * 0.1
+    np.testing.assert_allclose(where, expected, atol=max(row_spacing, column_spacing))
+
+    # A heatmap already on a coarse grid of the same aspect is taken as it is.
+    coarse = heatmap[::10, ::10]
+    again = _build(big, coarse, assessed(big.SOPInstanceUID, "wrist", 0.8))
+    assert (again.Rows, again.Columns) == (300, 250)

@@ -13,7 +13,8 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from config.domain.decision import ViewResult
-from config.domain.findings import AlgorithmIdentity, BoundingBox, StudyFinding
+from config.domain.findings import AlgorithmIdentity, BoundingBox, Gate, NotAssessed, StudyFinding
+from dicom_node.outputs.instance import NewInstance
 from dicom_node.outputs.presentation_state import (
     DASHED_LINE_PATTERN,
     GSPS_LAYER,
@@ -42,15 +43,7 @@ def finding(study_uid: str, dx_images: list[Dataset]) -> StudyFinding:
 
 
 def _build(images: list[Dataset], finding: StudyFinding, algorithm: AlgorithmIdentity) -> Dataset:
-    return build_triage_gsps(
-        images,
-        finding,
-        algorithm,
-        series_instance_uid=generate_uid(),
-        sop_instance_uid=generate_uid(),
-        series_number=9004,
-        instance_number=1,
-    )
+    return build_triage_gsps(images, finding, algorithm, NewInstance.new_series(9004))
 
 
 def test_gsps_is_valid_with_a_box_on_the_positive_view_only(
@@ -175,7 +168,9 @@ def test_dcmtk_renders_the_gsps_over_the_source(
 
 
 def test_gsps_text() -> None:
-    assert gsps_text(not_assessed("1.2.3")) == "AI: not assessed"
+    assert gsps_text(not_assessed("1.2.3")) == "AI: not assessed (image)"
+    unreadable = NotAssessed(Gate.UNREADABLE, "the pixel data could not be decoded")
+    assert gsps_text(not_assessed("1.2.3", unreadable)) == "AI: not assessed (unreadable)"
     suspected = assessed("1.2.3", "hand", 0.456)
     assert gsps_text(suspected) == "AI: fracture suspected p=0.46"
 
@@ -186,15 +181,8 @@ def test_gsps_rejects_foreign_sources(
     with pytest.raises(ValueError, match="has no source image"):
         _build(dx_images[:1], finding, algorithm)
     with pytest.raises(ValueError, match="is a source series"):
-        build_triage_gsps(
-            dx_images,
-            finding,
-            algorithm,
-            series_instance_uid=dx_images[0].SeriesInstanceUID,
-            sop_instance_uid=generate_uid(),
-            series_number=1,
-            instance_number=1,
-        )
+        new = NewInstance(dx_images[0].SeriesInstanceUID, generate_uid(), 1)
+        build_triage_gsps(dx_images, finding, algorithm, new)
 
 
 @pytest.mark.parametrize(

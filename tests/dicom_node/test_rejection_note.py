@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 
 from config.domain.decision import ViewResult
 from config.domain.findings import AlgorithmIdentity
+from dicom_node.outputs.instance import NewInstance
 from dicom_node.outputs.presentation_state import build_triage_gsps
 from dicom_node.outputs.rejection_note import (
     REJECTION_NOTE_SERIES_DESCRIPTION,
@@ -33,29 +34,25 @@ def superseded(
     finding = study_finding(
         study_uid, [ViewResult(ds.SOPInstanceUID, "wrist", 0.9, 0.2) for ds in dx_images]
     )
-    common = {"sop_instance_uid": generate_uid(), "instance_number": 1}
-    sr = build_triage_sr(
-        dx_images, finding, algorithm, series_instance_uid=generate_uid(), series_number=9001,
-        **common,
-    )  # fmt: skip
-    gsps = build_triage_gsps(
-        dx_images, finding, algorithm, series_instance_uid=generate_uid(),
-        sop_instance_uid=generate_uid(), series_number=9004, instance_number=1,
-    )  # fmt: skip
+    sr = build_triage_sr(dx_images, finding, algorithm, NewInstance.new_series(9001))
+    gsps = build_triage_gsps(dx_images, finding, algorithm, NewInstance.new_series(9004))
     return [sr, gsps]
 
 
-def _note(superseded: list[Dataset], algorithm: AlgorithmIdentity, **overrides: object) -> Dataset:
-    arguments: dict[str, object] = {
-        "series_instance_uid": generate_uid(),
-        "sop_instance_uid": generate_uid(),
-        "series_number": 9010,
-        "instance_number": 1,
-        "reason": "Superseded by fracture-wrist-densenet 2.0.0 (triage run 7)",
-        "series_created": dt.datetime(2026, 11, 22, 10, 30),
-    }
-    arguments.update(overrides)
-    return build_rejection_note(superseded, algorithm, **arguments)  # type: ignore[arg-type]
+def _note(
+    superseded: list[Dataset],
+    algorithm: AlgorithmIdentity,
+    sop_instance_uid: str | None = None,
+    reason: str = "Superseded by fracture-wrist-densenet 2.0.0 (triage run 7)",
+) -> Dataset:
+    new = NewInstance(
+        generate_uid(),
+        sop_instance_uid or generate_uid(),
+        9010,
+        1,
+        dt.datetime(2026, 11, 22, 10, 30),
+    )
+    return build_rejection_note(superseded, algorithm, new, reason=reason)
 
 
 def test_rejection_note_is_a_valid_iocm_kos_naming_every_superseded_object(
@@ -111,7 +108,7 @@ def test_rejection_note_checks_its_inputs(
 ) -> None:
     with pytest.raises(ValueError, match="non-empty"):
         _note([], algorithm)
-    with pytest.raises(ValueError, match="belongs to a rejected object"):
+    with pytest.raises(ValueError, match="is a rejected object's SOP Instance UID"):
         _note(superseded, algorithm, sop_instance_uid=str(superseded[0].SOPInstanceUID))
     with pytest.raises(ValueError, match="reason"):
         _note(superseded, algorithm, reason="  ")
@@ -119,5 +116,3 @@ def test_rejection_note_checks_its_inputs(
     other_study.StudyInstanceUID = generate_uid()
     with pytest.raises(ValueError, match="2 studies"):
         _note([*superseded, other_study], algorithm)
-    with pytest.raises(ValueError, match="series_number"):
-        _note(superseded, algorithm, series_number=0)

@@ -1,4 +1,5 @@
-"""The overlay Secondary Capture: banner, pixels, references and dciodvfy validity."""
+"""The annotated view Secondary Capture: band above the radiograph, heatmap on positive views
+only and on an absolute scale, legend, references, compression and dciodvfy validity."""
 
 from __future__ import annotations
 
@@ -10,221 +11,222 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from config.domain.findings import AlgorithmIdentity, ImageFinding, OperatingPoints, StudyFinding
+from config.domain.findings import AlgorithmIdentity, BoundingBox, ImageFinding, OperatingPoints
 from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
+from dicom_node.outputs.drawing import banner_lines, jet, render_view, text_band
+from dicom_node.outputs.instance import NewInstance
 from dicom_node.outputs.secondary_capture import (
-    banner_lines,
-    build_overlay_secondary_capture,
-    burn_banner,
+    ANNOTATED_HEATMAP_SERIES_DESCRIPTION,
+    ANNOTATED_SERIES_DESCRIPTION,
+    build_annotated_view,
 )
+from tests.dicom_node.builders import blob
 from tests.dicom_node.conftest import assessed, not_assessed
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+POINTS = OperatingPoints(suspected=0.3, likely=0.7)
+BOX = BoundingBox(100, 100, 160, 170)
 
 
-def _overlay(source: Dataset) -> np.ndarray:
-    """A mid-grey overlay with a red square (the "heatmap")."""
-    overlay = np.full((source.Rows, source.Columns, 3), 128, dtype=np.uint8)
-    overlay[150:200, 150:200] = (230, 40, 40)
-    return overlay
+def _display(source: Dataset) -> np.ndarray:
+    """A smooth grey ramp the size of the source (no colour anywhere)."""
+    rows, columns = int(source.Rows), int(source.Columns)
+    return np.linspace(0.1, 0.9, rows * columns, dtype=np.float32).reshape(rows, columns)
+
+
+def _view(source: Dataset, probability: float, box: BoundingBox | None = BOX) -> ImageFinding:
+    return assessed(source.SOPInstanceUID, "wrist", probability, box, points=POINTS)
 
 
 def _build(
     source: Dataset,
-    overlay: np.ndarray,
     finding: ImageFinding,
     algorithm: AlgorithmIdentity,
-    **overrides: object,
+    *,
+    cam: np.ndarray | None = None,
+    **kw: object,
 ) -> Dataset:
-    arguments: dict[str, object] = {
-        "series_instance_uid": generate_uid(),
-        "sop_instance_uid": generate_uid(),
-        "series_number": 901,
-        "instance_number": 1,
-    }
-    arguments.update(overrides)
-    return build_overlay_secondary_capture(source, overlay, finding, algorithm, **arguments)
+    new = NewInstance.new_series(9002)
+    return build_annotated_view(source, _display(source), finding, algorithm, new, cam=cam, **kw)
 
 
-def _changed_rows(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(np.any(before != after, axis=(1, 2)))
+def _band_rows(sc: Dataset, source: Dataset) -> int:
+    return int(sc.Rows) - int(source.Rows)
+
+
+def _colour(rgb: np.ndarray) -> np.ndarray:
+    """How far each pixel is from grey (0 for the radiograph, > 0 for heat and box)."""
+    return rgb.max(axis=-1).astype(int) - rgb.min(axis=-1).astype(int)
 
 
 @pytest.mark.parametrize("synthetic", [False, True], ids=["real-data", "synthetic-data"])
-def test_secondary_capture_is_valid(
+def test_annotated_view_is_valid_and_keeps_every_radiograph_pixel_below_its_band(
     tmp_path: Path,
     dx_image: Dataset,
-    positive_finding: StudyFinding,
     algorithm: AlgorithmIdentity,
     synthetic: bool,
     dciodvfy_clean: Callable[[Path], str],
 ) -> None:
     algorithm = dataclasses.replace(algorithm, trained_on_synthetic_data=synthetic)
-    overlay = _overlay(dx_image)
-    sc = _build(dx_image, overlay, positive_finding.images[0], algorithm)
+    sc = _build(dx_image, _view(dx_image, 0.9), algorithm, cam=blob(256, 256))
     path = tmp_path / "sc.dcm"
     sc.save_as(path, enforce_file_format=True)
     dciodvfy_clean(path)
 
     sc = pydicom.dcmread(path)
     assert sc.SOPClassUID == SECONDARY_CAPTURE
+    assert sc.file_meta.TransferSyntaxUID == JPEG2000Lossless
     assert sc.StudyInstanceUID == dx_image.StudyInstanceUID
     assert sc.SeriesInstanceUID != dx_image.SeriesInstanceUID
-    assert sc.SeriesDescription.startswith("AI")
-    assert sc.PatientName == dx_image.PatientName
-    assert sc.PatientID == dx_image.PatientID
-    assert sc.Manufacturer == algorithm.manufacturer
-    assert sc.BurnedInAnnotation == "YES"
-    assert sc.PhotometricInterpretation == "RGB"
-    assert sc.SamplesPerPixel == 3
-    assert (sc.Rows, sc.Columns) == (dx_image.Rows, dx_image.Columns)
+    assert sc.SeriesDescription == ANNOTATED_HEATMAP_SERIES_DESCRIPTION
+    assert (sc.PatientName, sc.PatientID) == (dx_image.PatientName, dx_image.PatientID)
+    assert (sc.BurnedInAnnotation, sc.ImageComments) == ("YES", AI_RESULT_DISCLAIMER)
+    # RGB coded with JPEG 2000's reversible colour transform.
+    assert (sc.PhotometricInterpretation, sc.SamplesPerPixel) == ("YBR_RCT", 3)
+    assert sc.Columns == dx_image.Columns
+    band = _band_rows(sc, dx_image)
+    assert 0 < band < dx_image.Rows // 2
     for sequence in (sc.SourceImageSequence, sc.ReferencedImageSequence):
         assert sequence[0].ReferencedSOPInstanceUID == dx_image.SOPInstanceUID
-        assert sequence[0].ReferencedSOPClassUID == dx_image.SOPClassUID
 
     pixels = sc.pixel_array
-    assert pixels.shape == overlay.shape
-    assert pixels.dtype == np.uint8
-    changed = _changed_rows(overlay, pixels)
-    assert changed.size > 0
-    assert changed[0] == 0, "the banner sits at the top"
-    banner_height = changed[-1] + 1
-    assert banner_height < dx_image.Rows // 2
-    # Below the banner the overlay (heatmap included) is unchanged.
-    np.testing.assert_array_equal(pixels[banner_height:], overlay[banner_height:])
-    # The banner holds text: bright pixels on the dark band.
-    band = pixels[:banner_height]
-    assert (band.max(axis=2) > 200).sum() > 50
-    assert (band.max(axis=2) < 30).sum() > 50
-    if synthetic:
-        yellow = (band[..., 0] > 200) & (band[..., 1] > 150) & (band[..., 2] < 80)
-        assert yellow.any(), "the synthetic-data warning is drawn in yellow"
+    plain = render_view(_display(dx_image))
+    below = pixels[band:]
+    changed = np.any(below != plain, axis=-1)
+    rows, columns = np.nonzero(changed)
+    # Only the heat and the box differ from the radiograph, all around the finding.
+    assert changed.any()
+    assert rows.min() >= 40 and rows.max() <= 216 and columns.min() >= 40 and columns.max() <= 216
+    assert np.array_equal(below[:40], plain[:40]) and np.array_equal(below[217:], plain[217:])
+    # The band is dark with bright text, and the warning in yellow when synthetic
+    # (seen on a negative view's band, which has no colour legend).
+    top = pixels[:band]
+    assert (top.max(axis=2) > 200).sum() > 50 and (top.max(axis=2) < 30).sum() > 50
+    negative = _build(dx_image, _view(dx_image, 0.1), algorithm)
+    top = negative.pixel_array[: _band_rows(negative, dx_image)]
+    yellow = (top[..., 0] > 200) & (top[..., 1] > 150) & (top[..., 2] < 80)
+    assert bool(yellow.any()) == synthetic
 
 
-def test_unsupported_image_gets_a_valid_capture(
-    tmp_path: Path,
-    dx_images: list[Dataset],
-    positive_finding: StudyFinding,
-    algorithm: AlgorithmIdentity,
-    dciodvfy_clean: Callable[[Path], str],
+def test_a_negative_view_gets_a_plain_copy_without_heat_box_or_legend(
+    dx_image: Dataset, algorithm: AlgorithmIdentity
 ) -> None:
-    source = dx_images[1]
-    sc = _build(source, _overlay(source), positive_finding.images[1], algorithm)
-    path = tmp_path / "sc.dcm"
-    sc.save_as(path, enforce_file_format=True)
-    dciodvfy_clean(path)
+    sc = _build(dx_image, _view(dx_image, 0.1), algorithm, cam=blob(256, 256))
+    assert sc.SeriesDescription == ANNOTATED_SERIES_DESCRIPTION
+    pixels = sc.pixel_array
+    band = _band_rows(sc, dx_image)
+    np.testing.assert_array_equal(pixels[band:], render_view(_display(dx_image)))
+    assert not _colour(pixels[:band]).any(), "no legend: the band is black and white only"
+    assert "no marks" in sc.DerivationDescription
+
+
+def test_heat_is_on_an_absolute_scale_weighted_by_the_probability(
+    dx_image: Dataset, algorithm: AlgorithmIdentity
+) -> None:
+    cam = blob(256, 256)  # the same map, its own maximum 1, for both views
+    hot = _build(dx_image, _view(dx_image, 0.95, box=None), algorithm, cam=cam)
+    cool = _build(dx_image, _view(dx_image, 0.35, box=None), algorithm, cam=cam)
+    images = [sc.pixel_array[_band_rows(sc, dx_image) :].astype(int) for sc in (hot, cool)]
+    centre = [image[128, 128] for image in images]
+    # At the peak: heat 0.95 is red (red over blue), heat 0.35 is blue-cyan (blue over red).
+    assert centre[0][0] - centre[0][2] > 40 and centre[1][2] - centre[1][0] > 10
+    # The cooler view is also fainter and covers less of the image.
+    assert (_colour(images[1].astype(np.uint8)) > 0).sum() < (
+        _colour(images[0].astype(np.uint8)) > 0
+    ).sum()
+    assert jet(np.array([0.95]))[0, 0] > jet(np.array([0.35]))[0, 0]
+
+
+def test_the_legend_is_drawn_only_with_a_heatmap(
+    dx_image: Dataset, algorithm: AlgorithmIdentity
+) -> None:
+    with_heat = _build(dx_image, _view(dx_image, 0.9), algorithm, cam=blob(256, 256))
+    without = _build(dx_image, _view(dx_image, 0.9), algorithm)
+    bands = [sc.pixel_array[: _band_rows(sc, dx_image)] for sc in (with_heat, without)]
+    assert _colour(bands[0]).max() > 200, "the colour bar"
+    assert not _colour(bands[1]).any()
+    assert without.SeriesDescription == ANNOTATED_SERIES_DESCRIPTION
+    assert "finding box" in without.DerivationDescription
+
+
+def test_a_view_not_assessed_gets_no_annotated_copy(
+    dx_image: Dataset, algorithm: AlgorithmIdentity
+) -> None:
+    with pytest.raises(ValueError, match="was not assessed"):
+        _build(dx_image, not_assessed(dx_image.SOPInstanceUID), algorithm)
+
+
+def test_every_lossless_syntax_keeps_the_same_pixels(
+    dx_image: Dataset, algorithm: AlgorithmIdentity
+) -> None:
+    pictures = []
+    for syntax in (JPEG2000Lossless, JPEGLSLossless, RLELossless, ExplicitVRLittleEndian):
+        sc = _build(
+            dx_image,
+            _view(dx_image, 0.9),
+            algorithm,
+            cam=blob(256, 256),
+            transfer_syntax_uid=syntax,
+        )
+        assert sc.file_meta.TransferSyntaxUID == syntax
+        pictures.append(sc.pixel_array)
+    for picture in pictures[1:]:
+        np.testing.assert_array_equal(picture, pictures[0])
+    with pytest.raises(ValueError, match="not one of"):
+        _build(dx_image, _view(dx_image, 0.9), algorithm, transfer_syntax_uid="1.2.840.10008.1.2")
 
 
 def test_source_orientation_and_laterality_are_kept(
-    dx_image: Dataset, positive_finding: StudyFinding, algorithm: AlgorithmIdentity
+    dx_image: Dataset, algorithm: AlgorithmIdentity
 ) -> None:
     dx_image.PatientOrientation = ["AL", "F"]
-    sc = _build(dx_image, _overlay(dx_image), positive_finding.images[0], algorithm)
+    sc = _build(dx_image, _view(dx_image, 0.9), algorithm)
     assert list(sc.PatientOrientation) == ["AL", "F"]
     assert sc.Laterality == "L"
+    dx_image.ImageLaterality = "B"
+    assert _build(dx_image, _view(dx_image, 0.9), algorithm).Laterality == ""
 
 
-def test_banner_scales_with_image_width() -> None:
-    lines = ["AI result, not for diagnostic use", "wrist: fracture suspected (p=0.83)"]
-    heights = []
-    for columns in (512, 2048):
-        image = np.full((1000, columns, 3), 128, dtype=np.uint8)
-        heights.append(_changed_rows(image, burn_banner(image, lines))[-1] + 1)
+def test_band_scales_with_image_width_and_wraps_on_narrow_images() -> None:
+    lines = [AI_RESULT_DISCLAIMER, "wrist: fracture suspected (p=0.83)"]
+    heights = [text_band(lines, columns).shape[0] for columns in (512, 2048)]
     assert heights[1] > 3 * heights[0]
     assert heights[1] >= 100, "about 1/40 of a 2048-pixel width per line"
+    narrow = text_band([SYNTHETIC_DATA_WARNING], 120)
+    assert narrow.shape[1] == 120 and narrow.shape[0] > 2 * 10, "wrapped at 10 pixels"
 
 
-def test_banner_wraps_on_narrow_images() -> None:
-    image = np.full((300, 120, 3), 128, dtype=np.uint8)
-    burned = burn_banner(image, [SYNTHETIC_DATA_WARNING])
-    height = _changed_rows(image, burned)[-1] + 1
-    assert height > 2 * 10, "the warning wraps onto several lines at the minimum font size"
-
-
-def test_banner_lines_positive(algorithm: AlgorithmIdentity) -> None:
+def test_banner_lines(algorithm: AlgorithmIdentity, synthetic_algorithm: AlgorithmIdentity) -> None:
     finding = assessed("1.2.3", "wrist", 0.834, points=OperatingPoints(suspected=0.5, likely=0.9))
     assert banner_lines(finding, algorithm) == [
         AI_RESULT_DISCLAIMER,
         "wrist: fracture suspected (p=0.83)",
         "model: fracture-wrist-densenet 1.2.0",
     ]
-
-
-def test_banner_lines_synthetic_and_unsupported(synthetic_algorithm: AlgorithmIdentity) -> None:
     lines = banner_lines(not_assessed("1.2.3"), synthetic_algorithm)
-    assert lines[0] == AI_RESULT_DISCLAIMER
-    assert lines[1].startswith("not assessed for fracture: stage 1 recognises none")
-    assert lines[2] == "model: fracture-wrist-densenet 0.0.1-synthetic"
-    assert lines[-1] == "TRAINED ON SYNTHETIC DATA - NOT FOR CLINICAL USE"
+    assert lines[1].startswith("Not assessed for fracture: stage 1 recognises none")
+    assert lines[-1] == SYNTHETIC_DATA_WARNING
 
 
-def test_overlay_shape_must_match_source(
-    dx_image: Dataset, positive_finding: StudyFinding, algorithm: AlgorithmIdentity
-) -> None:
-    overlay = np.zeros((128, 256, 3), dtype=np.uint8)
-    with pytest.raises(ValueError, match=r"\(128, 256, 3\)"):
-        _build(dx_image, overlay, positive_finding.images[0], algorithm)
-
-
-def test_overlay_must_be_uint8(
-    dx_image: Dataset, positive_finding: StudyFinding, algorithm: AlgorithmIdentity
-) -> None:
-    overlay = _overlay(dx_image).astype(np.float64)
-    with pytest.raises(ValueError, match="float64"):
-        _build(dx_image, overlay, positive_finding.images[0], algorithm)
-
-
-def test_overlay_must_be_rgb(
-    dx_image: Dataset, positive_finding: StudyFinding, algorithm: AlgorithmIdentity
-) -> None:
-    overlay = np.zeros((256, 256), dtype=np.uint8)
-    with pytest.raises(ValueError, match=r"\(256, 256\)"):
-        _build(dx_image, overlay, positive_finding.images[0], algorithm)
-
-
-def test_finding_must_be_for_the_source(
-    dx_images: list[Dataset], positive_finding: StudyFinding, algorithm: AlgorithmIdentity
-) -> None:
-    source = dx_images[1]
-    wrong = positive_finding.images[0]
-    with pytest.raises(ValueError, match=wrong.sop_instance_uid):
-        _build(source, _overlay(source), wrong, algorithm)
-
-
-@pytest.mark.parametrize(
-    ("keyword", "value", "message"),
-    [
-        ("series_instance_uid", "1.2.x", "1.2.x"),
-        ("sop_instance_uid", "", "sop_instance_uid"),
-        ("series_number", 0, "series_number"),
-        ("instance_number", True, "instance_number"),
-    ],
-)
-def test_bad_arguments_are_rejected(
-    dx_image: Dataset,
-    positive_finding: StudyFinding,
-    algorithm: AlgorithmIdentity,
-    keyword: str,
-    value: object,
-    message: str,
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        _build(
-            dx_image, _overlay(dx_image), positive_finding.images[0], algorithm, **{keyword: value}
-        )
-
-
-def test_source_series_is_rejected(
-    dx_image: Dataset, positive_finding: StudyFinding, algorithm: AlgorithmIdentity
-) -> None:
-    series = dx_image.SeriesInstanceUID
-    with pytest.raises(ValueError, match=series):
-        _build(
-            dx_image,
-            _overlay(dx_image),
-            positive_finding.images[0],
+def test_inputs_are_checked(dx_images: list[Dataset], algorithm: AlgorithmIdentity) -> None:
+    source, other = dx_images
+    with pytest.raises(ValueError, match=r"needs \(256, 256\)"):
+        build_annotated_view(
+            source,
+            np.zeros((128, 256), np.float32),
+            _view(source, 0.9),
             algorithm,
-            series_instance_uid=series,
+            NewInstance.new_series(9002),
+        )
+    with pytest.raises(ValueError, match=other.SOPInstanceUID):
+        _build(source, _view(other, 0.9), algorithm)
+    with pytest.raises(ValueError, match="outside"):
+        build_annotated_view(
+            source,
+            np.full((256, 256), 2.0, np.float32),
+            _view(source, 0.9),
+            algorithm,
+            NewInstance.new_series(9002),
         )

@@ -12,10 +12,13 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from config.domain.findings import AlgorithmIdentity, StudyFinding
+from config.domain.decision import ViewResult
+from config.domain.findings import AlgorithmIdentity, Gate, NotAssessed, StudyFinding
 from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
-from dicom_node.outputs.codes import FINDING_SITE_BY_REGION, finding_site
+from dicom_node.outputs.codes import PRIVATE_CODES, finding_site
+from dicom_node.outputs.instance import NewInstance
 from dicom_node.outputs.sr import build_triage_sr, device_observer_uid
+from tests.dicom_node.conftest import study_finding
 from tests.peers import require_binary
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -23,14 +26,7 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 def _build(images: list[Dataset], finding: StudyFinding, algorithm: AlgorithmIdentity) -> Dataset:
     return build_triage_sr(
-        images,
-        finding,
-        algorithm,
-        series_instance_uid=generate_uid(),
-        sop_instance_uid=generate_uid(),
-        series_number=900,
-        instance_number=1,
-        institution_name="Test Hospital",
+        images, finding, algorithm, NewInstance.new_series(900), institution_name="Test Hospital"
     )
 
 
@@ -101,8 +97,10 @@ def test_positive_sr_is_valid_and_complete(
     assert float(probability.MeasuredValueSequence[0].NumericValue) == pytest.approx(0.83)
     unit = probability.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
     assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("1", "UCUM")
-    assert _code(_children(study_group, "Finding Site")[0]) == ("74670003", "SCT")
-    assert _children(study_group, "Fracture triage level")[0].TextValue == "fracture likely"
+    (site,) = _children(study_group, "Finding Site")
+    assert _code(site) == ("74670003", "SCT")
+    assert _code(_children(site, "Laterality")[0]) == ("7771000", "SCT")  # both views: L
+    assert _code(_children(study_group, "Fracture triage level")[0]) == ("FXLIKELY", "99FXTRIAGE")
     assert _children(study_group, "Algorithm Name")[0].TextValue == algorithm.name
     assert _children(study_group, "Algorithm Version")[0].TextValue == algorithm.version
     referenced = {
@@ -117,11 +115,20 @@ def test_positive_sr_is_valid_and_complete(
     assert image_ref.ReferencedSOPSequence[0].ReferencedSOPClassUID == source.SOPClassUID
     assert _code(_children(image_group, "Fracture of bone")[0]) == ("52101004", "SCT")
     assert len(_children(image_group, "Probability")) == 1
+    (region,) = _children(image_group, "Probability of the anatomic region")
+    assert float(region.MeasuredValueSequence[0].NumericValue) == pytest.approx(0.97)
 
-    # The unsupported image: undetermined, no probability, no site, says why.
+    # The unsupported image: undetermined, a coded reason; no probability, site or level.
     assert _code(_children(unsupported_group, "Fracture of bone")[0]) == ("373068000", "SCT")
-    assert not _children(unsupported_group, "Probability")
-    assert not _children(unsupported_group, "Finding Site")
+    reason = _children(unsupported_group, "Reason not assessed for fracture")[0]
+    assert _code(reason) == ("FXGATEPIXELS", "99FXTRIAGE")
+    for absent in (
+        "Probability",
+        "Probability of the anatomic region",
+        "Finding Site",
+        "Fracture triage level",
+    ):
+        assert not _children(unsupported_group, absent)
     assert any(
         "Not assessed for fracture: stage 1 recognises none" in item.TextValue
         for item in _children(unsupported_group, "Comment")
@@ -170,7 +177,8 @@ def test_negative_sr_is_valid(
     for group in groups:
         assert _code(_children(group, "Fracture of bone")[0]) == ("272519000", "SCT")  # Absent
         assert _code(_children(group, "Finding Site")[0]) == ("16953009", "SCT")  # elbow
-        assert _children(group, "Fracture triage level")[0].TextValue == "no fracture suspected"
+        level = _children(group, "Fracture triage level")[0]
+        assert _code(level) == ("FXNOTSUSPECTED", "99FXTRIAGE")
     probabilities = [
         float(item.MeasuredValueSequence[0].NumericValue)
         for group in groups
@@ -220,12 +228,25 @@ def test_dsrdump_prints_the_report(
     assert "UNVERIFIED" in result.stdout
 
 
-def test_finding_site_codes_cover_every_region() -> None:
-    assert FINDING_SITE_BY_REGION["wrist"].value == "74670003"
-    assert FINDING_SITE_BY_REGION["elbow"].value == "16953009"
-    assert {code.scheme_designator for code in FINDING_SITE_BY_REGION.values()} == {"SCT"}
-    with pytest.raises(ValueError, match="'knee'"):
-        finding_site("knee")
+def test_finding_site_codes_cover_every_body_part() -> None:
+    assert (finding_site("wrist").value, finding_site("wrist").scheme_designator) == (
+        "74670003",
+        "SCT",
+    )
+    assert finding_site("elbow").value == "16953009"
+    assert finding_site("knee").value == "72696002"  # any region a bundle names
+    with pytest.raises(ValueError, match="'tail'"):
+        finding_site("tail")
+
+
+def test_private_codes_are_unique_short_and_in_the_conformance_statement() -> None:
+    values = [code.value for code in PRIVATE_CODES]
+    assert len(set(values)) == len(values)
+    assert all(len(value) <= 16 and code.scheme_designator == "99FXTRIAGE"
+               for value, code in zip(values, PRIVATE_CODES, strict=True))  # fmt: skip
+    statement = (Path(__file__).parents[2] / "docs" / "conformance.md").read_text()
+    for code in PRIVATE_CODES:
+        assert f"`{code.value}`" in statement and code.meaning in statement
 
 
 def test_image_finding_without_source_is_rejected(
@@ -252,47 +273,13 @@ def test_empty_sources_are_rejected(
         _build([], positive_finding, algorithm)
 
 
-@pytest.mark.parametrize(
-    ("keyword", "value", "message"),
-    [
-        ("series_instance_uid", "not-a-uid", "not-a-uid"),
-        ("sop_instance_uid", "1.2.3.abc", "1.2.3.abc"),
-        ("series_number", 0, "series_number"),
-        ("instance_number", -1, "instance_number"),
-    ],
-)
-def test_bad_arguments_are_rejected(
-    dx_images: list[Dataset],
-    positive_finding: StudyFinding,
-    algorithm: AlgorithmIdentity,
-    keyword: str,
-    value: object,
-    message: str,
-) -> None:
-    arguments = {
-        "series_instance_uid": generate_uid(),
-        "sop_instance_uid": generate_uid(),
-        "series_number": 900,
-        "instance_number": 1,
-        keyword: value,
-    }
-    with pytest.raises(ValueError, match=message):
-        build_triage_sr(dx_images, positive_finding, algorithm, **arguments)
-
-
 def test_source_series_uid_is_rejected(
     dx_images: list[Dataset], positive_finding: StudyFinding, algorithm: AlgorithmIdentity
 ) -> None:
     series = dx_images[0].SeriesInstanceUID
     with pytest.raises(ValueError, match=series):
         build_triage_sr(
-            dx_images,
-            positive_finding,
-            algorithm,
-            series_instance_uid=series,
-            sop_instance_uid=generate_uid(),
-            series_number=900,
-            instance_number=1,
+            dx_images, positive_finding, algorithm, NewInstance(series, generate_uid(), 900)
         )
 
 
@@ -307,3 +294,25 @@ def test_patient_identifiers_are_not_logged(
     assert caplog.records
     assert "Doe" not in caplog.text
     assert str(dx_images[0].PatientID) not in caplog.text
+
+
+def test_an_unreadable_view_is_not_assessed_in_the_sr_with_its_coded_reason(
+    study_uid: str, dx_images: list[Dataset], algorithm: AlgorithmIdentity
+) -> None:
+    unreadable = NotAssessed(Gate.UNREADABLE, "the pixel data could not be decoded")
+    finding = study_finding(
+        study_uid,
+        [
+            ViewResult(dx_images[0].SOPInstanceUID, "wrist", 0.9, 0.2),
+            ViewResult(dx_images[1].SOPInstanceUID, not_assessed=unreadable),
+        ],
+    )
+    _, assessed_view, unreadable_view = _groups(_build(dx_images, finding, algorithm))
+    assert _code(_children(unreadable_view, "Reason not assessed for fracture")[0]) == (
+        "FXGATEUNREADABLE",
+        "99FXTRIAGE",
+    )
+    comments = [item.TextValue for item in _children(unreadable_view, "Comment")]
+    assert comments == ["Not assessed for fracture: the pixel data could not be decoded."]
+    assert not _children(unreadable_view, "Finding Site")
+    assert _children(assessed_view, "Finding Site")

@@ -19,6 +19,7 @@ from config.domain.findings import (
     BoundingBox,
     StudyFinding,
 )
+from dicom_node.outputs.instance import NewInstance
 from dicom_node.outputs.sr import box_polyline, build_triage_sr
 from tests.dicom_node.conftest import study_finding
 from tests.peers import require_binary
@@ -59,16 +60,12 @@ def boxed_finding(study_uid: str, dx_images: list[Dataset]) -> StudyFinding:
 
 
 def _build(images: list[Dataset], finding: StudyFinding, algorithm: AlgorithmIdentity, **kw):
-    return build_triage_sr(
-        images,
-        finding,
-        algorithm,
-        series_instance_uid=kw.pop("series_instance_uid", generate_uid()),
-        sop_instance_uid=generate_uid(),
-        series_number=900,
-        instance_number=1,
-        **kw,
-    )
+    return build_triage_sr(images, finding, algorithm, NewInstance.new_series(900), **kw)
+
+
+def _level(group: Dataset) -> str:
+    (item,) = [i for i in group.ContentSequence if _name(i) == "Fracture triage level"]
+    return item.ConceptCodeSequence[0].CodeMeaning
 
 
 def test_box_polyline_runs_along_the_outer_pixel_edges() -> None:
@@ -93,13 +90,10 @@ def test_positive_views_get_planar_rois_on_their_source_image(
 
     study_group, first_group, second_group = _groups(sr)
     assert not _scoords(study_group)  # the study-level finding stays a TID 1501 group
-    assert any(
-        item.ValueType == "TEXT" and item.TextValue == "fracture suspected"
-        for item in study_group.ContentSequence
-    )
+    assert _level(study_group) == "Fracture suspected"
     for group, source, box, level in (
-        (first_group, dx_images[0], boxed_finding.images[0].box, "fracture likely"),
-        (second_group, dx_images[1], boxed_finding.images[1].box, "fracture suspected"),
+        (first_group, dx_images[0], boxed_finding.images[0].box, "Fracture likely"),
+        (second_group, dx_images[1], boxed_finding.images[1].box, "Fracture suspected"),
     ):
         (scoord,) = _scoords(group)
         assert _name(scoord) == "Image Region"
@@ -114,9 +108,7 @@ def test_positive_views_get_planar_rois_on_their_source_image(
         names = [_name(item) for item in group.ContentSequence]
         for expected in ("Finding", "Fracture of bone", "Probability", "Finding Site"):
             assert expected in names
-        assert any(
-            item.ValueType == "TEXT" and item.TextValue == level for item in group.ContentSequence
-        )
+        assert _level(group) == level
 
 
 def test_dsrdump_shows_the_roi_coordinates_and_dsr2html_renders(
@@ -137,7 +129,10 @@ def test_dsrdump_shows_the_roi_coordinates_and_dsr2html_renders(
     html = subprocess.run(
         [dsr2html, str(path)], capture_output=True, text=True, check=True, timeout=60
     ).stdout
-    assert "Polyline" in html and "Fracture of bone" in html and "fracture likely" in html
+    assert "Polyline" in html and "Fracture of bone" in html and "Fracture likely" in html
+    # Sentences for readers, one per item: the finding, then the operating points.
+    assert "Fracture likely in the left wrist (probability 0.80)." in html
+    assert "Operating points: fracture suspected from probability 0.30, likely from 0.70." in html
 
 
 def test_negative_views_and_switched_off_rois_have_no_scoord(

@@ -25,13 +25,18 @@ from config.settings import Hl7Destination
 from db.audit import AuditEventType, AuditLog
 from db.models import Delivery, DeliveryStatus, RunStatus, Study, StudyStatus, TriageRun
 from db.repositories import RunRepository
+from dicom_node.outputs.drawing import BOX_COLOUR
+from dicom_node.outputs.parametric_map import PM_SERIES_DESCRIPTION
+from dicom_node.outputs.presentation_state import GSPS_SERIES_DESCRIPTION
+from dicom_node.outputs.rejection_note import REJECTION_NOTE_SERIES_DESCRIPTION
+from dicom_node.outputs.sr import SR_SERIES_DESCRIPTION
 from dicom_node.outputs.summary import SUMMARY_SERIES_DESCRIPTION
 from flows.node.service import TriageService
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
 from flows.triage.flow import UNCHANGED, triage_study
 from flows.triage.payloads import TriageSummary
-from models.runtime.overlay import BOX_COLOUR
+from tests.flows.profiles import EVERY_OBJECT
 from tests.hl7_listener import run_mllp_listener
 from tests.peers import Orthanc, assert_dciodvfy_clean, free_port, run_orthanc
 
@@ -107,14 +112,15 @@ def check_ai_results(
             if run is None or run.status is not RunStatus.SUCCEEDED:
                 return None
             assessed = sum(i.region is not None for i in run.image_results)
+            positive = sum(i.level in POSITIVE_LEVELS for i in run.image_results)
         found = ai_instances(orthanc, study_uid)
         complete = (
             len(found.get(SR_CLASS, [])) == 1
-            # one annotated SC per view and the summary
-            and len(found.get(SC_CLASS, [])) == len(files) + 1
+            # one annotated SC per assessed view (EVERY_OBJECT: negatives too) and the summary
+            and len(found.get(SC_CLASS, [])) == assessed + 1
             and len(found.get(GSPS_CLASS, [])) == 1
-            # one heatmap Parametric Map per assessed view
-            and len(found.get(PM_CLASS, [])) == assessed
+            # one heatmap Parametric Map per positive view
+            and len(found.get(PM_CLASS, [])) == positive
         )
         return found if complete else None
 
@@ -179,7 +185,7 @@ def check_ai_results(
     (summary,) = summaries
     assert summary.Columns == 1024
     assert {i.ReferencedSOPInstanceUID for i in summary.ReferencedImageSequence} == source_uids
-    assert set(annotated) == source_uids
+    assert set(annotated) == assessed
     for uid, sc in annotated.items():
         expected = STYLE_OF_LEVEL.get(levels[uid] or "")
         assert box_style(sc.pixel_array) == expected, (uid, levels[uid])
@@ -196,7 +202,7 @@ def check_ai_results(
         dashing = box.LineStyleSequence[0].LineDashingStyle
         assert {"DASHED": "dotted", "SOLID": "solid"}[dashing] == STYLE_OF_LEVEL[levels[uid]]
 
-    # The Grad-CAM heatmap of each assessed view as a Parametric Map on its grid.
+    # The Grad-CAM heatmap of each positive view as a Parametric Map (at most 512 px).
     mapped = {}
     for instance_id in found.get(PM_CLASS, []):
         pm = dcmread(tmp_path / f"{instance_id}.dcm")
@@ -205,9 +211,9 @@ def check_ai_results(
         assert pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[
             0
         ].LUTExplanation == ("Grad-CAM")
-    assert set(mapped) == assessed
+    assert set(mapped) == positive
     for uid, pm in mapped.items():
-        assert (pm.Rows, pm.Columns) == (annotated[uid].Rows, annotated[uid].Columns)
+        assert max(pm.Rows, pm.Columns) <= 512 and pm.Columns <= annotated[uid].Columns
     return levels
 
 
@@ -284,6 +290,7 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
                 ),
                 Hl7Destination(kind="hl7", name="ris", host="127.0.0.1", port=ris.port),
             ),
+            outputs=EVERY_OBJECT,
         )
         # A study with a fracture (wrist) and one without (hand).
         studies = {}
@@ -390,8 +397,15 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
             new_series = [
                 s for s in orthanc.series_of_study(study_uid) if s["ID"] not in first_series
             ]
-            # SR, summary, annotated SCs, GSPS, Parametric Maps, rejection note
-            assert len(new_series) == 6
+            # SR, summary, annotated SCs (with and without heatmap), GSPS, maps, rejection note
+            descriptions = {s["MainDicomTags"]["SeriesDescription"] for s in new_series}
+            assert descriptions >= {
+                SR_SERIES_DESCRIPTION,
+                SUMMARY_SERIES_DESCRIPTION,
+                GSPS_SERIES_DESCRIPTION,
+                PM_SERIES_DESCRIPTION,
+                REJECTION_NOTE_SERIES_DESCRIPTION,
+            }
             (note_id,) = ai_instances(orthanc, study_uid)[KOS_CLASS]
             note_path = tmp_path / "rejection-note.dcm"
             note_path.write_bytes(orthanc.get(f"/instances/{note_id}/file"))

@@ -21,6 +21,7 @@ from db.repositories import RunRepository
 from flows.cli.app import app
 from flows.node.service import TriageService
 from flows.runtime import Runtime
+from tests.flows.profiles import EVERY_OBJECT
 from tests.peers import assert_dciodvfy_clean, nema_cr, require_binary
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def test_real_jpeg2000_cr_is_triaged_with_valid_outputs(
     storescu = require_binary("storescu", "dcmtk")
     source = nema_cr("RG3_J2KR")
     header = dcmread(source, stop_before_pixels=True)
-    runtime = Runtime.create(make_settings())
+    runtime = Runtime.create(make_settings(outputs=EVERY_OBJECT))
     caplog.set_level(logging.DEBUG)
     with TriageService(runtime) as service:
         assert service.address is not None
@@ -76,14 +77,16 @@ def test_real_jpeg2000_cr_is_triaged_with_valid_outputs(
             for event in AuditLog(session).for_study(header.StudyInstanceUID)
             if event.event_type == AuditEventType.OUTPUT_CREATED and event.outcome == "failure"
         ]
-    # This CR has no pixel spacing: no Parametric Map (its plane would be made up); when the
-    # model assessed the view (it has a heatmap), the missing map is audited. The other
-    # outputs stand; a view not assessed gets no annotated copy.
+    # Every object (EVERY_OBJECT). This CR has no pixel spacing: no Parametric Map (its
+    # plane would be made up); when the model found the view positive (it gets a map), the
+    # missing map is audited. The other outputs stand; a view not assessed gets no
+    # annotated copy.
     assessed = image.region is not None
+    positive = image.level in ("fracture suspected", "fracture likely")
     assert [o.kind for o in outputs] == ["sr", "summary", "gsps"] + (["sc"] if assessed else [])
     assert "PixelSpacing" not in header and "ImagerPixelSpacing" not in header
     assert [(e.sop_instance_uid, e.detail["kind"]) for e in refusals] == (
-        [(header.SOPInstanceUID, "pm")] if image.region is not None else []
+        [(header.SOPInstanceUID, "pm")] if positive else []
     )
     assert all("Pixel Spacing" in e.detail["reason"] for e in refusals)
     for output in outputs:
@@ -94,7 +97,7 @@ def test_real_jpeg2000_cr_is_triaged_with_valid_outputs(
         assert produced.SeriesInstanceUID != header.SeriesInstanceUID
     for sc_output in [o for o in outputs if o.kind == "sc"]:
         sc = dcmread(runtime.output_dir / sc_output.path)
-        assert (sc.Rows, sc.Columns) == (header.Rows, header.Columns)
+        assert sc.Columns == header.Columns and sc.Rows > header.Rows  # the band above
         assert sc.BurnedInAnnotation == "YES"
 
     # Logs carry UIDs, never the patient's name or ID.
@@ -157,7 +160,7 @@ def test_view_without_orientation_gets_no_parametric_map_and_the_run_says_so(
         files.append(tmp_path / path.name)
         ds.save_as(files[-1])
     study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-    runtime = Runtime.create(make_settings())
+    runtime = Runtime.create(make_settings(outputs=EVERY_OBJECT))
     with TriageService(runtime) as service:
         assert service.address is not None
         subprocess.run(
@@ -173,15 +176,20 @@ def test_view_without_orientation_gets_no_parametric_map_and_the_run_says_so(
         run = RunRepository(session).latest_for_study(study_uid)
         assert run is not None and run.status is RunStatus.SUCCEEDED
         assessed = {i.sop_instance_uid for i in run.image_results if i.region is not None}
+        positive = {
+            i.sop_instance_uid
+            for i in run.image_results
+            if i.level in ("fracture suspected", "fracture likely")
+        }
         kinds = sorted(o.kind for o in run.outputs)
         refusals = {
             event.sop_instance_uid: event.detail
             for event in AuditLog(session).for_study(study_uid)
             if event.event_type == AuditEventType.OUTPUT_CREATED and event.outcome == "failure"
         }
-    assert assessed, "the wrist phantom's views are assessed (they have heatmaps)"
-    assert kinds == sorted(["sr", "summary", "gsps", *["sc"] * len(files)])
-    assert set(refusals) == assessed
+    assert positive, "the wrist phantom's views are positive (they have heatmaps)"
+    assert kinds == sorted(["sr", "summary", "gsps", *["sc"] * len(assessed)])
+    assert set(refusals) == positive  # a map is made for positive views only
     assert all(
         d["kind"] == "pm" and "Patient Orientation" in d["reason"] for d in refusals.values()
     )
