@@ -38,6 +38,18 @@ class FractureLevel(StrEnum):
         """Suspected or likely: the study goes on the worklist, views get a box."""
         return self is not FractureLevel.NOT_SUSPECTED
 
+    @property
+    def code_value(self) -> str:
+        """The level's code in :data:`PRIVATE_CODING_SCHEME` (the SR and HL7 both write it)."""
+        return _LEVEL_CODE_VALUES[self]
+
+
+_LEVEL_CODE_VALUES = {
+    FractureLevel.NOT_SUSPECTED: "FXNOTSUSPECTED",
+    FractureLevel.SUSPECTED: "FXSUSPECTED",
+    FractureLevel.LIKELY: "FXLIKELY",
+}
+
 
 def is_positive(level: FractureLevel | None) -> bool:
     """Whether ``level`` flags a fracture (None, a view or study not assessed, does not)."""

@@ -29,7 +29,6 @@ from config.domain.vocabulary import (
     PRIVATE_CODING_SCHEME,
     SYNTHETIC_DATA_WARNING,
 )
-from dicom_node.outputs.codes import LEVEL_CODES
 
 __all__ = ["build_oru_r01", "escape"]
 
@@ -81,7 +80,7 @@ def build_oru_r01(
         _segment("OBR", "1", accession, accession, _SERVICE, "", "", stamp, *[""] * 17, "P"),
         _observation(
             "1", "CWE", "125605004^Fracture of bone^SCT",
-            f"{LEVEL_CODES[level].value}^{escape(level.value)}^{PRIVATE_CODING_SCHEME}",
+            f"{level.code_value}^{escape(level.value)}^{PRIVATE_CODING_SCHEME}",
             stamp, abnormal="A",
         ),
         _observation(

@@ -75,11 +75,8 @@ FRACTURE_LEVEL: Final = Code("FXLEVEL", PRIVATE_CODING_SCHEME, "Fracture triage 
 #: The coded triage levels.
 LEVEL_CODES: Final = MappingProxyType(
     {
-        FractureLevel.NOT_SUSPECTED: Code(
-            "FXNOTSUSPECTED", PRIVATE_CODING_SCHEME, "No fracture suspected"
-        ),
-        FractureLevel.SUSPECTED: Code("FXSUSPECTED", PRIVATE_CODING_SCHEME, "Fracture suspected"),
-        FractureLevel.LIKELY: Code("FXLIKELY", PRIVATE_CODING_SCHEME, "Fracture likely"),
+        level: Code(level.code_value, PRIVATE_CODING_SCHEME, level.value.capitalize())
+        for level in FractureLevel
     }
 )
 
