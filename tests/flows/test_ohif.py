@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom import Dataset, dcmread
+from pydicom.uid import generate_uid
 
 from config import Destination
 from dicom_node.outputs.parametric_map import PM_SERIES_DESCRIPTION
@@ -164,6 +166,14 @@ class OhifViewer:
 
         ActionChains(self.driver).double_click(self.thumbnail(description)).perform()
 
+    def reset_view(self) -> None:
+        """Press the toolbar's Reset View, which redraws the viewport and its annotations.
+
+        OHIF's SR viewport sometimes adds its regions after its last drawing and shows
+        them only on the next one (a race seen in about half the runs here).
+        """
+        self.driver.find_element("css selector", "[data-cy=Reset-btn]").click()
+
     def page_text(self) -> str:
         return self.driver.execute_script("return document.body.innerText")
 
@@ -254,14 +264,56 @@ def drawn_fraction(png: bytes) -> float:
 def test_sr_regions_drawn_over_their_views_and_listed(
     viewer: OhifViewer, triaged_study: TriagedStudy
 ) -> None:
-    regions = planar_regions(triaged_study.sr)
-    assert regions, "the positive study's SR has a planar ROI per positive view"
     viewer.open_study()
-    viewer.open_series(SR_SERIES_DESCRIPTION)
+    show_sr_regions(viewer, triaged_study.sr, "ohif-sr.png")
+
+
+def test_an_sr_shaped_as_ohif_reads_it_is_drawn_and_listed(
+    viewer: OhifViewer, triaged_study: TriagedStudy
+) -> None:
+    """What OHIF needs of our SR, shown on a copy: no group without a region, and each
+    region's probability inferred from the region (TID 300's INFERRED FROM SCOORD)."""
+    copy = deepcopy(triaged_study.sr)
+    copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    copy.SeriesInstanceUID = generate_uid()
+    copy.SeriesDescription = "Copy of the AI report shaped for OHIF"
+    measurements = next(
+        item.ContentSequence
+        for item in copy.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurements"
+    )
+    for group in list(measurements):
+        items = group.ContentSequence
+        region = next((item for item in items if item.ValueType == "SCOORD"), None)
+        if region is None:  # the study-level group: OHIF needs a region in every group
+            measurements.remove(group)
+            continue
+        probability = next(item for item in items if item.ValueType == "NUM")
+        inferred_from = deepcopy(region)
+        inferred_from.RelationshipType = "INFERRED FROM"
+        probability.ContentSequence = [*probability.get("ContentSequence", []), inferred_from]
+    buffer = BytesIO()
+    copy.save_as(buffer)
+    triaged_study.orthanc.request("POST", "/instances", buffer.getvalue())
+    viewer.open_study()
+    show_sr_regions(viewer, copy, "ohif-sr-shaped-copy.png")
+
+
+def show_sr_regions(viewer: OhifViewer, sr: Dataset, picture: str) -> None:
+    """Open the SR as a reader does: its regions drawn over their views with their labels;
+    then, on a fresh page, its measurements tracked and listed."""
+    regions = planar_regions(sr)
+    assert regions, "the positive study's SR has a planar ROI per positive view"
+    description = str(sr.SeriesDescription)
+    viewer.wait(lambda: description in viewer.series(), "the SR in the study browser")
+    viewer.open_series(description)
     try:
-        # OHIF's SR viewport draws a region over the source view it was drawn on, labelled.
+        # OHIF's SR viewport: a region over the source view it was drawn on, labelled.
         viewer.wait(
-            lambda: viewer.driver.find_elements("css selector", "svg.svg-layer polyline"),
+            lambda: (
+                viewer.driver.find_elements("css selector", "svg.svg-layer polyline")
+                or viewer.reset_view()
+            ),
             "the SR's regions over their views",
         )
         labels = viewer.driver.execute_script(
@@ -269,30 +321,56 @@ def test_sr_regions_drawn_over_their_views_and_listed(
             ".map(t => t.textContent).join(' ')"
         )
         assert "Probability" in labels, labels
-        # Tracking the SR's measurements lists every region in the measurements panel.
-        viewer.driver.find_element("xpath", "//button[normalize-space()='Yes']").click()
-        viewer.driver.find_element("css selector", "[data-cy=trackedMeasurements-btn]").click()
-        try:
-            viewer.wait(
-                lambda: f"Measurements ({len(regions)})" in viewer.page_text(),
-                "the SR's measurements listed",
-                timeout=60,
-            )
-        except AssertionError as not_listed:
-            raise OhifError(f"OHIF {OHIF_VERSION} did not list the SR's regions") from not_listed
     finally:
-        viewer.save("ohif-sr.png")
+        viewer.save(picture)
+
+    # Tracking the SR's measurements (OHIF's offer on opening it) lists every region.
+    viewer.open_study()
+    viewer.open_series(description)
+    viewer.wait(
+        lambda: viewer.driver.find_elements("xpath", "//button[normalize-space()='Yes']"),
+        "OHIF's offer to track the SR's measurements",
+    )[0].click()
+    viewer.driver.find_element("css selector", "[data-cy=trackedMeasurements-btn]").click()
+    try:
+        viewer.wait(
+            lambda: f"Measurements ({len(regions)})" in viewer.page_text(),
+            "the SR's measurements listed",
+            timeout=60,
+        )
+    except AssertionError as not_listed:
+        raise OhifError(f"OHIF {OHIF_VERSION} did not list the SR's regions") from not_listed
+    finally:
+        viewer.save(picture.replace(".png", "-tracked.png"))
+    for site in finding_sites(sr):
+        assert viewer.page_text().count(site) >= len(regions), site
 
 
 def planar_regions(sr: Dataset) -> list[Dataset]:
     """The SCOORD content items of the SR's measurement groups (one per positive view)."""
     return [
         item
+        for group in measurement_groups(sr)
+        for item in group.ContentSequence
+        if item.ValueType == "SCOORD"
+    ]
+
+
+def finding_sites(sr: Dataset) -> set[str]:
+    return {
+        str(item.ConceptCodeSequence[0].CodeMeaning)
+        for group in measurement_groups(sr)
+        for item in group.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Finding Site"
+    }
+
+
+def measurement_groups(sr: Dataset) -> list[Dataset]:
+    return [
+        group
         for container in sr.ContentSequence
         if container.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurements"
         for group in container.ContentSequence
-        for item in group.ContentSequence
-        if item.ValueType == "SCOORD"
     ]
 
 
