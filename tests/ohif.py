@@ -28,6 +28,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 #: The viewer the tests and docker-compose.yml's ``ohif`` service run (kept equal by a test).
+#: Not 3.13.2, the latest release when this was pinned: its image loader keeps only the first
+#: letter of VOI LUT Function (0028,1056), so our DX views (LINEAR) stayed black
+#: ("Invalid VOI LUT function", upstream issue OHIF/Viewers#6239).
 OHIF_VERSION = "3.12.10"
 #: The npm registry's integrity of ``@ohif/app@OHIF_VERSION``'s tarball.
 OHIF_INTEGRITY = (

@@ -234,6 +234,8 @@ def test_study_list_and_every_ai_series_in_the_study_browser(
     )
     assert listed[SR_SERIES_DESCRIPTION] == "SR"
     assert listed[GSPS_SERIES_DESCRIPTION] == "PR"
+    assert listed[PM_SERIES_DESCRIPTION] == "PMAP"
+    assert listed[SC_SERIES_DESCRIPTION] == listed[SUMMARY_SERIES_DESCRIPTION] == "OT"
     viewer.save("ohif-study.png")
 
     # The annotated views: drawn in colour (box, heatmap) where the source is grey.
@@ -321,6 +323,7 @@ def show_sr_regions(viewer: OhifViewer, sr: Dataset, picture: str) -> None:
             ".map(t => t.textContent).join(' ')"
         )
         assert "Probability" in labels, labels
+        assert all(site in labels for site in finding_sites(sr)), labels
     finally:
         viewer.save(picture)
 
@@ -398,3 +401,6 @@ def test_parametric_map_is_listed_but_stops_the_viewer(viewer: OhifViewer) -> No
     with pytest.raises(OhifError, match="Parametric maps oblique to the acquisition plane"):
         viewer.wait(lambda: False, "the Parametric Map")
     viewer.save("ohif-parametric-map.png")
+    # The reader reloads the page: the study is back.
+    viewer.errors.clear()
+    viewer.open_study()
