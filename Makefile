@@ -34,11 +34,13 @@ test: lint
 	$(BIN)/python -m pytest
 
 # The real peers the tests talk to (Debian): dcmtk, Orthanc (+ DICOMweb, web viewer),
-# dicom3tools, docker-compose, and chromium with its driver for the browser test.
+# dicom3tools, docker-compose, and chromium with its driver for the browser tests; then the
+# OHIF viewer (its built app, the pinned @ohif/app from npm) under var/ohif/ (tests/ohif.py).
 peers:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc orthanc-dicomweb orthanc-webviewer dicom3tools \
 		docker-compose chromium chromium-driver
+	$(PYTHON) -m tests.ohif
 
 # Random passwords for docker-compose.yml's Docker secrets, owner-only, never committed.
 secrets:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -62,25 +63,26 @@ def demo_bundle() -> Path:
     return bundle
 
 
+def settings_under(root: Path, bundle: Path, **overrides: object) -> Settings:
+    """Settings rooted in ``root`` (SQLite, store, outputs), fast completion."""
+    values: dict[str, object] = {
+        "port": 0,
+        "store_dir": root / "store",
+        "output_dir": root / "outputs",
+        "database_url": f"sqlite:///{root / 'audit.db'}",
+        "model_bundle_dir": bundle,
+        "study_stable_seconds": 1.0,
+        "prefect_flow_heartbeat": False,
+    }
+    values.update(overrides)
+    return load_settings(None, **values)
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path, test_bundle: Path) -> Callable[..., Settings]:
     """Settings rooted in the test's temp dir (SQLite, store, outputs), fast completion,
     the untrained test bundle (pass ``model_bundle_dir`` for another)."""
-
-    def make(**overrides: object) -> Settings:
-        values: dict[str, object] = {
-            "port": 0,
-            "store_dir": tmp_path / "store",
-            "output_dir": tmp_path / "outputs",
-            "database_url": f"sqlite:///{tmp_path / 'audit.db'}",
-            "model_bundle_dir": test_bundle,
-            "study_stable_seconds": 1.0,
-            "prefect_flow_heartbeat": False,
-        }
-        values.update(overrides)
-        return load_settings(None, **values)
-
-    return make
+    return functools.partial(settings_under, tmp_path, test_bundle)
 
 
 @pytest.fixture(scope="session")

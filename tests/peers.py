@@ -224,6 +224,51 @@ def run_orthanc(
         orthanc.stop()
 
 
+# -- Chromium ----------------------------------------------------------------------------
+
+#: Flags for a headless Chromium that reaches nothing but loopback.
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+#: WebGL on the CPU (SwiftShader), which Chromium no longer falls back to by itself:
+#: OHIF draws with WebGL. Only for pages of our own loopback servers.
+CHROMIUM_WEBGL_FLAGS = ("--enable-unsafe-swiftshader", "--use-angle=swiftshader")
+
+
+@contextmanager
+def run_chromium(
+    profile_dir: Path, *flags: str, window: tuple[int, int] = (1400, 1000)
+) -> Iterator[Any]:
+    """Debian's Chromium driven by Selenium (chromium-driver); never a downloaded browser."""
+    chromium = require_binary("chromium", "chromium")
+    driver_path = require_binary("chromedriver", "chromium-driver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        require(False, "selenium is not installed (pip install -e .[dev])")
+        raise
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager fetch a browser
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROMIUM_FLAGS, *flags, f"--window-size={window[0]},{window[1]}"):
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile_dir}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(120)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
 # -- PostgreSQL --------------------------------------------------------------------------
 
 POSTGRES_ADMIN_URL = os.environ.get(

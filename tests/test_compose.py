@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from config import load_settings
 from db.audit import AuditEventType, AuditLog, verify_chain
 from db.engine import engine_from_settings, make_session_factory
+from tests.ohif import APP_CONFIG, OHIF_VERSION
 from tests.peers import POSTGRES_ADMIN_URL, require_binary, scratch_postgres_database
 
 pytestmark = pytest.mark.peers
@@ -53,8 +54,17 @@ def compose() -> dict:
 
 def test_docker_compose_config_accepts_the_stack(compose: dict) -> None:
     services = compose["services"]
-    assert set(services) == {"db", "prefect", "migrate", "node", "worker", "orthanc"}
-    for name in ("db", "prefect", "node", "worker", "orthanc"):  # migrate is one-shot
+    assert set(services) == {
+        "db",
+        "prefect",
+        "migrate",
+        "node",
+        "worker",
+        "orthanc",
+        "ohif",
+        "ohif-proxy",
+    }
+    for name in set(services) - {"migrate"}:  # migrate is one-shot
         assert "healthcheck" in services[name], f"{name} has no health check"
     assert services["node"]["depends_on"]["migrate"]["condition"] == (
         "service_completed_successfully"
@@ -166,3 +176,17 @@ def test_init_script_migrations_and_node_role_on_postgresql(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'prefect'"
         ).fetchone()
     assert owner == ("prefect",)
+
+
+def test_ohif_is_the_tested_viewer_on_loopback(compose: dict) -> None:
+    """The compose stack's OHIF is the version and configuration the browser tests run."""
+    services = compose["services"]
+    assert services["ohif"]["image"] == f"ohif/app:v{OHIF_VERSION}"
+    # docker-compose 1.x writes short forms: source:target:mode, ip:published:target/tcp.
+    (config,) = services["ohif"]["volumes"]
+    source, target, _mode = config.split(":")
+    assert (Path(source), target) == (APP_CONFIG, "/usr/share/nginx/html/app-config.js")
+    assert "ports" not in services["ohif"]  # only behind the proxy, with Orthanc's DICOMweb
+    (port,) = services["ohif-proxy"]["ports"]
+    assert str(port).startswith("127.0.0.1:"), port
+    assert {"ohif", "orthanc"} <= set(services["ohif-proxy"]["depends_on"])

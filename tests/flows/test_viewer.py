@@ -8,7 +8,6 @@ Map (the last two drawn from the objects' own content: no browser viewer shows t
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -36,6 +35,7 @@ from tests.peers import (
     free_port,
     require,
     require_binary,
+    run_chromium,
     run_orthanc,
 )
 
@@ -46,36 +46,8 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[object]:
-    chromium = require_binary("chromium", "chromium")
-    driver_path = require_binary("chromedriver", "chromium-driver")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        require(False, "selenium is not installed (pip install -e .[dev])")
-        raise
-    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager fetch a browser
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1000",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.set_page_load_timeout(60)
-    try:
+    with run_chromium(tmp_path / "chromium-profile", "--disable-gpu") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def ai_series(orthanc: Orthanc, study_uid: str) -> dict[str, dict]:
@@ -105,9 +77,12 @@ def test_ai_series_are_listed_and_the_summary_renders_in_the_browser(
 ) -> None:
     """The README's pictures: the demo model (trained on phantoms) on the wrist study."""
     require(ORTHANC_WEBVIEWER_PLUGIN.is_file(), "apt-get install orthanc-webviewer")
-    # A fresh folder: a picture left by an earlier run must not pass for this run's.
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir()
+    # No picture left by an earlier run may pass for this run's (test_ohif keeps its own
+    # pictures in the ohif/ folder below).
+    ARTIFACTS.mkdir(exist_ok=True)
+    for stale in ARTIFACTS.iterdir():
+        if stale.is_file():
+            stale.unlink()
     node_port = free_port()
     with run_orthanc(
         tmp_path / "orthanc",
