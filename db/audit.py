@@ -52,6 +52,7 @@ class AuditEventType(enum.StrEnum):
     TRIAGE_SKIPPED = "triage_skipped"
     TRIAGE_FAILED = "triage_failed"
     OUTPUT_CREATED = "output_created"
+    HEADER_REPAIRED = "header_repaired"  # source attributes written empty in our outputs
     OUTPUT_SENT = "output_sent"
     OUTPUT_SEND_FAILED = "output_send_failed"
     REPROCESS_REQUESTED = "reprocess_requested"

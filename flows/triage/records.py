@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.domain.findings import AlgorithmIdentity, StudyFinding
+from config.domain.vocabulary import OutputKind
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.models import RunStatus, StudyStatus
 from db.repositories import FailedAttempt, ImageResultRow, RunRepository, StudyRepository
@@ -82,6 +83,13 @@ def instance_paths(sessions: Sessions, study_instance_uid: str) -> list[str]:
     """Every stored instance of the study (relative paths), ours coming back included."""
     with sessions() as session:
         return [i.path for i in StudyRepository(session).instances(study_instance_uid)]
+
+
+def calling_ae_title(sessions: Sessions, study_instance_uid: str) -> str | None:
+    """The calling AE title that sent the study's first instance (output routes use it)."""
+    with sessions() as session:
+        instances = StudyRepository(session).instances(study_instance_uid)
+        return instances[0].calling_ae_title if instances else None
 
 
 def start_run(
@@ -154,8 +162,11 @@ def record_outputs(
     run_id: int,
     outputs: Sequence[WrittenOutput],
     maps_not_made: Sequence[tuple[str, str]] = (),
+    repaired_attributes: Sequence[str] = (),
 ) -> None:
-    """Record the run's outputs and queue their deliveries; audit each (and each map refused)."""
+    """Record the run's outputs and queue their deliveries; audit each, each map refused,
+    and the source attributes the outputs carry empty because their values were malformed
+    (keywords only, never the values)."""
     with sessions.begin() as session:
         runs, audit = RunRepository(session), AuditLog(session)
         run = runs.get(run_id)
@@ -183,8 +194,16 @@ def record_outputs(
                 actor="triage",
                 study_instance_uid=study_instance_uid,
                 sop_instance_uid=sop_instance_uid,
-                kind="pm",
+                kind=str(OutputKind.PARAMETRIC_MAP),
                 reason=reason,
+            )
+        if repaired_attributes:
+            audit.record(
+                AuditEventType.HEADER_REPAIRED,
+                actor="triage",
+                study_instance_uid=study_instance_uid,
+                run_id=run_id,
+                attributes=sorted(repaired_attributes),
             )
 
 

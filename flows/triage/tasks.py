@@ -168,7 +168,15 @@ def build_outputs(
         runtime.output_dir, [("previous SR", previous)] if previous else []
     )
     superseded = read_headers(runtime.output_dir, records.superseded_outputs(sessions, uid, run_id))
-    run = StudyRun(run_id, finding, sources, runtime.algorithm(), runtime.output_dir / uid)
+    run = StudyRun(
+        run_id,
+        finding,
+        sources,
+        runtime.algorithm(),
+        runtime.output_dir / uid,
+        calling_ae_title=records.calling_ae_title(sessions, uid),
+        intended_use=runtime.intended_use().statement,
+    )
     done = assemble(
         run,
         pixels,
@@ -176,7 +184,9 @@ def build_outputs(
         previous_reports[0] if previous_reports else None,
         superseded,
     )
-    records.record_outputs(sessions, uid, run_id, done.outputs, done.maps_not_made)
+    records.record_outputs(
+        sessions, uid, run_id, done.outputs, done.maps_not_made, done.repaired_attributes
+    )
     return tuple(done.outputs)
 
 

@@ -9,5 +9,4 @@
 - ``inference``: the two-stage :class:`HierarchicalModel` (region, then that region's
   fracture network and its Grad-CAM).
 - ``bundle``: reading, writing and loading bundle directories into a HierarchicalModel.
-- ``overlay``: the heatmap and box drawn over a radiograph for secondary captures.
 """
