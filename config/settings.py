@@ -275,6 +275,15 @@ class OutputSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # Switches: a kind switched off is never made, whatever the routes say (e.g. from the
+    # environment, FRACTURE_TRIAGE_OUTPUTS__GSPS=false); switched on, the routes decide.
+    sr: bool = Field(default=True, description="The TID 1500 SR (where a route names it).")
+    summary: bool = Field(default=True, description="The summary Secondary Capture.")
+    annotated: bool = Field(default=True, description="Annotated copies of the views.")
+    gsps: bool = Field(default=True, description="The GSPS (routed by sites that want it).")
+    parametric_map: bool = Field(
+        default=True, description="The heatmap Parametric Maps (routed by sites that want them)."
+    )
     sr_rois: bool = Field(
         default=True, description="Planar ROIs (SCOORD) in the SR, drawn by OHIF-style viewers."
     )
@@ -298,6 +307,17 @@ class OutputSettings(BaseModel):
         default=DEFAULT_ROUTES,
         description="The output profile: which objects go to which destinations, when.",
     )
+
+    def switched_on(self, kind: OutputKind) -> bool:
+        """Whether ``kind`` may be made at all (its switch)."""
+        switch = {
+            OutputKind.SR: self.sr,
+            OutputKind.SUMMARY: self.summary,
+            OutputKind.ANNOTATED: self.annotated,
+            OutputKind.GSPS: self.gsps,
+            OutputKind.PARAMETRIC_MAP: self.parametric_map,
+        }
+        return switch.get(kind, True)
 
 
 class AuditSyslogSettings(BaseModel):

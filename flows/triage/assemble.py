@@ -110,7 +110,7 @@ def output_plan(run: StudyRun, settings: Settings) -> Plan:
             modalities=modalities,
         ):
             continue
-        for kind in route.kinds:
+        for kind in filter(settings.outputs.switched_on, route.kinds):
             names = plan.get(kind, ()) + (route.destinations or dicom)
             plan[kind] = tuple(dict.fromkeys(names))
     return plan

@@ -99,6 +99,15 @@ def test_the_default_profile_sends_sr_summary_and_positive_views_and_sr_only_oth
     }
 
 
+def test_a_switched_off_kind_is_never_made_whatever_the_routes_say(
+    tmp_path: Path, sources: list[Dataset]
+) -> None:
+    settings = _settings(tmp_path, summary=False, annotated=False)
+    assert output_plan(_run(tmp_path, sources, "positive"), settings) == {
+        OutputKind.SR: ("pacs", "viewer")
+    }
+
+
 def test_routes_select_by_kind_destination_outcome_calling_ae_and_modality(
     tmp_path: Path, sources: list[Dataset]
 ) -> None:
