@@ -279,11 +279,12 @@ class StudyRepository:
         self,
         study_instance_uid: str,
         *,
-        max_attempts: int,
+        max_attempts: int | None,
         delay: Callable[[int], dt.timedelta],
         now: dt.datetime | None = None,
     ) -> FailedAttempt | None:
-        """Count a failed triage attempt: READY again after ``delay(attempts)``, or FAILED.
+        """Count a failed triage attempt: READY again after ``delay(attempts)``, or FAILED
+        after ``max_attempts`` (None: never; the fault is not the study's, e.g. Prefect down).
 
         None when the study has changed meanwhile (a new view reopened it: RECEIVING,
         and its next triage counts afresh).
@@ -294,7 +295,7 @@ class StudyRepository:
             return None
         study.triage_attempts += 1
         study.updated_at = now
-        if study.triage_attempts >= max_attempts:
+        if max_attempts is not None and study.triage_attempts >= max_attempts:
             study.status, study.next_attempt_at = StudyStatus.FAILED, None
             return FailedAttempt(study.triage_attempts, None)
         retry_at = now + delay(study.triage_attempts)

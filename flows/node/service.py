@@ -123,7 +123,8 @@ class TriageService:
     def _fail_unclaimed(self, reason: str) -> None:
         with self.runtime.sessions() as session:
             waiting = StudyRepository(session).ready_now()
-        fail_unclaimed(self.runtime.sessions, waiting, reason, retry_policy(self.runtime.settings))
+        policy = retry_policy(self.runtime.settings, orchestration=True)
+        fail_unclaimed(self.runtime.sessions, waiting, reason, policy)
 
     def _create_flow_run(self, study_instance_uid: str) -> list[TriageSummary]:
         """Server mode: a flow run of the batch deployment, unless one is already waiting.

@@ -147,10 +147,13 @@ def _triage_runs(
     return outcomes
 
 
-def retry_policy(settings: Settings) -> records.RetryPolicy:
-    """The site's retry rule for failed triage runs."""
+def retry_policy(settings: Settings, *, orchestration: bool = False) -> records.RetryPolicy:
+    """The site's retry rule for failed triage runs; without a limit where the run never
+    started because the orchestration failed (not the study's fault: it waits for Prefect)."""
     backoff = Backoff(settings.triage_retry_base_seconds, settings.triage_retry_cap_seconds)
-    return records.RetryPolicy(settings.triage_max_attempts, backoff.delay)
+    return records.RetryPolicy(
+        None if orchestration else settings.triage_max_attempts, backoff.delay
+    )
 
 
 def failure_reason(runtime: Runtime, study_uid: str, error: BaseException) -> str:

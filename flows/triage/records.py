@@ -241,9 +241,10 @@ def finish_run(
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often a study whose triage fails is tried, and how long it waits in between."""
+    """How often a study whose triage fails is tried (None: until it works), and how long
+    it waits in between."""
 
-    max_attempts: int
+    max_attempts: int | None
     delay: Callable[[int], dt.timedelta]
 
 
@@ -278,7 +279,8 @@ def fail_run(
 def fail_unclaimed(
     sessions: Sessions, study_uids: Sequence[str], reason: str, policy: RetryPolicy
 ) -> None:
-    """Triage could not even start (orchestration down): each READY study waits and retries."""
+    """Triage could not even start (orchestration down, no flow run created): each READY
+    study is audited, waits its backoff and is handed on again."""
     with sessions.begin() as session:
         studies, audit = StudyRepository(session), AuditLog(session)
         for uid in study_uids:

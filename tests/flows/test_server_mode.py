@@ -20,13 +20,26 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
-from config import Destination, Settings
-from db.models import RunStatus, StudyStatus, TriageRun
+from config import Destination, Settings, load_settings
+from db.audit import AuditEventType, AuditLog
+from db.engine import make_engine, make_session_factory
+from db.migrate import upgrade
+from db.models import Instance, RunStatus, Study, StudyStatus, TriageRun
 from db.repositories import RUN_WORKER_LOST, StudyRepository
+from dicom_node.delivery.dimse import send_files
+from dicom_node.uids import derived_uid
 from flows.node.service import TriageService
 from flows.runtime import Runtime
-from tests.peers import Orthanc, free_port, require, run_orthanc
+from tests.peers import (
+    Orthanc,
+    free_port,
+    require,
+    run_orthanc,
+    scratch_postgres_database,
+    wait_for_port,
+)
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
@@ -185,6 +198,17 @@ def study_status(runtime: Runtime, study_uid: str) -> StudyStatus | None:
         return None if study is None else study.status
 
 
+def handoff_failures(runtime: Runtime, study_uid: str) -> list[dict]:
+    """The audited attempts to hand the study to Prefect that failed (it waits, retried)."""
+    with runtime.sessions() as session:
+        return [
+            event.detail
+            for event in AuditLog(session).for_study(study_uid)
+            if event.event_type == AuditEventType.TRIAGE_FAILED
+            and "no flow run could be created" in event.detail.get("reason", "")
+        ]
+
+
 def runs_of(runtime: Runtime) -> list[tuple[str, RunStatus, str | None, str | None]]:
     with runtime.sessions() as session:
         return [
@@ -209,7 +233,13 @@ def test_study_runs_through_prefect_server_and_a_worker_then_a_scheduled_reproce
         pacs = Destination(
             name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=orthanc.dicom_port
         )
-        settings = make_settings(port=node_port, destinations=(pacs,), prefect_api_url=api_url)
+        settings = make_settings(
+            port=node_port,
+            destinations=(pacs,),
+            prefect_api_url=api_url,
+            triage_retry_base_seconds=2.0,
+            triage_retry_cap_seconds=5.0,
+        )
         files = sorted(sample_studies[0].glob("*.dcm"))
         for path in files:
             orthanc.upload(path)
@@ -227,8 +257,11 @@ def test_study_runs_through_prefect_server_and_a_worker_then_a_scheduled_reproce
                 "/modalities/triage/store",
                 {"Resources": [study_id], "Synchronous": True},
             )
-            wait_for(lambda: study_status(runtime, study_uid) == StudyStatus.READY, 60, "ready")
-            time.sleep(2)  # the node's first attempt to create the flow run fails meanwhile
+            wait_for(
+                lambda: handoff_failures(runtime, study_uid),
+                120,
+                "the audited failure to create the flow run (no deployment yet)",
+            )
             assert study_status(runtime, study_uid) == StudyStatus.READY and not runs_of(runtime)
             with worker(settings, tmp_path / "worker") as first:
                 deployments_registered(api_url, first.log)
@@ -315,65 +348,141 @@ def test_study_runs_through_prefect_server_and_a_worker_then_a_scheduled_reproce
         assert len(ai_series(orthanc, study_uid, "SR")) == 2
 
 
-def test_a_killed_worker_leaves_the_study_to_be_picked_up_again(
-    tmp_path: Path, make_settings: Callable[..., Settings], sample_studies: list[Path]
+def flow_run_in(candidate: Worker) -> bool:
+    """Whether the worker is executing a flow run now (a ``prefect.engine`` process in its
+    process group: the worker started in a session of its own)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            group = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            command = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if group == candidate.process.pid and b"prefect.engine" in command:
+            return True
+    return False
+
+
+def copy_study(study_dir: Path, target: Path, tag: str) -> tuple[str, list[Path]]:
+    """The study with new UIDs (another patient's visit, as far as the node can tell)."""
+    target.mkdir(parents=True)
+    study_uid, series_uid = (derived_uid(tag, part) for part in ("study", "series"))
+    files = []
+    for path in sorted(study_dir.glob("*.dcm")):
+        dataset = dcmread(path)
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study_uid, series_uid
+        dataset.SOPInstanceUID = derived_uid(tag, path.name)
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        dataset.save_as(target / path.name, enforce_file_format=True)
+        files.append(target / path.name)
+    return study_uid, files
+
+
+@contextmanager
+def node_process(settings: Settings, home: Path) -> Iterator[int]:
+    """A `fracture-triage serve` process with ``settings`` (its own port)."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = _worker_env(settings, home) | {
+        "FRACTURE_TRIAGE_PORT": str(port),
+        "FRACTURE_TRIAGE_STUDY_STABLE_SECONDS": str(settings.study_stable_seconds),
+        "FRACTURE_TRIAGE_TRIAGE_TIMEOUT_SECONDS": str(settings.triage_timeout_seconds),
+        "FRACTURE_TRIAGE_PREFECT_FLOW_HEARTBEAT": "false",
+    }
+    log = home / "node.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve"], env=env, stdout=handle,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for_port(port, timeout=240)
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def test_two_nodes_and_two_workers_share_one_database_and_a_prefect_server(
+    tmp_path: Path, test_bundle: Path, sample_studies: list[Path]
 ) -> None:
-    node_port = free_port()
-    with (
-        prefect_server(tmp_path) as api_url,
-        run_orthanc(
-            tmp_path / "orthanc", modalities={"triage": ("FRACTURE_TRIAGE", "127.0.0.1", node_port)}
-        ) as orthanc,
-    ):
-        pacs = Destination(
-            name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=orthanc.dicom_port
-        )
-        settings = make_settings(
-            port=node_port,
-            destinations=(pacs,),
+    """Beyond one machine: nodes behind a load balancer receive, workers triage, one
+    PostgreSQL and one Prefect server; a worker killed mid-run loses nothing, and every
+    study is triaged exactly once. The store and outputs are shared storage (an NFS or
+    SMB mount at the same path on every host in production; one folder here)."""
+    with scratch_postgres_database() as database_url, prefect_server(tmp_path) as api_url:
+        upgrade(make_engine(database_url))  # the owner migrates; nodes never do on PostgreSQL
+        shared = tmp_path / "shared"
+        settings = load_settings(
+            None,
+            store_dir=shared / "store",
+            output_dir=shared / "outputs",
+            database_url=database_url,
+            model_bundle_dir=test_bundle,
             prefect_api_url=api_url,
+            study_stable_seconds=1.0,
             triage_timeout_seconds=30.0,
         )
-        files = sorted(sample_studies[1].glob("*.dcm"))
-        for path in files:
-            orthanc.upload(path)
-        study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-        runtime = Runtime.create(settings)
-        with TriageService(runtime) as service:
-            with worker(settings, tmp_path / "doomed-worker") as doomed:
-                deployments_registered(api_url, doomed.log)
-                orthanc.request(
-                    "POST",
-                    "/modalities/triage/store",
-                    {"Resources": [orthanc.study_id(study_uid)], "Synchronous": True},
-                )
-                deadline = time.monotonic() + 300
-                while not any(s is RunStatus.RUNNING for _, s, _, _ in runs_of(runtime)):
-                    assert time.monotonic() < deadline, doomed.log.read_text()[-4000:]
-                    time.sleep(0.05)
-                doomed.kill()  # mid-run: the flow run's process dies with the worker
-            assert [s for _, s, _, _ in runs_of(runtime)] == [RunStatus.RUNNING]
-            assert not ai_series(orthanc, study_uid, "SR")
+        studies = dict(
+            copy_study(sample_studies[k % 3], tmp_path / "studies" / str(k), f"distributed-{k}")
+            for k in range(6)
+        )
+        sessions = make_session_factory(make_engine(database_url))
+        with (
+            node_process(settings, tmp_path / "node-a") as port_a,
+            node_process(settings, tmp_path / "node-b") as port_b,
+            worker(settings, tmp_path / "worker-a") as worker_a,
+            worker(settings, tmp_path / "worker-b") as worker_b,
+        ):
+            deployments_registered(api_url, worker_a.log)
+            # The load balancer's part: studies spread over both nodes.
+            for k, files in enumerate(studies.values()):
+                port = (port_a, port_b)[k % 2]
+                target = Destination(name="node", ae_title=settings.ae_title, host="127.0.0.1",
+                                     port=port)  # fmt: skip
+                assert all(o.success for o in send_files(files, target, "MODALITY"))
+            busy = wait_for(
+                lambda: next((w for w in (worker_a, worker_b) if flow_run_in(w)), None),
+                400,
+                "a flow run executing on a worker",
+                worker_a.log,
+            )
+            assert isinstance(busy, Worker)
+            busy.kill()  # mid-run: the flow run's process dies with its worker
+            wait_for(
+                lambda: _all_triaged(sessions, studies),
+                600,
+                "every study triaged by the surviving worker",
+                (worker_b if busy is worker_a else worker_a).log,
+            )
+        _assert_triaged_exactly_once(sessions, studies, api_url)
 
-            # After triage_timeout the node fails the lost run, marks its flow run
-            # crashed (freeing the inference slot) and creates a new batch run; while
-            # that one waits for a worker, a study handed on again joins it.
-            wait_for(lambda: batch_runs(api_url) == 2, 120, "the new batch flow run")
-            service.submit(study_uid).result(timeout=60)
-            assert batch_runs(api_url) == 2
-            with worker(settings, tmp_path / "second-worker") as second:
-                wait_for(
-                    lambda: ai_series(orthanc, study_uid, "SR") and all_runs_finished(runtime),
-                    400,
-                    "the SR after the restart and the run finished",
-                    second.log,
-                )
-        (lost, redone) = runs_of(runtime)
-        assert lost[1:3] == (RunStatus.FAILED, RUN_WORKER_LOST)
-        assert redone[1] is RunStatus.SUCCEEDED
-        crashed = http_json(f"{api_url}/flow_runs/{lost[3]}")
-        completed = http_json(f"{api_url}/flow_runs/{redone[3]}")
-        assert isinstance(crashed, dict) and isinstance(completed, dict)
-        assert crashed["state"]["type"] == "CRASHED"
-        assert completed["state"]["type"] == "COMPLETED"
-        assert len(ai_series(orthanc, study_uid, "SR")) == 1
+
+def _all_triaged(sessions: sessionmaker[Session], studies: dict[str, list[Path]]) -> bool:
+    with sessions() as session:
+        repository = StudyRepository(session)
+        return all(
+            (study := repository.get(uid)) is not None and study.status is StudyStatus.TRIAGED
+            for uid in studies
+        )
+
+
+def _assert_triaged_exactly_once(
+    sessions: sessionmaker[Session], studies: dict[str, list[Path]], api_url: str
+) -> None:
+    with sessions() as session:
+        runs = session.execute(
+            select(Study.study_instance_uid, TriageRun.status, TriageRun.error,
+                   TriageRun.flow_run_id).join(TriageRun.study)
+        ).all()  # fmt: skip
+        received = set(session.scalars(select(Instance.sop_instance_uid)))
+    for uid, files in studies.items():
+        statuses = [status for study, status, _, _ in runs if study == uid]
+        assert statuses.count(RunStatus.SUCCEEDED) == 1, (uid, statuses)
+        assert {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files} <= received
+    lost = [(error, flow_run) for _, status, error, flow_run in runs if status is RunStatus.FAILED]
+    assert lost and all(error == RUN_WORKER_LOST for error, _ in lost)
+    for _, flow_run_id in lost:  # the lost flow runs were marked crashed on the server
+        crashed = http_json(f"{api_url}/flow_runs/{flow_run_id}")
+        assert isinstance(crashed, dict) and crashed["state"]["type"] == "CRASHED"
