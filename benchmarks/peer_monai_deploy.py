@@ -11,7 +11,8 @@ seed) at 320 px on 2 torch threads.
   study folder per tick. One network forward per study, one Basic Text SR written.
 - Node: ``triage_batch`` on one study at a time (as a study arriving alone is triaged),
   with the node's default settings, twice: only the SR switched on, then the default
-  outputs. It runs both its stages (region, then fracture with Grad-CAM: two networks
+  outputs (and, to show that setting's share, SR only without Prefect's flow-run
+  heartbeat). It runs both its stages (region, then fracture with Grad-CAM: two networks
   of the same size), records everything in SQLite with its audit events and writes each
   output with fsync.
 
@@ -68,7 +69,7 @@ HOLOSCAN_STACK_BYTES = 32 * 1024 * 1024
 #: The region every view is steered to, so that every view goes through stage 2.
 BENCH_REGION = "wrist"
 
-console = Console()
+console = Console(width=150)  # the table is wider than a terminal's default
 
 
 class PeerUnavailableError(RuntimeError):
@@ -77,12 +78,33 @@ class PeerUnavailableError(RuntimeError):
 
 @dataclass
 class SideResult:
-    """One side's times in one round: model load, first study, then each warm study."""
+    """One side's times in one round: model load, first study, then each warm study.
+
+    ``*_cpu_seconds``: CPU time of the side's processes over the same spans (the node's
+    includes its Prefect API server process); ``load_average``: the machine's 1-minute
+    load when the side started.
+    """
 
     side: str
     model_load_seconds: float
     first_study_seconds: float
-    warm_study_seconds: list[float] = field(default_factory=list)
+    warm_study_seconds: list[float]
+    warm_study_cpu_seconds: list[float]
+    load_average: float = field(default_factory=lambda: os.getloadavg()[0])
+
+
+def process_tree_cpu_seconds() -> float:
+    """CPU seconds of this process and of its live children (Linux ``/proc``)."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(fields[1]) == os.getpid():  # ppid; utime and stime follow (proc(5))
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 # -- the peer ------------------------------------------------------------------------------
@@ -139,6 +161,7 @@ def run_peer(
     python: Path, studies_root: Path, model: Path, work: Path, threads: int, image_size: int
 ) -> tuple[SideResult, dict[str, str]]:
     """One run of the peer app over every study folder; its times and package versions."""
+    load = os.getloadavg()[0]
     timings = work / "peer-timings.json"
     env = dict(
         os.environ,
@@ -158,15 +181,14 @@ def run_peer(
     if result.returncode != 0 or not timings.is_file():
         raise RuntimeError(f"the peer app failed: {(result.stderr or result.stdout)[-3000:]}")
     report = json.loads(timings.read_text())
-    seconds = [
-        done - start for start, done in zip(report["handed_over"], report["reported"], strict=True)
-    ]
+    spans = list(zip(report["handed_over"], report["reported"], strict=True))
+    seconds = [done[0] - start[0] for start, done in spans]
+    cpu = [done[1] - start[1] for start, done in spans]
     written = list((work / "peer-output").glob("*.dcm"))
     if len(written) != len(seconds):
         raise RuntimeError(f"the peer wrote {len(written)} SRs for {len(seconds)} studies")
-    return SideResult("peer", report["compose_seconds"], seconds[0], seconds[1:]), report[
-        "versions"
-    ]
+    peer = SideResult("peer", report["compose_seconds"], seconds[0], seconds[1:], cpu[1:], load)
+    return peer, report["versions"]
 
 
 # -- the node ------------------------------------------------------------------------------
@@ -229,29 +251,34 @@ def run_node(
     from flows.triage.flow import triage_batch
     from tests.flows.conftest import store_study
 
-    heartbeat = Settings.model_fields["prefect_flow_heartbeat"].default  # as shipped
-    runtime = make_runtime(
-        work, bundle, torch_threads=threads, prefect_flow_heartbeat=heartbeat, **settings
-    )
+    # As shipped (Prefect's flow-run heartbeat on) unless ``settings`` say otherwise.
+    defaults = {
+        "torch_threads": threads,
+        "prefect_flow_heartbeat": Settings.model_fields["prefect_flow_heartbeat"].default,
+    }
+    runtime = make_runtime(work, bundle, **(defaults | settings))
+    heartbeat = runtime.settings.prefect_flow_heartbeat
     uids = [store_study(runtime, study) for study in study_dirs]
     started = time.perf_counter()
     runtime.model()  # loaded once per process, as in the node
     model_load = time.perf_counter() - started
     install_runtime(runtime)
-    seconds = []
+    load = os.getloadavg()[0]
+    seconds, cpu = [], []
     with flow_run_settings(heartbeat):
         for index, uid in enumerate(uids):
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), process_tree_cpu_seconds()
             if profile is not None and index > 0:
                 (summary,) = profile.runcall(triage_batch, [uid])
             else:
                 (summary,) = triage_batch([uid])
             seconds.append(time.perf_counter() - started)
+            cpu.append(process_tree_cpu_seconds() - started_cpu)
             if summary.status != StudyStatus.TRIAGED.value:
                 raise RuntimeError(f"the node did not triage study {index}: {summary.status}")
     runtime.close()
     install_runtime(None)
-    return SideResult(side, model_load, seconds[0], seconds[1:])
+    return SideResult(side, model_load, seconds[0], seconds[1:], cpu[1:], load)
 
 
 # -- where the node's time goes ----------------------------------------------------------------
@@ -301,10 +328,12 @@ def profile_summary(profile: cProfile.Profile, studies: int) -> dict[str, float 
 def summarise(results: list[SideResult]) -> dict[str, float | int]:
     """One side over every round: warm median and p90, and the cold figures' medians."""
     warm = [s for r in results for s in r.warm_study_seconds]
+    cpu = [s for r in results for s in r.warm_study_cpu_seconds]
     return {
         "warm_studies": len(warm),
         "median_seconds": round(statistics.median(warm), 3),
         "p90_seconds": round(float(np.percentile(warm, 90)), 3),
+        "median_cpu_seconds": round(statistics.median(cpu), 3),
         "first_study_seconds": round(statistics.median(r.first_study_seconds for r in results), 3),
         "model_load_seconds": round(statistics.median(r.model_load_seconds for r in results), 3),
     }
@@ -312,8 +341,11 @@ def summarise(results: list[SideResult]) -> dict[str, float | int]:
 
 def print_table(summaries: dict[str, dict[str, float | int]], title: str) -> None:
     table = Table(title=title)
-    for column in ("side", "warm studies", "median s/study", "p90 s/study", "median / peer",
-                   "p90 / peer", "first study s", "model load s"):  # fmt: skip
+    columns = (
+        "side", "warm studies", "median s/study", "p90 s/study", "median / peer", "p90 / peer",
+        "median CPU s", "CPU / peer", "first study s", "model load s",
+    )  # fmt: skip
+    for column in columns:
         table.add_column(column)
     peer = summaries["peer"]
     for side, row in summaries.items():
@@ -322,20 +354,33 @@ def print_table(summaries: dict[str, dict[str, float | int]], title: str) -> Non
             f"{row['p90_seconds']:.3f}",
             f"{row['median_seconds'] / peer['median_seconds']:.2f}",
             f"{row['p90_seconds'] / peer['p90_seconds']:.2f}",
+            f"{row['median_cpu_seconds']:.3f}",
+            f"{row['median_cpu_seconds'] / peer['median_cpu_seconds']:.2f}",
             f"{row['first_study_seconds']:.2f}", f"{row['model_load_seconds']:.2f}",
         )  # fmt: skip
     console.print(table)
 
 
-def node_configurations() -> dict[str, dict[str, object]]:
-    """The node's two configurations: only the SR switched on, and the default outputs."""
+def node_configurations(diagnostic: bool = True) -> dict[str, dict[str, object]]:
+    """The node's configurations: only the SR switched on, and the default outputs.
+
+    ``diagnostic`` adds the SR-only one without Prefect's flow-run heartbeat (on by
+    default; a synchronous run waits for its thread at the end), to show that setting's
+    share of the gap.
+    """
     from config.settings import OutputSettings
 
-    only_sr = {name: name == "sr" for name in OutputSettings.model_fields}
-    return {
-        "node-sr-only": {"outputs": OutputSettings(**only_sr)},
+    only_sr = OutputSettings(**{name: name == "sr" for name in OutputSettings.model_fields})
+    configurations: dict[str, dict[str, object]] = {
+        "node-sr-only": {"outputs": only_sr},
         "node-default-outputs": {},
     }
+    if diagnostic:
+        configurations["node-sr-only-no-heartbeat"] = {
+            "outputs": only_sr,
+            "prefect_flow_heartbeat": False,
+        }
+    return configurations
 
 
 def write_studies(root: Path, count: int, views: int, rows: int) -> list[Path]:
@@ -391,7 +436,7 @@ def run_round(
 def profile_node(inputs: BenchInputs, args: argparse.Namespace) -> dict[str, dict]:
     """Where the node's time goes, per configuration (a separate, profiled pass)."""
     profiles = {}
-    for side, settings in node_configurations().items():
+    for side, settings in node_configurations(diagnostic=False).items():
         profile = cProfile.Profile()
         work = inputs.work / f"profile-{side}"
         run_node(side, inputs.node_bundle, inputs.studies, work, args.threads, profile, **settings)
@@ -434,7 +479,8 @@ def build_report(
         "summaries": summaries,
         "ratios_to_peer": {
             side: {
-                stat: round(row[stat] / peer[stat], 2) for stat in ("median_seconds", "p90_seconds")
+                stat: round(row[stat] / peer[stat], 2)
+                for stat in ("median_seconds", "p90_seconds", "median_cpu_seconds")
             }
             for side, row in summaries.items()
             if side != "peer"
