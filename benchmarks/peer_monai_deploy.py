@@ -23,7 +23,7 @@ model load are reported apart; the per-study figures are over the others (warm).
         [--peer-venv PATH] [--json out.json]
 
 The first run installs the peer's virtualenv (var/bench/monai-deploy-venv: torch CPU,
-then monai-deploy-app-sdk from PyPI, about 500 MB); later runs reuse it.
+then monai-deploy-app-sdk from PyPI: about 1.5 GB); later runs reuse it.
 """
 
 from __future__ import annotations
