@@ -149,6 +149,32 @@ def save_peer_model(architecture: str, seed: int, path: Path) -> Path:
     return path
 
 
+def bare_forward_seconds(
+    model: Path, architecture: str, seed: int, views: int, image_size: int
+) -> dict[str, float]:
+    """The network alone over one study's views, in this process: as the peer loads it
+    (TorchScript) and as the node runs it (eager, same weights); median of 5 calls each,
+    alternating, after 2 warm-up calls (TorchScript optimises itself on its first calls).
+    """
+    from models.runtime.networks import NetworkSpec, build_network
+
+    torch.manual_seed(seed)
+    forms = {
+        "torchscript": torch.jit.load(str(model)).eval(),
+        "eager": build_network(NetworkSpec(architecture=architecture, out_channels=1)).eval(),
+    }
+    batch = torch.randn(views, 1, image_size, image_size)
+    samples: dict[str, list[float]] = {name: [] for name in forms}
+    with torch.no_grad():
+        for repeat in range(7):
+            for name, network in forms.items():
+                started = time.perf_counter()
+                network(batch)
+                if repeat >= 2:
+                    samples[name].append(time.perf_counter() - started)
+    return {name: round(statistics.median(values), 3) for name, values in samples.items()}
+
+
 def _raise_stack_limit() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_STACK)
     wanted = HOLOSCAN_STACK_BYTES
@@ -415,14 +441,17 @@ class BenchInputs:
 
 def run_round(
     number: int, python: Path, inputs: BenchInputs, args: argparse.Namespace
-) -> tuple[list[SideResult], dict[str, str]]:
-    """The peer, then the node in each configuration, on the same studies."""
+) -> tuple[list[SideResult], dict[str, str], dict[str, float]]:
+    """The peer, the bare network, then the node in each configuration, on the same studies."""
     work = inputs.work / f"round-{number}"
     (work / "peer").mkdir(parents=True)
     peer, versions = run_peer(
         python, inputs.studies_root, inputs.peer_model, work / "peer", args.threads,
         args.image_size,
     )  # fmt: skip
+    bare = bare_forward_seconds(
+        inputs.peer_model, args.architecture, args.seed, args.views, args.image_size
+    )
     results = [peer]
     for side, settings in node_configurations().items():
         results.append(
@@ -430,7 +459,7 @@ def run_round(
                 side, inputs.node_bundle, inputs.studies, work / side, args.threads, **settings
             )
         )
-    return results, versions
+    return results, versions, bare
 
 
 def profile_node(inputs: BenchInputs, args: argparse.Namespace) -> dict[str, dict]:
@@ -507,16 +536,22 @@ def main() -> None:
                 args.architecture, args.image_size, args.seed, work / "bundle"
             ),
         )
+        bare: list[dict[str, float]] = []
         for number in range(args.rounds):
-            round_results, versions = run_round(number, python, inputs, args)
+            round_results, versions, round_bare = run_round(number, python, inputs, args)
             results += round_results
+            bare.append(round_bare)
         profiles = profile_node(inputs, args) if args.profile else {}
     report = build_report(args, results, versions, profiles)
+    # The network alone in each round: what one forward pass over a study costs on the
+    # machine as loaded at that moment, in the peer's form and in the node's.
+    report["bare_forward_seconds"] = bare
     title = (
         f"Per study: {args.views} views of {args.rows}x{args.rows}, {args.architecture} at "
         f"{args.image_size} px, {args.threads} torch threads"
     )
     print_table(report["summaries"], title)  # type: ignore[arg-type]
+    console.print("the network alone, one forward pass over a study's views (s):", bare)
     for side, profile in profiles.items():
         console.print(f"[bold]{side}[/bold]: where the time goes", profile)
     if args.json:

@@ -82,5 +82,6 @@ def test_peer_benchmark_runs_the_monai_deploy_app_and_the_node(tmp_path: Path) -
     assert all(row["warm_studies"] == 1 and row["median_seconds"] > 0 for row in summaries.values())
     assert report["peer_versions"]["monai-deploy-app-sdk"] == "4.0.0"
     assert list(report["ratios_to_peer"]) == sides
+    assert set(report["bare_forward_seconds"][0]) == {"torchscript", "eager"}
     steps = report["profiles"]["node-default-outputs"]["ms_per_study"]
     assert steps["stage 2: fracture network, Grad-CAM"] > 0 and steps["  Parametric Maps"] > 0
