@@ -309,14 +309,14 @@ def run_node(
 
 # -- where the node's time goes ----------------------------------------------------------------
 
-#: (label, file the function is in, function): cumulative time of each, per warm study.
+#: (label, the function's file or folder, function): cumulative time of each, per warm study.
 PROFILED_STEPS: tuple[tuple[str, str, str], ...] = (
     ("triage_batch, whole", "flows/triage/flow.py", "triage_batch"),
     ("decode and preprocess", "models/runtime/preprocessing.py", "preprocess_dicom_file"),
     ("stage 1: region network", "models/runtime/inference.py", "classify_regions"),
     ("stage 2: fracture network, Grad-CAM", "models/runtime/inference.py", "classify_and_explain"),
     ("  of which Grad-CAM's backward pass", "torch/autograd/__init__.py", "backward"),
-    ("outputs: build and write", "flows/triage/flow.py", "build_outputs"),
+    ("outputs: build and write", "flows/triage/", "build_outputs"),
     ("  SR", "dicom_node/outputs/sr.py", "build_triage_sr"),
     ("  summary SC", "dicom_node/outputs/summary.py", "build_summary_secondary_capture"),
     ("  GSPS", "dicom_node/outputs/presentation_state.py", "build_triage_gsps"),
@@ -342,7 +342,7 @@ def profile_summary(profile: cProfile.Profile, studies: int) -> dict[str, float 
         cumulative = sum(
             timing[3]
             for (filename, _, name), timing in stats.items()
-            if name == function and filename.replace("\\", "/").endswith(path)
+            if name == function and path in filename.replace("\\", "/")
         )
         steps[label] = round(1000 * cumulative / studies, 1)
     return {"ms_per_study": steps, "self_time_shares": self_time_shares(profile)}
