@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import highdicom
@@ -90,7 +90,7 @@ class SideResult:
     first_study_seconds: float
     warm_study_seconds: list[float]
     warm_study_cpu_seconds: list[float]
-    load_average: float = field(default_factory=lambda: os.getloadavg()[0])
+    load_average: float
 
 
 def process_tree_cpu_seconds() -> float:
