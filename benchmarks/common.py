@@ -7,7 +7,7 @@ import platform
 from pathlib import Path
 
 import numpy as np
-from pydicom.uid import generate_uid
+from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 
 from config import REGIONS
 from models.training.phantoms import phantom_dataset, render_phantom
@@ -30,17 +30,24 @@ def write_phantom_study(
     rng: np.random.Generator,
     name: str = "Bench",
     rows: int = 512,
+    *,
+    computed_radiography: bool = False,
+    series_per_view: bool = False,
 ) -> Path:
     """One phantom DX study of ``views`` views (``rows`` square) under ``out_dir/<study UID>/``.
 
     The region follows ``index`` through REGIONS; the first view carries the break
     when ``fractured``. Patient names and IDs are fictional (``name`` and ``index``).
+    ``computed_radiography`` writes CR Image Storage instead of DX (same pixels);
+    ``series_per_view`` puts each view in a series of its own, as CR units often do.
     """
     region = REGIONS[index % len(REGIONS)]
     study_uid, series_uid = generate_uid(), generate_uid()
     study_dir = out_dir / study_uid
     study_dir.mkdir(parents=True)
     for view in range(1, views + 1):
+        if series_per_view:
+            series_uid = generate_uid()
         phantom = render_phantom(region, fractured and view == 1, rng, size=256)
         ds = phantom_dataset(
             phantom,
@@ -54,5 +61,11 @@ def write_phantom_study(
             rows=rows,
             view_position="PA" if view == 1 else "LL",
         )
+        if series_per_view:
+            ds.SeriesNumber = view
+        if computed_radiography:
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+            ds.Modality = "CR"
+            del ds.PresentationIntentType  # DX only
         ds.save_as(study_dir / f"{view:03d}.dcm", enforce_file_format=True)
     return study_dir

@@ -37,15 +37,18 @@ from tests.flows.conftest import store_study
 console = Console()
 
 
-def make_runtime(work: Path, bundle: Path, database_url: str | None = None) -> Runtime:
-    settings = load_settings(
-        None,
-        store_dir=work / "store",
-        output_dir=work / "outputs",
-        database_url=database_url or f"sqlite:///{work / 'audit.db'}",
-        model_bundle_dir=bundle,
-        prefect_flow_heartbeat=False,
-    )
+def make_runtime(
+    work: Path, bundle: Path, database_url: str | None = None, **overrides: object
+) -> Runtime:
+    """A runtime rooted in ``work``; ``overrides`` are further settings (e.g. ``outputs``)."""
+    values: dict[str, object] = {
+        "store_dir": work / "store",
+        "output_dir": work / "outputs",
+        "database_url": database_url or f"sqlite:///{work / 'audit.db'}",
+        "model_bundle_dir": bundle,
+        "prefect_flow_heartbeat": False,
+    }
+    settings = load_settings(None, **(values | overrides))
     runtime = Runtime.create(settings)
     upgrade(runtime.engine)
     return runtime

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import require_binary
+from tests.peers import require, require_binary
 
 pytestmark = pytest.mark.slow
 
@@ -66,3 +66,33 @@ def test_output_size_benchmark_runs_the_default_profile(tmp_path: Path) -> None:
     assert all(row["source_bytes"] > 0 and row["ai_bytes"] > 0 for row in result["rows"])
     not_assessed = next(row for row in result["rows"] if "chest" in row["study"])
     assert set(not_assessed["ai_bytes_by_kind"]) == {"sr"}  # the default profile: SR only
+
+
+def test_peer_benchmark_runs_the_monai_deploy_app_and_the_node(tmp_path: Path) -> None:
+    from benchmarks.peer_monai_deploy import (
+        DEFAULT_PEER_VENV,
+        PeerUnavailableError,
+        ensure_peer_venv,
+    )
+
+    try:  # the first run on a machine installs the SDK's virtualenv from PyPI
+        ensure_peer_venv(DEFAULT_PEER_VENV)
+    except PeerUnavailableError as error:
+        require(False, f"monai-deploy-app-sdk cannot be installed here: {error}")
+    out = tmp_path / "peer.json"
+    _run(
+        "benchmarks.peer_monai_deploy",
+        "--studies", "2", "--rows", "256",
+        "--architecture", "densenet-small", "--image-size", "64",
+        "--profile", "--json", str(out),
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    summaries = report["summaries"]
+    sides = ["node-sr-only", "node-default-outputs", "node-sr-only-no-heartbeat"]
+    assert list(summaries) == ["peer", *sides]
+    assert all(row["warm_studies"] == 1 and row["median_seconds"] > 0 for row in summaries.values())
+    assert report["peer_versions"]["monai-deploy-app-sdk"] == "4.0.0"
+    assert list(report["ratios_to_peer"]) == sides
+    assert set(report["bare_forward_seconds"][0]) == {"torchscript", "eager"}
+    steps = report["profiles"]["node-default-outputs"]["ms_per_study"]
+    assert steps["stage 2: fracture network, Grad-CAM"] > 0 and steps["  Parametric Maps"] > 0
