@@ -24,7 +24,7 @@ from config.domain.findings import (
     OperatingPoints,
     StudyFinding,
 )
-from config.domain.intended_use import IntendedUse, resolve_region
+from config.domain.intended_use import resolve_region
 from config.settings import Settings
 from dicom_node.delivery.outbox import Backoff
 from dicom_node.phi import patient_values, scrub
@@ -45,6 +45,7 @@ from flows.triage.tasks import (
     build_outputs,
     classify_fractures,
     classify_regions,
+    explain_fractures,
     load_studies,
     preprocess_views,
     screen_headers,
@@ -131,7 +132,7 @@ def _triage_runs(
     outcomes: dict[str, Outcome] = {}
     try:
         try:
-            model_pass = _run_models(views, str(work_dir), runtime.intended_use())
+            model_pass = _run_models(runtime, views, str(work_dir))
         except Exception as error:  # the whole batch failed: every run says so
             for uid, run_id in runs.items():
                 outcomes[uid] = _fail(runtime, uid, run_id, error)
@@ -181,9 +182,11 @@ def _fail(runtime: Runtime, study_uid: str, run_id: int, error: BaseException) -
     return error if isinstance(error, TriageError) else TriageError("triage", error)
 
 
-def _run_models(views: tuple[SourceView, ...], work_dir: str, use: IntendedUse) -> ModelPass:
+def _run_models(runtime: Runtime, views: tuple[SourceView, ...], work_dir: str) -> ModelPass:
     """The header gate, then stage 1, the conflict check, stage 2: the fracture model only
-    ever runs on views every gate let through."""
+    ever runs on views every gate let through, and Grad-CAM's backward pass only on the
+    views whose box or heatmap an output draws (at or above "suspected")."""
+    use = runtime.intended_use()
     screens = {screen.sop_instance_uid: screen for screen in screen_headers(views)}
     through = tuple(view for view in views if screens[view.sop_instance_uid].not_assessed is None)
     batch = preprocess_views(through, work_dir)
@@ -200,8 +203,27 @@ def _run_models(views: tuple[SourceView, ...], work_dir: str, use: IntendedUse) 
         stage2.append(resolved)
         if conflict is not None:
             conflicts[view.sop_instance_uid] = conflict
-    fractures = classify_fractures(batch.inputs_path, tuple(stage2), work_dir)
+    probabilities = classify_fractures(batch.inputs_path, tuple(stage2))
+    wanted = explained_regions(runtime, stage2, probabilities)
+    explanations = explain_fractures(batch.inputs_path, wanted, work_dir)
+    fractures = FractureResults(probabilities, explanations.boxes, explanations.cams_path)
     return ModelPass(screens, batch, regions, conflicts, tuple(stage2), fractures)
+
+
+def explained_regions(
+    runtime: Runtime, regions: Sequence[str | None], probabilities: Sequence[float | None]
+) -> tuple[str | None, ...]:
+    """The views Grad-CAM must explain (their region; None for the others): those at or
+    above their region's "suspected" point, when an output draws a box or a heatmap."""
+    outputs = runtime.settings.outputs
+    drawn = (outputs.sr and outputs.sr_rois) or outputs.annotated or outputs.gsps
+    if not (drawn or outputs.parametric_map):
+        return tuple(None for _ in regions)
+    points = operating_points(runtime.model(), runtime.settings)
+    return tuple(
+        region if region is not None and p is not None and p >= points[region].suspected else None
+        for region, p in zip(regions, probabilities, strict=True)
+    )
 
 
 def study_views(

@@ -65,6 +65,14 @@ class RegionResult:
 
 
 @dataclass(frozen=True)
+class Explanations:
+    """Grad-CAM of a batch, in the batch's order: hottest boxes, and the heatmaps' file."""
+
+    boxes: tuple[Box | None, ...]
+    cams_path: str  # (N, S, S) float32 .npy, zeros for views not explained
+
+
+@dataclass(frozen=True)
 class FractureResults:
     """Stage 2 for a batch, in the batch's order: probability, hottest box, heatmaps' file."""
 

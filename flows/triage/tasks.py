@@ -24,7 +24,7 @@ from flows.triage.assemble import StudyRun, ViewPixels, assemble, read_headers
 from flows.triage.errors import shielded
 from flows.triage.payloads import (
     DeliveryCounts,
-    FractureResults,
+    Explanations,
     HeaderScreen,
     PreprocessedBatch,
     RegionResult,
@@ -121,25 +121,31 @@ def classify_regions(inputs_path: str) -> tuple[RegionResult, ...]:
 @task(name="classify-fracture")
 @shielded("classify-fracture")
 def classify_fractures(
+    inputs_path: str, regions: tuple[str | None, ...]
+) -> tuple[float | None, ...]:
+    """Stage 2 without gradients: each view's fracture probability (None without a region)."""
+    images = np.load(inputs_path)
+    return tuple(current_runtime().model().classify_fractures(images, list(regions)))
+
+
+@task(name="explain-fracture")
+@shielded("explain-fracture")
+def explain_fractures(
     inputs_path: str, regions: tuple[str | None, ...], work_dir: str
-) -> FractureResults:
-    """Stage 2 with its Grad-CAM in one pass: probabilities, hottest boxes, the maps' file.
+) -> Explanations:
+    """Grad-CAM of the views that need a box or a heatmap (a region given), the others none.
 
     Boxes are in model-input coordinates; the maps go to a file (no arrays through Prefect).
     """
     images = np.load(inputs_path)
-    probabilities, explanations = (
-        current_runtime().model().classify_and_explain(images, list(regions))
-    )
+    explanations = current_runtime().model().explain(images, list(regions))
     size = images.shape[-1]
     cams = np.stack(
         [cam if cam is not None else np.zeros((size, size), np.float32) for cam, _ in explanations]
     )
     cams_path = Path(work_dir) / "cams.npy"
     np.save(cams_path, cams)
-    return FractureResults(
-        tuple(probabilities), tuple(box for _, box in explanations), str(cams_path)
-    )
+    return Explanations(tuple(box for _, box in explanations), str(cams_path))
 
 
 @task(name="build-outputs")

@@ -57,7 +57,7 @@ def test_one_batch_triages_every_ready_study_urgent_first(
             assert run.status is RunStatus.SUCCEEDED and run.study_result is not None
             assert {i.sop_instance_uid for i in run.image_results}
             kinds = {o.kind for o in run.outputs}
-            assert {"sr", "summary", "sc", "gsps"} <= kinds
+            assert {"sr", "summary"} <= kinds  # the default profile (annotated: positive views)
             paths = {Path(o.path).parts[0] for o in run.outputs}
             assert paths == {run.study.study_instance_uid}  # outputs in their own study
 
@@ -103,3 +103,27 @@ def test_reprocessing_waits_for_its_off_peak_window(
             assert study is not None and study.status is StudyStatus.READY
     finally:
         install_runtime(None)
+
+
+def test_grad_cam_runs_only_for_views_an_output_draws(
+    runtime: Runtime, sample_studies: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test bundle makes wrist views "likely" and hand views "not suspected": only the
+    wrist views go through Grad-CAM's backward pass; the hand views have no box."""
+    model = runtime.model()
+    explained: list[list[str | None]] = []
+    real_explain = model.explain
+
+    def explain(images, regions, method="gradcam"):  # type: ignore[no-untyped-def]
+        explained.append(list(regions))
+        return real_explain(images, regions, method)
+
+    monkeypatch.setattr(model, "explain", explain)
+    wrist = store_study(runtime, sample_studies[0])
+    hand = store_study(runtime, sample_studies[1])
+    summaries = {s.study_instance_uid: s for s in triage_batch()}
+    assert summaries[wrist].level == "fracture likely"
+    assert summaries[hand].level == "no fracture suspected"
+    (regions,) = explained
+    assert sorted(r for r in regions if r) == ["wrist", "wrist"]  # two wrist views, no hand
+    assert regions.count(None) == 2
