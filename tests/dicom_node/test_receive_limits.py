@@ -206,4 +206,3 @@ def test_connections_that_send_nothing_are_counted_not_audited(
     assert "unknown PDU type 0x47" in event.detail["reason"]
     assert node.scp.connection_probes == 2
     assert timed_echo(node.port, AE_TITLE) is not None
-
