@@ -229,9 +229,11 @@ def deliveries_by_destination(session: Session) -> list[DestinationCount]:
 
 @dataclass(frozen=True)
 class AuditTally:
-    """How many events of a type (and detail ``status``, e.g. a refusal's) were appended."""
+    """How many events of a type were appended, by actor and detail ``status`` (a refused
+    instance's DIMSE status)."""
 
     event_type: str
+    actor: str | None
     status: str | None
     count: int
 
@@ -249,15 +251,15 @@ def audit_tallies(
         return [], after_id
     status = AuditEvent.detail["status"].as_string()
     rows = session.execute(
-        select(AuditEvent.event_type, status, func.count())
+        select(AuditEvent.event_type, AuditEvent.actor, status, func.count())
         .where(
             AuditEvent.id > after_id,
             AuditEvent.id <= last_id,
             AuditEvent.event_type.in_(list(event_types)),
         )
-        .group_by(AuditEvent.event_type, status)
+        .group_by(AuditEvent.event_type, AuditEvent.actor, status)
     )
-    return [AuditTally(kind, value, count) for kind, value, count in rows], last_id
+    return [AuditTally(*row) for row in rows], last_id
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ from pathlib import Path
 # Prefect reads its settings at import: give the test session its own home, ephemeral API,
 # before anything imports `flows`.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ft-prefect-"))
+# Every node a test starts (here or as `fracture-triage serve`) serves /healthz, /readyz and
+# /metrics on a free port: concurrent sessions on one machine never compete for 9112.
+os.environ.setdefault("FRACTURE_TRIAGE_HTTP__PORT", "0")
 
 import pytest
 

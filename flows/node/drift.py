@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -35,12 +34,9 @@ from config.settings import DriftSettings
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.models import utcnow
 from db.reports import RegionRate, latest_audit_of_types, not_assessed_rates, positive_rates
+from flows.node.bundle_facts import BundleUnreadableError, read_bundle_facts
 
 logger = logging.getLogger(__name__)
-
-#: Where a bundle keeps its metadata (models.runtime.bundle.METADATA_FILE). Read here as
-#: plain JSON: that module imports torch, and ``status`` must answer in a moment.
-BUNDLE_METADATA = Path("configs/metadata.json")
 
 
 class RateKind(enum.StrEnum):
@@ -55,41 +51,22 @@ class Verdict(enum.StrEnum):
     NO_REFERENCE = "no reference"
 
 
-@dataclass(frozen=True)
-class Reference:
-    """The positive rates a bundle's evaluation showed, per region."""
-
-    model: str
-    positive_rates: dict[str, float]
-
-
 class NoReferenceError(ValueError):
     """The bundle gives no reference rate; the message says what is missing."""
 
 
-def bundle_reference(bundle_dir: Path) -> Reference:
-    """The reference rates from ``bundle_dir``'s metadata, or NoReferenceError saying why."""
-    path = bundle_dir / BUNDLE_METADATA
+def bundle_reference(bundle_dir: Path) -> dict[str, float]:
+    """Region -> reference positive rate from the bundle, or NoReferenceError saying why."""
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise NoReferenceError(f"cannot read {path} ({type(error).__name__})") from None
-    regions = ((metadata.get("metrics") or {}).get("evaluation") or {}).get("regions") or {}
-    rates = {}
-    for region, figures in regions.items():
-        confusion = figures.get("confusion_suspected") if isinstance(figures, dict) else None
-        if not isinstance(confusion, dict):
-            continue
-        cells = [confusion.get(key) for key in ("tp", "fp", "tn", "fn")]
-        if all(isinstance(cell, int) for cell in cells) and sum(cells) > 0:
-            tp, fp, tn, fn = cells
-            rates[region] = (tp + fp) / (tp + fp + tn + fn)
+        rates = read_bundle_facts(bundle_dir).evaluated_positive_rates
+    except BundleUnreadableError as error:
+        raise NoReferenceError(str(error)) from None
     if not rates:
         raise NoReferenceError(
             "the bundle's metadata has no evaluation confusion per region "
             "(metrics.evaluation.regions.<region>.confusion_suspected)"
         )
-    return Reference(f"{metadata.get('name')} {metadata.get('version')}", rates)
+    return rates
 
 
 @dataclass(frozen=True)
@@ -139,8 +116,10 @@ class DriftReport:
         return lines
 
 
-def _positive_check(rate: RegionRate, reference: Reference, drift: DriftSettings) -> RateCheck:
-    expected = reference.positive_rates.get(rate.region)
+def _positive_check(
+    rate: RegionRate, reference: dict[str, float], drift: DriftSettings
+) -> RateCheck:
+    expected = reference.get(rate.region)
     if expected is None or expected == 0:
         verdict = Verdict.NO_REFERENCE
     elif rate.total < drift.min_studies:
