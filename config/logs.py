@@ -70,16 +70,28 @@ class JsonLinesFormatter(_UtcTimes, JsonFormatter):
         )
 
 
-def _console_handler(log_format: str, stream: TextIO) -> logging.Handler:
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (a test runner swaps it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
+def _console_handler(log_format: str, stream: TextIO | None) -> logging.Handler:
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     if log_format == "json":
-        handler: logging.Handler = logging.StreamHandler(stream)
         handler.setFormatter(JsonLinesFormatter())
-    elif log_format == "auto" and stream.isatty():
-        handler = RichHandler(console=Console(file=stream), show_path=False)
+    elif log_format == "auto" and (stream or sys.stderr).isatty():
+        rich = RichHandler(console=Console(file=stream, stderr=stream is None), show_path=False)
         # A formatter of its own, so that Prefect sees a handler the user installed.
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        rich.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        return rich
     else:
-        handler = logging.StreamHandler(stream)
         handler.setFormatter(OneLineFormatter())
     return handler
 
@@ -96,7 +108,7 @@ def configure_logging(
     ``console_level``: a floor for the console only (``demo`` shows warnings there and
     writes everything else to ``log_file``, in plain lines or JSON as configured).
     """
-    handlers = [_console_handler(settings.log_format, stream or sys.stderr)]
+    handlers = [_console_handler(settings.log_format, stream)]
     if console_level is not None:
         handlers[0].setLevel(console_level)
     if log_file is not None:
@@ -111,6 +123,7 @@ def configure_logging(
         old.close()
     for handler in handlers:
         root.addHandler(handler)
+    logging.captureWarnings(True)  # warnings.warn() as records too: one format on stderr
     set_levels(settings.log_level, settings.third_party_log_level)
 
 

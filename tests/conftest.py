@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Prefect reads its settings at import: give the test session its own home, ephemeral API,
@@ -96,6 +96,15 @@ def pytest_configure(config: pytest.Config) -> None:
     log_scanner.install()
     for name in OUR_PACKAGES:
         logging.getLogger(name).setLevel(logging.DEBUG)  # scan our debug lines too
+
+
+@pytest.fixture(autouse=True)
+def _scan_debug_records() -> Iterator[None]:
+    """A command run in this process (CliRunner) sets our loggers to its log_level: put
+    them back at DEBUG, so the next test's debug records are scanned too."""
+    yield
+    for name in OUR_PACKAGES:
+        logging.getLogger(name).setLevel(logging.DEBUG)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
