@@ -88,27 +88,27 @@ class NodeOperations:
         self.address: tuple[str, int] | None = None
 
     def start(self) -> None:
-        """Start the drift check, the model's loading and the endpoint; an address the
-        endpoint cannot bind to is an error that stops the node's start (OSError)."""
+        """Start the endpoint, the model's loading and the drift check; an address the
+        endpoint cannot bind to is an error that stops the node's start (OSError), before
+        any thread of its own has started."""
+        http = self.runtime.settings.http
+        if http.enabled:
+            try:
+                server = ThreadingHTTPServer((http.bind_address, http.port), _Handler)
+            except OSError as error:
+                raise OSError(
+                    f"cannot serve HTTP on {http.bind_address}:{http.port}: {error.strerror}"
+                ) from None
+            server.daemon_threads = True
+            server.operations = self  # type: ignore[attr-defined]
+            self._server = server
+            self.address = (str(server.server_address[0]), int(server.server_address[1]))
         if self._warm_up is not None:
             self._warm_up.start()
         self.drift.start()
-        http = self.runtime.settings.http
-        if not http.enabled:
-            return
-        try:
-            server = ThreadingHTTPServer((http.bind_address, http.port), _Handler)
-        except OSError as error:
-            self.drift.stop()
-            raise OSError(
-                f"cannot serve HTTP on {http.bind_address}:{http.port}: {error.strerror}"
-            ) from None
-        server.daemon_threads = True
-        server.operations = self  # type: ignore[attr-defined]
-        self._server = server
-        self.address = (str(server.server_address[0]), int(server.server_address[1]))
-        threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-        logger.info("health and metrics on http://%s:%d/", *self.address)
+        if self._server is not None and self.address is not None:
+            threading.Thread(target=self._server.serve_forever, name="http", daemon=True).start()
+            logger.info("health and metrics on http://%s:%d/", *self.address)
 
     def stop(self) -> None:
         if self._server is not None:

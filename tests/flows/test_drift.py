@@ -186,3 +186,23 @@ def test_status_warns_of_drift_and_says_when_it_cannot_be_computed(
         assert result.returncode == 0, result.stderr
         assert expected in result.stdout.replace("\n", " "), result.stdout
     assert load_settings(None, drift={"min_studies": 10}).drift.min_studies == 10
+
+
+def test_every_metric_the_operations_guide_names_is_exposed(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    import re
+
+    from flows.node.bundle_facts import read_bundle_facts
+
+    facts = read_bundle_facts(bundle(tmp_path))
+    with sessions() as session:
+        report = drift_report(session, DRIFT, bundle(tmp_path / "b"))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeMetrics(sessions, lambda: 0, lambda: facts, lambda: report))
+    exposed = set(re.findall(r"^# TYPE (\w+) ", generate_latest(registry).decode(), re.M))
+    exposed |= {name + "_total" for name in exposed}
+    guide = (REPO / "docs" / "operations.md").read_text()
+    section = guide[guide.index("## Health and metrics") : guide.index("## Logs")]
+    named = set(re.findall(r"\b(fracture_triage_[a-z_]+)", section))
+    assert named and named <= exposed, named - exposed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -186,3 +187,55 @@ def test_an_unreachable_database_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
     assert line.startswith("fracture-triage: the database cannot be reached: OperationalError")
+
+
+def test_a_database_at_an_older_migration_is_named(tmp_path: Path) -> None:
+    from db.migrate import head_revision
+    from flows.node.health import check_database, run_check
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    upgrade(engine, "0004")
+    result = run_check("database", lambda: check_database(engine))
+    engine.dispose()
+    assert not result.ok
+    assert f"is at revision 0004, the code expects {head_revision()}" in result.detail
+    status = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "status"],
+        env={**os.environ, "FRACTURE_TRIAGE_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert status.returncode == 2
+    assert status.stderr.strip() == (
+        f"fracture-triage: the database is at revision 0004, this version expects "
+        f"{head_revision()}: run fracture-triage db upgrade"
+    )
+
+
+@pytest.mark.slow
+def test_serve_stops_when_its_http_port_is_taken(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(port=free_port())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        http_port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "serve"],
+            env=_environment(settings, PORT=settings.port, HTTP__PORT=http_port),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"fracture-triage: cannot serve HTTP on 127.0.0.1:{http_port}: Address already in use"
+    )
+    assert "Traceback" not in result.stderr
