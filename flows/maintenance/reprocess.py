@@ -158,6 +158,17 @@ def reprocess(
     else:
         study_uids = select_studies(runtime, criteria)
 
+    _audit_request(runtime, study_uids, source, model_version_older_than, requested_by)
+    return _triage_each(runtime, study_uids)
+
+
+def _audit_request(
+    runtime: Runtime,
+    study_uids: list[str],
+    source: Source,
+    model_version_older_than: str | None,
+    requested_by: str,
+) -> None:
     with runtime.sessions.begin() as session:
         audit = AuditLog(session)
         details = {"source": source, "model_version_older_than": model_version_older_than}
@@ -175,6 +186,10 @@ def reprocess(
                 study_instance_uid=uid,
                 **details,
             )
+
+
+def _triage_each(runtime: Runtime, study_uids: list[str]) -> dict[str, int]:
+    """Triage the studies one by one while inside the off-peak window; the counts."""
     triaged = unchanged = failed = deferred = 0
     priority = runtime.settings.priority
     for index, uid in enumerate(study_uids):
