@@ -34,7 +34,9 @@ OUR_PACKAGES = ("config", "db", "models", "dicom_node", "flows")
 QUIET_ALWAYS = ("pynetdicom",)
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
-JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(process)d %(threadName)s"
+JSON_FIELDS = (
+    "%(asctime)s %(levelname)s %(name)s %(message)s %(process)d %(processName)s %(threadName)s"
+)
 
 
 class _UtcTimes(logging.Formatter):
@@ -58,8 +60,9 @@ class OneLineFormatter(_UtcTimes):
 
 
 class JsonLinesFormatter(_UtcTimes, JsonFormatter):
-    """One JSON object a line: time, level, logger, message, process, thread (and any
-    ``extra`` fields); a traceback goes into ``exc_info`` as one string."""
+    """One JSON object a line: time, level, logger, message, process (id and name: the
+    node's ``MainProcess`` or ``receiver-N``), thread (and any ``extra`` fields); a
+    traceback goes into ``exc_info`` as one string."""
 
     def __init__(self) -> None:
         JsonFormatter.__init__(

@@ -12,6 +12,7 @@ from config import Settings, SettingsError, load_settings
 from config.logs import configure_logging
 from flows.cli.options import ConfigOption, console
 from flows.node.health import (
+    CheckFailedError,
     CheckResult,
     check_database,
     check_destination,
@@ -74,7 +75,7 @@ def _database(settings: Settings) -> str:
 
     path = settings.sqlite_path
     if path is not None and not path.exists():
-        raise RuntimeError(f"no database at {path} (run fracture-triage db upgrade)")
+        raise CheckFailedError(f"no database at {path} (run fracture-triage db upgrade)")
     engine = engine_from_settings(settings)
     try:
         return check_database(engine)

@@ -36,6 +36,10 @@ class CheckResult:
         return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
 
 
+class CheckFailedError(RuntimeError):
+    """A check found something wrong; its message says what (no exception name needed)."""
+
+
 def run_check(name: str, check: Callable[[], str]) -> CheckResult:
     """``check`` returns what it found, or raises: the exception's message is the detail."""
     try:
@@ -46,6 +50,8 @@ def run_check(name: str, check: Callable[[], str]) -> CheckResult:
 
 def error_text(error: BaseException) -> str:
     """One line naming the error: its type and its first line (a driver's error is long)."""
+    if isinstance(error, CheckFailedError):
+        return str(error)
     if isinstance(error, SQLAlchemyError) and getattr(error, "orig", None) is not None:
         error = error.orig  # type: ignore[assignment]  # the driver's own, shorter message
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -58,7 +64,7 @@ def check_database(engine: Engine) -> str:
     where = engine.url.render_as_string(hide_password=True)
     current, head = current_revision(engine), head_revision()
     if current != head:
-        raise RuntimeError(
+        raise CheckFailedError(
             f"{where} is at revision {current or 'none'}, the code expects {head}: "
             "run fracture-triage db upgrade"
         )
@@ -74,7 +80,7 @@ def check_writable_folder(folder: Path, min_free_bytes: int = 0) -> str:
         os.fsync(probe.fileno())
     free = shutil.disk_usage(folder).free
     if free < min_free_bytes:
-        raise RuntimeError(
+        raise CheckFailedError(
             f"{folder} has {free} bytes free, below min_free_disk_bytes ({min_free_bytes})"
         )
     return f"{folder} writable, {free // 1024**2} MiB free"
@@ -110,14 +116,15 @@ def _echo(destination: Destination, settings: Settings, timeout: float) -> str:
     )
     if not assoc.is_established:
         what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        raise RuntimeError(f"association with {where} {what}")
+        raise CheckFailedError(f"association with {where} {what}")
     try:
         status = assoc.send_c_echo()
     finally:
         assoc.release()
     code = int(status.Status) if status is not None and "Status" in status else None
     if code != 0:
-        raise RuntimeError(f"C-ECHO to {where} answered {code if code is not None else 'nothing'}")
+        answer = "nothing" if code is None else f"0x{code:04X}"
+        raise CheckFailedError(f"C-ECHO to {where} answered {answer}")
     return f"C-ECHO to {where} succeeded"
 
 

@@ -24,6 +24,7 @@ from dicom_node.receive.scp import StorageSCP
 from flows.node.bundle_facts import BundleFacts, BundleUnreadableError, read_bundle_facts
 from flows.node.drift import DriftMonitor
 from flows.node.health import (
+    CheckFailedError,
     CheckResult,
     check_database,
     check_writable_folder,
@@ -44,9 +45,11 @@ class _ModelWarmUp:
         self._runtime = runtime
         self._done = threading.Event()
         self._error: str | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        threading.Thread(target=self._load, name="model-warm-up", daemon=True).start()
+        self._thread = threading.Thread(target=self._load, name="model-warm-up", daemon=True)
+        self._thread.start()
 
     def _load(self) -> None:
         try:
@@ -57,11 +60,15 @@ class _ModelWarmUp:
         finally:
             self._done.set()
 
+    def wait(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
     def check(self) -> str:
         if not self._done.is_set():
-            raise RuntimeError("still loading")
+            raise CheckFailedError("still loading")
         if self._error is not None:
-            raise RuntimeError(self._error)
+            raise CheckFailedError(self._error)
         return f"{self._runtime.algorithm().name} {self._runtime.algorithm().version} loaded"
 
 
@@ -116,6 +123,9 @@ class NodeOperations:
             self._server.server_close()
             self._server = None
         self.drift.stop()
+        if self._warm_up is not None:
+            # A process that exits while torch loads in a thread can abort in C++.
+            self._warm_up.wait(timeout=120)
 
     def readiness(self) -> list[CheckResult]:
         settings = self.runtime.settings
@@ -139,7 +149,7 @@ class NodeOperations:
     def _check_receiving(self) -> str:
         alive, expected = self.scp.receiving
         if alive < expected:
-            raise RuntimeError(f"{alive} of {expected} receiving processes running")
+            raise CheckFailedError(f"{alive} of {expected} receiving processes running")
         return f"{alive} of {expected} receiving processes running"
 
     def _bundle_facts(self) -> BundleFacts | None:

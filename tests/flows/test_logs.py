@@ -66,7 +66,7 @@ def test_serve_writes_json_lines_without_patient_data(
 ) -> None:
     port = free_port()
     settings = make_settings(port=port)
-    env = _environment(settings, PORT=port, LOG_FORMAT="json", LOG_LEVEL="DEBUG")
+    env = _environment(settings, PORT=port, LOG_FORMAT="json", LOG_LEVEL="DEBUG", SCP_PROCESSES=2)
     log, out = tmp_path / "serve.log", tmp_path / "serve.out"
     with log.open("wb") as errors, out.open("wb") as output:
         node = subprocess.Popen(
@@ -78,6 +78,8 @@ def test_serve_writes_json_lines_without_patient_data(
         )
     try:
         wait_for_port(port, timeout=180)
+        for _ in range(4):  # probes, taken in turn by the node and its receiver process
+            socket.create_connection(("127.0.0.1", port), timeout=10).close()
         study = sample_studies[0]  # its header carries the phantom patient's name and ID
         target = Destination(name="node", ae_title=settings.ae_title, host="127.0.0.1", port=port)
         assert all(o.success for o in send_files(sorted(study.glob("*.dcm")), target, "MOD"))
@@ -94,6 +96,7 @@ def test_serve_writes_json_lines_without_patient_data(
             assert record["level"] in ("WARNING", "ERROR", "CRITICAL"), record
     assert any(r["level"] == "DEBUG" and _ours(r["logger"]) for r in records)
     assert any(study.name in r["message"] for r in records)  # UIDs whole, on one line
+    assert any(r["processName"] == "receiver-1" for r in records)  # receivers log alike
     assert node.returncode == 0
 
 
