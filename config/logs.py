@@ -73,8 +73,12 @@ class JsonLinesFormatter(_UtcTimes, JsonFormatter):
         )
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is when a record comes (a test runner swaps it)."""
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (a test runner swaps it).
+
+    Public name on purpose: Prefect, imported later, keeps a root handler it takes for the
+    user's, and it takes a class whose name starts with ``_`` for its own.
+    """
 
     @property  # type: ignore[override]
     def stream(self) -> TextIO:
@@ -86,7 +90,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def _console_handler(log_format: str, stream: TextIO | None) -> logging.Handler:
-    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
     if log_format == "json":
         handler.setFormatter(JsonLinesFormatter())
     elif log_format == "auto" and (stream or sys.stderr).isatty():
