@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -340,11 +341,53 @@ class AuditSyslogSettings(BaseModel):
     poll_seconds: float = Field(default=2.0, gt=0, description="How often new events are sent.")
 
 
+class HttpSettings(BaseModel):
+    """The node's HTTP endpoint: ``/healthz``, ``/readyz`` and ``/metrics`` (Prometheus).
+
+    Loopback by default: it tells anyone who can reach it the node's study counts.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(default=True, description="Serve the endpoint beside the node.")
+    bind_address: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=9112, ge=0, le=65535, description="0: any free port.")
+
+
+class DriftSettings(BaseModel):
+    """When the node warns that what it sees no longer looks like the bundle's validation.
+
+    Per region, the share of triaged studies flagged positive over the last
+    ``window_hours`` is compared with the share the bundle's own evaluation flagged
+    (its metadata); a ratio beyond ``factor`` either way is drift. The share of views
+    not assessed has no reference in a bundle: above ``max_not_assessed_rate`` is drift.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window_hours: float = Field(default=168.0, gt=0, description="The sliding window.")
+    min_studies: int = Field(
+        default=30, ge=1, description="Fewer studies of a region in the window: no verdict."
+    )
+    factor: float = Field(
+        default=2.0, gt=1, description="Observed / reference rate beyond this (or 1/this)."
+    )
+    max_not_assessed_rate: float = Field(default=0.25, ge=0, le=1)
+    check_seconds: float = Field(
+        default=300.0, gt=0, description="How often the node checks (and audits a change)."
+    )
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
 class Settings(BaseSettings):
     """All settings of the node, the flows and the CLI."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
+        # FRACTURE_TRIAGE_OUTPUTS__SR=false sets outputs.sr (one key of a table).
+        env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
         validate_default=True,
@@ -545,6 +588,29 @@ class Settings(BaseSettings):
         description="Prefect's flow-run heartbeat (crash detection); costs ~1 s a run.",
     )
 
+    # Operations
+    log_level: LogLevel = Field(default="INFO", description="The node's own log records.")
+    log_format: Literal["auto", "plain", "json"] = Field(
+        default="auto",
+        description="auto: Rich on a terminal, plain one-line records elsewhere; json: one "
+        "JSON object a line.",
+    )
+    third_party_log_level: LogLevel = Field(
+        default="WARNING",
+        description="Libraries' records (pynetdicom, highdicom, Prefect, httpx...).",
+    )
+    http: HttpSettings = Field(
+        default_factory=HttpSettings, description="/healthz, /readyz and /metrics."
+    )
+    drift: DriftSettings = Field(
+        default_factory=DriftSettings, description="Warnings when the case mix drifts."
+    )
+
+    @field_validator("log_level", "third_party_log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
     @field_validator("ae_title")
     @classmethod
     def _check_own_ae_title(cls, value: str) -> str:
@@ -721,3 +787,5 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         return _FileSettings(**overrides)
     except ValidationError as error:
         raise SettingsError(_describe(error)) from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"config file {str(path)!r} is not valid TOML: {error}") from None

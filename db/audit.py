@@ -58,6 +58,8 @@ class AuditEventType(enum.StrEnum):
     REPROCESS_REQUESTED = "reprocess_requested"
     PURGE = "purge"
     PARTIAL_WRITES_REMOVED = "partial_writes_removed"  # .part files a crash left, at start-up
+    DRIFT_DETECTED = "drift_detected"  # a region's rate left the bundle's reference band
+    DRIFT_CLEARED = "drift_cleared"  # and came back into it
 
 
 class Outcome(enum.StrEnum):

@@ -106,6 +106,27 @@ class FailedAttempt:
     retry_at: dt.datetime | None  # None: failed for good (the study is FAILED)
 
 
+@dataclass(frozen=True)
+class StudyLatestRun:
+    """A study and what its latest run said (None when it has no run or no result)."""
+
+    study_instance_uid: str
+    region: str | None
+    model_version: str | None
+
+
+class FileArea(enum.StrEnum):
+    STORE = "store"  # received instances, relative to the store
+    OUTPUTS = "outputs"  # produced objects, relative to the output folder
+
+
+@dataclass(frozen=True)
+class StudyFile:
+    study_instance_uid: str
+    area: FileArea
+    path: str
+
+
 class StudyRepository:
     def __init__(self, session: Session) -> None:
         self._session = session
@@ -381,6 +402,66 @@ class StudyRepository:
             )
         return uids, [AbandonedRun(*row, reason=reason) for row in running]
 
+    def count_with_status(
+        self, study_instance_uids: Sequence[str], statuses: Iterable[StudyStatus]
+    ) -> int:
+        """How many of the studies named have one of ``statuses`` (e.g. are finished)."""
+        query = select(func.count()).where(
+            Study.study_instance_uid.in_(list(study_instance_uids)),
+            Study.status.in_(list(statuses)),
+        )
+        return self._session.scalar(query) or 0
+
+    def with_latest_run(
+        self,
+        received_from: dt.datetime | None = None,
+        received_before: dt.datetime | None = None,
+        statuses: Sequence[StudyStatus] = (),
+    ) -> list[StudyLatestRun]:
+        """Studies first received in [``received_from``, ``received_before``) with one of
+        ``statuses`` (any, when empty), oldest first, each with its latest run's region
+        and model version (the reprocess selection)."""
+        latest = (
+            select(TriageRun.study_id, func.max(TriageRun.id).label("run_id"))
+            .group_by(TriageRun.study_id)
+            .subquery()
+        )
+        query = (
+            select(Study.study_instance_uid, StudyResult.region, TriageRun.model_version)
+            .outerjoin(latest, latest.c.study_id == Study.id)
+            .outerjoin(TriageRun, TriageRun.id == latest.c.run_id)
+            .outerjoin(StudyResult, StudyResult.run_id == TriageRun.id)
+            .order_by(Study.id)
+        )
+        if received_from is not None:
+            query = query.where(Study.first_received_at >= received_from)
+        if received_before is not None:
+            query = query.where(Study.first_received_at < received_before)
+        if statuses:
+            query = query.where(Study.status.in_(list(statuses)))
+        return [StudyLatestRun(*row) for row in self._session.execute(query)]
+
+    def files_older_than(self, cutoff: dt.datetime) -> list[StudyFile]:
+        """What a purge at ``cutoff`` deletes: received instances older than it, and the
+        local copies of outputs older than it whose deliveries are all settled."""
+        instances = self._session.execute(
+            select(Study.study_instance_uid, Instance.path)
+            .join(Instance.study)
+            .where(Instance.received_at < cutoff)
+        )
+        outputs = self._session.execute(
+            select(Study.study_instance_uid, OutputObject.path)
+            .join(OutputObject.run)
+            .join(TriageRun.study)
+            .where(
+                OutputObject.created_at < cutoff,
+                ~OutputObject.deliveries.any(Delivery.status == DeliveryStatus.PENDING),
+            )
+        )
+        return [StudyFile(uid, FileArea.STORE, path) for uid, path in instances] + [
+            StudyFile(uid, FileArea.OUTPUTS, path) for uid, path in outputs
+        ]
+
     def instances(
         self, study_instance_uid: str, *, triageable_only: bool = False
     ) -> list[Instance]:
@@ -584,6 +665,13 @@ class RunRepository:
         )
         return self._session.scalar(query)
 
+    def count_finished_since(self, started_at: dt.datetime) -> int:
+        """Runs started at or after ``started_at`` that have ended (a progress bar's count)."""
+        query = select(func.count()).where(
+            TriageRun.started_at >= started_at, TriageRun.status != RunStatus.RUNNING
+        )
+        return self._session.scalar(query) or 0
+
     def lost_flow_run_ids(self, study_instance_uid: str) -> list[str]:
         """Prefect flow runs of the study's runs that a crash or a lost worker abandoned."""
         query = (
@@ -644,26 +732,3 @@ class RunRepository:
         """
         reports = self.previous_outputs(study_instance_uid, before_run_id, [OutputKind.SR])
         return reports[-1] if reports else None
-
-
-def node_status(session: Session, latest: int = 10) -> dict[str, Any]:
-    """Counts for ``fracture-triage status``: studies by status, deliveries, model versions."""
-    studies = dict(session.execute(select(Study.status, func.count()).group_by(Study.status)).all())
-    deliveries = dict(
-        session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
-    )
-    models = session.execute(
-        select(TriageRun.model_name, TriageRun.model_version, func.count()).group_by(
-            TriageRun.model_name, TriageRun.model_version
-        )
-    ).all()
-    return {
-        "studies": {str(k): v for k, v in studies.items()},
-        "deliveries": {str(k): v for k, v in deliveries.items()},
-        "models": {f"{name} {version}": count for name, version, count in models},
-        "latest": list(
-            session.scalars(
-                select(Study.study_instance_uid).order_by(Study.id.desc()).limit(latest)
-            )
-        ),
-    }

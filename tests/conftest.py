@@ -7,12 +7,15 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Prefect reads its settings at import: give the test session its own home, ephemeral API,
 # before anything imports `flows`.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ft-prefect-"))
+# Every node a test starts (here or as `fracture-triage serve`) serves /healthz, /readyz and
+# /metrics on a free port: concurrent sessions on one machine never compete for 9112.
+os.environ.setdefault("FRACTURE_TRIAGE_HTTP__PORT", "0")
 
 import pytest
 
@@ -101,6 +104,15 @@ def pytest_configure(config: pytest.Config) -> None:
     log_scanner.install()
     for name in OUR_PACKAGES:
         logging.getLogger(name).setLevel(logging.DEBUG)  # scan our debug lines too
+
+
+@pytest.fixture(autouse=True)
+def _scan_debug_records() -> Iterator[None]:
+    """A command run in this process (CliRunner) sets our loggers to its log_level: put
+    them back at DEBUG, so the next test's debug records are scanned too."""
+    yield
+    for name in OUR_PACKAGES:
+        logging.getLogger(name).setLevel(logging.DEBUG)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

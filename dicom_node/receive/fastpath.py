@@ -45,6 +45,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_node.receive.wire import (
+    ClosedSilentlyError,
     ConnectionAllowance,
     Deadline,
     PduReader,
@@ -58,6 +59,7 @@ from dicom_node.receive.wire import (
     abort_pdu,
     close_quietly,
     host_and_port,
+    raise_if_closed_silently,
     read_association_request,
     send_quietly,
 )
@@ -246,6 +248,7 @@ class ReceivingServer(ThreadedAssociationServer):
         deadline = Deadline(self.limits.association_request_timeout)
         connection = request
         try:
+            raise_if_closed_silently(request, deadline)
             connection = self._secure(request, deadline)
             first_pdu = read_association_request(connection, self.limits, allowance, deadline)
         except TransportRefusedError as refused:
@@ -253,7 +256,12 @@ class ReceivingServer(ThreadedAssociationServer):
                 send_quietly(connection, abort_pdu(refused.abort))
             close_quietly(connection)
             host, port = host_and_port(client_address)
-            self.report(TransportEvent(TransportEventKind.DROPPED, refused.reason, host, port))
+            kind = (
+                TransportEventKind.PROBED
+                if isinstance(refused, ClosedSilentlyError)
+                else TransportEventKind.DROPPED
+            )
+            self.report(TransportEvent(kind, refused.reason, host, port))
             return None
         finally:
             self._pending.settle()

@@ -29,7 +29,6 @@ import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.context import SpawnProcess
-from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 from config import Settings
@@ -59,10 +58,41 @@ def _die_with_parent() -> None:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-#: A receiver process's entry point: ``(settings values, index, ready, channel)``. It calls
-#: :func:`become_receiver_process`, serves the connections handed on ``channel``, sets
-#: ``ready`` once it does, and returns when the stop event is set.
-ReceiverMain = Callable[[dict[str, Any], int, ProcessEvent, socket.socket], None]
+#: A receiver process's entry point: ``(settings values, index, ready, channel, *shared)``.
+#: It calls :func:`become_receiver_process`, serves the connections handed on ``channel``,
+#: sets ``ready`` once it does, and returns when the stop event is set.
+ReceiverMain = Callable[..., None]
+
+
+class SharedCounter:
+    """A count the node and its receiver processes add to: one slot per process in
+    shared memory, each process writing its own slot only (so no lock crosses processes,
+    and no semaphore needs multiprocessing's resource tracker)."""
+
+    def __init__(self, processes: int) -> None:
+        self._slots = multiprocessing.get_context("spawn").RawArray("Q", processes)
+        self._slot = 0  # the node's; a receiver process takes its index
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_slots": self._slots}  # crosses to a child as it starts; not the lock
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._slots = state["_slots"]
+        self._slot = 0
+        self._lock = threading.Lock()
+
+    def use_slot(self, index: int) -> None:
+        """Count into slot ``index`` from now on (a receiver process: its index)."""
+        self._slot = index
+
+    def add(self, count: int = 1) -> None:
+        with self._lock:
+            self._slots[self._slot] += count
+
+    @property
+    def value(self) -> int:
+        return sum(self._slots)
 
 
 def become_receiver_process(index: int) -> threading.Event:
@@ -85,12 +115,17 @@ class ReceiverProcesses:
     """``count`` child processes running ``main`` beside the parent's SCP (the SCP passes
     its own entry point: this module knows processes and channels, not the SCP)."""
 
-    def __init__(self, settings: Settings, count: int, main: ReceiverMain) -> None:
+    def __init__(
+        self, settings: Settings, count: int, main: ReceiverMain, shared: tuple[Any, ...] = ()
+    ) -> None:
+        """``shared``: more arguments for ``main`` that cross to each child as it starts
+        (shared memory, such as a :class:`SharedCounter`)."""
         if settings.port == 0:
             raise ValueError("receiver processes need the bound port, not 0")
         self._values = settings_values(settings)
         self._count = count
         self._main = main
+        self._shared = shared
         self._context = multiprocessing.get_context("spawn")  # no threads or torch inherited
         self._children: dict[int, SpawnProcess] = {}
         self._channels: dict[int, socket.socket] = {}  # the node's ends, by child index
@@ -111,7 +146,7 @@ class ReceiverProcesses:
         node_end.setblocking(False)  # a stuck child must never block the node's acceptor
         child = self._context.Process(
             target=self._main,
-            args=(self._values, index, ready, child_end),
+            args=(self._values, index, ready, child_end, *self._shared),
             name=f"receiver-{index}",
             daemon=True,
         )
@@ -161,6 +196,11 @@ class ReceiverProcesses:
             )
             return False
         return True
+
+    @property
+    def alive(self) -> int:
+        """How many receiver processes are running now."""
+        return sum(child.is_alive() for child in list(self._children.values()))
 
     @property
     def pids(self) -> list[int]:

@@ -37,11 +37,16 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings
+from config.logs import configure_logging
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.engine import engine_from_settings, make_session_factory
 from db.repositories import ReceivedInstance, RecordOutcome, StudyRepository
 from dicom_node.receive.fastpath import Listener, ended_by_transport, listen, reading_a_pdu
-from dicom_node.receive.receivers import ReceiverProcesses, become_receiver_process
+from dicom_node.receive.receivers import (
+    ReceiverProcesses,
+    SharedCounter,
+    become_receiver_process,
+)
 from dicom_node.receive.statuses import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -119,9 +124,13 @@ class StorageSCP:
         *,
         handed_connections: socket.socket | None = None,
         bulk_reads: bool = True,
+        probes: SharedCounter | None = None,
     ) -> None:
         """``handed_connections``: a receiver process's SCP, serving the connections the
         node's SCP hands it on this channel instead of listening (dicom_node.receive.receivers).
+
+        ``probes``: the count of connections closed before they sent a byte, shared
+        with the receiver processes (a receiver gets its node's).
 
         ``bulk_reads=False``: PDUs read in pynetdicom's 4 KiB steps, only to compare
         (benchmarks.ingest).
@@ -134,6 +143,7 @@ class StorageSCP:
         self._budget = ReceiveBudget(settings.receive_budget_bytes)
         self._listener: Listener | None = None
         self._receivers: ReceiverProcesses | None = None
+        self._probes = probes if probes is not None else SharedCounter(settings.scp_processes)
 
     # -- association life cycle -------------------------------------------------------
 
@@ -198,7 +208,9 @@ class StorageSCP:
     def _start_receivers(self, port: int, children: int) -> None:
         assert self._listener is not None
         port_settings = self._settings.model_copy(update={"port": port})
-        self._receivers = ReceiverProcesses(port_settings, children, serve_handed_connections)
+        self._receivers = ReceiverProcesses(
+            port_settings, children, serve_handed_connections, (self._probes,)
+        )
         try:
             self._receivers.start()
         except Exception:
@@ -210,6 +222,21 @@ class StorageSCP:
     def receiver_pids(self) -> list[int]:
         """The process IDs of the receiver processes (none with ``scp_processes = 1``)."""
         return self._receivers.pids if self._receivers is not None else []
+
+    @property
+    def connection_probes(self) -> int:
+        """Connections closed before they sent a byte (health checks, port scans), in
+        this SCP and its receiver processes since it was made."""
+        return self._probes.value
+
+    @property
+    def receiving(self) -> tuple[int, int]:
+        """(processes receiving now, processes that should be): the node's own listener
+        and its receiver processes."""
+        expected = 1 + (0 if self._handed_connections else self._settings.scp_processes - 1)
+        if self._listener is None:
+            return 0, expected
+        return 1 + (self._receivers.alive if self._receivers is not None else 0), expected
 
     @property
     def receive_budget(self) -> ReceiveBudget:
@@ -281,7 +308,14 @@ class StorageSCP:
     def handle_transport_event(self, event: TransportEvent) -> None:
         """Audit what the transport refused: a connection closed before it associated
         (ARTIM, TLS, a first PDU that is not a request, too many waiting) or an
-        association it aborted (a PDU over its cap, a byte budget, a PDU too slow)."""
+        association it aborted (a PDU over its cap, a byte budget, a PDU too slow).
+        A connection that closed before sending a byte is only counted."""
+        if event.kind is TransportEventKind.PROBED:
+            # A health check or a port scan: nothing to audit (it would bury the real
+            # failures), counted for the metrics endpoint instead.
+            self._probes.add()
+            logger.debug("connection from %s closed before sending a byte", event.address)
+            return
         kind = (
             AuditEventType.CONNECTION_DROPPED
             if event.kind is TransportEventKind.DROPPED
@@ -567,18 +601,26 @@ def _short_string(value: Any) -> str | None:
 
 
 def serve_handed_connections(
-    values: dict[str, Any], index: int, ready: ProcessEvent, channel: socket.socket
+    values: dict[str, Any],
+    index: int,
+    ready: ProcessEvent,
+    channel: socket.socket,
+    probes: SharedCounter | None = None,
 ) -> None:
     """A receiver process (dicom_node.receive.receivers): one more StorageSCP serving the
-    connections handed on ``channel``, until SIGTERM."""
+    connections handed on ``channel``, until SIGTERM; ``probes``: its node's count."""
     stop = become_receiver_process(index)
+    if probes is not None:
+        probes.use_slot(index)
     settings = Settings.model_construct(**values)
+    configure_logging(settings)  # the node's format and levels
     engine = engine_from_settings(settings)
     scp = StorageSCP(
         settings,
         make_session_factory(engine),
         InstanceStore(settings.store_dir),
         handed_connections=channel,
+        probes=probes,
     )
     try:
         scp.start()

@@ -78,6 +78,14 @@ class TransportRefusedError(Exception):
         self.abort = abort
 
 
+class ClosedSilentlyError(TransportRefusedError):
+    """The peer closed (or reset) the connection before sending a single byte: a TCP
+    health check, a load balancer's probe or a port scan. Counted, not audited."""
+
+    def __init__(self) -> None:
+        super().__init__("connection closed before sending a byte")
+
+
 class BudgetExceededError(Exception):
     """A reservation would pass the connection's or the process's receive budget."""
 
@@ -91,6 +99,8 @@ class TransportEventKind(enum.StrEnum):
     DROPPED = "dropped"
     #: An association the transport aborted (a PDU over its cap, a budget, a timeout).
     ABORTED = "aborted"
+    #: A connection closed before it sent a byte (ClosedSilentlyError): counted only.
+    PROBED = "probed"
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,23 @@ def close_quietly(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
+
+
+def raise_if_closed_silently(sock: socket.socket, deadline: Deadline) -> None:
+    """Wait (until ``deadline``) for the connection's first byte without taking it;
+    ClosedSilentlyError if the peer closes or resets the connection first.
+
+    Past the deadline it returns: the read that follows reports the ARTIM expiry.
+    """
+    try:
+        sock.settimeout(deadline.remaining())
+        first = sock.recv(1, socket.MSG_PEEK)
+    except ConnectionResetError:
+        raise ClosedSilentlyError() from None
+    except OSError:  # TimeoutError included: the next read reports it
+        return
+    if not first:
+        raise ClosedSilentlyError()
 
 
 def host_and_port(address: Any) -> tuple[str, int]:

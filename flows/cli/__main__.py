@@ -1,5 +1,5 @@
 """``python -m flows.cli``: the same command line as ``fracture-triage``."""
 
-from flows.cli.app import app
+from flows.cli.app import main
 
-app()
+main()

@@ -3,42 +3,28 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from sqlalchemy.orm import Session, sessionmaker
 
-from config import Settings, SettingsError, load_settings
+from config import Settings
+from flows.cli.options import ConfigOption, JsonOption, console, fail, settings_for
 
 audit_app = typer.Typer(
     help="The audit trail: `audit verify` checks the hash chain, `audit --study UID` tells a "
     "study's story.",
     invoke_without_command=True,
 )
-console = Console()
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML settings file.", exists=True)
-]
 
 
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except SettingsError as error:
-        console.print(f"[red]Invalid settings:[/red] {error}")
-        raise typer.Exit(2) from None
-
-
-def _sessions(settings: Settings) -> Any:
+def _sessions(settings: Settings) -> sessionmaker[Session]:
     from db.engine import engine_from_settings, make_session_factory
 
     path = settings.sqlite_path
     if path is not None and not path.exists():
-        console.print(f"[red]No audit database at {path}[/red]")
-        raise typer.Exit(2)
+        fail(f"no audit database at {path}")
     return make_session_factory(engine_from_settings(settings))
 
 
@@ -48,19 +34,18 @@ def audit(
     study: Annotated[
         str | None, typer.Option("--study", help="Study Instance UID whose events to show.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+    as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Show every audit event of a study (`--study UID`), or run a subcommand."""
     if ctx.invoked_subcommand is not None:
         return
     if study is None:
-        console.print(ctx.get_help())
-        raise typer.Exit(2)
+        fail("give --study UID, or a subcommand (audit verify); see fracture-triage audit --help")
     from db.audit import AuditLog
     from db.repositories import StudyRepository
 
-    sessions = _sessions(_settings(config))
+    sessions = _sessions(settings_for(config))
     with sessions() as session:
         events = AuditLog(session).for_study(study)
         found = StudyRepository(session).get(study)
@@ -70,8 +55,7 @@ def audit(
         typer.echo(json.dumps({"study_instance_uid": study, "status": status, "events": rows}))
         return
     if not rows and status is None:
-        console.print(f"No study {study} and no audit event for it.")
-        raise typer.Exit(1)
+        fail(f"No study {study} and no audit event for it", 1)
     table = Table(title=f"Audit trail of study {study} ({status or 'no study row'})")
     for column in ("id", "occurred (UTC)", "event", "outcome", "actor", "SOP instance", "detail"):
         table.add_column(column, overflow="fold")
@@ -93,15 +77,15 @@ def verify(config: ConfigOption = None) -> None:
     """Walk the hash chain from the first event; name the first broken one (exit status 1)."""
     from db.audit import verify_chain
 
-    sessions = _sessions(_settings(config))
+    sessions = _sessions(settings_for(config))
     with sessions() as session:
         report = verify_chain(session)
     if report.broken is not None:
-        console.print(
-            f"[red]Audit chain broken at event {report.broken.id}[/red]: {report.broken.reason}. "
-            f"{report.checked} event(s) before it verified."
+        fail(
+            f"Audit chain broken at event {report.broken.id}: {report.broken.reason}. "
+            f"{report.checked} event(s) before it verified.",
+            1,
         )
-        raise typer.Exit(1)
     console.print(
         f"[green]Audit chain intact[/green]: {report.checked} event(s), "
         f"head hash {report.head_hash}"

@@ -20,6 +20,7 @@ from flows.node.startup import (
     port_taken,
     start_orchestration,
 )
+from flows.node.operations import NodeOperations
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
 from flows.triage.batch import retry_policy
@@ -50,6 +51,8 @@ class TriageService:
         )
         self.outbox = OutboxWorker(runtime.outbox, runtime.settings.outbox_poll_seconds)
         self.audit_export = export_worker(runtime.settings, runtime.sessions)  # None: off
+        # Operators: /healthz, /readyz, /metrics and the drift check (flows/node/operations.py).
+        self.operations = NodeOperations(runtime, self.scp)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage")
         self._futures: list[Future[list[TriageSummary]]] = []
         self._lock = threading.Lock()
@@ -77,6 +80,11 @@ class TriageService:
         self.outbox.start()  # also sends what a previous run left pending
         if self.audit_export is not None:
             self.audit_export.start()  # resumes after the last event the collector got
+        try:
+            self.operations.start()  # last: /readyz sees everything else running
+        except OSError:
+            self.stop()
+            raise
         return self.address
 
     def submit(self, study_instance_uid: str) -> Future[list[TriageSummary]]:
@@ -218,6 +226,7 @@ class TriageService:
                 )
 
     def stop(self) -> None:
+        self.operations.stop()  # first: /readyz stops answering ready
         self.watcher.stop()
         self.scp.stop()
         self._executor.shutdown(wait=True, cancel_futures=False)

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from db.migrate import current_revision, head_revision, upgrade
 from flows.runtime import Runtime
+from models.runtime.metadata import load_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,15 @@ def check_folders(runtime: Runtime) -> None:
 
 
 def load_model(runtime: Runtime) -> None:
-    """Load the bundle now: a missing or broken one stops the node, not a study later."""
+    """Load the bundle now: a missing or broken one stops the node, not a study later.
+
+    In server mode the workers run the model; the node checks its bundle's metadata only.
+    """
     try:
-        runtime.model()
+        if runtime.settings.prefect_api_url:
+            load_metadata(runtime.settings.model_bundle_dir)
+        else:
+            runtime.model()
     except Exception as error:  # whatever a broken bundle raises (torch's unpickler too)
         raise NodeStartError(
             f"model bundle {str(runtime.settings.model_bundle_dir)!r} cannot be loaded: "

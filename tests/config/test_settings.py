@@ -97,3 +97,26 @@ def test_priority_rule_and_off_peak_window() -> None:
     daytime = PrioritySettings(reprocess_hours=(9, 17))
     assert [h for h in range(24) if daytime.may_reprocess_at(h)] == list(range(9, 17))
     assert all(PrioritySettings().may_reprocess_at(h) for h in range(24))
+
+
+def test_nested_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRACTURE_TRIAGE_OUTPUTS__SR", "false")
+    monkeypatch.setenv("FRACTURE_TRIAGE_HTTP__PORT", "9200")
+    monkeypatch.setenv("FRACTURE_TRIAGE_DRIFT__FACTOR", "3")
+    settings = load_settings()
+    assert settings.outputs.sr is False and settings.outputs.summary is True
+    assert settings.http.port == 9200 and settings.http.bind_address == "127.0.0.1"
+    assert settings.drift.factor == 3.0
+
+
+def test_log_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(None, log_level="debug").log_level == "DEBUG"
+    with pytest.raises(SettingsError, match="'log_format'"):
+        load_settings(None, log_format="xml")
+
+
+def test_toml_syntax_error_is_one_settings_error(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('ae_title = "NODE"\nport = \n')
+    with pytest.raises(SettingsError, match=r"is not valid TOML: .*line 2"):
+        load_settings(path)

@@ -7,6 +7,8 @@ the node started as ``fracture-triage serve`` are in test_hostile_peers.py.
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -157,9 +159,11 @@ def test_connections_over_the_pending_limit_are_closed_and_counted(
         assert not any(closed_by_peer(sock) for sock in waiting)
     finally:
         close_all(waiting + refused)
-    events = _events(node, AuditEventType.CONNECTION_DROPPED, count=3)
-    (tally,) = [e for e in events if "max_pending_connections (2)" in e.detail["reason"]]
+    # The two waiting connections close without a byte: counted, not audited.
+    (tally,) = _events(node, AuditEventType.CONNECTION_DROPPED)
+    assert "max_pending_connections (2)" in tally.detail["reason"]
     assert tally.detail["connections"] == 3
+    assert wait_until(lambda: node.scp.connection_probes == 2)
     assert timed_echo(node.port, AE_TITLE) is not None
 
 
@@ -183,3 +187,22 @@ def test_receive_settings_are_validated(overrides: dict[str, object], message: s
 
 def test_zero_max_pdu_announces_the_ceiling() -> None:
     assert load_settings(None, max_pdu_bytes=0).pdu_length_announced == 16 * 1024**2
+
+
+def test_connections_that_send_nothing_are_counted_not_audited(
+    start_node: Callable[..., RunningSCP],
+) -> None:
+    """A TCP health check (connect, close) and a reset are probes: no audit event, one
+    count each; a connection that sends bytes that are no request is still audited."""
+    node = start_node()
+    connect(node.port).close()
+    reset = connect(node.port)
+    reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    reset.close()  # RST instead of FIN
+    assert wait_until(lambda: node.scp.connection_probes == 2)
+    with connect(node.port) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        (event,) = _events(node, AuditEventType.CONNECTION_DROPPED)
+    assert "unknown PDU type 0x47" in event.detail["reason"]
+    assert node.scp.connection_probes == 2
+    assert timed_echo(node.port, AE_TITLE) is not None

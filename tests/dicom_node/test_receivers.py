@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -144,6 +145,21 @@ def test_associations_take_turns_over_the_processes(
         accepted = AuditLog(session).of_type(AuditEventType.ASSOCIATION_ACCEPTED)
     served = Counter(event.detail["receiver_pid"] for event in accepted)
     assert served == {os.getpid(): 2, **dict.fromkeys(node.receiver_pids, 2)}
+
+
+def test_probes_are_counted_in_every_receiving_process(
+    settings: Settings, scp: tuple[StorageSCP, int]
+) -> None:
+    """Connections that close before a byte, taken in turn by the three processes, all add
+    to the node's one count; none is audited."""
+    node, port = scp
+    assert node.receiving == (3, 3)
+    for _ in range(6):
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+    assert _wait_until(lambda: node.connection_probes == 6, 30)
+    sessions = make_session_factory(make_engine(settings.database_url))
+    with sessions() as session:
+        assert AuditLog(session).of_type(AuditEventType.CONNECTION_DROPPED) == []
 
 
 def test_a_receiver_that_dies_is_started_again(

@@ -1,4 +1,4 @@
-"""Admin flows: reprocess studies, retry the outbox, purge old pixel data.
+"""The reprocess flow: triage matching studies again with the configured model.
 
 ``reprocess`` selects studies (received-date range, statuses, regions, model
 version older than a given one), optionally fetches them again from the PACS by
@@ -10,30 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from packaging.version import InvalidVersion, Version
 from prefect import flow, task
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from config import Destination
-from db.audit import AuditEventType, AuditLog, Outcome
-from db.models import (
-    Delivery,
-    DeliveryStatus,
-    Instance,
-    OutputObject,
-    Study,
-    StudyStatus,
-    TriageRun,
-    utcnow,
-)
-from db.repositories import RunRepository
+from config import REGIONS, Destination
+from db.audit import AuditEventType, AuditLog
+from db.models import StudyStatus
+from db.repositories import StudyRepository
 from dicom_node.retrieve.query import StudyQuery, find_studies, move_study
 from flows.runtime import Runtime, current_runtime
 from flows.triage.flow import UNCHANGED, triage_study
@@ -45,7 +32,11 @@ Source = Literal["local", "pacs"]
 
 @dataclass(frozen=True)
 class ReprocessCriteria:
-    """Which studies to triage again; every criterion that is set must hold."""
+    """Which studies to triage again; every criterion that is set must hold.
+
+    Unknown statuses, regions or an invalid version raise ``ValueError`` naming the
+    value and the valid ones.
+    """
 
     received_from: dt.date | None = None
     received_to: dt.date | None = None
@@ -54,39 +45,35 @@ class ReprocessCriteria:
     model_version_older_than: str | None = None
 
     def __post_init__(self) -> None:
-        known = {s.value for s in StudyStatus}
+        known = [s.value for s in StudyStatus]
         unknown = [s for s in self.statuses if s not in known]
         if unknown:
             raise ValueError(f"unknown study statuses {unknown}; expected some of {sorted(known)}")
+        unknown = [r for r in self.regions if r not in REGIONS]
+        if unknown:
+            raise ValueError(f"unknown regions {unknown}; expected some of {list(REGIONS)}")
         if self.model_version_older_than is not None:
             Version(self.model_version_older_than)  # raises InvalidVersion naming the value
 
 
 def select_studies(runtime: Runtime, criteria: ReprocessCriteria) -> list[str]:
     """Study UIDs in the local DB that match ``criteria`` (oldest first)."""
-    query = select(Study).order_by(Study.id)
-    if criteria.received_from is not None:
-        query = query.where(Study.first_received_at >= _start_of(criteria.received_from))
-    if criteria.received_to is not None:
-        query = query.where(
-            Study.first_received_at < _start_of(criteria.received_to + dt.timedelta(days=1))
-        )
-    if criteria.statuses:
-        query = query.where(Study.status.in_([StudyStatus(s) for s in criteria.statuses]))
-    selected = []
+    received_to = criteria.received_to
     with runtime.sessions() as session:
-        runs = RunRepository(session)
-        for study in session.scalars(query):
-            latest = runs.latest_for_study(study.study_instance_uid)
-            result = latest.study_result if latest else None
-            if criteria.regions and (result is None or result.region not in criteria.regions):
-                continue
-            if criteria.model_version_older_than is not None and not _older(
-                latest.model_version if latest else None, criteria.model_version_older_than
-            ):
-                continue
-            selected.append(study.study_instance_uid)
-    return selected
+        candidates = StudyRepository(session).with_latest_run(
+            received_from=_start_of(criteria.received_from) if criteria.received_from else None,
+            received_before=_start_of(received_to + dt.timedelta(days=1)) if received_to else None,
+            statuses=[StudyStatus(s) for s in criteria.statuses],
+        )
+    return [
+        study.study_instance_uid
+        for study in candidates
+        if (not criteria.regions or study.region in criteria.regions)
+        and (
+            criteria.model_version_older_than is None
+            or _older(study.model_version, criteria.model_version_older_than)
+        )
+    ]
 
 
 def _older(version: str | None, than: str) -> bool:
@@ -171,6 +158,17 @@ def reprocess(
     else:
         study_uids = select_studies(runtime, criteria)
 
+    _audit_request(runtime, study_uids, source, model_version_older_than, requested_by)
+    return _triage_each(runtime, study_uids)
+
+
+def _audit_request(
+    runtime: Runtime,
+    study_uids: list[str],
+    source: Source,
+    model_version_older_than: str | None,
+    requested_by: str,
+) -> None:
     with runtime.sessions.begin() as session:
         audit = AuditLog(session)
         details = {"source": source, "model_version_older_than": model_version_older_than}
@@ -188,6 +186,10 @@ def reprocess(
                 study_instance_uid=uid,
                 **details,
             )
+
+
+def _triage_each(runtime: Runtime, study_uids: list[str]) -> dict[str, int]:
+    """Triage the studies one by one while inside the off-peak window; the counts."""
     triaged = unchanged = failed = deferred = 0
     priority = runtime.settings.priority
     for index, uid in enumerate(study_uids):
@@ -211,92 +213,3 @@ def reprocess(
         "failed": failed,
         "deferred": deferred,
     }
-
-
-@flow(name="retry-outbox", persist_result=False)
-def retry_outbox() -> dict[str, int]:
-    """Send every due delivery now (the node's outbox thread does this continuously)."""
-    result = current_runtime().outbox.send_due()
-    return {"sent": result.sent, "failed": result.failed, "retrying": result.retrying}
-
-
-@flow(name="purge-store", persist_result=False)
-def purge_store(older_than_days: int, requested_by: str = "system") -> dict[str, int]:
-    """Delete pixel data older than ``older_than_days``; keep the DB rows and the audit trail.
-
-    Goes: the received instances' files, and the local copies of our outputs (captures,
-    Parametric Maps, SRs, presentation states, ORU messages: they carry patient data
-    too) once every delivery of theirs is settled. Stays: instance, run, result, output
-    and audit rows, so the audit trail still tells the whole story of a purged study.
-
-    Each study's purge is audited before its files are deleted: a crash in between leaves
-    files that the next purge deletes (and audits again), never a deletion without its
-    event.
-    """
-    if older_than_days < 0:
-        raise ValueError(f"older_than_days must not be negative, got {older_than_days}")
-    runtime = current_runtime()
-    cutoff = utcnow() - dt.timedelta(days=older_than_days)
-    with runtime.sessions() as session:
-        plan = _purge_plan(runtime, session, cutoff)
-    removed = freed = studies = 0
-    for study_uid, paths in sorted(plan.items()):
-        existing = [path for path in paths if path.is_file()]
-        if not existing:
-            continue
-        size = sum(path.stat().st_size for path in existing)
-        with runtime.sessions.begin() as session:
-            AuditLog(session).record(
-                AuditEventType.PURGE,
-                actor=requested_by,
-                study_instance_uid=study_uid,
-                older_than_days=older_than_days,
-                files=len(existing),
-                bytes=size,
-            )
-        undeletable = 0
-        for path in existing:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError:
-                undeletable += 1
-        if undeletable:
-            logger.error("purge of study %s: %d files not deleted", study_uid, undeletable)
-            with runtime.sessions.begin() as session:
-                AuditLog(session).record(
-                    AuditEventType.PURGE,
-                    Outcome.FAILURE,
-                    actor=requested_by,
-                    study_instance_uid=study_uid,
-                    reason=f"{undeletable} files could not be deleted",
-                )
-        removed += len(existing) - undeletable
-        freed += size
-        studies += 1
-    return {"files": removed, "bytes": freed, "studies": studies}
-
-
-def _purge_plan(runtime: Runtime, session: Session, cutoff: dt.datetime) -> dict[str, list[Path]]:
-    """Study UID -> the files a purge at ``cutoff`` deletes."""
-    plan: dict[str, list[Path]] = defaultdict(list)
-    instances = session.execute(
-        select(Study.study_instance_uid, Instance.path)
-        .join(Instance.study)
-        .where(Instance.received_at < cutoff)
-    )
-    for study_uid, path in instances:
-        plan[study_uid].append(runtime.store.absolute(path))
-    outputs = session.execute(
-        select(Study.study_instance_uid, OutputObject.path)
-        .join(OutputObject.run)
-        .join(TriageRun.study)
-        .where(
-            OutputObject.created_at < cutoff,
-            ~OutputObject.deliveries.any(Delivery.status == DeliveryStatus.PENDING),
-        )
-    )
-    for study_uid, path in outputs:
-        plan[study_uid].append(runtime.output_dir / path)
-    return plan

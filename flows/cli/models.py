@@ -1,0 +1,222 @@
+"""Model commands: ``train``, ``evaluate``, ``build-demo-bundle``, ``make-phantom-dataset``.
+
+Offline tooling: no node, no database; logs go to the console as the settings say.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from flows.cli.options import ConfigOption, console, fail, settings_for
+
+if TYPE_CHECKING:
+    from models.training.datasets import ImageRecord
+
+LayoutOption = Annotated[
+    str,
+    typer.Option("--layout", help="Data layout: mura, csv (path, region, label[, box]), dicom."),
+]
+DataOption = Annotated[Path, typer.Option(help="Data set: MURA folder, CSV file or DICOM folder.")]
+LabelsOption = Annotated[
+    Path | None, typer.Option(help="DICOM layout: labels CSV (default DATA/labels.csv).")
+]
+PresetOption = Annotated[
+    str,
+    typer.Option(
+        help="mura (DenseNet121 at 320 px, MURA's baseline, for a GPU) or phantom "
+        "(a short CPU run on make-phantom-dataset data); the options below override it."
+    ),
+]
+ArchitectureOption = Annotated[
+    str | None, typer.Option(help="densenet121, densenet-small, efficientnet-b0, efficientnet-b1.")
+]
+EpochsOption = Annotated[int | None, typer.Option(help="Epochs of each stage (default: preset's).")]
+WorkersOption = Annotated[
+    int | None, typer.Option(help="Data loader worker processes (GPU runs: 4-8).")
+]
+DeviceOption = Annotated[str, typer.Option(help="auto (the GPU when present), cpu or cuda.")]
+SensitivityOption = Annotated[
+    float | None,
+    typer.Option(help="Sensitivity of the 'suspected' (screening) point (default 0.95)."),
+]
+SpecificityOption = Annotated[
+    float | None, typer.Option(help="Specificity of the 'likely' point (default 0.95).")
+]
+AggregationOption = Annotated[
+    str | None, typer.Option(help="Study probability from its views: mean (MURA's) or max.")
+]
+MaxStepsOption = Annotated[
+    int | None, typer.Option(help="Cap each epoch (a quick trial of a configuration).")
+]
+ResumeOption = Annotated[bool, typer.Option(help="Continue from OUT/training/ checkpoints.")]
+SyntheticOption = Annotated[
+    bool | None, typer.Option(help="Mark the bundle as trained on phantoms (default: preset's).")
+]
+
+
+def _load_data(data: Path, layout: str, labels: Path | None) -> list[ImageRecord]:
+    from models.training.datasets import LAYOUTS, DatasetError, load_records
+
+    if layout not in LAYOUTS:
+        fail(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    try:
+        return load_records(data, layout, labels)  # type: ignore[arg-type]
+    except DatasetError as error:
+        fail(f"cannot load {data}: {error}")
+
+
+def build_demo_bundle(
+    out: Annotated[Path, typer.Option(help="Bundle directory.")] = Path("var/bundles/demo"),
+    seed: int = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Train the demo bundle on synthetic phantoms (a few minutes on 2 CPU cores)."""
+    settings_for(config)
+    from models.training.train import train_demo_bundle
+
+    train_demo_bundle(out, seed=seed, progress=True)
+    console.print(f"demo bundle written to {out}")
+
+
+def train(
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    layout: LayoutOption = "mura",
+    labels: LabelsOption = None,
+    preset: PresetOption = "mura",
+    architecture: ArchitectureOption = None,
+    image_size: Annotated[int | None, typer.Option(help="Model input side in pixels.")] = None,
+    epochs: EpochsOption = None,
+    batch_size: int | None = None,
+    num_workers: WorkersOption = None,
+    device: DeviceOption = "auto",
+    sensitivity_target: SensitivityOption = None,
+    specificity_target: SpecificityOption = None,
+    aggregation: AggregationOption = None,
+    max_steps_per_epoch: MaxStepsOption = None,
+    resume: ResumeOption = False,
+    name: str = "fracture-triage",
+    version: str = "0.1.0",
+    synthetic: SyntheticOption = None,
+    seed: int = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Train a two-stage bundle (region, then per-region fracture) on labelled radiographs."""
+    settings_for(config)
+    from pydantic import ValidationError
+
+    from models.training.train import PRESETS, preset_config
+    from models.training.train import train as train_bundle
+
+    if preset not in PRESETS:
+        fail(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    records = _load_data(data, layout, labels)
+    chosen = {
+        "architecture": architecture,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "trained_on_synthetic_data": synthetic,
+        "sensitivity_target": sensitivity_target,
+        "specificity_target": specificity_target,
+        "study_aggregation": aggregation,
+        "max_steps_per_epoch": max_steps_per_epoch,
+    }
+    options: dict[str, object] = {k: v for k, v in chosen.items() if v is not None}
+    options.update(device=device, resume=resume, name=name, version=version, seed=seed)
+    options["training_data"] = f"{layout} data set at {data.name}"
+    if epochs is not None:
+        options.update(region_epochs=epochs, fracture_epochs=epochs, finetune_epochs=epochs)
+    try:
+        training = preset_config(preset, **options)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+            for item in error.errors()
+        )
+        fail(f"invalid training option: {problems}")
+    train_bundle(training, records, out, progress=True)
+    console.print(f"bundle written to {out} (model card: {out / 'docs' / 'README.md'})")
+
+
+def _test_split(bundle: Path, data: Path, records: list[ImageRecord]) -> list[ImageRecord]:
+    """The records of the patients the bundle's training held out."""
+    splits_file = bundle / "training" / "splits.json"
+    if not splits_file.is_file():
+        fail(
+            f"no {splits_file}: the bundle does not record its training split; "
+            "pass --split all with data it was not trained on"
+        )
+    held_out = set(json.loads(splits_file.read_text())["test"])
+    records = [r for r in records if r.patient_id in held_out]
+    if not records:
+        fail(f"no image of {data} is in the bundle's test split")
+    return records
+
+
+def evaluate(
+    bundle: Annotated[Path, typer.Option(help="Bundle directory to evaluate.")],
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="Report folder (report.md, PNG figures).")],
+    layout: LayoutOption = "mura",
+    labels: LabelsOption = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="test (the patients training held out, BUNDLE/training/splits.json) or all."
+        ),
+    ] = "test",
+    occlusion: Annotated[bool, typer.Option(help="Add occlusion sensitivity.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Evaluate a bundle: AUROC with CI, operating points, kappa, calibration, ROC, report."""
+    settings_for(config)
+    from models.training.evaluation import evaluate_bundle
+
+    if split not in ("test", "all"):
+        fail(f"unknown split {split!r}; choose test or all")
+    records = _load_data(data, layout, labels)
+    if split == "test":
+        records = _test_split(bundle, data, records)
+    result = evaluate_bundle(
+        bundle,
+        records,
+        out,
+        data_description=f"{layout} data set {data.name}, {split} split",
+        occlusion=occlusion,
+    )
+    overall = result.metrics.get("overall", {})
+    console.print(
+        f"AUROC {overall.get('auroc')} (95% CI {overall.get('auroc_ci')}), region accuracy "
+        f"{result.metrics['region_accuracy']}, Grad-CAM box hit rate "
+        f"{result.metrics['gradcam_box_hit_rate']}; report: {result.report}"
+    )
+
+
+def make_phantom_dataset(
+    out: Annotated[Path, typer.Option(help="Folder to write the phantom data set into.")],
+    layout: LayoutOption = "mura",
+    size: Annotated[int, typer.Option(help="Phantom image side in pixels.")] = 128,
+    patients: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Patients per class (csv: images per class; mura: train patients per region, "
+            "a third as many in valid; dicom: two-view studies per class). Default: a few.",
+        ),
+    ] = None,
+    seed: int = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Write a small synthetic data set in the MURA, CSV or DICOM layout (for trying train)."""
+    settings_for(config)
+    from models.training.datasets import LAYOUTS, write_phantom_dataset
+
+    if layout not in LAYOUTS:
+        fail(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    path = write_phantom_dataset(out, layout, size, seed, patients)  # type: ignore[arg-type]
+    console.print(f"phantom {layout} data set written; pass --data {path} --layout {layout}")
