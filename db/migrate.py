@@ -44,9 +44,3 @@ def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
-
-def head_revision() -> str | None:
-    """The revision the code's migrations lead to (what ``upgrade`` brings a database to)."""
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()

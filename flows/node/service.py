@@ -13,6 +13,7 @@ from dicom_node.delivery.outbox import OutboxWorker
 from dicom_node.receive.completion import StudyCompletionWatcher
 from dicom_node.receive.scp import StorageSCP
 from dicom_node.store import sweep_partial_writes
+from flows.node.operations import NodeOperations
 from flows.node.startup import (
     check_database,
     check_folders,
@@ -20,7 +21,6 @@ from flows.node.startup import (
     port_taken,
     start_orchestration,
 )
-from flows.node.operations import NodeOperations
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
 from flows.triage.batch import retry_policy
