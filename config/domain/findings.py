@@ -113,8 +113,23 @@ class NotAssessed:
             raise ValueError("a not-assessed result needs a reason")
 
 
+class _Outcome:
+    """What an image's and a study's finding share: assessed or not, positive or not."""
+
+    not_assessed: NotAssessed | None
+    level: FractureLevel | None
+
+    @property
+    def assessed(self) -> bool:
+        return self.not_assessed is None
+
+    @property
+    def is_positive(self) -> bool:
+        return is_positive(self.level)
+
+
 @dataclass(frozen=True)
-class ImageFinding:
+class ImageFinding(_Outcome):
     """The outcome for one source image: assessed (region, probability, level), or not.
 
     ``region_probability`` is stage 1's confidence where stage 1 ran (also for an
@@ -149,17 +164,9 @@ class ImageFinding:
                 f"{where}: an assessed image needs a region, probability, level, points"
             )
 
-    @property
-    def assessed(self) -> bool:
-        return self.not_assessed is None
-
-    @property
-    def is_positive(self) -> bool:
-        return is_positive(self.level)
-
 
 @dataclass(frozen=True)
-class StudyFinding:
+class StudyFinding(_Outcome):
     """The study-level triage result and the per-image findings behind it.
 
     Assessed: the study's region, its probability (aggregated over that region's
@@ -189,14 +196,6 @@ class StudyFinding:
             raise ValueError(f"{where}: an assessed study needs region, probability, level, points")
         if not any(image.assessed for image in self.images):
             raise ValueError(f"{where} is assessed but none of its images is")
-
-    @property
-    def assessed(self) -> bool:
-        return self.not_assessed is None
-
-    @property
-    def is_positive(self) -> bool:
-        return is_positive(self.level)
 
 
 def _check_probability(value: float | None, what: str) -> None:

@@ -53,16 +53,8 @@ def send_files(
     destination's host is the name its certificate is checked against.
     """
     datasets = [dcmread(path) for path in paths]
-    ae = AE(ae_title=calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    for sop_class, syntaxes in requested_contexts(datasets):
-        ae.add_requested_context(sop_class, syntaxes)
-
-    assoc = ae.associate(
-        destination.host,
-        destination.port,
-        ae_title=destination.ae_title,
-        tls_args=(tls, destination.host) if tls is not None else None,
+    assoc = associate(
+        destination, calling_ae_title, requested_contexts(datasets), timeout=timeout, tls=tls
     )
     if not assoc.is_established:
         reason, permanent = _association_failure(assoc)
@@ -80,6 +72,28 @@ def send_files(
         if assoc.is_established:
             assoc.release()
     return outcomes
+
+
+def associate(
+    destination: Destination,
+    calling_ae_title: str,
+    contexts: list[tuple[str, list[str]]],
+    *,
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
+) -> Association:
+    """An association with ``destination`` proposing ``contexts`` (SOP class, syntaxes),
+    every timer at ``timeout``; over TLS with ``tls``, the host the name it checks."""
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    for sop_class, syntaxes in contexts:
+        ae.add_requested_context(sop_class, syntaxes)
+    return ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        tls_args=(tls, destination.host) if tls is not None else None,
+    )
 
 
 #: What every peer accepts: an object in another syntax is offered in these too.

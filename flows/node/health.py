@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pynetdicom import AE
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from config import AnyDestination, Destination, DicomWebDestination, Settings
 from db.migrate import current_revision, head_revision
+from dicom_node.delivery.dimse import associate
 from dicom_node.tls import client_context
 
 
@@ -103,17 +104,10 @@ def check_destination(destination: AnyDestination, settings: Settings, timeout: 
 
 
 def _echo(destination: Destination, settings: Settings, timeout: float) -> str:
-    ae = AE(ae_title=settings.ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(Verification)
     tls = client_context(settings.tls) if destination.tls else None
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
-    assoc = ae.associate(
-        destination.host,
-        destination.port,
-        ae_title=destination.ae_title,
-        tls_args=(tls, destination.host) if tls is not None else None,
-    )
+    verification = [(str(Verification), [ImplicitVRLittleEndian])]
+    assoc = associate(destination, settings.ae_title, verification, timeout=timeout, tls=tls)
     if not assoc.is_established:
         what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
         raise CheckFailedError(f"association with {where} {what}")

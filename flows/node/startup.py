@@ -11,12 +11,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
-import tempfile
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from db.migrate import current_revision, head_revision, upgrade
+from db.migrate import upgrade
+from dicom_node.store import make_private_dirs
+from flows.node import health
 from flows.runtime import Runtime
 from models.runtime.metadata import load_metadata
 
@@ -29,45 +29,35 @@ class NodeStartError(RuntimeError):
 
 def check_database(runtime: Runtime) -> None:
     """Reachable, and at the head revision (migrated first where the node migrates itself)."""
-    settings = runtime.settings
     try:
-        if settings.migrates_at_start:
+        if runtime.settings.migrates_at_start:
             upgrade(runtime.engine)
-        revision = current_revision(runtime.engine)
+        health.check_database(runtime.engine)
+    except health.CheckFailedError as error:
+        raise NodeStartError(str(error)) from None
     except SQLAlchemyError as error:
         raise NodeStartError(
-            f"the database cannot be reached or migrated ({type(error).__name__}); "
-            "check database_url and that the server runs"
+            f"the database cannot be reached or migrated ({health.error_text(error)})"
         ) from None
-    if revision != head_revision():
-        raise NodeStartError(
-            f"the database is at revision {revision or 'none'}, the node needs "
-            f"{head_revision()}: run `fracture-triage db upgrade` as the database's owner"
-        )
 
 
 def check_folders(runtime: Runtime) -> None:
     """The store, outputs and work folders exist (created) and take a file; disk not full."""
     settings = runtime.settings
-    for name, folder in (
-        ("store_dir", settings.store_dir),
-        ("output_dir", settings.output_dir),
-        ("work folder", runtime.work_dir),
+    for name, folder, min_free in (
+        ("store_dir", settings.store_dir, settings.min_free_disk_bytes),
+        ("output_dir", settings.output_dir, 0),
+        ("work folder", runtime.work_dir, 0),
     ):
         try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".start-check-"):
-                pass
+            make_private_dirs(folder)
+            health.check_writable_folder(folder, min_free)
+        except health.CheckFailedError as error:
+            raise NodeStartError(f"{name}: {error}") from None
         except OSError as error:
             raise NodeStartError(
                 f"{name} {str(folder)!r} is not writable ({os.strerror(error.errno or 0)})"
             ) from None
-    free = shutil.disk_usage(settings.store_dir).free
-    if free < settings.min_free_disk_bytes:
-        raise NodeStartError(
-            f"store_dir {str(settings.store_dir)!r} has {free} bytes free, less than "
-            f"min_free_disk_bytes ({settings.min_free_disk_bytes})"
-        )
 
 
 def load_model(runtime: Runtime) -> None:

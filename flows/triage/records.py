@@ -131,19 +131,15 @@ def finish_unchanged(
         algorithm.name,
         algorithm.version,
     )
-    with sessions.begin() as session:
-        StudyRepository(session).set_status(
-            study_instance_uid, StudyStatus.TRIAGED, only_from=StudyStatus.TRIAGING
-        )
-        AuditLog(session).record(
-            AuditEventType.TRIAGE_SKIPPED,
-            actor="triage",
-            study_instance_uid=study_instance_uid,
-            run_id=earlier_run_id,
-            model_name=algorithm.name,
-            model_version=algorithm.version,
-            reason="unchanged: these instances were triaged by this model already",
-        )
+    _skip(
+        sessions,
+        study_instance_uid,
+        StudyStatus.TRIAGED,
+        run_id=earlier_run_id,
+        model_name=algorithm.name,
+        model_version=algorithm.version,
+        reason="unchanged: these instances were triaged by this model already",
+    )
 
 
 def record_results(sessions: Sessions, run_id: int, finding: StudyFinding) -> None:
@@ -306,15 +302,22 @@ def _attempt_detail(attempt: FailedAttempt | None) -> dict[str, object]:
 
 
 def finish_without_run(sessions: Sessions, study_instance_uid: str, reason: str) -> None:
+    _skip(sessions, study_instance_uid, StudyStatus.NOT_TRIAGED, reason=reason)
+
+
+def _skip(
+    sessions: Sessions, study_instance_uid: str, status: StudyStatus, **detail: object
+) -> None:
+    """The study needs no run (nothing to read, or unchanged): its status, and why, audited."""
     with sessions.begin() as session:
         StudyRepository(session).set_status(
-            study_instance_uid, StudyStatus.NOT_TRIAGED, only_from=StudyStatus.TRIAGING
+            study_instance_uid, status, only_from=StudyStatus.TRIAGING
         )
         AuditLog(session).record(
             AuditEventType.TRIAGE_SKIPPED,
             actor="triage",
             study_instance_uid=study_instance_uid,
-            reason=reason,
+            **detail,
         )
 
 
