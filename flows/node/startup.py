@@ -18,7 +18,7 @@ from db.migrate import upgrade
 from dicom_node.store import make_private_dirs
 from flows.node import health
 from flows.runtime import Runtime
-from models.runtime.metadata import load_metadata
+from models.runtime.bundle import load_metadata
 
 logger = logging.getLogger(__name__)
 
