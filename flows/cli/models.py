@@ -72,12 +72,18 @@ def _load_data(data: Path, layout: str, labels: Path | None) -> list[ImageRecord
 def build_demo_bundle(
     out: Annotated[Path, typer.Option(help="Bundle directory.")] = Path("var/bundles/demo"),
     seed: int = 0,
+    if_stale: Annotated[
+        bool, typer.Option("--if-stale", help="Keep a bundle the current training code made.")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Train the demo bundle on synthetic phantoms (a few minutes on 2 CPU cores)."""
     settings_for(config)
-    from models.training.train import train_demo_bundle
+    from models.training.demo import demo_bundle_is_current, train_demo_bundle
 
+    if if_stale and demo_bundle_is_current(out):
+        console.print(f"demo bundle at {out} is current")
+        return
     train_demo_bundle(out, seed=seed, progress=True)
     console.print(f"demo bundle written to {out}")
 
@@ -109,7 +115,7 @@ def train(
     settings_for(config)
     from pydantic import ValidationError
 
-    from models.training.train import PRESETS, preset_config
+    from models.training.config import PRESETS, preset_config
     from models.training.train import train as train_bundle
 
     if preset not in PRESETS:

@@ -150,9 +150,10 @@ def run_study(study_instance_uid: str, config: ConfigOption = None) -> None:
 
 
 def _ensure_bundle(bundle_dir: Path) -> None:
-    if (bundle_dir / "configs" / "metadata.json").is_file():
-        return
-    console.print(f"no model bundle at {bundle_dir}: training the demo bundle on phantoms")
-    from models.training.train import train_demo_bundle
+    """The demo bundle, trained when missing or made by older training code."""
+    from models.training.demo import demo_bundle_is_current, train_demo_bundle
 
+    if demo_bundle_is_current(bundle_dir):
+        return
+    console.print(f"no current demo bundle at {bundle_dir}: training it on phantoms")
     train_demo_bundle(bundle_dir, progress=True)
