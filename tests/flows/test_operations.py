@@ -28,6 +28,7 @@ from sqlalchemy import select
 from config import Destination, Settings
 from config.domain.vocabulary import OutputKind
 from db.audit import AuditEventType, AuditLog
+from db.migrate import upgrade
 from db.models import Delivery, DeliveryStatus, OutputObject, Study, StudyStatus
 from dicom_node.delivery.dimse import send_files
 from dicom_node.receive.statuses import CANNOT_UNDERSTAND
@@ -233,6 +234,7 @@ def test_readyz_follows_the_database_down_and_back(make_settings: Callable[..., 
     with scratch_postgres_database() as url:
         database = url.rsplit("/", 1)[1]
         runtime = Runtime.create(make_settings(database_url=url))
+        upgrade(runtime.engine)  # PostgreSQL: its owner migrates, the node never does
         with TriageService(runtime) as node:
             status, _ = http_get(
                 "http://{}:{}/healthz".format(*node.operations.address)  # type: ignore[str-format]
