@@ -29,7 +29,9 @@ from pydicom.uid import generate_uid
 from config import Destination
 from dicom_node.outputs.parametric_map import PM_SERIES_DESCRIPTION
 from dicom_node.outputs.presentation_state import GSPS_SERIES_DESCRIPTION
-from dicom_node.outputs.secondary_capture import SC_SERIES_DESCRIPTION
+from dicom_node.outputs.secondary_capture import (
+    ANNOTATED_HEATMAP_SERIES_DESCRIPTION as SC_SERIES_DESCRIPTION,
+)
 from dicom_node.outputs.sr import SR_SERIES_DESCRIPTION
 from dicom_node.outputs.summary import SUMMARY_SERIES_DESCRIPTION
 from flows.node.service import TriageService
