@@ -130,7 +130,7 @@ def measure(
         datasets = [dcmread(p) for p in paths]
         displays = [display_image_from_dataset(ds) for ds in datasets]
         batch = np.stack([preprocess(d, size)[0] for d in displays])
-        regions = [r for r, _ in model.classify_regions(batch)]
+        regions = [call.region for call in model.classify_regions(batch)]
         regions = [r or "wrist" for r in regions]  # time stage 2 on every image
         tensor = torch.as_tensor(batch)
         region_net = model.region_network

@@ -56,10 +56,8 @@ from models.runtime.preprocessing import Geometry
 
 logger = logging.getLogger(__name__)
 
-#: Stage 1's verdict on a view that is none of the bundle's regions.
-NOT_RECOGNISED = NotAssessed(
-    Gate.PIXELS, "stage 1 recognises none of the regions this model assesses"
-)
+#: The pixel gate's verdict on a view when stage 1 gave no reason of its own.
+NOT_RECOGNISED = "stage 1 recognises none of the regions this model assesses"
 
 Outcome = TriageSummary | TriageError
 
@@ -255,7 +253,8 @@ def _view_result(model_pass: ModelPass, uid: str, geometry: Geometry | None, k: 
         return ViewResult(uid, not_assessed=NotAssessed(Gate.UNREADABLE, reason))
     stage1 = model_pass.regions[k]
     if stage1.region is None:
-        return ViewResult(uid, region_probability=stage1.probability, not_assessed=NOT_RECOGNISED)
+        gated = NotAssessed(Gate.PIXELS, stage1.rejection_reason or NOT_RECOGNISED)
+        return ViewResult(uid, region_probability=stage1.probability, not_assessed=gated)
     if uid in model_pass.conflicts:
         return ViewResult(
             uid, region_probability=stage1.probability, not_assessed=model_pass.conflicts[uid]

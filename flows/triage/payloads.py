@@ -58,10 +58,12 @@ class PreprocessedBatch:
 
 @dataclass(frozen=True)
 class RegionResult:
-    """Stage 1 for one view: one of the bundle's regions (None: none of them), confidence."""
+    """Stage 1 and the pixel gate on one view: one of the bundle's regions, or (None) why
+    the view has none; stage 1's confidence either way."""
 
     region: str | None
     probability: float
+    rejection_reason: str | None = None
 
 
 @dataclass(frozen=True)

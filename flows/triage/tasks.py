@@ -110,11 +110,11 @@ def preprocess_views(views: tuple[SourceView, ...], work_dir: str) -> Preprocess
 @task(name="classify-region")
 @shielded("classify-region")
 def classify_regions(inputs_path: str) -> tuple[RegionResult, ...]:
-    """Stage 1: each view's region (None: not one of the bundle's) and its confidence."""
+    """Stage 1 and the pixel gate: each view's region (None: why not) and its confidence."""
     images = np.load(inputs_path)
     return tuple(
-        RegionResult(region, probability)
-        for region, probability in current_runtime().model().classify_regions(images)
+        RegionResult(call.region, call.probability, call.reason)
+        for call in current_runtime().model().classify_regions(images)
     )
 
 

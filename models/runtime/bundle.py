@@ -3,7 +3,8 @@
 Layout::
 
     <bundle>/configs/metadata.json   BundleMetadata as JSON
-    <bundle>/models/model.pt         {"region": state_dict, "fracture": {region: state_dict}}
+    <bundle>/models/model.pt         {"region": state_dict, "fracture": {region: state_dict},
+                                      "pixel_gate": state_dict (when the metadata has one)}
     <bundle>/docs/README.md          model card
 
 Networks are described as data (:class:`models.runtime.networks.NetworkSpec`), never as code
@@ -32,6 +33,7 @@ from models.runtime.metadata import (
     model_card,
 )
 from models.runtime.networks import build_network
+from models.runtime.ood import FeatureDistance
 
 __all__ = [
     "METADATA_FILE",
@@ -58,6 +60,7 @@ def save_bundle(
     metadata: BundleMetadata,
     region_model: nn.Module,
     fracture_models: dict[str, nn.Module],
+    pixel_gate: FeatureDistance | None = None,
 ) -> Path:
     """Write a bundle directory.
 
@@ -71,6 +74,8 @@ def save_bundle(
         Stage-1 network.
     fracture_models
         Stage-2 network per region; keys must be exactly ``metadata.regions``.
+    pixel_gate
+        The out-of-distribution statistics; given exactly when ``metadata.pixel_gate`` is.
 
     Returns
     -------
@@ -83,15 +88,19 @@ def save_bundle(
             f"fracture models for {sorted(fracture_models)} do not match regions "
             f"{sorted(metadata.regions)}"
         )
+    if (pixel_gate is None) != (metadata.pixel_gate is None):
+        raise BundleError("the pixel gate's statistics and its metadata go together")
     for sub in (METADATA_FILE, WEIGHTS_FILE, MODEL_CARD_FILE):
         (path / sub).parent.mkdir(parents=True, exist_ok=True)
-    weights = {
+    weights: dict[str, Any] = {
         "region": {k: v.detach().cpu() for k, v in region_model.state_dict().items()},
         "fracture": {
             region: {k: v.detach().cpu() for k, v in model.state_dict().items()}
             for region, model in fracture_models.items()
         },
     }
+    if pixel_gate is not None:
+        weights["pixel_gate"] = {k: v.detach().cpu() for k, v in pixel_gate.state_dict().items()}
     torch.save(weights, path / WEIGHTS_FILE)
     (path / METADATA_FILE).write_text(metadata.model_dump_json(indent=2) + "\n")
     (path / MODEL_CARD_FILE).write_text(model_card(metadata))
@@ -206,5 +215,23 @@ def load_bundle(
         for region in metadata.regions
     }
     return HierarchicalModel(
-        metadata, region_net, fracture_nets, device=device, max_batch=max_batch
+        metadata,
+        region_net,
+        fracture_nets,
+        device=device,
+        max_batch=max_batch,
+        feature_distance=_pixel_gate(metadata, weights),
     )
+
+
+def _pixel_gate(metadata: BundleMetadata, weights: dict[str, Any]) -> FeatureDistance | None:
+    """The out-of-distribution statistics the metadata's pixel gate measures against."""
+    if metadata.pixel_gate is None:
+        return None
+    state = weights.get("pixel_gate")
+    if not isinstance(state, dict) or not {"means", "precision"} <= state.keys():
+        raise BundleError(f"{WEIGHTS_FILE} has no pixel_gate statistics (means, precision)")
+    try:
+        return FeatureDistance(state["means"], state["precision"])
+    except ValueError as error:
+        raise BundleError(f"{WEIGHTS_FILE}: pixel_gate statistics: {error}") from error

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import torch
@@ -13,11 +15,63 @@ from config import REGION_CLASSES, REGIONS, UNSUPPORTED
 from models.runtime.gradcam import CAM_METHODS, CamExplainer, hottest_box
 from models.runtime.metadata import BundleMetadata
 from models.runtime.networks import gradcam_target_layer
+from models.runtime.ood import FeatureDistance, classifier_layer, penultimate_features
 
 logger = logging.getLogger(__name__)
 
 #: Fraction of the CAM maximum that delimits the hot box.
 BOX_FRACTION = 0.5
+
+
+class StageOneRejection(StrEnum):
+    """Which part of the pixel gate stopped a view (stage 1 named none of the regions)."""
+
+    OUT_OF_DISTRIBUTION = "out_of_distribution"  # unlike the training images (features)
+    UNSUPPORTED = "unsupported"  # stage 1's 'unsupported' class
+    LOW_CONFIDENCE = "low_confidence"  # below the bundle's calibrated confidence floor
+
+
+@dataclass(frozen=True)
+class RegionCall:
+    """Stage 1 and the pixel gate on one view.
+
+    Attributes
+    ----------
+    region
+        One of the bundle's regions, or None when the pixel gate stopped the view.
+    probability
+        Calibrated softmax probability of the arg-max class.
+    probabilities
+        Calibrated probability per class of :data:`config.REGION_CLASSES`.
+    distance
+        The out-of-distribution score (:class:`~models.runtime.ood.FeatureDistance`);
+        None for a bundle without a pixel gate.
+    rejection
+        Why no region was named (None when one was).
+    """
+
+    region: str | None
+    probability: float
+    probabilities: dict[str, float]
+    distance: float | None = None
+    rejection: StageOneRejection | None = None
+
+    @property
+    def reason(self) -> str | None:
+        """The rejection in words, for the SR, the summary and the audit (no patient data)."""
+        if self.rejection is StageOneRejection.OUT_OF_DISTRIBUTION:
+            return (
+                "the image is unlike the images the model was trained on "
+                f"(out-of-distribution score {self.distance:.0f} is above the bundle's limit)"
+            )
+        if self.rejection is StageOneRejection.UNSUPPORTED:
+            return "stage 1 recognises none of the regions this model assesses"
+        if self.rejection is StageOneRejection.LOW_CONFIDENCE:
+            return (
+                f"stage 1's confidence ({self.probability:.2f}) in any region is below "
+                "the bundle's floor"
+            )
+        return None
 
 
 @dataclass(frozen=True)
@@ -92,6 +146,7 @@ class HierarchicalModel:
         fracture_networks: dict[str, nn.Module],
         device: str | torch.device = "cpu",
         max_batch: int | None = None,
+        feature_distance: FeatureDistance | None = None,
     ) -> None:
         missing = [region for region in metadata.regions if region not in fracture_networks]
         if missing:
@@ -106,6 +161,17 @@ class HierarchicalModel:
             region: fracture_networks[region].to(self.device).eval() for region in metadata.regions
         }
         self._explainers: dict[tuple[str, str], CamExplainer] = {}
+        if (feature_distance is None) != (metadata.pixel_gate is None):
+            raise ValueError("a pixel gate needs both its metadata and its statistics")
+        if feature_distance is not None:
+            width = classifier_layer(region_network).in_features
+            if feature_distance.means.shape[1] != width:
+                raise ValueError(
+                    f"pixel gate statistics have {feature_distance.means.shape[1]} features; "
+                    f"the region network gives {width}"
+                )
+            feature_distance = feature_distance.to(self.device)
+        self.feature_distance = feature_distance
 
     @property
     def fracture_class(self) -> int:
@@ -151,41 +217,55 @@ class HierarchicalModel:
             raise ValueError("images contain non-finite values")
         return batch.to(self.device)
 
-    def classify_regions(self, images: np.ndarray | torch.Tensor) -> list[tuple[str | None, float]]:
-        """Stage 1: ``(region or None, probability of the arg-max class)`` per image.
+    def classify_regions(self, images: np.ndarray | torch.Tensor) -> list[RegionCall]:
+        """Stage 1 and the pixel gate: each view's region, or why it has none.
 
-        The region is None when the arg-max class is 'unsupported' or its
-        probability is below the bundle's ``region_min_probability``.
+        No region when the view is unlike the training images (its feature distance is
+        above the bundle's pixel-gate limit), when the arg-max class is 'unsupported', or
+        when its calibrated probability is below the bundle's ``region_min_probability``.
         """
-        return [(region, max(probs.values())) for region, probs in self._regions(images)]
-
-    def _regions(
-        self, images: np.ndarray | torch.Tensor
-    ) -> list[tuple[str | None, dict[str, float]]]:
         batch = self._as_batch(images)
         if batch.shape[0] == 0:
             return []
-        with torch.no_grad():
-            logits = torch.cat(
-                [
-                    self.region_network(batch[chunk])
-                    for chunk in _chunks(list(range(batch.shape[0])), self.max_batch)
-                ]
-            )
-            logits = logits / self.metadata.temperature("region")
-            region_probs = torch.softmax(logits, dim=1).cpu().numpy()
-        if region_probs.shape[1] != len(REGION_CLASSES):
+        logits, features = self._region_outputs(batch)
+        if logits.shape[1] != len(REGION_CLASSES):
             raise ValueError(
-                f"region network gives {region_probs.shape[1]} classes; "
-                f"expected {len(REGION_CLASSES)}"
+                f"region network gives {logits.shape[1]} classes; expected {len(REGION_CLASSES)}"
             )
-        results = []
-        for probs in region_probs:
-            name = REGION_CLASSES[int(np.argmax(probs))]
-            confident = float(probs.max()) >= self.metadata.region_min_probability
-            by_class = {c: float(p) for c, p in zip(REGION_CLASSES, probs, strict=True)}
-            results.append((name if name != UNSUPPORTED and confident else None, by_class))
-        return results
+        probabilities = torch.softmax(logits / self.metadata.temperature("region"), dim=1)
+        distances: list[float | None] = [None] * batch.shape[0]
+        if self.feature_distance is not None:
+            distances = [float(d) for d in self.feature_distance(features).cpu()]
+        return [
+            self._region_call(probs, distance)
+            for probs, distance in zip(probabilities.cpu().numpy(), distances, strict=True)
+        ]
+
+    def _region_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1's logits and penultimate features, a chunk of views at a time."""
+        logits = []
+        # The features are kept only where a pixel gate measures them.
+        gated = self.feature_distance is not None
+        watch = penultimate_features(self.region_network) if gated else nullcontext([])
+        with torch.no_grad(), watch as features:
+            for chunk in _chunks(list(range(batch.shape[0])), self.max_batch):
+                logits.append(self.region_network(batch[chunk]))
+        return torch.cat(logits), torch.cat(features) if features else torch.empty(0)
+
+    def _region_call(self, probs: np.ndarray, distance: float | None) -> RegionCall:
+        name = REGION_CLASSES[int(np.argmax(probs))]
+        by_class = {c: float(p) for c, p in zip(REGION_CLASSES, probs, strict=True)}
+        probability = float(probs.max())
+        gate = self.metadata.pixel_gate
+        rejection = None
+        if gate is not None and distance is not None and distance > gate.max_distance:
+            rejection = StageOneRejection.OUT_OF_DISTRIBUTION
+        elif name == UNSUPPORTED:
+            rejection = StageOneRejection.UNSUPPORTED
+        elif probability < self.metadata.region_min_probability:
+            rejection = StageOneRejection.LOW_CONFIDENCE
+        region = name if rejection is None else None
+        return RegionCall(region, probability, by_class, distance, rejection)
 
     def _by_region(self, regions: list[str | None]) -> dict[str, list[int]]:
         unknown = {r for r in regions if r is not None and r not in self.fracture_networks}
@@ -279,8 +359,8 @@ class HierarchicalModel:
         list of ImagePrediction
             One per image, in input order.
         """
-        regions = self._regions(images)
-        names = [name for name, _ in regions]
+        regions = self.classify_regions(images)
+        names = [call.region for call in regions]
         if explain:
             fractures, explained = self.classify_and_explain(images, names)
         else:
@@ -288,14 +368,12 @@ class HierarchicalModel:
             explained = [(None, None)] * len(names)
         return [
             ImagePrediction(
-                region=name,
-                region_probability=max(probs.values()),
-                region_probabilities=probs,
+                region=call.region,
+                region_probability=call.probability,
+                region_probabilities=call.probabilities,
                 fracture_probability=fracture,
                 cam=cam,
                 box=box,
             )
-            for (name, probs), fracture, (cam, box) in zip(
-                regions, fractures, explained, strict=True
-            )
+            for call, fracture, (cam, box) in zip(regions, fractures, explained, strict=True)
         ]

@@ -26,6 +26,24 @@ WEIGHTS_FILE = Path("models/model.pt")
 MODEL_CARD_FILE = Path("docs/README.md")
 
 
+class PixelGate(BaseModel):
+    """The pixel gate's out-of-distribution limit (:mod:`models.runtime.ood`).
+
+    A view whose stage-1 features lie farther than ``max_distance`` (squared Mahalanobis
+    distance to the nearest region's training mean) is not assessed. The limit is the
+    ``in_distribution_acceptance`` quantile of the validation images of the bundle's
+    regions, so that share of such images passes; the statistics it is measured against
+    are stored with the weights (``models/model.pt``, key ``pixel_gate``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    score: Literal["mahalanobis"] = "mahalanobis"
+    max_distance: float = Field(gt=0.0)
+    in_distribution_acceptance: float = Field(gt=0.5, le=1.0)
+    fitted_on: str = Field(min_length=1)
+
+
 class BundleMetadata(BaseModel):
     """What a bundle is, what it was trained on, and how to use its outputs."""
 
@@ -44,7 +62,17 @@ class BundleMetadata(BaseModel):
     region_network: NetworkSpec
     fracture_network: NetworkSpec
     regions: tuple[str, ...] = REGIONS
-    region_min_probability: float = Field(ge=0.0, le=1.0)
+    region_min_probability: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="Stage 1's confidence floor on calibrated probabilities: below it a view "
+        "is not assessed (chosen after temperature scaling, on validation images).",
+    )
+    pixel_gate: PixelGate | None = Field(
+        default=None,
+        description="The out-of-distribution limit; None in bundles made before it existed "
+        "(their only pixel gate is stage 1's 'unsupported' class and the floor).",
+    )
     thresholds: dict[str, OperatingPoints]
     study_aggregation: Literal["mean", "max"] = "mean"
     temperatures: dict[str, float] = Field(
@@ -146,6 +174,52 @@ def _intended_use_section(use: IntendedUse) -> str:
     )
 
 
+def _pixel_gate_line(gate: PixelGate | None) -> str:
+    if gate is None:
+        return "none beyond stage 1's 'unsupported' class and its confidence floor."
+    return (
+        f"a view whose stage-1 features are farther than {gate.max_distance:g} (squared "
+        "Mahalanobis distance to the nearest region's training mean) is not assessed; "
+        f"the limit passes {gate.in_distribution_acceptance:.1%} of in-distribution "
+        f"validation images ({gate.fitted_on})."
+    )
+
+
+def pixel_gate_lines(figures: dict[str, Any]) -> list[str]:
+    """The pixel gate's evaluation as Markdown: a table per set, then each real image."""
+    groups = figures.get("groups", {}).items()
+    rows = [
+        ("in-distribution held-out images (should pass)", figures.get("in_distribution")),
+        ("synthetic 'unsupported' held-out images", figures.get("synthetic_unsupported")),
+        *((f"{group} (outside the intended use)", row) for group, row in groups),
+    ]
+    lines = [
+        "Views stopped by the pixel gate (header ignored): in all, and by part "
+        "(out-of-distribution score, stage 1's 'unsupported' class, confidence floor).",
+        "",
+        "| set | images | not assessed | by score | by class | by floor |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in rows:
+        if row:
+            lines.append(
+                f"| {name} | {row['images']} | {row['not_assessed']} | "
+                f"{row['by_out_of_distribution']} | {row['by_unsupported']} | "
+                f"{row['by_low_confidence']} |"
+            )
+    lines.append("")
+    for source, outcome in figures.get("images", {}).items():
+        lines.append(f"- {source}: {outcome.replace('_', ' ')}")
+    lines += [
+        "",
+        "The header gate is a rule on the DICOM header, not a model, so it has no figures "
+        "here: it stops a header that names another body part, a non-human subject, an age "
+        "outside the range or a secondary copy, and lets an empty or ambiguous one through "
+        "to the pixel gate.",
+    ]
+    return lines
+
+
 def _metric_lines(metrics: dict[str, Any]) -> str:
     lines = []
     for key, value in metrics.items():
@@ -187,6 +261,8 @@ def _evaluation_section(metadata: BundleMetadata) -> str:
         ):
             if key in evaluation:
                 parts.append(f"- {key}: {evaluation[key]}")
+        if isinstance(evaluation.get("pixel_gate"), dict):
+            parts += ["", "### Pixel gate", "", *pixel_gate_lines(evaluation["pixel_gate"])]
     for name, file in figures.items():
         parts.append(f"\n![{name}]({Path(file).relative_to(MODEL_CARD_FILE.parent)})")
     return "\n".join(parts) + "\n"
@@ -229,7 +305,8 @@ def model_card(metadata: BundleMetadata) -> str:
 - Input: one display-rendered radiograph, fitted to {metadata.image_size}x{metadata.image_size},
   standardised per image (see `models.runtime.preprocessing`).
 - Stage 1 (region): `{metadata.region_network.architecture}`, softmax over {list(REGION_CLASSES)};
-  a region below probability {metadata.region_min_probability} counts as unsupported.
+  a region below (calibrated) probability {metadata.region_min_probability} counts as unsupported.
+- Pixel gate: {_pixel_gate_line(metadata.pixel_gate)}
 - Stage 2 (fracture): one `{metadata.fracture_network.architecture}` per region.
 - Study probability: {metadata.study_aggregation} of the image probabilities.
 - Calibration (temperature scaling, fitted on the validation split): {temperatures}.

@@ -51,7 +51,20 @@ class TrainConfig(BaseModel):
     test_fraction: float = Field(default=0.1, ge=0, lt=1)
     sensitivity_target: float = Field(default=0.95, gt=0, le=1)
     specificity_target: float = Field(default=0.95, gt=0, le=1)
-    region_min_probability: float = Field(default=0.5, ge=0, le=1)
+    region_min_probability: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="The least confidence floor of stage 1; the bundle's floor is chosen on "
+        "calibrated validation probabilities (in_distribution_acceptance), never below this.",
+    )
+    in_distribution_acceptance: float = Field(
+        default=0.99,
+        gt=0.5,
+        le=1,
+        description="Share of in-distribution validation images each pixel gate lets through "
+        "(the out-of-distribution limit and the confidence floor are chosen for it).",
+    )
     study_aggregation: Literal["mean", "max"] = "mean"
     unsupported_phantoms: int = Field(
         default=300,

@@ -29,6 +29,7 @@ from models.training.config import TrainConfig, preset_config
 from models.training.datasets import load_csv, split_by_patient, write_phantom_csv
 from models.training.evaluation import evaluate_bundle
 from models.training.fingerprint import training_code_fingerprint
+from models.training.ood_set import out_of_distribution_set
 from models.training.train import train
 
 __all__ = [
@@ -139,6 +140,7 @@ def train_demo_bundle(
             ),
             progress=progress,
             seed=seed,
+            out_of_distribution=out_of_distribution_set(seed=seed),
         )
     elapsed = time.perf_counter() - started
     logger.info("demo bundle trained and evaluated in %.1f s: %s", elapsed, evaluation.metrics)

@@ -45,10 +45,11 @@ from monai.visualize import OcclusionSensitivity
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
 from models.runtime.bundle import MODEL_CARD_FILE, load_bundle, update_metadata
 from models.runtime.gradcam import CAM_METHODS, hottest_box
-from models.runtime.inference import HierarchicalModel
+from models.runtime.inference import HierarchicalModel, RegionCall
 from models.runtime.preprocessing import preprocess
 from models.training.datasets import ImageRecord, load_display_image
 from models.training.metrics import binary_metrics, cohen_kappa, roc_curve
+from models.training.ood_set import OodImage, gate_figures, out_of_distribution_figures
 from models.training.operating_points import study_scores
 from models.training.progress import progress_bar
 from models.training.report import evaluation_report, plot_reliability, plot_roc
@@ -118,6 +119,7 @@ def evaluate_bundle(
     write_into_bundle: bool = True,
     progress: bool = True,
     seed: int = 0,
+    out_of_distribution: Sequence[OodImage] = (),
 ) -> Evaluation:
     """Evaluate a bundle on labelled records; write the report, figures and metrics.
 
@@ -140,6 +142,9 @@ def evaluate_bundle(
         Show a rich progress bar.
     seed
         Seed of the bootstrap.
+    out_of_distribution
+        Images outside the intended use (:mod:`models.training.ood_set`); the pixel gate's
+        figures on them join those on the records.
 
     Returns
     -------
@@ -159,6 +164,10 @@ def evaluate_bundle(
     tally = _Tally.of(model, records, occlusion, progress)
     description = data_description or f"{len(records)} labelled images"
     metrics, curves, studies = _metrics(model, tally, description, occlusion, seed)
+    metrics["pixel_gate"] = {
+        **tally.pixel_gate_metrics(),
+        **out_of_distribution_figures(model, out_of_distribution),
+    }
     figures = _figures(curves, studies, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     report = out_dir / "report.md"
@@ -182,6 +191,9 @@ class _Tally:
     detected: int = 0
     hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAM_METHODS, 0))
     occlusion_hits: int = 0
+    # The pixel gate on the records of the bundle's regions, and on the 'unsupported' ones.
+    gate_in_distribution: list[RegionCall] = field(default_factory=list)
+    gate_unsupported: list[RegionCall] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -203,11 +215,13 @@ class _Tally:
         """Run the bundle on one record as the node does and count the outcome."""
         image, geometry = preprocess(load_display_image(record.path), model.image_size)
         batch = image[None]
-        region, _ = model.classify_regions(batch)[0]
+        call = model.classify_regions(batch)[0]
         self.region_truth.append(record.region_index)
-        self.region_predicted.append(REGION_CLASSES.index(region or UNSUPPORTED))
+        self.region_predicted.append(REGION_CLASSES.index(call.region or UNSUPPORTED))
         if record.region == UNSUPPORTED:
+            self.gate_unsupported.append(call)
             return
+        self.gate_in_distribution.append(call)
         probability = model.classify_fractures(batch, [record.region])[0]
         assert probability is not None
         self.fracture_records.append(record)
@@ -236,6 +250,13 @@ class _Tally:
                 "classes": list(REGION_CLASSES),
                 "matrix": matrix.reshape(classes, classes).tolist(),
             },
+        }
+
+    def pixel_gate_metrics(self) -> dict[str, Any]:
+        """The pixel gate on the records: false rejections, and the 'unsupported' stopped."""
+        return {
+            "in_distribution": gate_figures(self.gate_in_distribution),
+            "synthetic_unsupported": gate_figures(self.gate_unsupported),
         }
 
     def localisation_metrics(self, occlusion: bool) -> dict[str, Any]:

@@ -204,6 +204,65 @@ _LAYOUTS: dict[str, Callable[[np.random.Generator], tuple[list[_Bone], list[_Blo
 }
 
 
+# Body parts outside the intended use, never used in training: the pixel gate's held-out
+# out-of-distribution set (models.training.ood_set) draws them.
+
+
+def _knee(rng: np.random.Generator) -> tuple[list[_Bone], list[_Blob]]:
+    gap = rng.uniform(0.03, 0.05)
+    bones = [
+        _Bone((-0.48, 0.0), (-0.08, 0.0), 0.085, 0.1),  # femur
+        _Bone((gap, -0.02), (0.48, -0.02), 0.1, 0.075),  # tibia
+        _Bone((gap + 0.06, 0.15), (0.48, 0.13), 0.03, 0.025),  # fibula
+    ]
+    blobs = [
+        _Blob((-0.06, 0.0), 0.08, 0.17),  # femoral condyles
+        _Blob((gap + 0.03, -0.02), 0.05, 0.17),  # tibial plateau
+        _Blob((-0.1, -0.17), 0.09, 0.05),  # patella
+    ]
+    return bones, blobs
+
+
+def _spine(rng: np.random.Generator) -> tuple[list[_Bone], list[_Blob]]:
+    height = rng.uniform(0.085, 0.1)
+    blobs = []
+    for row in np.arange(-0.45, 0.46, height + 0.03):
+        blobs.append(_Blob((float(row), 0.0), height / 2, rng.uniform(0.11, 0.13)))
+        for side in (-1, 1):  # transverse processes
+            blobs.append(_Blob((float(row), side * 0.17), 0.018, 0.06))
+    return [], blobs
+
+
+def _pelvis(rng: np.random.Generator) -> tuple[list[_Bone], list[_Blob]]:
+    blobs = [_Blob((-0.22, side * 0.26), 0.17, 0.13, side * 0.4) for side in (-1, 1)]  # ilia
+    blobs.append(_Blob((-0.2, 0.0), 0.14, 0.07))  # sacrum
+    bones = []
+    for side in (-1, 1):
+        blobs.append(_Blob((0.08, side * 0.3), 0.07, 0.07))  # femoral head
+        bones.append(_Bone((0.1, side * 0.34), (0.48, side * 0.4), 0.06, 0.055))  # femur
+        bones.append(_Bone((0.05, side * 0.2), (0.22, side * 0.05), 0.025, 0.025))  # pubis
+    return bones, blobs
+
+
+def _foot(rng: np.random.Generator) -> tuple[list[_Bone], list[_Blob]]:
+    bones = [_Bone((0.4, -0.3), (0.1, -0.1), 0.08, 0.06, breakable=False)]  # calcaneus
+    blobs = [_Blob((0.05, -0.02), 0.08, 0.07), _Blob((-0.02, 0.1), 0.06, 0.05)]  # tarsals
+    for k, col in enumerate(np.linspace(-0.05, 0.25, 5)):
+        start = (-0.05 - 0.02 * k, float(col))
+        end = (-0.35, float(col) + 0.05 * k - 0.05)
+        bones.append(_Bone(start, end, 0.026, 0.02))  # metatarsals
+    return bones, blobs
+
+
+#: The held-out body parts a bundle of the upper extremity must not assess.
+OTHER_BODY_PARTS: dict[str, Callable[[np.random.Generator], tuple[list[_Bone], list[_Blob]]]] = {
+    "knee": _knee,
+    "spine": _spine,
+    "pelvis": _pelvis,
+    "foot": _foot,
+}
+
+
 # ----------------------------------------------------------------------------- drawing
 
 
@@ -417,25 +476,56 @@ def render_phantom(
     canvas = _Canvas(size)
     flip = bool(rng.integers(0, 2))
     if region == UNSUPPORTED:
-        image = _unsupported(canvas, rng)
-        box = None
-    else:
-        bones, blobs = _transform(*_LAYOUTS[region](rng), rng, flip)
-        broken = None
-        if fracture:
-            candidates = [i for i, b in enumerate(bones) if b.breakable and _inside(b)]
-            candidates = candidates or [i for i, b in enumerate(bones) if b.breakable]
-            broken = int(rng.choice(candidates))
-        density, box = _draw_bones(canvas, bones, blobs, broken, rng)
-        tissue = _soft_tissue(canvas, bones, rng)
-        background = rng.uniform(0.02, 0.08)
-        image = background + rng.uniform(0.15, 0.25) * tissue
-        image = np.maximum(image, density * rng.uniform(0.75, 1.0))
-        image = image + 0.03 * _smooth_field(rng, size)
+        image = _exposure(_unsupported(canvas, rng), rng)
+        return Phantom(image, region, False, None, "L" if flip else "R")
+    bones, blobs = _transform(*_LAYOUTS[region](rng), rng, flip)
+    broken = None
+    if fracture:
+        candidates = [i for i, b in enumerate(bones) if b.breakable and _inside(b)]
+        candidates = candidates or [i for i, b in enumerate(bones) if b.breakable]
+        broken = int(rng.choice(candidates))
+    image, box = _radiograph(canvas, bones, blobs, broken, rng)
+    return Phantom(_exposure(image, rng), region, bool(fracture), box, "L" if flip else "R")
+
+
+def render_other_body_part(kind: str, rng: np.random.Generator, size: int = 256) -> np.ndarray:
+    """A synthetic radiograph of a body part outside the intended use (never trained on).
+
+    Raises
+    ------
+    ValueError
+        For a kind not in :data:`OTHER_BODY_PARTS`.
+    """
+    if kind not in OTHER_BODY_PARTS:
+        raise ValueError(f"unknown body part {kind!r}; expected one of {sorted(OTHER_BODY_PARTS)}")
+    canvas = _Canvas(size)
+    bones, blobs = _transform(*OTHER_BODY_PARTS[kind](rng), rng, bool(rng.integers(0, 2)))
+    image, _box = _radiograph(canvas, bones, blobs, None, rng)
+    return _exposure(image, rng)
+
+
+def _radiograph(
+    canvas: _Canvas,
+    bones: list[_Bone],
+    blobs: list[_Blob],
+    broken: int | None,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """Bones over soft tissue and a smooth background; the break's box if one is drawn."""
+    density, box = _draw_bones(canvas, bones, blobs, broken, rng)
+    tissue = _soft_tissue(canvas, bones, rng)
+    background = rng.uniform(0.02, 0.08)
+    image = background + rng.uniform(0.15, 0.25) * tissue
+    image = np.maximum(image, density * rng.uniform(0.75, 1.0))
+    return image + 0.03 * _smooth_field(rng, canvas.size), box
+
+
+def _exposure(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random gain, offset and noise level, as exposures and detectors vary."""
+    size = image.shape[0]
     gain, offset = rng.uniform(0.85, 1.1), rng.uniform(-0.04, 0.04)
     image = gain * image + offset + rng.normal(0.0, rng.uniform(0.005, 0.025), (size, size))
-    image = np.clip(image, 0.0, 1.0).astype(np.float32)
-    return Phantom(image, region, bool(fracture), box, "L" if flip else "R")
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
 @dataclass

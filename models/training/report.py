@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from models.runtime.metadata import pixel_gate_lines
 from models.training.metrics import expected_calibration_error, reliability_bins
 
 #: Columns of the study-level table, in order, and the key of each in a metrics row.
@@ -154,5 +155,7 @@ def evaluation_report(
         *_explanation_section(metrics),
         "",
     ]
+    if "pixel_gate" in metrics:
+        lines += ["## Pixel gate", "", *pixel_gate_lines(metrics["pixel_gate"]), ""]
     lines += [f"![{figure_name}]({file.name})" for figure_name, file in figures.items()]
     return "\n".join(lines) + "\n"

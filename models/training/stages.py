@@ -19,6 +19,7 @@ from monai.transforms import Compose, EnsureTyped, RandFlipd, RandRotated
 from torch import nn
 from torch.utils.data import Dataset
 
+from models.runtime.ood import penultimate_features
 from models.training.config import TrainConfig
 from models.training.datasets import LoadRecordImaged
 
@@ -182,17 +183,24 @@ class StageRunner:
         self, network: nn.Module, dataset: Dataset[Any], key: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and targets ``key`` of a dataset (eval mode, no augmentation)."""
+        logits, targets, _features = self.predict_with_features(network, dataset, key)
+        return logits, targets
+
+    def predict_with_features(
+        self, network: nn.Module, dataset: Dataset[Any], key: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, targets ``key`` and the classifier layer's input features of a dataset."""
         network.eval()
         logits, targets = [], []
-        with torch.no_grad():
+        with torch.no_grad(), penultimate_features(network) as features:
             for batch in self._loader(dataset, False, 0):
                 with torch.autocast(self.device.type, enabled=self.amp):
                     out = network(batch["image"].to(self.device))
                 logits.append(out.float().cpu())
                 targets.append(batch[key])
         if not logits:
-            return torch.empty(0), torch.empty(0)
-        return torch.cat(logits), torch.cat(targets)
+            return torch.empty(0), torch.empty(0), torch.empty(0)
+        return torch.cat(logits), torch.cat(targets), torch.cat(features).cpu()
 
     def fit(self, stage: Stage) -> dict[str, Any]:
         """Train ``stage.network`` in place; returns a summary (epochs, best validation loss)."""

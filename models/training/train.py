@@ -49,6 +49,7 @@ from models.training.datasets import (
 )
 from models.training.fingerprint import training_code_fingerprint
 from models.training.operating_points import RegionOperatingPoints, region_operating_points
+from models.training.pixel_gate import FittedPixelGate, StageOneOutputs, fit_pixel_gate
 from models.training.progress import progress_bar
 from models.training.stages import (
     Stage,
@@ -121,7 +122,13 @@ def train(
     training_data = _training_data_text(config, splits, synthetic_unsupported)
     metadata = _bundle_metadata(config, training_data, calibration, metrics, code)
     (work / "train_config.json").write_text(config.model_dump_json(indent=2) + "\n")
-    save_bundle(out_dir, metadata, networks.region.cpu(), networks.fracture_on_cpu())
+    save_bundle(
+        out_dir,
+        metadata,
+        networks.region.cpu(),
+        networks.fracture_on_cpu(),
+        calibration.pixel_gate.statistics,
+    )
     logger.info("bundle trained in %.1f s on %s: %s", elapsed, device, metrics)
     return out_dir
 
@@ -301,20 +308,31 @@ def _fracture_loss(data: _TrainingData) -> nn.Module:
 
 @dataclass(frozen=True)
 class _Calibration:
-    """Temperatures per network, stage-1 accuracy and operating points, all on validation."""
+    """Temperatures per network, stage-1 accuracy, the pixel gate and the operating points,
+    all fitted on validation (the gate's statistics on training images)."""
 
     temperatures: dict[str, float]
     region_accuracy: float
+    pixel_gate: FittedPixelGate
     operating_points: RegionOperatingPoints
 
 
 def _calibrate(
     config: TrainConfig, runner: StageRunner, networks: _Networks, data: _TrainingData
 ) -> _Calibration:
-    """Temperature scaling per network, then the operating points, on the validation split."""
-    region_logits, region_targets = runner.predict(networks.region, data.val_set, "region")
-    temperatures = {"region": round(fit_temperature(region_logits, region_targets), 4)}
-    region_accuracy = float((region_logits.argmax(1) == region_targets).float().mean())
+    """Temperature scaling per network, the pixel gate, then the operating points."""
+    stage_one = networks.region
+    train = StageOneOutputs(*runner.predict_with_features(stage_one, data.train_set, "region"))
+    val = StageOneOutputs(*runner.predict_with_features(stage_one, data.val_set, "region"))
+    temperatures = {"region": round(fit_temperature(val.logits, val.targets), 4)}
+    region_accuracy = float((val.logits.argmax(1) == val.targets).float().mean())
+    pixel_gate = fit_pixel_gate(
+        train,
+        val,
+        temperatures["region"],
+        config.in_distribution_acceptance,
+        config.region_min_probability,
+    )
     calibrated: dict[str, tuple[list[ImageRecord], np.ndarray]] = {}
     for label, region in enumerate(REGIONS):
         idx = np.nonzero(data.val_regions == label)[0].tolist()
@@ -330,7 +348,7 @@ def _calibrate(
     points = region_operating_points(
         calibrated, config.study_aggregation, config.sensitivity_target, config.specificity_target
     )
-    return _Calibration(temperatures, region_accuracy, points)
+    return _Calibration(temperatures, region_accuracy, pixel_gate, points)
 
 
 # ----------------------------------------------------------------------------- the bundle
@@ -347,6 +365,7 @@ def _metrics(
     return {
         "split": "validation split (by patient); thresholds and temperatures fitted on it",
         "val_region_accuracy": round(calibration.region_accuracy, 4),
+        "val_pixel_gate": calibration.pixel_gate.validation,
         "val_fracture_auroc_study": calibration.operating_points.validation_auroc,
         "thresholds_pooled_for": calibration.operating_points.pooled_for,
         "training_seconds": round(elapsed, 1),
@@ -397,7 +416,8 @@ def _bundle_metadata(
         region_network=region_spec,
         fracture_network=fracture_spec,
         regions=REGIONS,
-        region_min_probability=config.region_min_probability,
+        region_min_probability=calibration.pixel_gate.region_min_probability,
+        pixel_gate=calibration.pixel_gate.gate,
         thresholds=calibration.operating_points.thresholds,
         study_aggregation=config.study_aggregation,
         temperatures=calibration.temperatures,

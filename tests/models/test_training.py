@@ -30,7 +30,7 @@ def test_metadata_says_synthetic(demo_model: HierarchicalModel, demo_bundle_dir:
     metadata = demo_model.metadata
     assert metadata.trained_on_synthetic_data is True
     assert metadata.name == "fracture-triage-demo" and metadata.version == "0.1.0"
-    assert metadata.intended_use == INTENDED_USE
+    assert metadata.intended_use.statement == INTENDED_USE
     assert metadata.metrics["val_region_accuracy"] >= 0.9
     # The demo is evaluated on its held-out test split; the model card shows it.
     evaluation = metadata.metrics["evaluation"]
@@ -175,7 +175,7 @@ def test_one_pass_gives_stage_2_and_its_grad_cam(
     """The explained forward pass yields the very probabilities of a separate no-grad pass,
     and the very maps of a Grad-CAM computed on its own."""
     images = held_out.images[:12].numpy()
-    regions = [r for r, _ in demo_model.classify_regions(images)]
+    regions = [call.region for call in demo_model.classify_regions(images)]
     fractures, explained = demo_model.classify_and_explain(images, regions)
     assert fractures == pytest.approx(demo_model.classify_fractures(images, regions), abs=1e-5)
     layer = gradcam_target_layer(demo_model.metadata.fracture_network)
