@@ -313,16 +313,16 @@ def run_node(
 PROFILED_STEPS: tuple[tuple[str, str, str], ...] = (
     ("triage_batch, whole", "flows/triage/flow.py", "triage_batch"),
     ("decode and preprocess", "models/runtime/preprocessing.py", "preprocess_dicom_file"),
-    ("stage 1: region network", "models/runtime/inference.py", "classify_regions"),
-    ("stage 2: fracture network, Grad-CAM", "models/runtime/inference.py", "classify_and_explain"),
-    ("  of which Grad-CAM's backward pass", "torch/autograd/__init__.py", "backward"),
+    ("stage 1: region network, pixel gate", "models/runtime/inference.py", "classify_regions"),
+    ("stage 2: fracture network", "models/runtime/inference.py", "classify_fractures"),
+    ("Grad-CAM (views at or above suspected)", "models/runtime/inference.py", "explain"),
+    ("  of which the backward pass", "torch/autograd/__init__.py", "backward"),
     ("outputs: build and write", "flows/triage/", "build_outputs"),
     ("  SR", "dicom_node/outputs/sr.py", "build_triage_sr"),
     ("  summary SC", "dicom_node/outputs/summary.py", "build_summary_secondary_capture"),
     ("  GSPS", "dicom_node/outputs/presentation_state.py", "build_triage_gsps"),
-    ("  annotated SCs: overlay", "models/runtime/overlay.py", "render_overlay"),
-    ("  annotated SCs: build", "dicom_node/outputs/secondary_capture.py",
-     "build_overlay_secondary_capture"),
+    ("  annotated SCs: drawing", "dicom_node/outputs/drawing.py", "render_view"),
+    ("  annotated SCs: build", "dicom_node/outputs/secondary_capture.py", "build_annotated_view"),
     ("  Parametric Maps", "dicom_node/outputs/parametric_map.py", "build_heatmap_parametric_map"),
     ("  files written with fsync", "dicom_node/store.py", "write_durably"),
 )  # fmt: skip
@@ -396,7 +396,8 @@ def node_configurations(diagnostic: bool = True) -> dict[str, dict[str, object]]
     """
     from config.settings import OutputSettings
 
-    only_sr = OutputSettings(**{name: name == "sr" for name in OutputSettings.model_fields})
+    switches = ("sr", "summary", "annotated", "gsps", "parametric_map")
+    only_sr = OutputSettings(**{name: name == "sr" for name in switches})
     configurations: dict[str, dict[str, object]] = {
         "node-sr-only": {"outputs": only_sr},
         "node-default-outputs": {},

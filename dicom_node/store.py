@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -93,6 +94,12 @@ class InstanceStore:
     def ensure(self) -> None:
         """Create the store's folder (owner-only) if it is missing."""
         make_private_dirs(self.root)
+
+    def free_bytes(self) -> int:
+        """Free space on the store's disk (its folder created first if it is missing)."""
+        if not self.root.is_dir():
+            self.ensure()
+        return shutil.disk_usage(self.root).free
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         parts = (

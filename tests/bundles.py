@@ -43,7 +43,7 @@ def build_test_bundle(
     *,
     points: dict[str, OperatingPoints] | None = None,
     stage1_region: str = "wrist",
-    version: str = "0.0.1",
+    version: str = "0.1.0",
     seed: int = 0,
 ) -> Path:
     """Write the untrained test bundle to ``path`` (see the module's description)."""

@@ -49,9 +49,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 30) -> None:
+def wait_for_port(
+    port: int, timeout: float = 30, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Until something listens on the port; fails at once if ``process`` has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the process exited ({process.returncode}) before listening")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return

@@ -62,6 +62,7 @@ def test_backup_and_restore_of_the_database_and_the_store(tmp_path: Path) -> Non
     pg_restore = require_binary("pg_restore", "postgresql-client")
     site, restored = tmp_path / "site", tmp_path / "restored"
     store = InstanceStore(site / "store")
+    store.ensure()
     (site / "outputs").mkdir()
     with scratch_postgres_database() as source_url, scratch_postgres_database() as target_url:
         assert _cli(source_url, "db", "upgrade").returncode == 0

@@ -66,6 +66,9 @@ LOSSLESS_TRANSFER_SYNTAXES: Final = MappingProxyType(
 
 _BIPED_DIRECTIONS = frozenset("APRLHF")
 
+#: The JPEG 2000 encoder (OpenJPEG) refuses images smaller than this along a side.
+JPEG_2000_MIN_SIDE: Final = 32
+
 
 def build_annotated_view(
     source: Dataset,
@@ -145,6 +148,8 @@ def rgb_secondary_capture(
             f"transfer_syntax_uid {transfer_syntax_uid} is not one of "
             f"{sorted(LOSSLESS_TRANSFER_SYNTAXES)}"
         )
+    if transfer_syntax_uid == JPEG2000Lossless and min(pixels.shape[:2]) < JPEG_2000_MIN_SIDE:
+        transfer_syntax_uid = RLELossless  # the JPEG 2000 codec's limit; RLE is lossless too
     single_letters = _single_letters(orientation)
     with quiet_warnings("building a Secondary Capture"):
         sc = hd.sc.SCImage.from_ref_dataset(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 from dataclasses import dataclass
 from io import BytesIO
@@ -271,7 +270,7 @@ class StorageSCP:
                 event, (0x01, 0x01, 0x03), calling, f"host {address} not allowed for {calling}"
             )
             return
-        free = shutil.disk_usage(self._store.root).free
+        free = self._store.free_bytes()
         if free < self._settings.min_free_disk_bytes:
             # rejected-transient, service-provider (presentation), local limit exceeded
             self._reject(
@@ -399,7 +398,7 @@ class StorageSCP:
             return OUT_OF_RESOURCES
 
     def _store_instance(self, event: evt.Event, calling_ae: str) -> int:
-        free = shutil.disk_usage(self._store.root).free
+        free = self._store.free_bytes()
         if free < self._settings.min_free_disk_bytes:
             raise StoreRefusedError(OUT_OF_RESOURCES, f"store disk nearly full ({free} bytes free)")
         encoded = event.encoded_dataset(include_meta=True)

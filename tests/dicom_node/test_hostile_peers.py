@@ -81,7 +81,7 @@ class Node:
 
 
 @contextmanager
-def _serve(directory: Path, tls: Pki | None = None) -> Iterator[Node]:
+def _serve(directory: Path, bundle: Path, tls: Pki | None = None) -> Iterator[Node]:
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     database_url = f"sqlite:///{directory / 'audit.db'}"
@@ -90,7 +90,7 @@ def _serve(directory: Path, tls: Pki | None = None) -> Iterator[Node]:
         f'store_dir = "{directory / "store"}"',
         f'output_dir = "{directory / "outputs"}"',
         f'database_url = "{database_url}"',
-        f'model_bundle_dir = "{directory / "no-bundle"}"',  # nothing is triaged here
+        f'model_bundle_dir = "{bundle}"',  # a node starts only with a loadable model
         f"association_request_timeout_seconds = {HOLD_SECONDS}",
         f"idle_timeout_seconds = {HOLD_SECONDS}",
     ]
@@ -110,7 +110,7 @@ def _serve(directory: Path, tls: Pki | None = None) -> Iterator[Node]:
             [*command, str(directory / "node.toml")], env=env, stdout=handle, stderr=handle
         )
     try:
-        wait_for_port(port, timeout=180)
+        wait_for_port(port, timeout=180, process=process)
         yield Node(process, port, database_url, log)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -121,8 +121,8 @@ def _serve(directory: Path, tls: Pki | None = None) -> Iterator[Node]:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with _serve(tmp_path_factory.mktemp("hostile-node")) as running:
+def node(tmp_path_factory: pytest.TempPathFactory, test_bundle: Path) -> Iterator[Node]:
+    with _serve(tmp_path_factory.mktemp("hostile-node"), test_bundle) as running:
         yield running
 
 
@@ -225,12 +225,15 @@ def test_slow_drip_requests_and_association_do_not_hold_up_a_good_caller(
 
 
 def test_20_stalled_tls_handshakes_leave_a_good_tls_echo_working(
-    tmp_path_factory: pytest.TempPathFactory, pki: Pki, record_property: pytest.RecordProperty
+    tmp_path_factory: pytest.TempPathFactory,
+    test_bundle: Path,
+    pki: Pki,
+    record_property: pytest.RecordProperty,
 ) -> None:
     """10 connections say nothing, 10 send the first bytes of a ClientHello and stop."""
     identity = TlsSettings(cert_file=pki.client_cert, key_file=pki.client_key, ca_file=pki.ca)
     tls_args: tuple[ssl.SSLContext, str] = (client_context(identity), "127.0.0.1")
-    with _serve(tmp_path_factory.mktemp("hostile-tls-node"), tls=pki) as tls_node:
+    with _serve(tmp_path_factory.mktemp("hostile-tls-node"), test_bundle, tls=pki) as tls_node:
         baseline = _baseline(tls_node, tls_args)
         stalled = [connect(tls_node.port) for _ in range(20)]
         try:

@@ -239,6 +239,7 @@ def test_serve_stops_when_its_http_port_is_taken(
         )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        f"fracture-triage: cannot serve HTTP on 127.0.0.1:{http_port}: Address already in use"
+        f"fracture-triage: cannot start: cannot serve HTTP on 127.0.0.1:{http_port}: "
+        "Address already in use"
     )
     assert "Traceback" not in result.stderr

@@ -37,6 +37,7 @@ from dicom_node.outputs.summary import SUMMARY_SERIES_DESCRIPTION
 from flows.node.service import TriageService
 from flows.runtime import Runtime
 from tests.conftest import settings_under
+from tests.flows.profiles import EVERY_OBJECT
 from tests.flows.test_viewer import ai_series, colour_fraction, wait_until
 from tests.ohif import OHIF_DIST, OHIF_VERSION, serve_ohif
 from tests.peers import CHROMIUM_WEBGL_FLAGS, Orthanc, free_port, require, run_chromium, run_orthanc
@@ -78,7 +79,9 @@ def triaged_study(
         pacs = Destination(
             name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=orthanc.dicom_port
         )
-        settings = settings_under(work, demo_bundle, port=node_port, destinations=(pacs,))
+        settings = settings_under(
+            work, demo_bundle, port=node_port, destinations=(pacs,), outputs=EVERY_OBJECT
+        )
         files = sorted(sample_studies[0].glob("*.dcm"))
         for path in files:
             orthanc.upload(path)
