@@ -32,15 +32,18 @@ def _run(module: str, *options: str, timeout: float = 600) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def test_ingest_benchmark_runs_against_storescp(tmp_path: Path) -> None:
+def test_ingest_benchmark_runs_against_storescp_and_orthanc(tmp_path: Path) -> None:
     require_binary("storescp", "dcmtk")
+    require_binary("Orthanc", "orthanc")
     out = tmp_path / "ingest.json"
     _run("benchmarks.ingest", "--quick", "--rounds", "1", "--stock-receive", "--json", str(out))
     rows = json.loads(out.read_text())["rows"]
     # Two sets x (1, 4) associations x (one process, two, pynetdicom's socket reads).
     assert len(rows) == 12
     assert {row["node"] for row in rows} == {"node", "node-2p", "node-pynetdicom-recv"}
-    assert all(row["ratio_node_to_storescp"] > 0 for row in rows)
+    assert all(
+        row["ratio_node_to_storescp"] > 0 and row["ratio_node_to_orthanc"] > 0 for row in rows
+    )
 
 
 def test_gpu_benchmark_runs_on_whatever_device_there_is(demo_bundle: Path, tmp_path: Path) -> None:
