@@ -65,12 +65,15 @@ def pick_operating_points(
 def study_scores(
     records: Sequence[ImageRecord], probabilities: np.ndarray, aggregation: str = "mean"
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Study ids, study probabilities (aggregated views) and study labels."""
+    """Study ids, study probabilities (aggregated views) and study labels.
+
+    A study is positive when any of its views is (not whichever view came last).
+    """
     by_study: dict[str, list[float]] = {}
     labels: dict[str, int] = {}
     for record, probability in zip(records, probabilities, strict=True):
         by_study.setdefault(record.study_id, []).append(float(probability))
-        labels[record.study_id] = record.label
+        labels[record.study_id] = max(labels.get(record.study_id, 0), int(record.label))
     studies = sorted(by_study)
     scores = np.asarray([aggregate_study(by_study[s], aggregation) for s in studies])
     return studies, scores, np.asarray([labels[s] for s in studies])

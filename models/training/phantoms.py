@@ -193,7 +193,10 @@ def _shoulder(rng: np.random.Generator) -> tuple[list[_Bone], list[_Blob]]:
     return bones, blobs
 
 
-_LAYOUTS: dict[str, Callable[[np.random.Generator], tuple[list[_Bone], list[_Blob]]]] = {
+#: A body part's canonical layout of bones and blobs, drawn from the generator.
+_Layout = Callable[[np.random.Generator], tuple[list[_Bone], list[_Blob]]]
+
+_LAYOUTS: dict[str, _Layout] = {
     "elbow": _elbow,
     "finger": _finger,
     "forearm": _forearm,
@@ -255,7 +258,7 @@ def _foot(rng: np.random.Generator) -> tuple[list[_Bone], list[_Blob]]:
 
 
 #: The held-out body parts a bundle of the upper extremity must not assess.
-OTHER_BODY_PARTS: dict[str, Callable[[np.random.Generator], tuple[list[_Bone], list[_Blob]]]] = {
+OTHER_BODY_PARTS: dict[str, _Layout] = {
     "knee": _knee,
     "spine": _spine,
     "pelvis": _pelvis,

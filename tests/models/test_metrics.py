@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,18 @@ def test_each_study_against_its_own_threshold() -> None:
     assert metrics["threshold_suspected"] == "per region" and metrics["threshold_likely"] == 0.9
     assert metrics["confusion_suspected"] == {"tp": 2, "fp": 0, "tn": 2, "fn": 0}
     assert metrics["sensitivity_likely"] == 0.0 and metrics["specificity_likely"] == 1.0
+
+
+def test_a_study_is_positive_when_any_of_its_views_is() -> None:
+    from models.training.datasets import ImageRecord
+    from models.training.operating_points import study_scores
+
+    views = [
+        ImageRecord(Path(f"{k}.png"), "p1", "s1", "wrist", label)
+        for k, label in enumerate((0, 1, 0))  # the positive view is not the last one
+    ]
+    views.append(ImageRecord(Path("3.png"), "p2", "s2", "wrist", 0))
+    studies, scores, labels = study_scores(views, np.array([0.2, 0.9, 0.1, 0.3]))
+    assert studies == ["s1", "s2"]
+    assert labels.tolist() == [1, 0]
+    assert scores[0] == pytest.approx(0.4)
