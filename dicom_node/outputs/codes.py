@@ -40,9 +40,11 @@ __all__ = [
     "ABSENT",
     "COMMENT",
     "DEVICE_OBSERVER_NAME",
+    "FINDING_SITE",
     "FRACTURE_LEVEL",
     "FRACTURE_OF_BONE",
     "LATERALITY",
+    "LATERALITY_CONCEPT",
     "LEVEL_CODES",
     "NOT_ASSESSED_REASON",
     "NO_UNITS",
@@ -50,6 +52,7 @@ __all__ = [
     "PRESENT",
     "PRIVATE_CODES",
     "PROBABILITY",
+    "QUALITATIVE_EVALUATIONS",
     "REASON_CODES",
     "REGION_PROBABILITY",
     "UNDETERMINED",
@@ -123,6 +126,11 @@ DEVICE_OBSERVER_NAME: Final = "fracture-triage"
 
 #: Laterality modifiers of a finding site (SNOMED CT, CID 244).
 LATERALITY: Final = MappingProxyType({"L": codes.SCT.Left, "R": codes.SCT.Right})
+#: The concept names of a finding site and its laterality (the study's result).
+FINDING_SITE: Final = codes.SCT.FindingSite
+LATERALITY_CONCEPT: Final = codes.SCT.Laterality
+#: TID 1500's container of results that belong to no image region (the study's).
+QUALITATIVE_EVALUATIONS: Final = Code("C0034375", "UMLS", "Qualitative Evaluations")
 
 
 def finding_site(region: str) -> Code:

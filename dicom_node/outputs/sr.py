@@ -2,27 +2,30 @@
 
 :func:`build_triage_sr` turns a :class:`~config.domain.findings.StudyFinding` into
 a Comprehensive 3D SR in the source study (new series), following the IHE AI
-Results profile: a device observer (the algorithm), one TID 1501 group for the
-study and one per source image, and references to the source images.
+Results profile: a device observer (the algorithm), the study's result in TID 1500's
+"Qualitative Evaluations" container, one measurement group per source image under
+"Imaging Measurements", and references to the source images.
 
-An assessed group holds the "Fracture of bone" finding (present/absent), the
-finding site (the region's code, with the view's laterality where the source
-names L or R), the fracture probability and, for an image, stage 1's probability
-of the region (NUMs, unit 1), the triage level as a coded value, TID 4019
-Algorithm Identification, and a sentence saying it all for human readers. A group
-not assessed holds the finding as "undetermined", the coded reason (one private
-code per gate) and the reason as a sentence, and no site, probability or level.
+The study's result (coded): the "Fracture of bone" finding (present, absent or
+undetermined), the finding site (with the laterality its views share), the triage
+level, or for a study not assessed the coded reason; then sentences for human readers
+(the result with its probability, the operating points, the notices).
 
-A view with a positive finding and a box gets a TID 1410 planar ROI group
-instead: the same content plus a closed POLYLINE SCOORD around the box on the
-source image, so OHIF-style viewers draw it over the original. A re-run's report
-names the report it supersedes in the Predecessor Documents Sequence.
+A view's group holds the same finding for the view, its fracture probability and
+stage 1's probability of the region (NUMs, unit 1), the level, TID 4019 Algorithm
+Identification and a sentence; a view not assessed holds "undetermined" and the coded
+reason instead. With ``include_rois`` (the default) every view's group is a TID 1410
+planar ROI group: a closed POLYLINE around the Grad-CAM box on a positive view, around
+the whole view otherwise, and the probability inferred from that region (TID 300's
+INFERRED FROM SCOORD), so viewers such as OHIF draw and list every group. A re-run's
+report names the report it supersedes in the Predecessor Documents Sequence.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from copy import deepcopy
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -50,14 +53,17 @@ from config.domain.vocabulary import (
 from dicom_node.outputs.codes import (
     COMMENT,
     DEVICE_OBSERVER_NAME,
+    FINDING_SITE,
     FRACTURE_LEVEL,
     FRACTURE_OF_BONE,
     LATERALITY,
+    LATERALITY_CONCEPT,
     LEVEL_CODES,
     NO_UNITS,
     NOT_ASSESSED_REASON,
     PLAIN_RADIOGRAPHY,
     PROBABILITY,
+    QUALITATIVE_EVALUATIONS,
     REASON_CODES,
     REGION_PROBABILITY,
     UNDETERMINED,
@@ -128,13 +134,16 @@ def build_triage_sr(
     """
     sources = study_headers(source_images, finding, algorithm, instance)
     previous = _check_previous_versions(previous_versions, finding.study_instance_uid)
-    groups = _groups(finding, algorithm, sources, instance, include_rois)
+    groups = _view_groups(finding, algorithm, sources, instance, include_rois)
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=PLAIN_RADIOGRAPHY,
         imaging_measurements=groups,
         referenced_images=[_library_view(ds) for ds in sources.values()],
     )
+    # highdicom's MeasurementReport takes no Qualitative Evaluations container (TID 1500
+    # row 12): it is appended to the document's root, its last row.
+    report[0].ContentSequence.append(_study_evaluations(finding, algorithm, sources))
     with quiet_warnings("building the triage SR"):
         sr = hd.sr.Comprehensive3DSR(
             evidence=list(sources.values()),
@@ -224,35 +233,18 @@ class _Result:
         )
 
 
-def _groups(
+def _view_groups(
     finding: StudyFinding,
     algorithm: AlgorithmIdentity,
     sources: dict[str, Dataset],
     instance: NewInstance,
     include_rois: bool,
 ) -> list[Group]:
-    """The study's group, then one per image in the finding's order."""
+    """One measurement group per image, in the finding's order."""
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version, manufacturer=algorithm.manufacturer
     )
-    notices = [AI_RESULT_DISCLAIMER]
-    if algorithm.trained_on_synthetic_data:
-        notices.append(SYNTHETIC_DATA_WARNING)
-    assessed_views = [
-        sources[image.sop_instance_uid]
-        for image in finding.images
-        if image.assessed and image.region == finding.region
-    ]
-    study = _group(
-        tracking=hd.sr.TrackingIdentifier(
-            uid=derived_uid(instance.sop_instance_uid, "study"), identifier="study"
-        ),
-        result=_Result.of_study(finding, assessed_views),
-        algorithm_id=algorithm_id,
-        images=list(sources.values()),
-        notices=notices,
-    )
-    groups: list[Group] = [study]
+    groups: list[Group] = []
     for index, image in enumerate(finding.images, start=1):
         source = sources[image.sop_instance_uid]
         groups.append(
@@ -268,6 +260,47 @@ def _groups(
             )
         )
     return groups
+
+
+def _study_evaluations(
+    finding: StudyFinding, algorithm: AlgorithmIdentity, sources: dict[str, Dataset]
+) -> hd.sr.ContainerContentItem:
+    """The study's result: TID 1500's Qualitative Evaluations, coded items then sentences."""
+    assessed_views = [
+        sources[image.sop_instance_uid]
+        for image in finding.images
+        if image.assessed and image.region == finding.region
+    ]
+    result = _Result.of_study(finding, assessed_views)
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    items: list[hd.sr.ContentItem] = []
+    if result.not_assessed is not None:
+        items.append(hd.sr.CodeContentItem(FRACTURE_OF_BONE, UNDETERMINED, contains))
+        reason = REASON_CODES[result.not_assessed.gate]
+        items.append(hd.sr.CodeContentItem(NOT_ASSESSED_REASON, reason, contains))
+    else:
+        assert result.region and result.level
+        items.append(hd.sr.CodeContentItem(FRACTURE_OF_BONE, presence(result.level), contains))
+        site = hd.sr.CodeContentItem(FINDING_SITE, finding_site(result.region), contains)
+        side = LATERALITY.get(result.side or "")
+        if side is not None:
+            site.ContentSequence = [
+                hd.sr.CodeContentItem(
+                    LATERALITY_CONCEPT, side, hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD
+                )
+            ]
+        items.append(site)
+        items.append(hd.sr.CodeContentItem(FRACTURE_LEVEL, LEVEL_CODES[result.level], contains))
+    notices = [AI_RESULT_DISCLAIMER]
+    if algorithm.trained_on_synthetic_data:
+        notices.append(SYNTHETIC_DATA_WARNING)
+    for sentence in [f"Study: {_sentence(result)}", *_points(result), *notices]:
+        items.append(
+            hd.sr.TextContentItem(name=COMMENT, value=sentence, relationship_type=contains)
+        )
+    container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=contains)
+    container.ContentSequence = items
+    return container
 
 
 def _view_label(index: int, source: Dataset) -> str:
@@ -296,12 +329,15 @@ def box_polyline(box: BoundingBox, rows: int, columns: int) -> np.ndarray:
 
 
 def _roi(image: ImageFinding, source: Dataset) -> hd.sr.ImageRegion | None:
-    """The planar ROI of a positive view with a box (None for any other view)."""
-    if not (image.is_positive and image.box and source.get("Rows") and source.get("Columns")):
+    """The planar ROI of a view: its box where positive with one, else the whole view
+    (None where the source does not say its size)."""
+    if not (source.get("Rows") and source.get("Columns")):
         return None
+    rows, columns = int(source.Rows), int(source.Columns)
+    box = image.box if image.is_positive and image.box else None
     return hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=box_polyline(image.box, int(source.Rows), int(source.Columns)),
+        graphic_data=box_polyline(box or BoundingBox(0, 0, rows - 1, columns - 1), rows, columns),
         source_image=hd.sr.SourceImageForRegion(
             referenced_sop_class_uid=source.SOPClassUID,
             referenced_sop_instance_uid=source.SOPInstanceUID,
@@ -329,10 +365,11 @@ def _group(
         "algorithm_id": algorithm_id,
         **(_not_assessed(result.not_assessed) if result.not_assessed else _assessed(result)),
     }
-    if roi is not None and result.not_assessed is None:
+    if roi is not None:
         group: Group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             referenced_region=roi, **content
         )
+        _infer_first_number_from_region(group)
     else:
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
             source_images=[
@@ -356,6 +393,20 @@ def _group(
             )
         )
     return group
+
+
+def _infer_first_number_from_region(group: Group) -> None:
+    """TID 300's pattern: the first NUM (the fracture probability) INFERRED FROM the
+    group's image region. Viewers list a planar ROI group by its first NUM's region
+    (OHIF, docs/ohif.md); highdicom's Measurement takes no region, so it is added here."""
+    items = group[0].ContentSequence
+    region = next(item for item in items if item.ValueType == "SCOORD")
+    number = next((item for item in items if item.ValueType == "NUM"), None)
+    if number is None:  # a view not assessed has no probability
+        return
+    inferred = deepcopy(region)
+    inferred.RelationshipType = hd.sr.RelationshipTypeValues.INFERRED_FROM.value
+    number.ContentSequence = [*number.get("ContentSequence", []), inferred]
 
 
 def _assessed(result: _Result) -> dict[str, object]:

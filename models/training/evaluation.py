@@ -109,6 +109,7 @@ def _occlusion_box(model: HierarchicalModel, region: str, image: torch.Tensor) -
     return hottest_box(evidence.max() - evidence, 0.5)
 
 
+# Long: a public entry point; its numpy-style docstring is two thirds of it.
 def evaluate_bundle(
     bundle_dir: str | Path,
     records: Sequence[ImageRecord],

@@ -65,6 +65,7 @@ logger = logging.getLogger(__name__)
 _UNSUPPORTED_VAL_SHARE = 0.2
 
 
+# Long: a public entry point; its numpy-style docstring is two thirds of it.
 def train(
     config: TrainConfig,
     records: Sequence[ImageRecord] | Mapping[str, Sequence[ImageRecord]],

@@ -44,6 +44,20 @@ def _groups(sr: Dataset) -> list[Dataset]:
     return [item for item in _walk(sr.ContentSequence) if _name(item) == "Measurement Group"]
 
 
+def _study(sr: Dataset) -> Dataset:
+    """The study's result: TID 1500's Qualitative Evaluations container."""
+    (container,) = [item for item in sr.ContentSequence if _name(item) == "Qualitative Evaluations"]
+    return container
+
+
+def _region_source(group: Dataset) -> tuple[str, str]:
+    """The SOP Class and Instance UIDs of the image a planar ROI group's region is on."""
+    (region,) = [item for item in group.ContentSequence if item.ValueType == "SCOORD"]
+    (image,) = region.ContentSequence
+    reference = image.ReferencedSOPSequence[0]
+    return reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID
+
+
 def _children(group: Dataset, name: str) -> list[Dataset]:
     return [item for item in group.ContentSequence if _name(item) == name]
 
@@ -89,34 +103,34 @@ def test_positive_sr_is_valid_and_complete(
     assert sr.CompletionFlag == "COMPLETE"
     assert sr.VerificationFlag == "UNVERIFIED"
 
-    study_group, image_group, unsupported_group = _groups(sr)
-    # Study group: finding, presence, probability, site, level, algorithm, all images.
-    assert _code(_children(study_group, "Finding")[0]) == ("125605004", "SCT")
-    assert _code(_children(study_group, "Fracture of bone")[0]) == ("52101004", "SCT")
-    (probability,) = _children(study_group, "Probability")
+    study = _study(sr)
+    # The study's result: presence, site with laterality, level; sentences.
+    assert _code(_children(study, "Fracture of bone")[0]) == ("52101004", "SCT")
+    (site,) = _children(study, "Finding Site")
+    assert _code(site) == ("74670003", "SCT")
+    assert _code(_children(site, "Laterality")[0]) == ("7771000", "SCT")  # both views: L
+    assert _code(_children(study, "Fracture triage level")[0]) == ("FXLIKELY", "99FXTRIAGE")
+    assert any(
+        item.TextValue.startswith("Study: ") and "0.83" in item.TextValue
+        for item in _children(study, "Comment")
+    )
+
+    image_group, unsupported_group = _groups(sr)
+    # The wrist image: its region (the whole view: no box here), probability inferred
+    # from it, finding, level, algorithm.
+    assert _region_source(image_group) == (source.SOPClassUID, source.SOPInstanceUID)
+    assert _code(_children(image_group, "Finding")[0]) == ("125605004", "SCT")
+    assert _code(_children(image_group, "Fracture of bone")[0]) == ("52101004", "SCT")
+    (probability,) = _children(image_group, "Probability")
     assert float(probability.MeasuredValueSequence[0].NumericValue) == pytest.approx(0.83)
     unit = probability.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
     assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("1", "UCUM")
-    (site,) = _children(study_group, "Finding Site")
-    assert _code(site) == ("74670003", "SCT")
-    assert _code(_children(site, "Laterality")[0]) == ("7771000", "SCT")  # both views: L
-    assert _code(_children(study_group, "Fracture triage level")[0]) == ("FXLIKELY", "99FXTRIAGE")
-    assert _children(study_group, "Algorithm Name")[0].TextValue == algorithm.name
-    assert _children(study_group, "Algorithm Version")[0].TextValue == algorithm.version
-    referenced = {
-        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-        for item in _children(study_group, "Source of Measurement")
-    }
-    assert referenced == {ds.SOPInstanceUID for ds in dx_images}
-
-    # Image group of the wrist image.
-    (image_ref,) = _children(image_group, "Source of Measurement")
-    assert image_ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    assert image_ref.ReferencedSOPSequence[0].ReferencedSOPClassUID == source.SOPClassUID
-    assert _code(_children(image_group, "Fracture of bone")[0]) == ("52101004", "SCT")
-    assert len(_children(image_group, "Probability")) == 1
+    (inferred,) = [i for i in probability.ContentSequence if i.ValueType == "SCOORD"]
+    assert inferred.RelationshipType == "INFERRED FROM"
     (region,) = _children(image_group, "Probability of the anatomic region")
     assert float(region.MeasuredValueSequence[0].NumericValue) == pytest.approx(0.97)
+    assert _children(image_group, "Algorithm Name")[0].TextValue == algorithm.name
+    assert _children(image_group, "Algorithm Version")[0].TextValue == algorithm.version
 
     # The unsupported image: undetermined, a coded reason; no probability, site or level.
     assert _code(_children(unsupported_group, "Fracture of bone")[0]) == ("373068000", "SCT")
@@ -133,8 +147,8 @@ def test_positive_sr_is_valid_and_complete(
         "Not assessed for fracture: stage 1 recognises none" in item.TextValue
         for item in _children(unsupported_group, "Comment")
     )
-    ref = _children(unsupported_group, "Source of Measurement")[0]
-    assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == dx_images[1].SOPInstanceUID
+    second = dx_images[1]
+    assert _region_source(unsupported_group) == (second.SOPClassUID, second.SOPInstanceUID)
 
     # Image library and evidence reference every source.
     library = {
@@ -173,8 +187,8 @@ def test_negative_sr_is_valid(
     dciodvfy_clean(path)
     sr = pydicom.dcmread(path)
     groups = _groups(sr)
-    assert len(groups) == 1 + len(dx_images)
-    for group in groups:
+    assert len(groups) == len(dx_images)
+    for group in [_study(sr), *groups]:
         assert _code(_children(group, "Fracture of bone")[0]) == ("272519000", "SCT")  # Absent
         assert _code(_children(group, "Finding Site")[0]) == ("16953009", "SCT")  # elbow
         level = _children(group, "Fracture triage level")[0]
@@ -184,7 +198,8 @@ def test_negative_sr_is_valid(
         for group in groups
         for item in _children(group, "Probability")
     ]
-    assert probabilities == pytest.approx([0.12, 0.12, 0.05])
+    assert probabilities == pytest.approx([0.12, 0.05])
+    assert any("0.12" in item.TextValue for item in _children(_study(sr), "Comment"))
     assert SYNTHETIC_DATA_WARNING in _texts(sr)
 
 
@@ -307,7 +322,7 @@ def test_an_unreadable_view_is_not_assessed_in_the_sr_with_its_coded_reason(
             ViewResult(dx_images[1].SOPInstanceUID, not_assessed=unreadable),
         ],
     )
-    _, assessed_view, unreadable_view = _groups(_build(dx_images, finding, algorithm))
+    assessed_view, unreadable_view = _groups(_build(dx_images, finding, algorithm))
     assert _code(_children(unreadable_view, "Reason not assessed for fracture")[0]) == (
         "FXGATEUNREADABLE",
         "99FXTRIAGE",

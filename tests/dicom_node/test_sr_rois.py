@@ -88,9 +88,11 @@ def test_positive_views_get_planar_rois_on_their_source_image(
     dciodvfy_clean(path)
     sr = pydicom.dcmread(path)
 
-    study_group, first_group, second_group = _groups(sr)
-    assert not _scoords(study_group)  # the study-level finding stays a TID 1501 group
-    assert _level(study_group) == "Fracture suspected"
+    first_group, second_group = _groups(sr)
+    # The study's result has no image region: it is in TID 1500's Qualitative Evaluations.
+    (study,) = [i for i in sr.ContentSequence if _name(i) == "Qualitative Evaluations"]
+    assert not _scoords(study)
+    assert _level(study) == "Fracture suspected"
     for group, source, box, level in (
         (first_group, dx_images[0], boxed_finding.images[0].box, "Fracture likely"),
         (second_group, dx_images[1], boxed_finding.images[1].box, "Fracture suspected"),
@@ -109,6 +111,11 @@ def test_positive_views_get_planar_rois_on_their_source_image(
         for expected in ("Finding", "Fracture of bone", "Probability", "Finding Site"):
             assert expected in names
         assert _level(group) == level
+        # The probability is inferred from the region (how OHIF lists a planar ROI).
+        (probability,) = [i for i in group.ContentSequence if _name(i) == "Probability"]
+        (inferred,) = probability.ContentSequence
+        assert inferred.RelationshipType == "INFERRED FROM"
+        assert inferred.GraphicData == scoord.GraphicData
 
 
 def test_dsrdump_shows_the_roi_coordinates_and_dsr2html_renders(
@@ -135,7 +142,7 @@ def test_dsrdump_shows_the_roi_coordinates_and_dsr2html_renders(
     assert "Operating points: fracture suspected from probability 0.30, likely from 0.70." in html
 
 
-def test_negative_views_and_switched_off_rois_have_no_scoord(
+def test_negative_views_are_outlined_whole_and_switched_off_rois_have_none(
     dx_images: list[Dataset],
     boxed_finding: StudyFinding,
     negative_finding: StudyFinding,
@@ -147,12 +154,14 @@ def test_negative_views_and_switched_off_rois_have_no_scoord(
             dataclasses.replace(i, box=BoundingBox(5, 5, 50, 50)) for i in negative_finding.images
         ),
     )
-    for sr in (
-        _build(dx_images, boxed_negative, algorithm),
-        _build(dx_images, boxed_finding, algorithm, include_rois=False),
-    ):
-        assert not [item for item in _walk(sr.ContentSequence) if item.ValueType == "SCOORD"]
-        assert len(_groups(sr)) == 3
+    # A negative view's box is not drawn: its region is the whole view.
+    whole = box_polyline(BoundingBox(0, 0, 255, 255), 256, 256).tolist()
+    for group in _groups(_build(dx_images, boxed_negative, algorithm)):
+        (scoord,) = _scoords(group)
+        assert np.asarray(scoord.GraphicData).reshape(-1, 2).tolist() == whole
+    switched_off = _build(dx_images, boxed_finding, algorithm, include_rois=False)
+    assert not [i for i in _walk(switched_off.ContentSequence) if i.ValueType == "SCOORD"]
+    assert len(_groups(switched_off)) == 2
 
 
 def test_ai_results_conventions(

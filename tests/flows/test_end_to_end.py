@@ -167,12 +167,21 @@ def check_ai_results(
         assessed = {i.sop_instance_uid for i in run.image_results if i.region is not None}
     positive = {uid for uid, level in levels.items() if level in POSITIVE_LEVELS}
 
-    # SR: one planar ROI (SCOORD on its source image) per positive view.
+    # SR: a planar ROI (SCOORD on its source image) per view: the box on a positive view,
+    # the whole view on the others; each assessed view's probability inferred from it.
     scoords = [i for i in _walk(sr.ContentSequence) if i.ValueType == "SCOORD"]
+    regions = [i for i in scoords if i.RelationshipType == "CONTAINS"]
     roi_images = {
-        i.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in scoords
+        i.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID: i for i in regions
     }
-    assert len(scoords) == len(positive) and roi_images == positive
+    assert len(regions) == len(source_uids) and set(roi_images) == source_uids
+    assert len(scoords) - len(regions) == len(assessed)  # INFERRED FROM copies
+    headers = [dcmread(f, stop_before_pixels=True) for f in files]
+    sizes = {str(h.SOPInstanceUID): (float(h.Columns), float(h.Rows)) for h in headers}
+    for uid in positive:
+        columns, rows = sizes[uid]
+        whole = [[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]]
+        assert np.asarray(roi_images[uid].GraphicData).reshape(-1, 2).tolist() != whole
 
     # Summary SC and annotated SCs with the right box style per view.
     summaries, annotated = [], {}
