@@ -112,8 +112,14 @@ def realistic_bundle(demo: Path, architecture: str, size: int, target: Path) -> 
     metadata = load_metadata(demo)
     region = NetworkSpec(architecture=architecture, out_channels=len(REGION_CLASSES))
     fracture = NetworkSpec(architecture=architecture, out_channels=1)
+    # Random weights: the demo's pixel gate statistics do not fit them, so none is kept.
     metadata = metadata.model_copy(
-        update={"image_size": size, "region_network": region, "fracture_network": fracture}
+        update={
+            "image_size": size,
+            "region_network": region,
+            "fracture_network": fracture,
+            "pixel_gate": None,
+        }
     )
     nets: dict[str, nn.Module] = {r: build_network(fracture) for r in metadata.regions}
     save_bundle(target, metadata, build_network(region), nets)
