@@ -59,6 +59,9 @@ class TriagedStudy:
     #: The AI series in Orthanc, by description.
     series: dict[str, dict[str, Any]]
     sr: Dataset
+    #: A study without a fracture (the sample hand study), triaged beside it, and its SR.
+    negative_study_uid: str
+    negative_sr: Dataset
 
 
 @pytest.fixture(scope="module")
@@ -81,27 +84,42 @@ def triaged_study(
             work, demo_bundle, port=node_port, destinations=(pacs,), outputs=EVERY_OBJECT
         )
         files = sorted(sample_studies[0].glob("*.dcm"))
-        for path in files:
+        negative_files = sorted(sample_studies[1].glob("*.dcm"))
+        for path in files + negative_files:
             orthanc.upload(path)
         source = dcmread(files[0], stop_before_pixels=True)
         study_uid = str(source.StudyInstanceUID)
+        negative_uid = str(dcmread(negative_files[0], stop_before_pixels=True).StudyInstanceUID)
         with TriageService(Runtime.create(settings)):
-            orthanc.request(
-                "POST",
-                "/modalities/triage/store",
-                {"Resources": [orthanc.study_id(study_uid)], "Synchronous": True},
-            )
+            for uid in (study_uid, negative_uid):
+                orthanc.request(
+                    "POST",
+                    "/modalities/triage/store",
+                    {"Resources": [orthanc.study_id(uid)], "Synchronous": True},
+                )
 
             def all_series_arrived() -> dict[str, dict[str, Any]] | None:
                 found = ai_series(orthanc, study_uid)  # SR, summary, annotated, GSPS, map
                 return found if len(found) >= 5 and SR_SERIES_DESCRIPTION in found else None
 
             series = wait_until(all_series_arrived, 300, "the AI series in Orthanc")
-        sr_instance = series[SR_SERIES_DESCRIPTION]["Instances"][0]
-        sr = dcmread(BytesIO(orthanc.get(f"/instances/{sr_instance}/file")))
+            negative_series = wait_until(
+                lambda: ai_series(orthanc, negative_uid).get(SR_SERIES_DESCRIPTION),
+                300,
+                "the negative study's SR in Orthanc",
+            )
+        sr = _instance(orthanc, series[SR_SERIES_DESCRIPTION])
+        negative_sr = _instance(orthanc, negative_series)
         shutil.rmtree(ARTIFACTS, ignore_errors=True)
         ARTIFACTS.mkdir(parents=True)
-        yield TriagedStudy(orthanc, study_uid, str(source.AccessionNumber), series, sr)
+        yield TriagedStudy(
+            orthanc, study_uid, str(source.AccessionNumber), series, sr, negative_uid, negative_sr
+        )
+
+
+def _instance(orthanc: Orthanc, series: dict[str, Any]) -> Dataset:
+    """The (first) instance of an Orthanc series, read."""
+    return dcmread(BytesIO(orthanc.get(f"/instances/{series['Instances'][0]}/file")))
 
 
 @pytest.fixture(scope="module")
@@ -269,11 +287,21 @@ def test_sr_regions_drawn_over_their_views_and_listed(
     show_sr_regions(viewer, triaged_study.sr, "ohif-sr.png")
 
 
+def test_a_negative_studys_views_are_outlined_with_their_probability(
+    viewer: OhifViewer, triaged_study: TriagedStudy
+) -> None:
+    """A study without a fracture: each view's region (the whole view) drawn and listed,
+    labelled with its probability, so a reader sees the AI looked and found nothing."""
+    viewer.study_uid = triaged_study.negative_study_uid
+    viewer.open_study()
+    show_sr_regions(viewer, triaged_study.negative_sr, "ohif-sr-negative.png")
+
+
 def show_sr_regions(viewer: OhifViewer, sr: Dataset, picture: str) -> None:
     """Open the SR as a reader does: its regions drawn over their views with their labels;
     then, on a fresh page, its measurements tracked and listed."""
     regions = planar_regions(sr)
-    assert regions, "the positive study's SR has a planar ROI per positive view"
+    assert regions, "the SR has a planar ROI per view"
     description = str(sr.SeriesDescription)
     viewer.wait(lambda: description in viewer.series(), "the SR in the study browser")
     viewer.open_series(description)
@@ -318,7 +346,7 @@ def show_sr_regions(viewer: OhifViewer, sr: Dataset, picture: str) -> None:
 
 
 def planar_regions(sr: Dataset) -> list[Dataset]:
-    """The SCOORD content items of the SR's measurement groups (one per positive view)."""
+    """The SCOORD content items of the SR's measurement groups (one per view)."""
     return [
         item
         for group in measurement_groups(sr)
