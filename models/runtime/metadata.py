@@ -241,16 +241,16 @@ def _evaluation_section(metadata: BundleMetadata) -> str:
         if overall:
             parts.append(
                 "| scope | studies | AUROC (95% CI) | sens@suspected | spec@suspected "
-                "| sens@likely | spec@likely | kappa@suspected | ECE |"
+                "| sens@likely | spec@likely | kappa@suspected | kappa@0.5 | ECE |"
             )
-            parts.append("|---|---|---|---|---|---|---|---|---|")
+            parts.append("|---|---|---|---|---|---|---|---|---|---|")
             for scope, row in [("overall", overall), *evaluation.get("regions", {}).items()]:
                 parts.append(
                     f"| {scope} | {row.get('studies')} | {row.get('auroc')} "
                     f"({row.get('auroc_ci')}) | {row.get('sensitivity_suspected')} | "
                     f"{row.get('specificity_suspected')} | {row.get('sensitivity_likely')} | "
                     f"{row.get('specificity_likely')} | {row.get('kappa_suspected')} | "
-                    f"{row.get('ece')} |"
+                    f"{row.get('kappa_at_0_5')} | {row.get('ece')} |"
                 )
             parts.append("")
         for key in (

@@ -105,3 +105,13 @@ def test_a_study_is_positive_when_any_of_its_views_is() -> None:
     assert studies == ["s1", "s2"]
     assert labels.tolist() == [1, 0]
     assert scores[0] == pytest.approx(0.4)
+
+
+def test_kappa_at_one_half_is_reported_beside_the_operating_points() -> None:
+    from models.training.metrics import binary_metrics
+
+    labels = np.array([0, 0, 1, 1, 1, 0])
+    scores = np.array([0.1, 0.6, 0.7, 0.9, 0.4, 0.2])  # at 0.5: one FP, one FN
+    row = binary_metrics(labels, scores, 0.3, 0.8)
+    assert row["kappa_at_0_5"] == pytest.approx(1 / 3, abs=1e-4)
+    assert "kappa_suspected" in row and "kappa_likely" in row
