@@ -56,9 +56,6 @@ from models.runtime.preprocessing import Geometry
 
 logger = logging.getLogger(__name__)
 
-#: The pixel gate's verdict on a view when stage 1 gave no reason of its own.
-NOT_RECOGNISED = "stage 1 recognises none of the regions this model assesses"
-
 Outcome = TriageSummary | TriageError
 
 
@@ -253,7 +250,8 @@ def _view_result(model_pass: ModelPass, uid: str, geometry: Geometry | None, k: 
         return ViewResult(uid, not_assessed=NotAssessed(Gate.UNREADABLE, reason))
     stage1 = model_pass.regions[k]
     if stage1.region is None:
-        gated = NotAssessed(Gate.PIXELS, stage1.rejection_reason or NOT_RECOGNISED)
+        assert stage1.rejection_reason is not None  # RegionResult holds one or the other
+        gated = NotAssessed(Gate.PIXELS, stage1.rejection_reason)
         return ViewResult(uid, region_probability=stage1.probability, not_assessed=gated)
     if uid in model_pass.conflicts:
         return ViewResult(

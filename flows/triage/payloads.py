@@ -65,6 +65,13 @@ class RegionResult:
     probability: float
     rejection_reason: str | None = None
 
+    def __post_init__(self) -> None:
+        if (self.region is None) == (self.rejection_reason is None):
+            raise ValueError(
+                f"stage 1 named region {self.region!r} with rejection {self.rejection_reason!r}:"
+                " a view has exactly one of them"
+            )
+
 
 @dataclass(frozen=True)
 class Explanations:

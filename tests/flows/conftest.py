@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
+from config import Settings
 from db.models import StudyStatus
 from db.repositories import ReceivedInstance, StudyRepository
 from flows.runtime import Runtime
@@ -63,3 +65,20 @@ def store_study(runtime: Runtime, study_dir: Path, *, urgent: bool = False) -> s
             )
         studies.set_status(uid, StudyStatus.READY)
     return uid
+
+
+def node_environment(settings: Settings, **extra: object) -> dict[str, str]:
+    """The environment of a `fracture-triage` process started with these settings (and
+    ``extra`` ones, by their FRACTURE_TRIAGE_ names without the prefix), heartbeat off."""
+    env = dict(os.environ)
+    for key, value in {
+        "STORE_DIR": settings.store_dir,
+        "OUTPUT_DIR": settings.output_dir,
+        "DATABASE_URL": settings.database_url,
+        "MODEL_BUNDLE_DIR": settings.model_bundle_dir,
+        "STUDY_STABLE_SECONDS": settings.study_stable_seconds,
+        "PREFECT_FLOW_HEARTBEAT": "false",
+        **extra,
+    }.items():
+        env[f"FRACTURE_TRIAGE_{key}"] = str(value)
+    return env

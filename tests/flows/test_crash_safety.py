@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from db.engine import make_engine, make_session_factory
 from db.models import Instance, RunStatus, Study, StudyStatus, TriageRun
 from dicom_node.store import InstanceStore
 from tests.dicom_node.conftest import make_dx
+from tests.flows.conftest import node_environment
 from tests.peers import free_port, require_binary, wait_for_port
 
 pytestmark = pytest.mark.slow
@@ -29,18 +29,9 @@ pytestmark = pytest.mark.slow
 STUDY = "1.2.826.0.1.3680043.10.3.1"
 
 
-def node_environment(settings: Settings, tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for key, value in {
-        "PORT": settings.port,
-        "STORE_DIR": settings.store_dir,
-        "OUTPUT_DIR": settings.output_dir,
-        "DATABASE_URL": settings.database_url,
-        "MODEL_BUNDLE_DIR": settings.model_bundle_dir,
-        "STUDY_STABLE_SECONDS": settings.study_stable_seconds,
-        "PREFECT_FLOW_HEARTBEAT": "false",
-    }.items():
-        env[f"FRACTURE_TRIAGE_{key}"] = str(value)
+def crash_node_environment(settings: Settings, tmp_path: Path) -> dict[str, str]:
+    """The node's environment, with a Prefect home of the test's own."""
+    env = node_environment(settings, PORT=settings.port)
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     return env
 
@@ -70,7 +61,7 @@ def test_kill_9_mid_association_loses_no_acknowledged_instance(
 ) -> None:
     port = free_port()
     settings = make_settings(port=port, study_stable_seconds=1.0)
-    env = node_environment(settings, tmp_path)
+    env = crash_node_environment(settings, tmp_path)
     log = tmp_path / "node.log"
     node = start_node(env, port, log)
 

@@ -25,25 +25,11 @@ from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from db.models import Study, StudyStatus
 from dicom_node.delivery.dimse import send_files
+from tests.flows.conftest import node_environment
 from tests.peers import free_port, wait_for_port, wait_until
 from tests.phi import find_patient_data
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _environment(settings: Settings, **extra: object) -> dict[str, str]:
-    env = dict(os.environ)
-    for key, value in {
-        "STORE_DIR": settings.store_dir,
-        "OUTPUT_DIR": settings.output_dir,
-        "DATABASE_URL": settings.database_url,
-        "MODEL_BUNDLE_DIR": settings.model_bundle_dir,
-        "STUDY_STABLE_SECONDS": settings.study_stable_seconds,
-        "PREFECT_FLOW_HEARTBEAT": "false",
-        **extra,
-    }.items():
-        env[f"FRACTURE_TRIAGE_{key}"] = str(value)
-    return env
 
 
 def _ours(logger: str) -> bool:
@@ -66,7 +52,9 @@ def test_serve_writes_json_lines_without_patient_data(
 ) -> None:
     port = free_port()
     settings = make_settings(port=port)
-    env = _environment(settings, PORT=port, LOG_FORMAT="json", LOG_LEVEL="DEBUG", SCP_PROCESSES=2)
+    env = node_environment(
+        settings, PORT=port, LOG_FORMAT="json", LOG_LEVEL="DEBUG", SCP_PROCESSES=2
+    )
     log, out = tmp_path / "serve.log", tmp_path / "serve.out"
     with log.open("wb") as errors, out.open("wb") as output:
         node = subprocess.Popen(
@@ -230,7 +218,7 @@ def test_serve_stops_when_its_http_port_is_taken(
         http_port = taken.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "flows.cli", "serve"],
-            env=_environment(settings, PORT=settings.port, HTTP__PORT=http_port),
+            env=node_environment(settings, PORT=settings.port, HTTP__PORT=http_port),
             capture_output=True,
             text=True,
             timeout=300,
