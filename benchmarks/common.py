@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -20,6 +21,14 @@ def machine_description() -> dict[str, object]:
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
     }
+
+
+def write_report(path: Path | None, **sections: object) -> None:
+    """Write a benchmark's JSON report (the machine first, then ``sections``); None: skip."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine_description(), **sections}, indent=2))
 
 
 def write_phantom_study(
@@ -45,18 +54,21 @@ def write_phantom_study(
     study_uid, series_uid = generate_uid(), generate_uid()
     study_dir = out_dir / study_uid
     study_dir.mkdir(parents=True)
+    fictional_patient = {
+        "patient_name": f"{name}^Patient{index:04d}",
+        "patient_id": f"{name.upper()}-{index:04d}",
+        "accession_number": f"{name.upper()[:5]}{index:05d}",
+    }
     for view in range(1, views + 1):
         if series_per_view:
             series_uid = generate_uid()
         phantom = render_phantom(region, fractured and view == 1, rng, size=256)
         ds = phantom_dataset(
             phantom,
-            patient_name=f"{name}^Patient{index:04d}",
-            patient_id=f"{name.upper()}-{index:04d}",
+            **fictional_patient,
             study_instance_uid=study_uid,
             series_instance_uid=series_uid,
             sop_instance_uid=generate_uid(),
-            accession_number=f"{name.upper()[:5]}{index:05d}",
             instance_number=view,
             rows=rows,
             view_position="PA" if view == 1 else "LL",

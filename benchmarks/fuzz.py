@@ -13,7 +13,6 @@ Reference for the time per case: the unmutated seeds, stored in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import tempfile
@@ -26,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import machine_description
+from benchmarks.common import write_report
 from config import load_settings
 from tests.fuzzing import (
     Case,
@@ -142,10 +141,7 @@ def main() -> None:
         "{:.1f} / {:.1f}".format(summary["preprocess_ms_median"], summary["preprocess_ms_max"]),
     )
     console.print(table)
-    if args.json:
-        args.json.write_text(
-            json.dumps({"machine": machine_description(), "summary": summary}, indent=2)
-        )
+    write_report(args.json, summary=summary)
 
 
 if __name__ == "__main__":

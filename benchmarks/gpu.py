@@ -19,7 +19,6 @@ bundle's metadata, on the device the node would use (``model_device = "auto"``).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import machine_description
+from benchmarks.common import write_report
 from benchmarks.inference import realistic_bundle
 from config import REGIONS
 from models.runtime.bundle import load_bundle
@@ -142,8 +141,7 @@ def main() -> None:
         table.add_row(*(str(value) for value in row.values()))
     Console().print(table)
     Console().print(f"goal {result['goal']}: {'met' if result['goal_met'] else 'not met'}")
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine_description(), **result}, indent=2))
+    write_report(args.json, **result)
 
 
 if __name__ == "__main__":

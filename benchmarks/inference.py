@@ -12,7 +12,6 @@ Secondary Capture, SR) and Prefect's orchestration of one study.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pydicom.uid import JPEG2000Lossless, generate_uid
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import machine_description
+from benchmarks.common import write_report
 from config import REGION_CLASSES
 from config.domain.decision import ViewResult, decide
 from config.domain.findings import AlgorithmIdentity, OperatingPoints
@@ -273,10 +272,7 @@ def main() -> None:
             )
             table.add_row("ratio whole / bare", str(result["ratio_whole_to_bare"]))
         console.print(table)
-    if args.json:
-        args.json.write_text(
-            json.dumps({"machine": machine_description(), "results": results}, indent=2)
-        )
+    write_report(args.json, results=results)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import statistics
@@ -45,7 +44,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import machine_description
+from benchmarks.common import write_report
 from tests.peers import free_port, run_orthanc, wait_for_port
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -298,17 +297,7 @@ def main() -> None:
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     Console().print(table)
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "machine": machine_description(),
-                    "rows": rows,
-                    "raw": [asdict(m) for m in results],
-                },
-                indent=2,
-            )
-        )
+    write_report(args.json, rows=rows, raw=[asdict(m) for m in results])
 
 
 if __name__ == "__main__":

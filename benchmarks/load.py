@@ -12,7 +12,6 @@ same node started and left idle, measured in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import free_port, machine_description
+from benchmarks.common import free_port, write_report
 from tests.load import NodeProcess, node_env, run_load
 
 
@@ -76,10 +75,7 @@ def main() -> None:
     console.print(table)
     for problem in result.problems[:20]:
         console.print(f"[red]{problem}[/red]")
-    if args.json:
-        payload = {"machine": machine_description(), "idle_rss_bytes": idle}
-        payload["result"] = result.as_dict()
-        args.json.write_text(json.dumps(payload, indent=2))
+    write_report(args.json, idle_rss_bytes=idle, result=result.as_dict())
     raise SystemExit(1 if result.problems else 0)
 
 

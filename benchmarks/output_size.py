@@ -20,7 +20,6 @@ with one positive view and once with all three.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pydicom import Dataset, dcmread
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import machine_description, write_phantom_study
+from benchmarks.common import write_phantom_study, write_report
 from config.domain.anatomy import part_of_term
 from config.domain.decision import ViewResult, decide
 from config.domain.findings import (
@@ -183,16 +182,13 @@ def report(rows: list[Row], size: tuple[int, int], json_path: Path | None) -> No
             "met" if row.ratio <= GOAL else "NOT met",
         )
     Console().print(table)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "machine": machine_description(),
-            "real_sized": list(size),
-            "goal": GOAL,
-            "rows": [{**asdict(row), "ratio": row.ratio} for row in rows],
-            "goal_met": all(row.ratio <= GOAL for row in rows),
-        }
-        json_path.write_text(json.dumps(payload, indent=2))
+    write_report(
+        json_path,
+        real_sized=list(size),
+        goal=GOAL,
+        rows=[{**asdict(row), "ratio": row.ratio} for row in rows],
+        goal_met=all(row.ratio <= GOAL for row in rows),
+    )
 
 
 if __name__ == "__main__":

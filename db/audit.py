@@ -86,27 +86,17 @@ def normalise_detail(detail: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(detail)))
 
 
-def canonical_content(
-    *,
-    occurred_at: dt.datetime,
-    event_type: str,
-    outcome: str,
-    actor: str | None,
-    study_instance_uid: str | None,
-    sop_instance_uid: str | None,
-    detail: Mapping[str, Any],
-    previous_hash: str,
-) -> bytes:
+#: The event's columns hashed as they are (the timestamp, detail and chain link aside).
+_HASHED_COLUMNS = ("event_type", "outcome", "actor", "study_instance_uid", "sop_instance_uid")
+
+
+def canonical_content(event: AuditEvent, previous_hash: str | None) -> bytes:
     """The bytes hashed into ``event_hash``: sorted-key compact JSON, UTF-8."""
-    content = {
+    content = {name: getattr(event, name) for name in _HASHED_COLUMNS}
+    content |= {
         "v": HASH_VERSION,
-        "occurred_at": canonical_timestamp(occurred_at),
-        "event_type": event_type,
-        "outcome": outcome,
-        "actor": actor,
-        "study_instance_uid": study_instance_uid,
-        "sop_instance_uid": sop_instance_uid,
-        "detail": detail,
+        "occurred_at": canonical_timestamp(event.occurred_at),
+        "detail": event.detail if event.detail is not None else {},
         "previous_hash": previous_hash,
     }
     return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
@@ -119,18 +109,8 @@ def event_hash_of(event: AuditEvent, previous_hash: str | None = None) -> str:
 
     ``previous_hash`` defaults to the one stored in the event.
     """
-    return hashlib.sha256(
-        canonical_content(
-            occurred_at=event.occurred_at,
-            event_type=event.event_type,
-            outcome=event.outcome,
-            actor=event.actor,
-            study_instance_uid=event.study_instance_uid,
-            sop_instance_uid=event.sop_instance_uid,
-            detail=event.detail if event.detail is not None else {},
-            previous_hash=event.previous_hash if previous_hash is None else previous_hash,
-        )
-    ).hexdigest()
+    chained_to = event.previous_hash if previous_hash is None else previous_hash
+    return hashlib.sha256(canonical_content(event, chained_to)).hexdigest()
 
 
 def lock_chain(session: Session) -> None:

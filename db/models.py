@@ -29,6 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from config.domain.vocabulary import OutputKind
+from db.statuses import DeliveryStatus, RunStatus, StudyStatus
 
 # One naming convention so that migrations name constraints the same on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
@@ -74,27 +75,6 @@ class Base(DeclarativeBase):
         dt.datetime: UTCDateTime(),
         dict[str, Any]: JSON(),
     }
-
-
-class StudyStatus(enum.StrEnum):
-    RECEIVING = "receiving"  # instances arriving, not quiet long enough yet
-    READY = "ready"  # quiet period over, waiting for a triage run
-    TRIAGING = "triaging"
-    TRIAGED = "triaged"
-    FAILED = "failed"
-    NOT_TRIAGED = "not_triaged"  # nothing in the study a model can read (e.g. only SRs)
-
-
-class RunStatus(enum.StrEnum):
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-class DeliveryStatus(enum.StrEnum):
-    PENDING = "pending"
-    SENT = "sent"
-    FAILED = "failed"
 
 
 def _enum(cls: type[enum.Enum]) -> Enum:

@@ -19,15 +19,13 @@ from config.domain.vocabulary import FractureLevel, OutputKind
 from db.models import (
     AuditEvent,
     Delivery,
-    DeliveryStatus,
     ImageResult,
     OutputObject,
-    RunStatus,
     Study,
     StudyResult,
-    StudyStatus,
     TriageRun,
 )
+from db.statuses import DeliveryStatus, RunStatus, StudyStatus
 
 #: Study levels that flag a fracture (config.domain's ``is_positive``), as stored.
 POSITIVE_LEVELS = tuple(level.value for level in FractureLevel if level.is_positive)

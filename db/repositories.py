@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -21,17 +21,15 @@ from config.domain.findings import ImageFinding, StudyFinding
 from config.domain.vocabulary import OutputKind
 from db.models import (
     Delivery,
-    DeliveryStatus,
     ImageResult,
     Instance,
     OutputObject,
-    RunStatus,
     Study,
     StudyResult,
-    StudyStatus,
     TriageRun,
     utcnow,
 )
+from db.statuses import DeliveryStatus, RunStatus, StudyStatus
 
 #: Statuses after which a new instance reopens the study for another triage.
 _REOPENABLE = (
@@ -96,6 +94,24 @@ class ReceivedInstance:
     sha256: str
     calling_ae_title: str | None
     urgent: bool = False
+
+    def instance_columns(self) -> dict[str, object]:
+        """The values of the instance's own row (its study and urgency live elsewhere)."""
+        columns = asdict(self)
+        del columns["study_instance_uid"], columns["urgent"]
+        return columns
+
+
+@dataclass(frozen=True)
+class WrittenOutput:
+    """A result object written to the output directory, to be recorded and delivered."""
+
+    kind: OutputKind
+    sop_instance_uid: str  # an HL7 message's key is a 2.25 UID too
+    path: str  # relative to the output directory
+    sop_class_uid: str | None = None  # None for HL7 messages
+    series_instance_uid: str | None = None
+    destinations: tuple[str, ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -182,20 +198,7 @@ class StudyRepository:
 
         if existing is None:
             self._session.add(
-                Instance(
-                    study_id=study.id,
-                    series_instance_uid=received.series_instance_uid,
-                    sop_instance_uid=received.sop_instance_uid,
-                    sop_class_uid=received.sop_class_uid,
-                    transfer_syntax_uid=received.transfer_syntax_uid,
-                    modality=received.modality,
-                    triageable=received.triageable,
-                    path=received.path,
-                    size_bytes=received.size_bytes,
-                    sha256=received.sha256,
-                    calling_ae_title=received.calling_ae_title,
-                    received_at=now,
-                )
+                Instance(study_id=study.id, received_at=now, **received.instance_columns())
             )
             outcome = RecordOutcome.STORED
         else:
@@ -563,29 +566,19 @@ class RunRepository:
         run.error = error
         run.finished_at = utcnow()
 
-    def add_output(
-        self,
-        run: TriageRun,
-        *,
-        kind: OutputKind,
-        sop_class_uid: str | None,
-        sop_instance_uid: str,
-        series_instance_uid: str | None,
-        path: str,
-        destinations: Iterable[str],
-    ) -> OutputObject:
+    def add_output(self, run: TriageRun, written: WrittenOutput) -> OutputObject:
         """Record an output and queue one delivery per destination (the outbox)."""
         output = OutputObject(
             run_id=run.id,
-            kind=kind,
-            sop_class_uid=sop_class_uid,
-            sop_instance_uid=sop_instance_uid,
-            series_instance_uid=series_instance_uid,
-            path=path,
+            kind=written.kind,
+            sop_class_uid=written.sop_class_uid,
+            sop_instance_uid=written.sop_instance_uid,
+            series_instance_uid=written.series_instance_uid,
+            path=written.path,
         )
         self._session.add(output)
         self._session.flush()
-        for destination in destinations:
+        for destination in written.destinations:
             self._session.add(
                 Delivery(
                     output_id=output.id, destination=destination, status=DeliveryStatus.PENDING

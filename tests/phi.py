@@ -64,11 +64,12 @@ class LogRecordScanner:
     def __init__(self) -> None:
         self.leaks: list[str] = []
         self._lock = threading.Lock()
-        self._previous = logging.getLogRecordFactory()
         self._extra: tuple[str, ...] = ()
 
     def install(self) -> None:
-        previous = self._previous
+        # The factory in place now (dicom_node's scrubbing one, if it came first) stays
+        # in the chain: taken at install time, not when this object was made.
+        previous = logging.getLogRecordFactory()
 
         def factory(*args: object, **kwargs: object) -> logging.LogRecord:
             record = previous(*args, **kwargs)

@@ -20,7 +20,6 @@ import os
 import re
 import socket
 import ssl
-import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.settings import AuditSyslogSettings, Settings, TlsSettings
 from db.audit import canonical_timestamp
 from db.models import AuditEvent, AuditExportCursor
+from dicom_node.periodic import PeriodicWorker
 from dicom_node.tls import client_context
 
 logger = logging.getLogger(__name__)
@@ -353,41 +353,25 @@ def _close_gracefully(sock: socket.socket) -> None:
         pass
 
 
-class AuditExportWorker:
-    """Runs :meth:`SyslogAuditExporter.export_pending` in a thread every ``poll_seconds``."""
+class AuditExportWorker(PeriodicWorker):
+    """Runs :meth:`SyslogAuditExporter.export_pending` every ``interval`` seconds."""
 
     def __init__(self, exporter: SyslogAuditExporter, interval: float) -> None:
+        super().__init__("audit-export", interval)
         self._exporter = exporter
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("the audit export worker is already running")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="audit-export", daemon=True)
-        self._thread.start()
+    def run_once(self) -> None:
+        try:
+            self._exporter.export_pending()
+        except OSError as error:
+            logger.warning("audit syslog collector unreachable (%s); retrying", error)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-            self._thread = None
+        super().stop()
         try:
             self._exporter.export_pending()  # what the last moments recorded
         except Exception as error:
             logger.warning("audit export at stop failed (%s); sent at the next start", error)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._exporter.export_pending()
-            except OSError as error:
-                logger.warning("audit syslog collector unreachable (%s); retrying", error)
-            except Exception:
-                logger.exception("audit export failed; retrying")
-            self._stop.wait(self._interval)
 
 
 def export_worker(settings: Settings, sessions: sessionmaker[Session]) -> AuditExportWorker | None:

@@ -27,6 +27,7 @@ from db.repositories import RunRepository
 from dicom_node.delivery.dicomweb import stow_files
 from dicom_node.delivery.dimse import SendOutcome, send_files
 from dicom_node.delivery.mllp import send_mllp_files
+from dicom_node.periodic import PeriodicWorker
 from dicom_node.tls import client_context
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class Backoff:
 
 @dataclass(frozen=True)
 class OutboxPass:
+    """What one outbox pass did with the deliveries it found due."""
+
     sent: int = 0
     failed: int = 0
     retrying: int = 0
@@ -188,38 +191,12 @@ class Outbox:
         return OutboxPass(sent, failed, retrying)
 
 
-class OutboxWorker:
-    """Runs :meth:`Outbox.send_due` in a thread, every ``interval`` s or at once on :meth:`wake`."""
+class OutboxWorker(PeriodicWorker):
+    """Runs :meth:`Outbox.send_due` every ``interval`` s, or at once on :meth:`wake`."""
 
     def __init__(self, outbox: Outbox, interval: float = 1.0) -> None:
+        super().__init__("outbox", interval)
         self._outbox = outbox
-        self._interval = interval
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("the outbox worker is already running")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._outbox.send_due()
-            except Exception:
-                logger.exception("outbox pass failed; trying again")
-            self._wake.wait(self._interval)
-            self._wake.clear()
+    def run_once(self) -> OutboxPass:
+        return self._outbox.send_due()

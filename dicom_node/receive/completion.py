@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,13 +11,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.models import StudyStatus
 from db.repositories import AbandonedRun, StudyRepository
+from dicom_node.periodic import PeriodicWorker
 
 logger = logging.getLogger(__name__)
 
 ReadyCallback = Callable[[str], None]
 
 
-class StudyCompletionWatcher:
+class StudyCompletionWatcher(PeriodicWorker):
     """Polls the DB for quiet studies, marks them READY and hands their UIDs on.
 
     The DB is the source of truth, so a restart finds studies that became ready
@@ -34,14 +34,17 @@ class StudyCompletionWatcher:
         max_age: dt.timedelta | None = None,
         triage_timeout: dt.timedelta | None = None,
     ) -> None:
+        super().__init__(
+            "study-completion",
+            poll_interval or min(1.0, quiet_for.total_seconds() / 4),
+            first_round_at_start=False,  # recover() has just looked
+            stop_timeout=10.0,
+        )
         self._sessions = session_factory
         self._quiet_for = quiet_for
         self._max_age = max_age
         self._triage_timeout = triage_timeout
         self._on_ready = on_ready
-        self._interval = poll_interval or min(1.0, quiet_for.total_seconds() / 4)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def recover(self) -> list[str]:
         """Re-queue studies interrupted by a crash and hand on every READY study."""
@@ -56,7 +59,8 @@ class StudyCompletionWatcher:
             self._on_ready(uid)
         return ready
 
-    def poll_once(self) -> list[str]:
+    def run_once(self) -> list[str]:
+        """Mark quiet studies READY (and re-queue stale triages); hand each on."""
         with self._sessions.begin() as session:
             studies = StudyRepository(session)
             ready = studies.mark_ready(self._quiet_for, max_age=self._max_age)
@@ -100,23 +104,3 @@ class StudyCompletionWatcher:
                 study_instance_uid=uid,
                 reason="triage interrupted: triaged again",
             )
-
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("the watcher is already running")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="study-completion", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.poll_once()
-            except Exception:
-                logger.exception("study completion poll failed; retrying")

@@ -16,21 +16,8 @@ from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 from pydicom import Dataset, dcmread
+from pydicom import uid as transfer_syntax
 from pydicom.encaps import generate_fragments
-from pydicom.uid import (
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 from sqlalchemy.orm import Session, sessionmaker
@@ -75,18 +62,18 @@ TRIAGEABLE_SOP_CLASSES: frozenset[str] = frozenset(
 
 #: Transfer syntaxes accepted for every storage SOP class (native and the common compressed).
 ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    RLELossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
+    transfer_syntax.ExplicitVRLittleEndian,
+    transfer_syntax.ImplicitVRLittleEndian,
+    transfer_syntax.DeflatedExplicitVRLittleEndian,
+    transfer_syntax.RLELossless,
+    transfer_syntax.JPEGBaseline8Bit,
+    transfer_syntax.JPEGExtended12Bit,
+    transfer_syntax.JPEGLossless,
+    transfer_syntax.JPEGLosslessSV1,
+    transfer_syntax.JPEGLSLossless,
+    transfer_syntax.JPEGLSNearLossless,
+    transfer_syntax.JPEG2000Lossless,
+    transfer_syntax.JPEG2000,
 )
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from config.settings import DriftSettings
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.models import utcnow
 from db.reports import RegionRate, latest_audit_of_types, not_assessed_rates, positive_rates
+from dicom_node.periodic import PeriodicWorker
 from flows.node.bundle_facts import BundleUnreadableError, read_bundle_facts
 
 logger = logging.getLogger(__name__)
@@ -185,21 +185,20 @@ def audit_changes(session: Session, report: DriftReport) -> list[RateCheck]:
     return changed
 
 
-class DriftMonitor:
+class DriftMonitor(PeriodicWorker):
     """Checks drift every ``drift.check_seconds`` in a thread; the last report is kept for
     the metrics endpoint."""
 
     def __init__(
         self, sessions: sessionmaker[Session], drift: DriftSettings, bundle_dir: Path
     ) -> None:
+        super().__init__("drift-check", drift.check_seconds, stop_timeout=30.0)
         self._sessions = sessions
         self._drift = drift
         self._bundle_dir = bundle_dir
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.last_report: DriftReport | None = None
 
-    def check_once(self) -> DriftReport:
+    def run_once(self) -> DriftReport:
         with self._sessions.begin() as session:
             report = drift_report(session, self._drift, self._bundle_dir)
             for check in audit_changes(session, report):
@@ -207,21 +206,3 @@ class DriftMonitor:
                 log("drift %s: %s", check.verdict, check.describe())
         self.last_report = report
         return report
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="drift-check", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.check_once()
-            except Exception:
-                logger.exception("drift check failed")  # the next check tries again
-            if self._stop.wait(self._drift.check_seconds):
-                return

@@ -28,6 +28,7 @@ from pydicom.uid import generate_uid
 from config.domain.findings import AlgorithmIdentity, ImageFinding, StudyFinding
 from config.domain.vocabulary import OutputKind
 from config.settings import Hl7Destination, OutputSettings, Settings
+from db.repositories import WrittenOutput
 from dicom_node.hl7.oru import build_oru_r01
 from dicom_node.outputs.instance import NewInstance
 from dicom_node.outputs.parametric_map import (
@@ -44,7 +45,6 @@ from dicom_node.outputs.sources import repaired_headers
 from dicom_node.outputs.sr import build_triage_sr
 from dicom_node.outputs.summary import build_summary_secondary_capture
 from dicom_node.store import write_durably
-from flows.triage.payloads import WrittenOutput
 from models.runtime.preprocessing import Geometry, display_image_from_dataset
 
 logger = logging.getLogger(__name__)

@@ -7,11 +7,10 @@ data, so Prefect's state (and its database) holds none either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from config.domain.findings import NotAssessed
-from config.domain.vocabulary import OutputKind
 from models.runtime.preprocessing import Geometry
 
 Box = tuple[int, int, int, int]  # (row_min, col_min, row_max, col_max), model-input pixels
@@ -101,27 +100,6 @@ class StudyViews:
     views: tuple[SourceView, ...]
     geometries: tuple[Geometry | None, ...]
     indices: tuple[int, ...]  # rows of PreprocessedBatch's tensor and FractureResults
-
-
-@dataclass(frozen=True)
-class WrittenOutput:
-    """A result object written to the output directory, to be recorded and delivered."""
-
-    kind: OutputKind
-    sop_instance_uid: str  # an HL7 message's key is a 2.25 UID too
-    path: str  # relative to the output directory
-    sop_class_uid: str | None = None  # None for HL7 messages
-    series_instance_uid: str | None = None
-    destinations: tuple[str, ...] = field(default=())
-
-
-@dataclass(frozen=True)
-class DeliveryCounts:
-    """One outbox pass over a run's deliveries."""
-
-    sent: int = 0
-    failed: int = 0
-    retrying: int = 0
 
 
 @dataclass(frozen=True)

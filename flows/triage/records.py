@@ -21,9 +21,15 @@ from config.domain.findings import AlgorithmIdentity, StudyFinding
 from config.domain.vocabulary import OutputKind
 from db.audit import AuditEventType, AuditLog, Outcome
 from db.models import RunStatus, StudyStatus
-from db.repositories import FailedAttempt, ImageResultRow, RunRepository, StudyRepository
+from db.repositories import (
+    FailedAttempt,
+    ImageResultRow,
+    RunRepository,
+    StudyRepository,
+    WrittenOutput,
+)
 from dicom_node.outputs.sr import device_observer_uid
-from flows.triage.payloads import SourceView, WrittenOutput
+from flows.triage.payloads import SourceView
 
 logger = logging.getLogger(__name__)
 
@@ -167,15 +173,7 @@ def record_outputs(
         runs, audit = RunRepository(session), AuditLog(session)
         run = runs.get(run_id)
         for output in outputs:
-            runs.add_output(
-                run,
-                kind=output.kind,
-                sop_class_uid=output.sop_class_uid,
-                sop_instance_uid=output.sop_instance_uid,
-                series_instance_uid=output.series_instance_uid,
-                path=output.path,
-                destinations=output.destinations,
-            )
+            runs.add_output(run, output)
             audit.record(
                 AuditEventType.OUTPUT_CREATED,
                 actor="triage",

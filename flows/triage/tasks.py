@@ -16,6 +16,8 @@ from pydicom import dcmread
 
 from config.domain.findings import StudyFinding
 from config.domain.intended_use import header_gate
+from db.repositories import WrittenOutput
+from dicom_node.delivery.outbox import OutboxPass
 from dicom_node.headers import header_facts
 from dicom_node.store import make_private_dirs
 from flows.runtime import current_runtime
@@ -23,7 +25,6 @@ from flows.triage import records
 from flows.triage.assemble import StudyRun, ViewPixels, assemble, read_headers
 from flows.triage.errors import shielded
 from flows.triage.payloads import (
-    DeliveryCounts,
     Explanations,
     HeaderScreen,
     PreprocessedBatch,
@@ -31,7 +32,6 @@ from flows.triage.payloads import (
     SourceView,
     StudyViews,
     UnreadableView,
-    WrittenOutput,
 )
 from models.runtime.preprocessing import preprocess_dicom_file
 
@@ -198,11 +198,10 @@ def build_outputs(
 
 @task(name="send")
 @shielded("send")
-def send_outputs(run_id: int) -> DeliveryCounts:
+def send_outputs(run_id: int) -> OutboxPass:
     """One outbox pass over the run's deliveries; what fails transiently stays queued.
 
     No task retries here: the outbox retries with backoff (and across restarts), so a
     PACS that is down for an hour does not hold the flow run open.
     """
-    result = current_runtime().outbox.send_due(run_id)
-    return DeliveryCounts(result.sent, result.failed, result.retrying)
+    return current_runtime().outbox.send_due(run_id)

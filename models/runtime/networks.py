@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from monai.networks.nets import DenseNet, DenseNet121, EfficientNetBN
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,16 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], str]] = {
 ARCHITECTURES: tuple[str, ...] = tuple(_REGISTRY)
 
 
+def _known_architecture(value: str) -> str:
+    if value not in _REGISTRY:
+        raise ValueError(f"unknown architecture {value!r}; choose one of {ARCHITECTURES}")
+    return value
+
+
+#: A field type that accepts only the names in :data:`ARCHITECTURES`.
+ArchitectureName = Annotated[str, AfterValidator(_known_architecture)]
+
+
 class NetworkSpec(BaseModel):
     """A network as data: registry name, number of outputs and builder keyword arguments.
 
@@ -80,16 +90,9 @@ class NetworkSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    architecture: str
+    architecture: ArchitectureName
     out_channels: int = Field(ge=1)
     kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("architecture")
-    @classmethod
-    def _known_architecture(cls, value: str) -> str:
-        if value not in _REGISTRY:
-            raise ValueError(f"unknown architecture {value!r}; choose one of {ARCHITECTURES}")
-        return value
 
 
 def build_network(spec: NetworkSpec) -> nn.Module:

@@ -134,7 +134,7 @@ def preprocess_dicom_file(path: str | Path, size: int) -> tuple[np.ndarray, Geom
     Returns
     -------
     tuple
-        ``(image (1, size, size) float32, Geometry)``.
+        What :func:`preprocess` returns for the file's display image.
 
     Raises
     ------

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models.runtime.networks import ARCHITECTURES
+from models.runtime.networks import ArchitectureName
 
 #: Intended use of a bundle trained on phantoms (the ``"phantom"`` preset, the demo bundle).
 INTENDED_USE = (
@@ -26,7 +26,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    architecture: str = Field(default="densenet121", description="One of ARCHITECTURES.")
+    architecture: ArchitectureName = Field(
+        default="densenet121", description="One of models.runtime.networks.ARCHITECTURES."
+    )
     image_size: int = Field(default=320, ge=32)
     batch_size: int = Field(default=16, ge=1)
     region_epochs: int = Field(default=8, ge=0)
@@ -91,13 +93,6 @@ class TrainConfig(BaseModel):
         description="Youngest patients the bundle assesses (intended use); None: any age. "
         "Adults by default: children's growth plates are not in the training data.",
     )
-
-    @field_validator("architecture")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {value!r}; choose one of {ARCHITECTURES}")
-        return value
 
     @field_validator("device")
     @classmethod

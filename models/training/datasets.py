@@ -344,6 +344,23 @@ def _box(row: Mapping[str, str], where: str) -> tuple[float, float, float, float
     return box  # type: ignore[return-value]
 
 
+def _labelled_record(
+    row: Mapping[str, str], where: str, file: Path, patient: str, study: str, region: str
+) -> ImageRecord:
+    """One labels row's record, its region, label and box checked (errors name ``where``)."""
+    if region not in REGION_CLASSES:
+        raise DatasetError(f"{where}: region {region!r} is not one of {REGION_CLASSES}")
+    return ImageRecord(
+        path=file,
+        patient_id=patient,
+        study_id=study,
+        region=region,
+        label=_label(row["label"], where),
+        box=_box(row, where),
+        split=row.get("split") or None,
+    )
+
+
 def load_csv(path: str | Path) -> list[ImageRecord]:
     """Records of a generic CSV layout (see the module docstring for the columns).
 
@@ -365,21 +382,9 @@ def load_csv(path: str | Path) -> list[ImageRecord]:
         file = file if file.is_absolute() else path.parent / file
         if not file.is_file():
             raise DatasetError(f"{where}: image {file} does not exist")
-        region = row["region"].lower()
-        if region not in REGION_CLASSES:
-            raise DatasetError(f"{where}: region {row['region']!r} is not one of {REGION_CLASSES}")
         patient = row.get("patient_id") or f"image:{row['path']}"
-        records.append(
-            ImageRecord(
-                path=file,
-                patient_id=patient,
-                study_id=row.get("study_id") or f"{patient}/{row['path']}",
-                region=region,
-                label=_label(row["label"], where),
-                box=_box(row, where),
-                split=row.get("split") or None,
-            )
-        )
+        study = row.get("study_id") or f"{patient}/{row['path']}"
+        records.append(_labelled_record(row, where, file, patient, study, row["region"].lower()))
     logger.info("CSV %s: %d images", path, len(records))
     return records
 
@@ -456,19 +461,9 @@ def load_dicom_folder(path: str | Path, labels_csv: str | Path | None = None) ->
             raise DatasetError(f"{where}: column 'label' is missing or empty")
         file, ds = folder.find(row, where)
         region = (row.get("region") or "").lower() or _body_part_region(ds, where)
-        if region not in REGION_CLASSES:
-            raise DatasetError(f"{where}: region {region!r} is not one of {REGION_CLASSES}")
-        records.append(
-            ImageRecord(
-                path=file,
-                patient_id=str(ds.get("PatientID", "")) or f"file:{file.name}",
-                study_id=str(ds.get("StudyInstanceUID", "")) or f"file:{file.name}",
-                region=region,
-                label=_label(row["label"], where),
-                box=_box(row, where),
-                split=row.get("split") or None,
-            )
-        )
+        patient = str(ds.get("PatientID", "")) or f"file:{file.name}"
+        study = str(ds.get("StudyInstanceUID", "")) or f"file:{file.name}"
+        records.append(_labelled_record(row, where, file, patient, study, region))
     logger.info("DICOM folder %s: %d labelled images", root, len(records))
     return records
 

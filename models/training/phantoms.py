@@ -487,7 +487,7 @@ def render_phantom(
         candidates = [i for i, b in enumerate(bones) if b.breakable and _inside(b)]
         candidates = candidates or [i for i, b in enumerate(bones) if b.breakable]
         broken = int(rng.choice(candidates))
-    image, box = _radiograph(canvas, bones, blobs, broken, rng)
+    image, box = _radiograph(canvas, (bones, blobs), broken, rng)
     return Phantom(_exposure(image, rng), region, bool(fracture), box, "L" if flip else "R")
 
 
@@ -502,19 +502,19 @@ def render_other_body_part(kind: str, rng: np.random.Generator, size: int = 256)
     if kind not in OTHER_BODY_PARTS:
         raise ValueError(f"unknown body part {kind!r}; expected one of {sorted(OTHER_BODY_PARTS)}")
     canvas = _Canvas(size)
-    bones, blobs = _transform(*OTHER_BODY_PARTS[kind](rng), rng, bool(rng.integers(0, 2)))
-    image, _box = _radiograph(canvas, bones, blobs, None, rng)
+    anatomy = _transform(*OTHER_BODY_PARTS[kind](rng), rng, bool(rng.integers(0, 2)))
+    image, _box = _radiograph(canvas, anatomy, None, rng)
     return _exposure(image, rng)
 
 
 def _radiograph(
     canvas: _Canvas,
-    bones: list[_Bone],
-    blobs: list[_Blob],
+    anatomy: tuple[list[_Bone], list[_Blob]],
     broken: int | None,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
     """Bones over soft tissue and a smooth background; the break's box if one is drawn."""
+    bones, blobs = anatomy
     density, box = _draw_bones(canvas, bones, blobs, broken, rng)
     tissue = _soft_tissue(canvas, bones, rng)
     background = rng.uniform(0.02, 0.08)

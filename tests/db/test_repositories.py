@@ -11,6 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
+from config.domain.vocabulary import OutputKind
 from db.audit import AuditEventType, AuditLog
 from db.migrate import alembic_config, current_revision, downgrade, upgrade
 from db.models import Base, DeliveryStatus, RunStatus, StudyStatus
@@ -21,6 +22,7 @@ from db.repositories import (
     RecordOutcome,
     RunRepository,
     StudyRepository,
+    WrittenOutput,
 )
 
 
@@ -134,12 +136,14 @@ def test_outputs_queue_deliveries_and_are_recognised(sessions: sessionmaker[Sess
         run = runs.start("1.2.3", model_name="m", model_version="1")
         runs.add_output(
             run,
-            kind="sr",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34",
-            sop_instance_uid="1.2.3.9.1",
-            series_instance_uid="1.2.3.9",
-            path="1.2.3/1.2.3.9/1.2.3.9.1.dcm",
-            destinations=["pacs", "archive"],
+            WrittenOutput(
+                kind=OutputKind.SR,
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34",
+                sop_instance_uid="1.2.3.9.1",
+                series_instance_uid="1.2.3.9",
+                path="1.2.3/1.2.3.9/1.2.3.9.1.dcm",
+                destinations=("pacs", "archive"),
+            ),
         )
     with sessions.begin() as session:
         runs = RunRepository(session)

@@ -19,12 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config import Destination, DicomWebDestination, Settings, load_settings
 from config.domain.findings import AlgorithmIdentity, StudyFinding
+from config.domain.vocabulary import OutputKind
 from config.settings import Hl7Destination
 from db.audit import AuditEventType, AuditLog
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from db.models import Delivery, DeliveryStatus
-from db.repositories import ReceivedInstance, RunRepository, StudyRepository
+from db.repositories import ReceivedInstance, RunRepository, StudyRepository, WrittenOutput
 from dicom_node.delivery.outbox import Backoff, Outbox, OutboxPass
 from dicom_node.hl7.oru import build_oru_r01
 from tests.dicom_node.conftest import DX_FOR_PRESENTATION, make_dx
@@ -69,13 +70,13 @@ def queue_output(settings: Settings, sessions: sessionmaker[Session], index: int
     relative = f"{STUDY}/{STUDY}.9/{sop_uid}.dcm"
     (settings.output_dir / relative).parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(settings.output_dir / relative, enforce_file_format=True)
-    record_output(sessions, "sc", ds.SOPClassUID, sop_uid, f"{STUDY}.9", relative)
+    record_output(sessions, OutputKind.ANNOTATED, ds.SOPClassUID, sop_uid, f"{STUDY}.9", relative)
     return sop_uid
 
 
 def record_output(
     sessions: sessionmaker[Session],
-    kind: str,
+    kind: OutputKind,
     sop_class_uid: str,
     sop_uid: str,
     series_uid: str,
@@ -102,12 +103,14 @@ def record_output(
         runs = RunRepository(session)
         runs.add_output(
             runs.start(STUDY, model_name="m", model_version="1"),
-            kind=kind,
-            sop_class_uid=sop_class_uid,
-            sop_instance_uid=sop_uid,
-            series_instance_uid=series_uid,
-            path=relative,
-            destinations=["pacs"],
+            WrittenOutput(
+                kind=kind,
+                sop_class_uid=sop_class_uid,
+                sop_instance_uid=sop_uid,
+                series_instance_uid=series_uid,
+                path=relative,
+                destinations=("pacs",),
+            ),
         )
 
 

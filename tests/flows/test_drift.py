@@ -113,19 +113,19 @@ def test_a_positive_rate_beyond_the_factor_is_drift_audited_once_then_cleared(
 ) -> None:
     monitor = DriftMonitor(sessions, DRIFT, bundle(tmp_path))
     add_studies(sessions, 5, LIKELY)
-    report = monitor.check_once()
+    report = monitor.run_once()
     (wrist,) = [c for c in report.checks if c.kind is RateKind.POSITIVE]
     assert wrist.verdict is Verdict.TOO_FEW and wrist.reference == pytest.approx(0.2)
 
     add_studies(sessions, 7, LIKELY)  # 12 of 12 flagged: five times the evaluation's 20%
-    report = monitor.check_once()
+    report = monitor.run_once()
     assert [c.key for c in report.drifting] == ["positive_rate:wrist"]
     assert "100% of 12 studies flagged positive" in report.warnings[0]
-    monitor.check_once()  # the same drift is not audited again
+    monitor.run_once()  # the same drift is not audited again
     assert drift_events(sessions) == ["drift_detected positive_rate:wrist"]
 
     add_studies(sessions, 40, NOT_SUSPECTED)  # 12 of 52: 23%, within a factor of 2
-    assert monitor.check_once().drifting == []
+    assert monitor.run_once().drifting == []
     assert drift_events(sessions) == [
         "drift_detected positive_rate:wrist",
         "drift_cleared positive_rate:wrist",
@@ -142,7 +142,7 @@ def test_not_assessed_views_over_the_ceiling_are_drift_and_show_in_metrics(
     monitor = DriftMonitor(sessions, DRIFT, bundle(tmp_path))
     add_studies(sessions, 6, NOT_SUSPECTED)
     add_studies(sessions, 6, None)  # half the wrist views not assessed
-    report = monitor.check_once()
+    report = monitor.run_once()
     (check,) = report.drifting
     assert check.kind is RateKind.NOT_ASSESSED and check.observed == pytest.approx(0.5)
     assert drift_events(sessions) == ["drift_detected not_assessed_rate:wrist"]
