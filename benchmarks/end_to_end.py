@@ -7,10 +7,8 @@ the audit database: the time from the study becoming ready to its SR being store
 Orthanc (the C-STORE success), p50 and p95; studies per hour; the node's peak
 resident memory. A second, profiled pass (cProfile on the triage thread, self time
 grouped by package) gives the share of triage time spent in Prefect and in the
-database against the models and the DICOM work. A third pass starts a node cold and
-sends it studies one at a time: the first study's time from ready to SR against the
-later ones' (the embedded node starts its Prefect server and loads the model before it
-listens, so the first study should not wait for either).
+database against the models and the DICOM work. The first study after a cold start
+is measured apart, against a real ``serve`` process: ``benchmarks.cold_start``.
 
     python -m benchmarks.end_to_end --studies 50 [--json var/bench/e2e.json]
 """
@@ -37,6 +35,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from benchmarks.common import machine_description, write_phantom_study
 from config import Destination, Settings, load_settings
@@ -154,10 +153,10 @@ def self_time_shares(profile: cProfile.Profile) -> dict[str, float]:
     }
 
 
-def study_timings(runtime: Runtime) -> list[dict[str, float]]:
+def study_timings(sessions: sessionmaker[Session]) -> list[dict[str, float]]:
     """Per study: seconds from ready to the SR stored in the PACS, and from last instance."""
     rows = []
-    with runtime.sessions() as session:
+    with sessions() as session:
         query = (
             select(
                 Study.ready_at, Study.last_received_at, Study.first_received_at, Delivery.sent_at
@@ -228,7 +227,7 @@ def run_pass(
             )
         deadline = time.monotonic() + 60 + 30 * len(studies)
         while True:
-            done = len(study_timings(runtime))
+            done = len(study_timings(runtime.sessions))
             progress.update(bar, completed=done)
             if done >= len(studies):
                 break
@@ -236,7 +235,7 @@ def run_pass(
                 raise TimeoutError(f"{done} of {len(studies)} SRs arrived")
             time.sleep(0.5)
     wall = time.monotonic() - started
-    timings = study_timings(runtime)
+    timings = study_timings(runtime.sessions)
     span = max(t["sent"] for t in timings) - min(t["first_received"] for t in timings)
     latencies = [t["ready_to_sr"] for t in timings]
     result: dict[str, object] = {
@@ -256,39 +255,10 @@ def run_pass(
     return result
 
 
-def cold_start_pass(orthanc: Orthanc, settings: Settings, studies: list[Path]) -> dict[str, float]:
-    """A node started cold, then one study at a time, each sent once the last SR arrived."""
-    for study in studies:
-        for path in sorted(study.glob("*.dcm")):
-            orthanc.upload(path)
-    runtime = Runtime.create(settings)
-    with TriageService(runtime):
-        for count, study in enumerate(studies, start=1):
-            orthanc.request(
-                "POST",
-                "/modalities/triage/store",
-                {"Resources": [orthanc.study_id(study.name)], "Synchronous": False},
-            )
-            deadline = time.monotonic() + 120
-            while len(study_timings(runtime)) < count:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the SR of study {count} did not arrive")
-                time.sleep(0.1)
-    ordered = sorted(study_timings(runtime), key=lambda timing: timing["sent"])
-    runtime.close()
-    first, later = ordered[0]["ready_to_sr"], [t["ready_to_sr"] for t in ordered[1:]]
-    return {
-        "first_study_ready_to_sr_s": round(first, 2),
-        "later_studies_ready_to_sr_p50_s": round(statistics.median(later), 2),
-        "first_to_later": round(first / statistics.median(later), 2),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=50)
     parser.add_argument("--profiled-studies", type=int, default=12)
-    parser.add_argument("--cold-studies", type=int, default=4, help="sent one at a time")
     parser.add_argument("--bundle", type=Path, default=None, help="default: train the demo")
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -308,9 +278,6 @@ def main() -> None:
             timed = run_pass(orthanc, settings, studies, False, "studies (timed)")
         with node_and_pacs(work / "profile", bundle, args.database_url) as (orthanc, settings):
             profile = run_pass(orthanc, settings, profiled, True, "studies (profiled)")
-        cold_studies = write_studies(work / "cold", max(2, args.cold_studies), seed=13)
-        with node_and_pacs(work / "cold", bundle, args.database_url) as (orthanc, settings):
-            cold = cold_start_pass(orthanc, settings, cold_studies)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     shares = profile["self_time_shares"]
     assert isinstance(shares, dict)
@@ -320,7 +287,6 @@ def main() -> None:
         "date": dt.date.today().isoformat(),
         "timed": timed,
         "profiled": profile,
-        "cold_start": cold,
         "node_peak_rss_mib": round(peak_mib),
         "prefect_and_db_share": round(overhead, 3),
         "goal_prefect_and_db_under_10_percent": overhead < 0.10,
@@ -334,8 +300,6 @@ def main() -> None:
     for key, value in shares.items():
         table.add_row(f"triage self time: {key}", str(value))
     table.add_row("Prefect + DB share (goal < 0.10)", str(report["prefect_and_db_share"]))
-    for key, value in cold.items():
-        table.add_row(f"cold start: {key}", str(value))
     console.print(table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

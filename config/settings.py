@@ -587,6 +587,11 @@ class Settings(BaseSettings):
         default=True,
         description="Prefect's flow-run heartbeat (crash detection); costs ~1 s a run.",
     )
+    warm_up_at_start: bool = Field(
+        default=True,
+        description="Embedded: triage one synthetic study in a throwaway database before "
+        "listening, so the first real study does not pay for first use (flows/node/warm_up.py).",
+    )
 
     # Operations
     log_level: LogLevel = Field(default="INFO", description="The node's own log records.")

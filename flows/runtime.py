@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom import Dataset
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,6 +19,7 @@ from config import Settings, load_settings
 from config.domain.findings import AlgorithmIdentity
 from config.domain.intended_use import IntendedUse
 from db.engine import engine_from_settings, make_session_factory
+from db.repositories import ReceivedInstance
 from dicom_node.delivery.outbox import Outbox
 from dicom_node.store import InstanceStore
 from models.runtime.bundle import load_bundle
@@ -73,6 +75,38 @@ class Runtime:
                     max_batch=self.settings.inference_max_batch,
                 )
             return self._model
+
+    def store_instance(
+        self, data: bytes | memoryview, header: Dataset, calling_ae_title: str, urgent: bool = False
+    ) -> ReceivedInstance:
+        """Write an encoded instance to the store durably, as the SCP would (no association);
+        the caller records what this returns in its own transaction."""
+        study, series, sop = (
+            str(header.StudyInstanceUID),
+            str(header.SeriesInstanceUID),
+            str(header.SOPInstanceUID),
+        )
+        stored = self.store.write(data, study, series, sop)
+        return ReceivedInstance(
+            study_instance_uid=study,
+            series_instance_uid=series,
+            sop_instance_uid=sop,
+            sop_class_uid=str(header.SOPClassUID),
+            transfer_syntax_uid=str(header.file_meta.TransferSyntaxUID),
+            modality=str(header.Modality),
+            triageable=True,
+            path=stored.relative_path,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            calling_ae_title=calling_ae_title,
+            urgent=urgent,
+        )
+
+    def share_model(self, other: Runtime) -> None:
+        """Use ``other``'s model, loaded once (a scratch runtime in the same process)."""
+        model = other.model()
+        with self._model_lock:
+            self._model = model
 
     def algorithm(self) -> AlgorithmIdentity:
         """The loaded model as the algorithm every result names."""

@@ -99,3 +99,18 @@ def test_peer_benchmark_runs_the_monai_deploy_app_and_the_node(tmp_path: Path) -
     assert set(report["bare_forward_seconds"][0]) == {"torchscript", "eager"}
     steps = report["profiles"]["node-default-outputs"]["ms_per_study"]
     assert steps["stage 2: fracture network"] > 0 and steps["outputs: build and write"] > 0
+
+
+def test_cold_start_benchmark_starts_serve_with_and_without_the_warm_up(
+    test_bundle: Path, tmp_path: Path
+) -> None:
+    require_binary("Orthanc", "orthanc")
+    out = tmp_path / "cold.json"
+    options = ("--bundle", str(test_bundle), "--studies", "2", "--rounds", "1")
+    _run("benchmarks.cold_start", *options, "--json", str(out), timeout=900)
+    results = json.loads(out.read_text())["results"]
+    assert [row["variant"] for row in results] == [
+        "warm-up at start (shipped)",
+        "no warm-up (reference)",
+    ]
+    assert all(row["first_to_later"] > 0 and row["start_to_ready_s"] > 0 for row in results)

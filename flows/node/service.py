@@ -21,6 +21,7 @@ from flows.node.startup import (
     port_taken,
     start_orchestration,
 )
+from flows.node.warm_up import warm_up
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
 from flows.triage.batch import retry_policy
@@ -65,8 +66,10 @@ class TriageService:
         check_database(runtime)
         check_folders(runtime)
         load_model(runtime)
-        install_runtime(runtime)
         start_orchestration(runtime)
+        if settings.warm_up_at_start and not settings.prefect_api_url:
+            warm_up(runtime)  # installs the node's runtime again when done
+        install_runtime(runtime)
         # Writes a crash cut short left their .part files: removed (and audited) first.
         sweep_partial_writes(
             runtime.sessions, {"store": settings.store_dir, "outputs": settings.output_dir}

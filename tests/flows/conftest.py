@@ -12,7 +12,7 @@ from pydicom import dcmread
 
 from config import Settings
 from db.models import StudyStatus
-from db.repositories import ReceivedInstance, StudyRepository
+from db.repositories import StudyRepository
 from flows.runtime import Runtime
 
 #: The version the upgraded copy of the demo bundle claims.
@@ -41,28 +41,10 @@ def store_study(runtime: Runtime, study_dir: Path, *, urgent: bool = False) -> s
     with runtime.sessions.begin() as session:
         studies = StudyRepository(session)
         for path in sorted(study_dir.glob("*.dcm")):
-            data = path.read_bytes()
             header = dcmread(path, stop_before_pixels=True)
             uid = str(header.StudyInstanceUID)
-            stored = runtime.store.write(
-                data, uid, str(header.SeriesInstanceUID), str(header.SOPInstanceUID)
-            )
-            studies.record_instance(
-                ReceivedInstance(
-                    study_instance_uid=uid,
-                    series_instance_uid=str(header.SeriesInstanceUID),
-                    sop_instance_uid=str(header.SOPInstanceUID),
-                    sop_class_uid=str(header.SOPClassUID),
-                    transfer_syntax_uid=str(header.file_meta.TransferSyntaxUID),
-                    modality=str(header.Modality),
-                    triageable=True,
-                    path=stored.relative_path,
-                    size_bytes=stored.size_bytes,
-                    sha256=stored.sha256,
-                    calling_ae_title="MODALITY",
-                    urgent=urgent,
-                )
-            )
+            received = runtime.store_instance(path.read_bytes(), header, "MODALITY", urgent)
+            studies.record_instance(received)
         studies.set_status(uid, StudyStatus.READY)
     return uid
 

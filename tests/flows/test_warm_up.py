@@ -1,0 +1,57 @@
+"""The embedded node's warm-up: a synthetic study through the real flow, nothing left behind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import func, select
+
+from config import Settings
+from db.migrate import upgrade
+from db.models import AuditEvent, Study
+from flows.node.warm_up import warm_up
+from flows.runtime import Runtime, current_runtime, install_runtime
+from flows.triage.payloads import TriageStatus
+
+
+def counts(runtime: Runtime) -> tuple[int, int]:
+    with runtime.sessions() as session:
+        studies = session.scalar(select(func.count()).select_from(Study))
+        events = session.scalar(select(func.count()).select_from(AuditEvent))
+    return int(studies or 0), int(events or 0)
+
+
+def test_warm_up_triages_a_phantom_study_and_leaves_the_node_untouched(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    runtime = Runtime.create(settings)
+    upgrade(runtime.engine)
+    install_runtime(runtime)
+    try:
+        done = warm_up(runtime)
+        assert done is not None
+        assert done.status is TriageStatus.TRIAGED and done.outputs >= 1
+        assert done.undelivered == 0  # the loopback sink took every object
+        assert current_runtime() is runtime  # the node's runtime is back
+        assert counts(runtime) == (0, 0)  # no study, no audit event in the node's database
+        assert not any(settings.store_dir.rglob("*.dcm"))
+        assert not any(settings.output_dir.rglob("*.dcm"))
+    finally:
+        install_runtime(None)
+        runtime.close()
+
+
+def test_a_failed_warm_up_is_logged_and_the_node_starts_anyway(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture, tmp_path
+) -> None:
+    runtime = Runtime.create(make_settings(model_bundle_dir=tmp_path / "no-bundle"))
+    install_runtime(runtime)
+    try:
+        assert warm_up(runtime) is None
+        assert current_runtime() is runtime
+        assert "warm-up failed" in caplog.text
+    finally:
+        install_runtime(None)
+        runtime.close()
