@@ -5,7 +5,6 @@ Offline tooling: no node, no database; logs go to the console as the settings sa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -151,13 +150,15 @@ def train(
 
 def _test_split(bundle: Path, data: Path, records: list[ImageRecord]) -> list[ImageRecord]:
     """The records of the patients the bundle's training held out."""
-    splits_file = bundle / "training" / "splits.json"
-    if not splits_file.is_file():
+    from models.training.train import SPLITS_FILE, read_splits
+
+    splits = read_splits(bundle)
+    if splits is None:
         fail(
-            f"no {splits_file}: the bundle does not record its training split; "
+            f"no {bundle / SPLITS_FILE}: the bundle does not record its training split; "
             "pass --split all with data it was not trained on"
         )
-    held_out = set(json.loads(splits_file.read_text())["test"])
+    held_out = splits.get("test", set())
     records = [r for r in records if r.patient_id in held_out]
     if not records:
         fail(f"no image of {data} is in the bundle's test split")
@@ -177,24 +178,35 @@ def evaluate(
         ),
     ] = "test",
     occlusion: Annotated[bool, typer.Option(help="Add occlusion sensitivity.")] = False,
+    write_card: Annotated[
+        bool,
+        typer.Option(
+            help="Also write the figures into the bundle's model card (refused unless every "
+            "patient evaluated was held out of its training and validation)."
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Evaluate a bundle: AUROC with CI, operating points, kappa, calibration, ROC, report."""
     settings_for(config)
-    from models.training.evaluation import evaluate_bundle
+    from models.training.evaluation import CardRefusedError, evaluate_bundle
 
     if split not in ("test", "all"):
         fail(f"unknown split {split!r}; choose test or all")
     records = _load_data(data, layout, labels)
     if split == "test":
         records = _test_split(bundle, data, records)
-    result = evaluate_bundle(
-        bundle,
-        records,
-        out,
-        data_description=f"{layout} data set {data.name}, {split} split",
-        occlusion=occlusion,
-    )
+    try:
+        result = evaluate_bundle(
+            bundle,
+            records,
+            out,
+            data_description=f"{layout} data set {data.name}, {split} split",
+            occlusion=occlusion,
+            write_into_bundle=write_card,
+        )
+    except CardRefusedError as error:
+        fail(str(error))
     overall = result.metrics.get("overall", {})
     console.print(
         f"AUROC {overall.get('auroc')} (95% CI {overall.get('auroc_ci')}), region accuracy "

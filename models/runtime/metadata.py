@@ -220,6 +220,50 @@ def pixel_gate_lines(figures: dict[str, Any]) -> list[str]:
     return lines
 
 
+def end_to_end_lines(figures: dict[str, Any]) -> list[str]:
+    """The end-to-end evaluation as Markdown: what the node would say, study by study."""
+    lines = [
+        "Each study decided as the node decides it: stage 1's region for each view (or the "
+        "pixel gate's 'not assessed'), then that region's network; a positive study not "
+        "assessed, or assessed under another region (misrouted), counts as a miss. "
+        f"{figures['studies']} studies, {figures['positives']} positive; "
+        f"{figures['not_assessed']} not assessed, {figures['misrouted']} misrouted.",
+        "",
+        "| operating point | sensitivity | specificity | kappa | tp / fp / tn / fn |",
+        "|---|---|---|---|---|",
+    ]
+    for point in ("suspected", "likely"):
+        if f"confusion_{point}" in figures:
+            counts = figures[f"confusion_{point}"]
+            lines.append(
+                f"| {point} | {figures[f'sensitivity_{point}']} | "
+                f"{figures[f'specificity_{point}']} | {figures[f'kappa_{point}']} | "
+                f"{counts['tp']} / {counts['fp']} / {counts['tn']} / {counts['fn']} |"
+            )
+    return lines
+
+
+def localisation_lines(figures: dict[str, Any]) -> list[str]:
+    """Box localisation as Markdown, beside what boxes of the same size would hit anyway."""
+    lines = [
+        f"Of the {figures['gradcam_detected_positives_with_box']} detected positive images "
+        "with a known break box, the share whose hottest box contains the centre of the "
+        "break, beside boxes of Grad-CAM's size at the image centre and placed at random "
+        "(what a box hits without looking):",
+        "",
+    ]
+    rows = (
+        ("Grad-CAM (what the node draws)", "gradcam_box_hit_rate"),
+        ("Grad-CAM++", "gradcampp_box_hit_rate"),
+        ("occlusion sensitivity (second opinion)", "occlusion_box_hit_rate"),
+        ("baseline: the same size at the centre", "centre_box_hit_rate"),
+        ("baseline: the same size at random (expected)", "random_box_hit_rate"),
+        ("Grad-CAM's box, mean IoU with the true box", "gradcam_box_iou_mean"),
+    )
+    lines += [f"- {name}: {figures[key]}" for name, key in rows if key in figures]
+    return lines
+
+
 def _metric_lines(metrics: dict[str, Any]) -> str:
     lines = []
     for key, value in metrics.items():
@@ -234,11 +278,15 @@ def _evaluation_section(metadata: BundleMetadata) -> str:
     figures = metadata.metrics.get("figures") or {}
     if not evaluation and not figures:
         return ""
-    parts = ["\n## Evaluation\n"]
+    parts = ["\n## Evaluation (held out of training and validation)\n"]
     if isinstance(evaluation, dict):
         overall = evaluation.get("overall", {})
         parts.append(f"Data: {evaluation.get('data', 'not recorded')}\n")
         if overall:
+            parts.append(
+                "### Stage 2 given the true region (each study scored by its own region's "
+                "network)\n"
+            )
             parts.append(
                 "| scope | studies | AUROC (95% CI) | sens@suspected | spec@suspected "
                 "| sens@likely | spec@likely | kappa@suspected | kappa@0.5 | ECE |"
@@ -253,14 +301,15 @@ def _evaluation_section(metadata: BundleMetadata) -> str:
                     f"{row.get('kappa_at_0_5')} | {row.get('ece')} |"
                 )
             parts.append("")
-        for key in (
-            "region_accuracy",
-            "gradcam_box_hit_rate",
-            "gradcampp_box_hit_rate",
-            "occlusion_box_hit_rate",
-        ):
-            if key in evaluation:
-                parts.append(f"- {key}: {evaluation[key]}")
+        if "region_accuracy" in evaluation:
+            parts.append(
+                f"### Stage 1 (region, image level)\n\nAccuracy {evaluation['region_accuracy']}"
+                f", kappa {evaluation.get('region_kappa')}.\n"
+            )
+        if isinstance(evaluation.get("end_to_end"), dict):
+            parts += ["### End to end", "", *end_to_end_lines(evaluation["end_to_end"]), ""]
+        if "gradcam_detected_positives_with_box" in evaluation:
+            parts += ["### Localisation", "", *localisation_lines(evaluation), ""]
         if isinstance(evaluation.get("pixel_gate"), dict):
             parts += ["", "### Pixel gate", "", *pixel_gate_lines(evaluation["pixel_gate"])]
     for name, file in figures.items():
@@ -318,7 +367,7 @@ def model_card(metadata: BundleMetadata) -> str:
 |---|---|---|
 {thresholds}
 
-## Held-out metrics
+## Training (figures on the validation split, where thresholds and temperatures were fitted)
 
 {metrics}
 {_evaluation_section(metadata)}

@@ -138,6 +138,7 @@ def train_demo_bundle(
                 f"held-out synthetic phantoms (test split by patient, "
                 f"{len(splits['test'])} images with break boxes)"
             ),
+            write_into_bundle=True,  # the test split: held out of training (checked)
             progress=progress,
             seed=seed,
             out_of_distribution=out_of_distribution_set(seed=seed),

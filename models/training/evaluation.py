@@ -4,7 +4,8 @@
 bundle's calibration temperatures and operating points) over labelled records and reports,
 per region and overall:
 
-- **AUROC** with a percentile bootstrap 95% confidence interval (studies resampled);
+- **AUROC** with a percentile bootstrap 95% confidence interval (patients resampled, each
+  with all their studies);
 - **sensitivity and specificity** at both operating points (``suspected`` = high
   sensitivity, ``likely`` = high specificity), with their confusion matrices;
 - **Cohen's kappa** (MURA's metric) at both operating points;
@@ -12,14 +13,20 @@ per region and overall:
 - stage-1 **region accuracy** and its confusion matrix over the 8 region classes;
 - **Grad-CAM and Grad-CAM++ localisation** where fracture boxes are known (phantoms,
   FracAtlas): the share of detected positive images (probability at or above the
-  ``suspected`` point) whose hottest box contains the centre of the true break;
+  ``suspected`` point) whose hottest box contains the centre of the true break, beside
+  what a box of the same size would hit at the image centre and placed at random, and
+  the mean IoU of Grad-CAM's box with the true one;
+- **end to end** (:mod:`models.training.end_to_end`): every study decided as the node
+  decides it, with the regions stage 1 predicted; a misrouted or not-assessed positive
+  study is a miss;
 - optionally **occlusion sensitivity** (``monai.visualize.OcclusionSensitivity``) as a
   second opinion: how often its most sensitive area falls in the same box.
 
 Fracture metrics are study-level: a study's probability is the bundle's aggregation
 (mean by default) of its images' probabilities from the network of the study's *true*
 region, so each region's numbers describe that region's fracture model; stage 1 is
-measured separately by the region accuracy. Figures (ROC curves, reliability diagram)
+measured separately by the region accuracy, and the two together by the end-to-end
+figures. Figures (ROC curves, reliability diagram)
 are PNGs drawn with matplotlib; a Markdown report, ``metrics.json`` and the figures go
 to the report folder, and the metrics and figures into the bundle (metadata ``metrics``
 and ``docs/``), so its model card shows them.
@@ -43,16 +50,20 @@ import torch
 from monai.visualize import OcclusionSensitivity
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
+from config.domain.decision import ViewResult
+from config.domain.findings import Gate, NotAssessed
 from models.runtime.bundle import MODEL_CARD_FILE, load_bundle, update_metadata
 from models.runtime.gradcam import CAM_METHODS, hottest_box
 from models.runtime.inference import HierarchicalModel, RegionCall
 from models.runtime.preprocessing import preprocess
 from models.training.datasets import ImageRecord, load_display_image
+from models.training.end_to_end import decide_studies, end_to_end_metrics
 from models.training.metrics import binary_metrics, cohen_kappa, roc_curve
 from models.training.ood_set import OodImage, gate_figures, out_of_distribution_figures
 from models.training.operating_points import study_scores
 from models.training.progress import progress_bar
 from models.training.report import evaluation_report, plot_reliability, plot_roc
+from models.training.train import SPLITS_FILE, read_splits
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +90,68 @@ class Evaluation:
     figures: dict[str, Path]
 
 
+class CardRefusedError(ValueError):
+    """The evaluation's figures may not go into the bundle's model card (the reason says why)."""
+
+
+def refuse_seen_patients(bundle_dir: Path, records: Sequence[ImageRecord]) -> None:
+    """Raise :class:`CardRefusedError` unless every record's patient was held out of the
+    bundle's training and validation (figures on them would overstate the model)."""
+    splits = read_splits(bundle_dir)
+    if splits is None:
+        raise CardRefusedError(
+            f"{bundle_dir} does not record its training split ({SPLITS_FILE}): the figures "
+            "cannot be shown to be held out, so they do not go into its model card"
+        )
+    seen = splits.get("train", set()) | splits.get("val", set())
+    patients = {record.patient_id for record in records}
+    overlap = len(patients & seen)
+    if overlap:
+        raise CardRefusedError(
+            f"{overlap} of the {len(patients)} patients evaluated are in the bundle's training "
+            "or validation split: figures on them would overstate the model and do not go "
+            "into its model card (evaluate the test split, or leave out --write-card)"
+        )
+
+
 def box_contains(box: Sequence[float], target: Sequence[float]) -> bool:
     """Whether the centre of ``target`` lies inside ``box`` (both row/col min/max)."""
     row = (target[0] + target[2]) / 2.0
     col = (target[1] + target[3]) / 2.0
     return box[0] <= row <= box[2] and box[1] <= col <= box[3]
+
+
+def box_iou(box: Sequence[float], target: Sequence[float]) -> float:
+    """Intersection over union of two (row min, col min, row max, col max) boxes."""
+    rows = max(0.0, min(box[2], target[2]) - max(box[0], target[0]))
+    cols = max(0.0, min(box[3], target[3]) - max(box[1], target[1]))
+    inter = rows * cols
+    area = (box[2] - box[0]) * (box[3] - box[1]) + (target[2] - target[0]) * (target[3] - target[1])
+    return inter / (area - inter) if area - inter > 0 else 0.0
+
+
+def centred_like(box: Sequence[float], size: int) -> tuple[float, float, float, float]:
+    """A box of ``box``'s height and width at the centre of a ``size`` square image."""
+    height, width = box[2] - box[0], box[3] - box[1]
+    top, left = (size - height) / 2.0, (size - width) / 2.0
+    return (top, left, top + height, left + width)
+
+
+def random_hit_chance(box: Sequence[float], target: Sequence[float], size: int) -> float:
+    """The chance that a box of ``box``'s size, placed uniformly at random (whole pixels,
+    inside a ``size`` square image), contains the centre of ``target``: the baseline a
+    localisation hit rate has to beat."""
+    chance = 1.0
+    for low, high, centre in (
+        (box[0], box[2], (target[0] + target[2]) / 2.0),
+        (box[1], box[3], (target[1] + target[3]) / 2.0),
+    ):
+        extent = high - low
+        positions = int(size - extent) + 1  # where the box's start may be
+        first, last = max(0.0, centre - extent), min(size - extent, centre)
+        covering = max(0, int(np.floor(last)) - int(np.ceil(first)) + 1)
+        chance *= covering / positions if positions > 0 else 1.0
+    return chance
 
 
 def _occlusion_box(model: HierarchicalModel, region: str, image: torch.Tensor) -> tuple[int, ...]:
@@ -117,7 +185,7 @@ def evaluate_bundle(
     *,
     data_description: str = "",
     occlusion: bool = False,
-    write_into_bundle: bool = True,
+    write_into_bundle: bool = False,
     progress: bool = True,
     seed: int = 0,
     out_of_distribution: Sequence[OodImage] = (),
@@ -138,7 +206,9 @@ def evaluate_bundle(
     occlusion
         Also run occlusion sensitivity on the detected positives with a known box.
     write_into_bundle
-        Store the metrics in the bundle's metadata and the figures in its ``docs/``.
+        Store the metrics in the bundle's metadata and the figures in its ``docs/`` (the
+        model card). Refused when any record's patient is in the bundle's training or
+        validation split, or the bundle does not record its splits.
     progress
         Show a rich progress bar.
     seed
@@ -156,10 +226,14 @@ def evaluate_bundle(
     ------
     ValueError
         If ``records`` is empty.
+    CardRefusedError
+        If ``write_into_bundle`` and the records are not held out from the bundle's training.
     """
     if not records:
         raise ValueError("no records to evaluate")
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
+    if write_into_bundle:
+        refuse_seen_patients(bundle_dir, records)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_bundle(bundle_dir)
     tally = _Tally.of(model, records, occlusion, progress)
@@ -192,9 +266,15 @@ class _Tally:
     detected: int = 0
     hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAM_METHODS, 0))
     occlusion_hits: int = 0
+    # Grad-CAM's boxes against baselines of the same size: centred, and placed at random.
+    centre_hits: int = 0
+    random_hit_chances: float = 0.0
+    iou_sum: float = 0.0
     # The pixel gate on the records of the bundle's regions, and on the 'unsupported' ones.
     gate_in_distribution: list[RegionCall] = field(default_factory=list)
     gate_unsupported: list[RegionCall] = field(default_factory=list)
+    # Each supported record as the node would see it (stage 1's region, not the true one).
+    end_to_end: list[tuple[ImageRecord, ViewResult]] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -227,6 +307,7 @@ class _Tally:
         assert probability is not None
         self.fracture_records.append(record)
         self.fracture_probabilities.append(probability)
+        self.end_to_end.append((record, _node_view(model, batch, record, call, probability)))
         suspected, _ = model.thresholds_for(record.region)
         if not (record.label and record.box is not None and probability >= suspected):
             return
@@ -235,6 +316,10 @@ class _Tally:
         for method in CAM_METHODS:
             _cam, box = model.explain(batch, [record.region], method)[0]
             self.hits[method] += bool(box is not None and box_contains(box, target))
+            if method == "gradcam" and box is not None:
+                self.centre_hits += box_contains(centred_like(box, model.image_size), target)
+                self.random_hit_chances += random_hit_chance(box, target, model.image_size)
+                self.iou_sum += box_iou(box, target)
         if occlusion:
             box = _occlusion_box(model, record.region, torch.as_tensor(image))
             self.occlusion_hits += box_contains(box, target)
@@ -267,10 +352,43 @@ class _Tally:
         for method in CAM_METHODS:
             rate = round(self.hits[method] / detected, 4) if detected else None
             metrics[f"{method}_box_hit_rate"] = rate
+        baselines = {
+            "centre_box_hit_rate": self.centre_hits,
+            "random_box_hit_rate": self.random_hit_chances,
+            "gradcam_box_iou_mean": self.iou_sum,
+        }
+        for key, total in baselines.items():
+            metrics[key] = round(total / detected, 4) if detected else None
         if occlusion:
             rate = round(self.occlusion_hits / detected, 4) if detected else None
             metrics["occlusion_box_hit_rate"] = rate
         return metrics
+
+
+def _node_view(
+    model: HierarchicalModel,
+    batch: torch.Tensor,
+    record: ImageRecord,
+    call: RegionCall,
+    true_region_probability: float,
+) -> ViewResult:
+    """The view as the node's decision sees it: stage 1's region (or the gate's reason)
+    and the fracture probability of that region's network."""
+    uid = str(record.path)
+    if call.region is None:
+        reason = NotAssessed(Gate.PIXELS, call.reason or "stage 1 named no region")
+        return ViewResult(uid, region_probability=call.probability, not_assessed=reason)
+    probability = (
+        true_region_probability
+        if call.region == record.region
+        else model.classify_fractures(batch, [call.region])[0]
+    )
+    return ViewResult(
+        uid,
+        region=call.region,
+        region_probability=call.probability,
+        fracture_probability=probability,
+    )
 
 
 @dataclass(frozen=True)
@@ -280,13 +398,20 @@ class _Studies:
     labels: np.ndarray
     scores: np.ndarray
     regions: np.ndarray
+    patients: np.ndarray
 
     @classmethod
     def of(cls, tally: _Tally, aggregation: str) -> _Studies:
         records, probabilities = tally.fracture_records, tally.fracture_probabilities
         studies, scores, labels = study_scores(records, np.asarray(probabilities), aggregation)
         region_of = {record.study_id: record.region for record in records}
-        return cls(labels, scores, np.asarray([region_of[s] for s in studies]))
+        patient_of = {record.study_id: record.patient_id for record in records}
+        return cls(
+            labels,
+            scores,
+            np.asarray([region_of[s] for s in studies]),
+            np.asarray([patient_of[s] for s in studies]),
+        )
 
 
 def _fracture_metrics(
@@ -306,7 +431,7 @@ def _fracture_metrics(
             scopes[region] = (mask, *model.thresholds_for(region))
     for scope, (mask, suspected, likely) in scopes.items():
         labels, scores = studies.labels[mask], studies.scores[mask]
-        row = binary_metrics(labels, scores, suspected, likely, seed)
+        row = binary_metrics(labels, scores, suspected, likely, seed, studies.patients[mask])
         if scope == "overall":
             metrics["overall"] = row
         else:
@@ -329,6 +454,9 @@ def _metrics(
         **tally.region_metrics(),
         "aggregation": aggregation,
         **fracture,
+        "end_to_end": end_to_end_metrics(
+            decide_studies(tally.end_to_end, model.metadata.thresholds, aggregation)
+        ),
         **tally.localisation_metrics(occlusion),
     }
     return metrics, curves, studies

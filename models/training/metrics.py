@@ -56,17 +56,26 @@ def bootstrap_auroc_ci(
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the AUROC (resamples with one class skipped).
 
-    Returns ``(nan, nan)`` when fewer than 10 resamples have both classes.
+    ``groups`` (the patient of each study): whole groups are resampled, each with all its
+    studies, because one patient's studies are not independent of each other. Without
+    it every study is a group of its own. Returns ``(nan, nan)`` when fewer than 10
+    resamples have both classes.
     """
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
+    if groups is None:
+        groups = np.arange(len(labels))
+    _, group_of = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(group_of == g) for g in range(int(group_of.max()) + 1)]
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(resamples):
-        index = rng.integers(0, len(labels), len(labels))
+        picks = rng.integers(0, len(members), len(members))
+        index = np.concatenate([members[p] for p in picks])
         sample = labels[index]
         if sample.all() or not sample.any():
             continue
@@ -150,13 +159,19 @@ def operating_point_metrics(
     ``thresholds`` is one value, or one per study (each study against its own region's
     point, as the node decides); the latter is reported as ``"per region"``.
     """
-    labels = np.asarray(labels).astype(int)
     predicted = (np.asarray(scores, dtype=np.float64) >= thresholds).astype(int)
+    single = np.ndim(thresholds) == 0
+    threshold = round(float(thresholds), 4) if single else "per region"
+    return {f"threshold_{name}": threshold} | decision_metrics(labels, predicted, name)
+
+
+def decision_metrics(labels: np.ndarray, predicted: np.ndarray, name: str) -> dict[str, Any]:
+    """Sensitivity, specificity, kappa and confusion counts of yes/no decisions."""
+    labels = np.asarray(labels).astype(int)
+    predicted = np.asarray(predicted).astype(int)
     matrix = confusion(labels, predicted)
     positives, negatives = matrix["tp"] + matrix["fn"], matrix["tn"] + matrix["fp"]
-    single = np.ndim(thresholds) == 0
     return {
-        f"threshold_{name}": round(float(thresholds), 4) if single else "per region",
         f"sensitivity_{name}": round(matrix["tp"] / positives, 4) if positives else None,
         f"specificity_{name}": round(matrix["tn"] / negatives, 4) if negatives else None,
         f"kappa_{name}": round(cohen_kappa(labels, predicted), 4),
@@ -170,8 +185,10 @@ def binary_metrics(
     suspected: float | np.ndarray,
     likely: float | np.ndarray,
     seed: int = 0,
+    patients: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """AUROC (+CI), sensitivity/specificity/kappa/confusion at both points, ECE, counts."""
+    """AUROC (+CI, resampling ``patients`` when given), sensitivity/specificity/kappa/confusion
+    at both points, ECE, counts."""
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
     result: dict[str, Any] = {
@@ -180,7 +197,7 @@ def binary_metrics(
         "ece": round(expected_calibration_error(labels, scores), 4),
     }
     if 0 < labels.sum() < labels.size:
-        low, high = bootstrap_auroc_ci(labels, scores, seed=seed)
+        low, high = bootstrap_auroc_ci(labels, scores, seed=seed, groups=patients)
         result["auroc"] = round(auroc(labels, scores), 4)
         result["auroc_ci"] = [round(low, 4), round(high, 4)]
     else:

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from models.runtime.metadata import pixel_gate_lines
+from models.runtime.metadata import end_to_end_lines, localisation_lines, pixel_gate_lines
 from models.training.metrics import expected_calibration_error, reliability_bins
 
 #: Columns of the study-level table, in order, and the key of each in a metrics row.
@@ -86,7 +86,7 @@ def _fmt(value: Any) -> str:
 def _fracture_section(metrics: dict[str, Any]) -> list[str]:
     header = " | ".join(title for title, _ in _TABLE_COLUMNS)
     lines = [
-        "## Fracture (study level)",
+        "## Stage 2 given the true region (study level)",
         "",
         f"| scope | {header} |",
         "|---" * (len(_TABLE_COLUMNS) + 1) + "|",
@@ -121,23 +121,6 @@ def _region_section(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _explanation_section(metrics: dict[str, Any]) -> list[str]:
-    lines = [
-        "## Explanations",
-        "",
-        f"Share of the {metrics['gradcam_detected_positives_with_box']} detected positive "
-        "images with a known box whose hottest box contains the centre of the true break:",
-        "",
-        f"- Grad-CAM (what the node writes): {_fmt(metrics['gradcam_box_hit_rate'])}",
-        f"- Grad-CAM++: {_fmt(metrics['gradcampp_box_hit_rate'])}",
-    ]
-    if "occlusion_box_hit_rate" in metrics:
-        lines.append(
-            f"- Occlusion sensitivity (second opinion): {_fmt(metrics['occlusion_box_hit_rate'])}"
-        )
-    return lines
-
-
 def evaluation_report(
     name: str, version: str, metrics: dict[str, Any], figures: dict[str, Path]
 ) -> str:
@@ -152,7 +135,13 @@ def evaluation_report(
         "",
         *_region_section(metrics),
         "",
-        *_explanation_section(metrics),
+        "## End to end (what the node would say)",
+        "",
+        *end_to_end_lines(metrics["end_to_end"]),
+        "",
+        "## Localisation",
+        "",
+        *localisation_lines(metrics),
         "",
     ]
     if "pixel_gate" in metrics:

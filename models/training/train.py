@@ -65,6 +65,10 @@ logger = logging.getLogger(__name__)
 _UNSUPPORTED_VAL_SHARE = 0.2
 
 
+#: Where a bundle records its patients per split (train, val, test), relative to it.
+SPLITS_FILE = Path("training") / "splits.json"
+
+
 # Long: a public entry point; its numpy-style docstring is two thirds of it.
 def train(
     config: TrainConfig,
@@ -168,8 +172,16 @@ def _split(
         raise ValueError(f"no training images for regions {missing}")
     patients = {name: sorted({r.patient_id for r in split}) for name, split in splits.items()}
     work.mkdir(parents=True, exist_ok=True)
-    (work / "splits.json").write_text(json.dumps(patients, indent=1))
+    (work / SPLITS_FILE.name).write_text(json.dumps(patients, indent=1))
     return splits, synthetic_unsupported
+
+
+def read_splits(bundle_dir: Path) -> dict[str, set[str]] | None:
+    """The patients of each split the bundle was trained with; None when not recorded."""
+    path = bundle_dir / SPLITS_FILE
+    if not path.is_file():
+        return None
+    return {name: set(patients) for name, patients in json.loads(path.read_text()).items()}
 
 
 def _cached(records: Sequence[ImageRecord], transforms: Compose, config: TrainConfig) -> Any:

@@ -78,7 +78,7 @@ def test_phantom_preset_train_then_evaluate_meets_the_bars(
     source = ["--data", str(data / "labels.csv"), "--layout", "csv"]
     for command in (
         ["train", "--preset", "phantom", *source, "--out", str(bundle)],
-        ["evaluate", "--bundle", str(bundle), *source, "--out", str(report)],
+        ["evaluate", "--bundle", str(bundle), *source, "--out", str(report), "--write-card"],
     ):
         result = runner.invoke(app, command)
         assert result.exit_code == 0, result.output
@@ -170,32 +170,26 @@ def test_mura_preset_trains_on_the_mura_layout_with_the_chosen_operating_points(
 
 
 @pytest.mark.slow
-def test_evaluate_command_writes_report_into_a_loadable_bundle(
+def test_evaluate_command_leaves_the_card_alone_unless_asked_and_never_for_seen_patients(
     demo_bundle: Path, tmp_path: Path
 ) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(demo_bundle, bundle)
+    card = (bundle / "docs" / "README.md").read_text()
     data = tmp_path / "data"
     runner.invoke(app, ["make-phantom-dataset", "--layout", "csv", "--out", str(data)])
-    result = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--bundle",
-            str(bundle),
-            "--data",
-            str(data / "labels.csv"),
-            "--layout",
-            "csv",
-            "--split",
-            "all",
-            "--out",
-            str(tmp_path / "report"),
-        ],
-    )
+    evaluate = ["evaluate", "--bundle", str(bundle), "--data", str(data / "labels.csv")]
+    evaluate += ["--layout", "csv", "--split", "all", "--out", str(tmp_path / "report")]
+    result = runner.invoke(app, evaluate)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "report" / "report.md").is_file()
     assert (tmp_path / "report" / "roc.png").is_file()
-    model = load_bundle(bundle)
-    assert model.metadata.metrics["evaluation"]["region_accuracy"] >= 0.9
-    assert "## Evaluation" in (bundle / "docs" / "README.md").read_text()
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["region_accuracy"] >= 0.9
+    assert (bundle / "docs" / "README.md").read_text() == card  # not asked: not written
+    # The phantom data set's patient IDs are the ones the demo bundle was trained on.
+    result = runner.invoke(app, [*evaluate, "--write-card"])
+    assert result.exit_code == 2
+    assert "training or validation split" in result.output.replace("\n", " ")
+    assert (bundle / "docs" / "README.md").read_text() == card
+    assert load_bundle(bundle).metadata.metrics == load_bundle(demo_bundle).metadata.metrics

@@ -20,7 +20,7 @@ from models.training.datasets import (
     write_phantom_csv,
     write_phantom_mura,
 )
-from models.training.evaluation import evaluate_bundle
+from models.training.evaluation import CardRefusedError, evaluate_bundle
 from models.training.fingerprint import training_code_fingerprint
 from models.training.metrics import (
     auroc,
@@ -144,8 +144,21 @@ def test_train_then_evaluate_writes_a_loadable_bundle_with_a_model_card(tmp_path
     after = load_bundle(bundle).region_network.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
-    test = split_by_patient(records, config.val_fraction, config.test_fraction)["test"]
-    evaluation = evaluate_bundle(bundle, test, tmp_path / "report", progress=False)
+    splits = split_by_patient(records, config.val_fraction, config.test_fraction)
+    card_before = (bundle / "docs" / "README.md").read_text()
+    # Figures on patients the bundle was trained or validated on never reach its card.
+    for seen in (splits["train"], splits["val"] + splits["test"]):
+        with pytest.raises(CardRefusedError, match="training or validation split"):
+            evaluate_bundle(bundle, seen, tmp_path / "r", write_into_bundle=True, progress=False)
+    # Evaluating is not writing: without being asked the card stays as it was.
+    evaluate_bundle(bundle, splits["test"], tmp_path / "r", progress=False)
+    assert (bundle / "docs" / "README.md").read_text() == card_before
+    assert "evaluation" not in load_bundle(bundle).metadata.metrics
+
+    test = splits["test"]
+    evaluation = evaluate_bundle(
+        bundle, test, tmp_path / "report", write_into_bundle=True, progress=False
+    )
     for name in ("report.md", "metrics.json", "roc.png", "reliability.png"):
         assert (tmp_path / "report" / name).is_file(), name
     with Image.open(tmp_path / "report" / "roc.png") as image:
@@ -213,7 +226,16 @@ def test_demo_bundle_evaluation_meets_the_bars(demo_bundle_dir: Path, tmp_path: 
     assert metrics["gradcam_detected_positives_with_box"] >= 20
     assert metrics["gradcam_box_hit_rate"] >= 0.8, metrics["gradcam_box_hit_rate"]
     assert metrics["gradcampp_box_hit_rate"] >= 0.8, metrics["gradcampp_box_hit_rate"]
-    assert "Grad-CAM++" in evaluation.report.read_text()
+    # Far above what a box of the same size hits without looking.
+    assert metrics["gradcam_box_hit_rate"] > metrics["centre_box_hit_rate"] + 0.3
+    assert metrics["gradcam_box_hit_rate"] > metrics["random_box_hit_rate"] + 0.3
+    assert 0.0 < metrics["gradcam_box_iou_mean"] <= 1.0
+    # End to end (stage 1's region, as the node): no better than with the true region.
+    end_to_end, stage2 = metrics["end_to_end"], metrics["overall"]
+    assert end_to_end["studies"] == stage2["studies"]
+    assert end_to_end["sensitivity_suspected"] <= stage2["sensitivity_suspected"]
+    report = evaluation.report.read_text()
+    assert "Grad-CAM++" in report and "## End to end (what the node would say)" in report
 
 
 @pytest.mark.slow
@@ -234,6 +256,4 @@ def test_occlusion_sensitivity_is_a_second_opinion_on_the_break(
     # Occluding the break is what lowers the fracture output most.
     assert metrics["occlusion_box_hit_rate"] >= 0.8, metrics["occlusion_box_hit_rate"]
     report = evaluation.report.read_text()
-    assert f"Occlusion sensitivity (second opinion): {metrics['occlusion_box_hit_rate']:.3f}" in (
-        report
-    )
+    assert f"occlusion sensitivity (second opinion): {metrics['occlusion_box_hit_rate']}" in report

@@ -10,6 +10,7 @@ import pytest
 from models.training.metrics import (
     auroc,
     binary_metrics,
+    bootstrap_auroc_ci,
     confusion,
     expected_calibration_error,
     reliability_bins,
@@ -115,3 +116,22 @@ def test_kappa_at_one_half_is_reported_beside_the_operating_points() -> None:
     row = binary_metrics(labels, scores, 0.3, 0.8)
     assert row["kappa_at_0_5"] == pytest.approx(1 / 3, abs=1e-4)
     assert "kappa_suspected" in row and "kappa_likely" in row
+
+
+def test_the_bootstrap_resamples_patients_with_all_their_studies() -> None:
+    """Two patients, each with three studies of one label: drawing patients whole, every
+    usable resample holds both patients' studies in the same proportions, so the AUROC
+    does not move; drawing studies one by one, it does."""
+    labels = np.array([1, 1, 1, 0, 0, 0])
+    scores = np.array([0.9, 0.4, 0.8, 0.5, 0.3, 0.6])
+    patients = np.array(["a", "a", "a", "b", "b", "b"])
+    by_patient = bootstrap_auroc_ci(labels, scores, groups=patients)
+    assert by_patient[0] == pytest.approx(by_patient[1]) == pytest.approx(auroc(labels, scores))
+    by_study = bootstrap_auroc_ci(labels, scores)
+    assert by_study[1] - by_study[0] > 0.1
+    # Without groups every study is its own patient: the same draws as before.
+    assert by_study == bootstrap_auroc_ci(labels, scores, groups=np.arange(6))
+    assert binary_metrics(labels, scores, 0.5, 0.7, patients=patients)["auroc_ci"] == [
+        round(by_patient[0], 4),
+        round(by_patient[1], 4),
+    ]
