@@ -26,6 +26,24 @@ PRIVATE_CODING_SCHEME: Final = "99FXTRIAGE"
 PRIVATE_CODING_SCHEME_NAME: Final = "fracture-triage private codes"
 
 
+class LabelMeaning(StrEnum):
+    """What a positive training label meant, so what a bundle's positive output means."""
+
+    FRACTURE = "fracture"  # fracture labels (FracAtlas, GRAZPEDWRI-DX, a site's own)
+    # MURA's labels: any abnormality (fractures, hardware, degenerative disease, lesions).
+    ABNORMALITY = "abnormality"
+
+    @property
+    def description(self) -> str:
+        """One sentence for the model card."""
+        if self is LabelMeaning.FRACTURE:
+            return "a positive training label meant a fracture."
+        return (
+            "a positive training label meant any abnormality (fractures, orthopaedic "
+            "hardware, degenerative disease, lesions: MURA's labels), not a fracture."
+        )
+
+
 class FractureLevel(StrEnum):
     """Three-level triage result, from the bundle's two operating points."""
 

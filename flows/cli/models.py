@@ -107,6 +107,13 @@ def train(
     name: str = "fracture-triage",
     version: str = "0.1.0",
     synthetic: SyntheticOption = None,
+    label_meaning: Annotated[
+        str | None,
+        typer.Option(
+            help="What a positive label means: fracture, or abnormality (the default for the "
+            "mura layout: MURA's labels mark any abnormality)."
+        ),
+    ] = None,
     seed: int = 0,
     config: ConfigOption = None,
 ) -> None:
@@ -134,6 +141,7 @@ def train(
     options: dict[str, object] = {k: v for k, v in chosen.items() if v is not None}
     options.update(device=device, resume=resume, name=name, version=version, seed=seed)
     options["training_data"] = f"{layout} data set at {data.name}"
+    options["label_meaning"] = label_meaning or ("abnormality" if layout == "mura" else "fracture")
     if epochs is not None:
         options.update(region_epochs=epochs, fracture_epochs=epochs, finetune_epochs=epochs)
     try:

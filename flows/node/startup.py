@@ -14,6 +14,7 @@ import os
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from config.domain.vocabulary import LabelMeaning
 from db.migrate import upgrade
 from dicom_node.store import make_private_dirs
 from flows.node import health
@@ -67,14 +68,21 @@ def load_model(runtime: Runtime) -> None:
     """
     try:
         if runtime.settings.prefect_api_url:
-            load_metadata(runtime.settings.model_bundle_dir)
+            metadata = load_metadata(runtime.settings.model_bundle_dir)
         else:
-            runtime.model()
+            metadata = runtime.model().metadata
     except Exception as error:  # whatever a broken bundle raises (torch's unpickler too)
         raise NodeStartError(
             f"model bundle {str(runtime.settings.model_bundle_dir)!r} cannot be loaded: "
             f"{_first_line(error)}"
         ) from None
+    if metadata.label_meaning is not LabelMeaning.FRACTURE:
+        # Every result the node writes names a fracture; it would overstate such a model.
+        raise NodeStartError(
+            f"model bundle {str(runtime.settings.model_bundle_dir)!r} was trained on labels "
+            f"that mean {metadata.label_meaning.value!r}, but the node's results say "
+            "'fracture': it does not run this bundle"
+        )
 
 
 def start_orchestration(runtime: Runtime) -> None:

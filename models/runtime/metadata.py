@@ -19,6 +19,7 @@ from config import REGION_CLASSES, REGIONS
 from config.domain.anatomy import BODY_PARTS
 from config.domain.findings import OperatingPoints
 from config.domain.intended_use import IntendedUse
+from config.domain.vocabulary import LabelMeaning
 from models.runtime.networks import NetworkSpec
 
 METADATA_FILE = Path("configs/metadata.json")
@@ -58,6 +59,11 @@ class BundleMetadata(BaseModel):
     )
     training_data: str
     trained_on_synthetic_data: bool
+    label_meaning: LabelMeaning = Field(
+        default=LabelMeaning.FRACTURE,
+        description="What its positive labels meant; bundles made before the field existed "
+        "were trained on fracture labels or phantoms.",
+    )
     image_size: int = Field(ge=32, description="Side of the square model input (preprocessing).")
     region_network: NetworkSpec
     fracture_network: NetworkSpec
@@ -348,6 +354,8 @@ def model_card(metadata: BundleMetadata) -> str:
 ## Training data
 
 {metadata.training_data}
+
+Labels: {metadata.label_meaning.value}: {metadata.label_meaning.description}
 
 ## Models
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from config.domain.vocabulary import LabelMeaning
 from models.runtime.networks import ArchitectureName
 
 #: Intended use of a bundle trained on phantoms (the ``"phantom"`` preset, the demo bundle).
@@ -87,6 +88,10 @@ class TrainConfig(BaseModel):
     )
     training_data: str = ""
     trained_on_synthetic_data: bool = False
+    label_meaning: LabelMeaning = Field(
+        default=LabelMeaning.FRACTURE,
+        description="What a positive label of the data means (MURA's: abnormality).",
+    )
     min_age_years: float | None = Field(
         default=18.0,
         ge=0,

@@ -425,6 +425,7 @@ def _bundle_metadata(
         ),
         training_data=training_data,
         trained_on_synthetic_data=config.trained_on_synthetic_data,
+        label_meaning=config.label_meaning,
         image_size=config.image_size,
         region_network=region_spec,
         fracture_network=fracture_spec,

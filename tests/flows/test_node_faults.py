@@ -25,6 +25,7 @@ from db.models import RunStatus, Study, StudyStatus, TriageRun
 from dicom_node.delivery.dimse import send_files
 from flows.node.service import TriageService
 from flows.runtime import Runtime
+from models.runtime.bundle import update_metadata
 from tests.flows.conftest import store_study
 from tests.peers import free_port, scratch_postgres_database, wait_until
 
@@ -83,6 +84,14 @@ def test_a_node_without_a_loadable_bundle_refuses_to_start(
     shutil.copytree(test_bundle, broken)
     (broken / "models" / "model.pt").write_bytes(b"not weights")
     assert "cannot be loaded" in refusal(serve(node_env(tmp_path, broken), tmp_path))
+
+    # A bundle whose positive labels meant "abnormality" (MURA's): the node's results say
+    # "fracture", so it would claim more than the model learned.
+    abnormality = tmp_path / "abnormality-bundle"
+    shutil.copytree(test_bundle, abnormality)
+    update_metadata(abnormality, label_meaning="abnormality")
+    line = refusal(serve(node_env(tmp_path, abnormality), tmp_path))
+    assert "'abnormality'" in line and "does not run this bundle" in line
 
 
 def test_a_taken_port_an_unwritable_store_and_a_missing_database_are_named(

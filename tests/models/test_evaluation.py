@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from config import REGIONS
-from models.runtime.bundle import load_bundle
+from models.runtime.bundle import load_bundle, update_metadata
 from models.training.calibration import fit_temperature
 from models.training.config import PRESETS, TrainConfig, preset_config
 from models.training.datasets import (
@@ -257,3 +258,16 @@ def test_occlusion_sensitivity_is_a_second_opinion_on_the_break(
     assert metrics["occlusion_box_hit_rate"] >= 0.8, metrics["occlusion_box_hit_rate"]
     report = evaluation.report.read_text()
     assert f"occlusion sensitivity (second opinion): {metrics['occlusion_box_hit_rate']}" in report
+
+
+def test_the_card_states_what_the_labels_meant(test_bundle: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(test_bundle, bundle)
+    update_metadata(bundle, label_meaning="fracture")  # the card is made anew from metadata
+    assert (
+        "Labels: fracture: a positive training label meant a fracture."
+        in (bundle / "docs" / "README.md").read_text()
+    )
+    update_metadata(bundle, label_meaning="abnormality")
+    card = (bundle / "docs" / "README.md").read_text()
+    assert "Labels: abnormality:" in card and "not a fracture" in card
