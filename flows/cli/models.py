@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 
 from flows.cli.options import ConfigOption, console, fail, settings_for
 
@@ -55,6 +56,21 @@ ResumeOption = Annotated[bool, typer.Option(help="Continue from OUT/training/ ch
 SyntheticOption = Annotated[
     bool | None, typer.Option(help="Mark the bundle as trained on phantoms (default: preset's).")
 ]
+
+LabelMeaningOption = Annotated[
+    str | None,
+    typer.Option(
+        help="What a positive label means: fracture, or abnormality (the default for the "
+        "mura layout: MURA's labels mark any abnormality)."
+    ),
+]
+
+
+def _problems(error: ValidationError) -> str:
+    """A validation error's problems on one line, each named by its field."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
+    )
 
 
 def _load_data(data: Path, layout: str, labels: Path | None) -> list[ImageRecord]:
@@ -107,20 +123,12 @@ def train(
     name: str = "fracture-triage",
     version: str = "0.1.0",
     synthetic: SyntheticOption = None,
-    label_meaning: Annotated[
-        str | None,
-        typer.Option(
-            help="What a positive label means: fracture, or abnormality (the default for the "
-            "mura layout: MURA's labels mark any abnormality)."
-        ),
-    ] = None,
+    label_meaning: LabelMeaningOption = None,
     seed: int = 0,
     config: ConfigOption = None,
 ) -> None:
     """Train a two-stage bundle (region, then per-region fracture) on labelled radiographs."""
     settings_for(config)
-    from pydantic import ValidationError
-
     from models.training.config import PRESETS, preset_config
     from models.training.train import train as train_bundle
 
@@ -147,11 +155,7 @@ def train(
     try:
         training = preset_config(preset, **options)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
-            for item in error.errors()
-        )
-        fail(f"invalid training option: {problems}")
+        fail(f"invalid training option: {_problems(error)}")
     train_bundle(training, records, out, progress=True)
     console.print(f"bundle written to {out} (model card: {out / 'docs' / 'README.md'})")
 
