@@ -162,16 +162,15 @@ def train(
 
 def _test_split(bundle: Path, data: Path, records: list[ImageRecord]) -> list[ImageRecord]:
     """The records of the patients the bundle's training held out."""
-    from models.training.train import SPLITS_FILE, read_splits
+    from models.training.splits import SPLITS_FILE, PatientSplits
 
-    splits = read_splits(bundle)
+    splits = PatientSplits.read(bundle)
     if splits is None:
         fail(
             f"no {bundle / SPLITS_FILE}: the bundle does not record its training split; "
             "pass --split all with data it was not trained on"
         )
-    held_out = splits.get("test", set())
-    records = [r for r in records if r.patient_id in held_out]
+    records = [r for r in records if splits.contains("test", r.patient_id)]
     if not records:
         fail(f"no image of {data} is in the bundle's test split")
     return records

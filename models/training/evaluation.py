@@ -63,7 +63,7 @@ from models.training.ood_set import OodImage, gate_figures, out_of_distribution_
 from models.training.operating_points import study_scores
 from models.training.progress import progress_bar
 from models.training.report import evaluation_report, plot_reliability, plot_roc
-from models.training.train import SPLITS_FILE, read_splits
+from models.training.splits import SPLITS_FILE, PatientSplits
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +97,14 @@ class CardRefusedError(ValueError):
 def refuse_seen_patients(bundle_dir: Path, records: Sequence[ImageRecord]) -> None:
     """Raise :class:`CardRefusedError` unless every record's patient was held out of the
     bundle's training and validation (figures on them would overstate the model)."""
-    splits = read_splits(bundle_dir)
+    splits = PatientSplits.read(bundle_dir)
     if splits is None:
         raise CardRefusedError(
             f"{bundle_dir} does not record its training split ({SPLITS_FILE}): the figures "
             "cannot be shown to be held out, so they do not go into its model card"
         )
-    seen = splits.get("train", set()) | splits.get("val", set())
     patients = {record.patient_id for record in records}
-    overlap = len(patients & seen)
+    overlap = sum(splits.contains("train", p) or splits.contains("val", p) for p in patients)
     if overlap:
         raise CardRefusedError(
             f"{overlap} of the {len(patients)} patients evaluated are in the bundle's training "

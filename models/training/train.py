@@ -51,6 +51,7 @@ from models.training.fingerprint import training_code_fingerprint
 from models.training.operating_points import RegionOperatingPoints, region_operating_points
 from models.training.pixel_gate import FittedPixelGate, StageOneOutputs, fit_pixel_gate
 from models.training.progress import progress_bar
+from models.training.splits import PatientSplits
 from models.training.stages import (
     Stage,
     StageRunner,
@@ -63,10 +64,6 @@ logger = logging.getLogger(__name__)
 
 #: Share of the synthetic 'unsupported' phantoms that goes to the validation split.
 _UNSUPPORTED_VAL_SHARE = 0.2
-
-
-#: Where a bundle records its patients per split (train, val, test), relative to it.
-SPLITS_FILE = Path("training") / "splits.json"
 
 
 # Long: a public entry point; its numpy-style docstring is two thirds of it.
@@ -146,7 +143,8 @@ def _split(
     records: Sequence[ImageRecord] | Mapping[str, Sequence[ImageRecord]],
     work: Path,
 ) -> tuple[dict[str, list[ImageRecord]], int]:
-    """Splits by patient (written to ``splits.json``) and the synthetic 'unsupported' count."""
+    """Splits by patient (their digests written to ``splits.json``) and the synthetic
+    'unsupported' count."""
     if isinstance(records, Mapping):
         splits = {name: list(records.get(name, [])) for name in ("train", "val", "test")}
     else:
@@ -170,18 +168,9 @@ def _split(
     missing = [r for r in REGIONS if not any(x.region == r for x in train_records)]
     if missing:
         raise ValueError(f"no training images for regions {missing}")
-    patients = {name: sorted({r.patient_id for r in split}) for name, split in splits.items()}
-    work.mkdir(parents=True, exist_ok=True)
-    (work / SPLITS_FILE.name).write_text(json.dumps(patients, indent=1))
+    patients = {name: {r.patient_id for r in split} for name, split in splits.items()}
+    PatientSplits.of(patients).write(work.parent)  # work is <bundle>/training
     return splits, synthetic_unsupported
-
-
-def read_splits(bundle_dir: Path) -> dict[str, set[str]] | None:
-    """The patients of each split the bundle was trained with; None when not recorded."""
-    path = bundle_dir / SPLITS_FILE
-    if not path.is_file():
-        return None
-    return {name: set(patients) for name, patients in json.loads(path.read_text()).items()}
 
 
 def _cached(records: Sequence[ImageRecord], transforms: Compose, config: TrainConfig) -> Any:

@@ -23,6 +23,7 @@ from models.runtime.bundle import load_bundle
 from models.runtime.preprocessing import preprocess
 from models.training.datasets import load_records
 from models.training.phantoms import render_phantom
+from models.training.splits import PatientSplits
 from tests.flows.conftest import store_study
 
 runner = CliRunner()
@@ -85,8 +86,9 @@ def test_phantom_preset_train_then_evaluate_meets_the_bars(
 
     model = load_bundle(bundle)
     metrics = model.metadata.metrics["evaluation"]
-    held_out = json.loads((bundle / "training" / "splits.json").read_text())["test"]
-    assert metrics["images"] == len(held_out) >= 150  # the patients training held out
+    held_out = PatientSplits.read(bundle)
+    assert held_out is not None
+    assert metrics["images"] == held_out.count("test") >= 150  # the patients training held out
     assert metrics["region_accuracy"] >= 0.9, metrics["region_accuracy"]
     assert metrics["overall"]["auroc"] >= 0.9, metrics["overall"]
     assert metrics["gradcam_detected_positives_with_box"] >= 50
@@ -160,13 +162,14 @@ def test_mura_preset_trains_on_the_mura_layout_with_the_chosen_operating_points(
     assert "mura data set" in metadata.training_data
     assert not metadata.trained_on_synthetic_data  # the mura preset: real data by default
     assert set(metadata.thresholds) == set(metadata.regions)
-    splits = {
-        k: set(v) for k, v in json.loads((bundle / "training" / "splits.json").read_text()).items()
-    }
+    splits = PatientSplits.read(bundle)
+    assert splits is not None
     # MURA's valid split is kept as the test split; no patient is in two splits.
     valid = {r.patient_id for r in load_records(data, "mura") if r.split == "test"}
-    assert valid and splits["test"] == valid
-    assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"])
+    assert valid and splits.count("test") == len(valid)
+    assert all(splits.contains("test", patient) for patient in valid)
+    members = splits.members
+    assert not (members["train"] & members["val"]) and not (members["train"] & members["test"])
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from models.training.metrics import (
     expected_calibration_error,
 )
 from models.training.operating_points import pick_operating_points
+from models.training.splits import SPLITS_FILE, PatientSplits
 from models.training.train import train
 
 
@@ -135,9 +135,13 @@ def test_train_then_evaluate_writes_a_loadable_bundle_with_a_model_card(tmp_path
         assert 0.0 <= suspected <= likely <= 1.0
     checkpoints = bundle / "training" / "checkpoints"
     assert (checkpoints / "region.pt").is_file() and (checkpoints / "fracture-wrist.pt").is_file()
-    splits = json.loads((bundle / "training" / "splits.json").read_text())
-    assert not set(splits["train"]) & set(splits["val"])
-    assert not set(splits["train"]) & set(splits["test"])
+    recorded = PatientSplits.read(bundle)
+    assert recorded is not None
+    assert not recorded.members["train"] & recorded.members["val"]
+    assert not recorded.members["train"] & recorded.members["test"]
+    # The bundle knows its patients without naming them: no patient ID is in the file.
+    written = (bundle / SPLITS_FILE).read_text()
+    assert not any(f'"{record.patient_id}"' in written for record in records)
 
     # Resume: every stage is complete, so nothing is trained again and the weights match.
     before = model.region_network.state_dict()
