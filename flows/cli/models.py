@@ -32,7 +32,18 @@ PresetOption = Annotated[
     ),
 ]
 ArchitectureOption = Annotated[
-    str | None, typer.Option(help="densenet121, densenet-small, efficientnet-b0, efficientnet-b1.")
+    str | None,
+    typer.Option(
+        help="densenet121, densenet169, densenet-small, efficientnet-b0, efficientnet-b1."
+    ),
+]
+InitWeightsOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="A local checkpoint to start from (e.g. ImageNet weights you downloaded; "
+        "nothing is downloaded here). Matching tensors are copied, a 3-channel first "
+        "convolution summed to one."
+    ),
 ]
 EpochsOption = Annotated[int | None, typer.Option(help="Epochs of each stage (default: preset's).")]
 WorkersOption = Annotated[
@@ -103,6 +114,7 @@ def build_demo_bundle(
     console.print(f"demo bundle written to {out}")
 
 
+# Long: a command's parameters are its options, one line each.
 def train(
     data: DataOption,
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
@@ -110,6 +122,7 @@ def train(
     labels: LabelsOption = None,
     preset: PresetOption = "mura",
     architecture: ArchitectureOption = None,
+    init_weights: InitWeightsOption = None,
     image_size: Annotated[int | None, typer.Option(help="Model input side in pixels.")] = None,
     epochs: EpochsOption = None,
     batch_size: int | None = None,
@@ -137,6 +150,7 @@ def train(
     records = _load_data(data, layout, labels)
     chosen = {
         "architecture": architecture,
+        "init_weights": init_weights,
         "image_size": image_size,
         "batch_size": batch_size,
         "num_workers": num_workers,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import torch
-from monai.networks.nets import DenseNet, DenseNet121, EfficientNetBN
+from monai.networks.nets import DenseNet, DenseNet121, DenseNet169, EfficientNetBN
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 def _densenet121(out_channels: int, **kwargs: Any) -> nn.Module:
     return DenseNet121(spatial_dims=2, in_channels=1, out_channels=out_channels, **kwargs)
+
+
+def _densenet169(out_channels: int, **kwargs: Any) -> nn.Module:
+    return DenseNet169(spatial_dims=2, in_channels=1, out_channels=out_channels, **kwargs)
 
 
 def _densenet_small(out_channels: int, **kwargs: Any) -> nn.Module:
@@ -54,6 +58,7 @@ def _efficientnet(model_name: str) -> Callable[..., nn.Module]:
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], str]] = {
     # DenseNet: ``class_layers.relu`` is the last activation before global pooling.
     "densenet121": (_densenet121, "class_layers.relu"),
+    "densenet169": (_densenet169, "class_layers.relu"),
     "densenet-small": (_densenet_small, "class_layers.relu"),
     # EfficientNet reuses one ``_swish`` module for stem and head, so hooks on it would mix
     # the two; ``_bn1`` is the head's own last layer before pooling.

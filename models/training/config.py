@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -48,6 +49,11 @@ class TrainConfig(BaseModel):
     plateau_factor: float = Field(default=0.1, gt=0, lt=1)
     plateau_patience: int = Field(default=1, ge=0)
     max_steps_per_epoch: int | None = Field(default=None, ge=1)
+    init_weights: Path | None = Field(
+        default=None,
+        description="A local checkpoint to start every network from (ImageNet or RadImageNet "
+        "weights a site downloads itself); models.training.initial_weights.",
+    )
     rotation_degrees: float = Field(default=30.0, ge=0, le=180)
     augment_probability: float = Field(default=0.5, ge=0, le=1)
     val_fraction: float = Field(default=0.1, ge=0, lt=1)

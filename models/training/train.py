@@ -48,6 +48,7 @@ from models.training.datasets import (
     write_unsupported_phantoms,
 )
 from models.training.fingerprint import training_code_fingerprint
+from models.training.initial_weights import load_initial_weights
 from models.training.operating_points import RegionOperatingPoints, region_operating_points
 from models.training.pixel_gate import FittedPixelGate, StageOneOutputs, fit_pixel_gate
 from models.training.progress import progress_bar
@@ -252,7 +253,7 @@ def _train_networks(config: TrainConfig, runner: StageRunner, data: _TrainingDat
     """Stage 1, then the shared stage-2 network, then its fine-tuned copy per region."""
     region_spec, fracture_spec = _network_specs(config)
     torch.manual_seed(config.seed)
-    region_net = build_network(region_spec)
+    region_net = _new_network(region_spec, config)
     region_loss = nn.CrossEntropyLoss(weight=class_weights(data.train_regions, len(REGION_CLASSES)))
     region_stage = Stage(
         "region",
@@ -266,7 +267,7 @@ def _train_networks(config: TrainConfig, runner: StageRunner, data: _TrainingDat
     )
     summary = {"region": runner.fit(region_stage)}
     torch.manual_seed(config.seed + 1)
-    shared = build_network(fracture_spec)
+    shared = _new_network(fracture_spec, config)
     fracture_loss = _fracture_loss(data)
     stage = Stage(
         "fracture-shared",
@@ -295,6 +296,22 @@ def _train_networks(config: TrainConfig, runner: StageRunner, data: _TrainingDat
         summary[stage.name] = runner.fit(stage)
         fracture_nets[region] = stage.network
     return _Networks(region_net, fracture_nets, summary)
+
+
+def _new_network(spec: NetworkSpec, config: TrainConfig) -> nn.Module:
+    """A network of ``spec``, started from ``config.init_weights`` when given."""
+    network = build_network(spec)
+    if config.init_weights is not None:
+        loaded = load_initial_weights(network, config.init_weights)
+        logger.info(
+            "%s network from %s: %d tensors copied, %d adapted to one channel, %d unused",
+            spec.architecture,
+            config.init_weights.name,
+            loaded.copied,
+            len(loaded.adapted),
+            len(loaded.unused),
+        )
+    return network
 
 
 def _fracture_loss(data: _TrainingData) -> nn.Module:
@@ -386,6 +403,8 @@ def _training_data_text(
     counts = {name: region_counts(split) for name, split in splits.items()}
     text = config.training_data or "Labelled radiographs"
     text += f". Images per split/region/label: {json.dumps(counts)}."
+    if config.init_weights is not None:
+        text += f" Networks started from the weights in {config.init_weights.name}."
     if synthetic_unsupported:
         text += (
             f" The data has no 'unsupported' images, so {synthetic_unsupported} synthetic "
