@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from config import AnyDestination, Destination, DicomWebDestination, Settings
+from config.domain.vocabulary import LabelMeaning
 from db.migrate import current_revision, head_revision
 from dicom_node.delivery.dimse import associate
 from dicom_node.tls import client_context
@@ -58,6 +59,17 @@ def error_text(error: BaseException) -> str:
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     name = type(error).__name__
     return f"{name}: {first}" if first else name
+
+
+def check_servable(label_meaning: LabelMeaning, bundle_dir: Path) -> None:
+    """Raise unless the node may serve a bundle whose positive labels meant this: every
+    result it writes names a fracture, which would overstate an 'abnormality' model."""
+    if label_meaning is not LabelMeaning.FRACTURE:
+        raise CheckFailedError(
+            f"model bundle {str(bundle_dir)!r} was trained on labels that mean "
+            f"{label_meaning.value!r}, but the node's results say 'fracture': it does not "
+            "run this bundle"
+        )
 
 
 def check_database(engine: Engine) -> str:

@@ -14,7 +14,6 @@ import os
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from config.domain.vocabulary import LabelMeaning
 from db.migrate import upgrade
 from dicom_node.store import make_private_dirs
 from flows.node import health
@@ -76,13 +75,10 @@ def load_model(runtime: Runtime) -> None:
             f"model bundle {str(runtime.settings.model_bundle_dir)!r} cannot be loaded: "
             f"{_first_line(error)}"
         ) from None
-    if metadata.label_meaning is not LabelMeaning.FRACTURE:
-        # Every result the node writes names a fracture; it would overstate such a model.
-        raise NodeStartError(
-            f"model bundle {str(runtime.settings.model_bundle_dir)!r} was trained on labels "
-            f"that mean {metadata.label_meaning.value!r}, but the node's results say "
-            "'fracture': it does not run this bundle"
-        )
+    try:
+        health.check_servable(metadata.label_meaning, runtime.settings.model_bundle_dir)
+    except health.CheckFailedError as error:
+        raise NodeStartError(str(error)) from None
 
 
 def start_orchestration(runtime: Runtime) -> None:

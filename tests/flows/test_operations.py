@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from dicom_node.delivery.dimse import send_files
 from dicom_node.receive.statuses import CANNOT_UNDERSTAND
 from flows.node.service import TriageService
 from flows.runtime import Runtime
+from models.runtime.bundle import update_metadata
 from tests.dicom_node.test_outbox import storescp_pacs
 from tests.peers import (
     POSTGRES_ADMIN_URL,
@@ -258,7 +260,7 @@ def test_readyz_follows_the_database_down_and_back(make_settings: Callable[..., 
 
 
 def test_check_names_a_wrong_destination_in_one_line(
-    make_settings: Callable[..., Settings], pacs: Destination
+    make_settings: Callable[..., Settings], pacs: Destination, test_bundle: Path, tmp_path: Path
 ) -> None:
     wrong = Destination(name="wrong", ae_title="NOBODY", host="127.0.0.1", port=free_port())
     settings = make_settings(destinations=(pacs, wrong))
@@ -279,3 +281,12 @@ def test_check_names_a_wrong_destination_in_one_line(
 
     good = cli("check", env={**settings_env(settings), "FRACTURE_TRIAGE_DESTINATIONS": "[]"})
     assert good.returncode == 0, good.stdout + good.stderr
+
+    # A bundle `serve` would refuse fails `check` too, with the same reason.
+    abnormality = tmp_path / "abnormality-bundle"
+    shutil.copytree(test_bundle, abnormality)
+    update_metadata(abnormality, label_meaning="abnormality")
+    env = settings_env(settings) | {"FRACTURE_TRIAGE_DESTINATIONS": "[]"}
+    refused = cli("check", env=env | {"FRACTURE_TRIAGE_MODEL_BUNDLE_DIR": str(abnormality)})
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "FAIL  model bundle:" in refused.stdout and "does not run this bundle" in refused.stdout
