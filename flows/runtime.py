@@ -18,13 +18,30 @@ from sqlalchemy.orm import Session, sessionmaker
 from config import Settings, load_settings
 from config.domain.findings import AlgorithmIdentity
 from config.domain.intended_use import IntendedUse
+from config.domain.vocabulary import LabelMeaning
 from db.engine import engine_from_settings, make_session_factory
 from db.repositories import ReceivedInstance
 from dicom_node.delivery.outbox import Outbox
 from dicom_node.store import InstanceStore
 from models.runtime.bundle import load_bundle
 from models.runtime.inference import HierarchicalModel
+from models.runtime.metadata import BundleMetadata
 from models.runtime.networks import resolve_device
+
+
+class UnservableBundleError(ValueError):
+    """A bundle the node must not run (the message names the bundle and why)."""
+
+
+def refuse_unservable(metadata: BundleMetadata, bundle_dir: Path) -> None:
+    """Raise :class:`UnservableBundleError` for a bundle whose positive labels did not mean
+    a fracture: every result the node writes names a fracture, which would overstate it."""
+    if metadata.label_meaning is not LabelMeaning.FRACTURE:
+        raise UnservableBundleError(
+            f"model bundle {str(bundle_dir)!r} was trained on labels that mean "
+            f"{metadata.label_meaning.value!r}, but the node's results say 'fracture': it "
+            "does not run this bundle"
+        )
 
 
 @dataclass
@@ -69,11 +86,13 @@ class Runtime:
                     import torch
 
                     torch.set_num_threads(self.settings.torch_threads)
-                self._model = load_bundle(
+                model = load_bundle(
                     self.settings.model_bundle_dir,
                     device=resolve_device(self.settings.model_device),
                     max_batch=self.settings.inference_max_batch,
                 )
+                refuse_unservable(model.metadata, self.settings.model_bundle_dir)
+                self._model = model
             return self._model
 
     def store_instance(

@@ -67,7 +67,7 @@ def _load_bundle(settings: Settings) -> str:
 
     model = load_bundle(settings.model_bundle_dir, device=resolve_device(settings.model_device))
     metadata = model.metadata
-    check_servable(metadata.label_meaning, settings.model_bundle_dir)
+    check_servable(metadata, settings.model_bundle_dir)
     synthetic = ", trained on synthetic data" if metadata.trained_on_synthetic_data else ""
     return f"{metadata.name} {metadata.version} loaded from {settings.model_bundle_dir}{synthetic}"
 

@@ -22,10 +22,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from config import AnyDestination, Destination, DicomWebDestination, Settings
-from config.domain.vocabulary import LabelMeaning
 from db.migrate import current_revision, head_revision
 from dicom_node.delivery.dimse import associate
 from dicom_node.tls import client_context
+from flows.runtime import UnservableBundleError, refuse_unservable
+from models.runtime.metadata import BundleMetadata
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,12 @@ def error_text(error: BaseException) -> str:
     return f"{name}: {first}" if first else name
 
 
-def check_servable(label_meaning: LabelMeaning, bundle_dir: Path) -> None:
-    """Raise unless the node may serve a bundle whose positive labels meant this: every
-    result it writes names a fracture, which would overstate an 'abnormality' model."""
-    if label_meaning is not LabelMeaning.FRACTURE:
-        raise CheckFailedError(
-            f"model bundle {str(bundle_dir)!r} was trained on labels that mean "
-            f"{label_meaning.value!r}, but the node's results say 'fracture': it does not "
-            "run this bundle"
-        )
+def check_servable(metadata: BundleMetadata, bundle_dir: Path) -> None:
+    """:func:`flows.runtime.refuse_unservable` as a failed check."""
+    try:
+        refuse_unservable(metadata, bundle_dir)
+    except UnservableBundleError as error:
+        raise CheckFailedError(str(error)) from None
 
 
 def check_database(engine: Engine) -> str:

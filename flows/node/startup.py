@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from db.migrate import upgrade
 from dicom_node.store import make_private_dirs
 from flows.node import health
-from flows.runtime import Runtime
+from flows.runtime import Runtime, UnservableBundleError, refuse_unservable
 from models.runtime.bundle import load_metadata
 
 logger = logging.getLogger(__name__)
@@ -65,20 +65,18 @@ def load_model(runtime: Runtime) -> None:
 
     In server mode the workers run the model; the node checks its bundle's metadata only.
     """
+    bundle_dir = runtime.settings.model_bundle_dir
     try:
-        if runtime.settings.prefect_api_url:
-            metadata = load_metadata(runtime.settings.model_bundle_dir)
+        if runtime.settings.prefect_api_url:  # the workers refuse it too (Runtime.model)
+            refuse_unservable(load_metadata(bundle_dir), bundle_dir)
         else:
-            metadata = runtime.model().metadata
+            runtime.model()
+    except UnservableBundleError as error:
+        raise NodeStartError(str(error)) from None
     except Exception as error:  # whatever a broken bundle raises (torch's unpickler too)
         raise NodeStartError(
-            f"model bundle {str(runtime.settings.model_bundle_dir)!r} cannot be loaded: "
-            f"{_first_line(error)}"
+            f"model bundle {str(bundle_dir)!r} cannot be loaded: {_first_line(error)}"
         ) from None
-    try:
-        health.check_servable(metadata.label_meaning, runtime.settings.model_bundle_dir)
-    except health.CheckFailedError as error:
-        raise NodeStartError(str(error)) from None
 
 
 def start_orchestration(runtime: Runtime) -> None:
