@@ -281,6 +281,14 @@ def test_study_runs_through_prefect_server_and_a_worker_then_a_scheduled_reproce
                     "the SR in Orthanc and the run finished",
                     first.log,
                 )
+                # The worker reports the flow run's final state after the flow returns (our
+                # run row is finished first): wait for it before the worker is stopped.
+                wait_for(
+                    lambda: prefect_state(api_url, runtime) == "COMPLETED",
+                    120,
+                    "the flow run COMPLETED in Prefect",
+                    first.log,
+                )
 
         ((version, status, _, flow_run_id),) = runs_of(runtime)
         assert (version, status) == ("0.1.0", RunStatus.SUCCEEDED)
@@ -350,6 +358,15 @@ def test_study_runs_through_prefect_server_and_a_worker_then_a_scheduled_reproce
         }
         assert withdrawn == first_ai
         assert len(ai_series(orthanc, study_uid, "SR")) == 2
+
+
+def prefect_state(api_url: str, runtime: Runtime) -> str | None:
+    """The Prefect state type of the study's only triage run's flow run (None: none yet)."""
+    runs = runs_of(runtime)
+    if len(runs) != 1 or not runs[0][3]:
+        return None
+    flow_run = http_json(f"{api_url}/flow_runs/{runs[0][3]}")
+    return flow_run["state"]["type"] if isinstance(flow_run, dict) else None
 
 
 def flow_run_in(candidate: Worker) -> bool:
