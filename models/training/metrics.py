@@ -67,15 +67,16 @@ def bootstrap_auroc_ci(
     """
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
-    if groups is None:
-        groups = np.arange(len(labels))
-    _, group_of = np.unique(np.asarray(groups), return_inverse=True)
-    members = [np.flatnonzero(group_of == g) for g in range(int(group_of.max()) + 1)]
+    members = None  # no groups: each study is its own, drawn directly
+    if groups is not None:
+        _, group_of = np.unique(np.asarray(groups), return_inverse=True)
+        members = [np.flatnonzero(group_of == g) for g in range(int(group_of.max()) + 1)]
+    draws = len(labels) if members is None else len(members)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(resamples):
-        picks = rng.integers(0, len(members), len(members))
-        index = np.concatenate([members[p] for p in picks])
+        picks = rng.integers(0, draws, draws)
+        index = picks if members is None else np.concatenate([members[p] for p in picks])
         sample = labels[index]
         if sample.all() or not sample.any():
             continue
