@@ -180,7 +180,7 @@ class ReceiveLimits:
 
 
 class ReceiveBudget:
-    """The bytes one process holds for receiving, across all its connections."""
+    """Bytes held against a limit, thread-safe: the process's budget, or one connection's."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -198,45 +198,44 @@ class ReceiveBudget:
             self._in_use += count
             return True
 
-    def give(self, count: int) -> None:
+    def give(self, count: int) -> int:
+        """Give back ``count`` bytes, never more than are held; returns how many were."""
         with self._lock:
+            count = min(count, self._in_use)
             self._in_use -= count
+            return count
 
 
 class ConnectionAllowance:
-    """One connection's reservations, against its own limit and the process's budget."""
+    """One connection's reservations, against its own limit and the process's budget.
+
+    The connection's thread reads the request, the association's threads the rest, and
+    whichever ends it releases: never two at once in practice, each budget locked anyway.
+    """
 
     def __init__(self, budget: ReceiveBudget, limit: int) -> None:
         self._budget = budget
-        self._limit = limit
-        self._held = 0
-        # The connection's thread reads the request, the association's threads the rest,
-        # and whichever ends it releases: never two at once in practice, locked anyway.
-        self._lock = threading.Lock()
+        self._own = ReceiveBudget(limit)
 
     @property
     def held(self) -> int:
-        return self._held
+        return self._own.in_use
 
     def reserve(self, count: int) -> None:
-        with self._lock:
-            if self._held + count > self._limit:
-                raise BudgetExceededError(
-                    f"the connection would hold {self._held + count} bytes, over "
-                    f"receive_connection_budget_bytes ({self._limit})"
-                )
-            if not self._budget.take(count):
-                raise BudgetExceededError(f"receive_budget_bytes ({self._budget.limit}) exhausted")
-            self._held += count
+        if not self._own.take(count):
+            raise BudgetExceededError(
+                f"the connection would hold {self.held + count} bytes, over "
+                f"receive_connection_budget_bytes ({self._own.limit})"
+            )
+        if not self._budget.take(count):
+            self._own.give(count)
+            raise BudgetExceededError(f"receive_budget_bytes ({self._budget.limit}) exhausted")
 
     def release(self, count: int) -> None:
-        with self._lock:
-            count = min(count, self._held)
-            self._held -= count
-            self._budget.give(count)
+        self._budget.give(self._own.give(count))
 
     def release_all(self) -> None:
-        self.release(self._held)
+        self.release(self.held)
 
 
 class Deadline:
