@@ -22,6 +22,7 @@ from config.domain.vocabulary import LabelMeaning
 from db.engine import engine_from_settings, make_session_factory
 from db.repositories import ReceivedInstance
 from dicom_node.delivery.outbox import Outbox
+from dicom_node.receive.scp import InstanceUids
 from dicom_node.store import InstanceStore
 from models.runtime.bundle import load_bundle
 from models.runtime.inference import HierarchicalModel
@@ -100,23 +101,12 @@ class Runtime:
     ) -> ReceivedInstance:
         """Write an encoded instance to the store durably, as the SCP would (no association);
         the caller records what this returns in its own transaction."""
-        study, series, sop = (
-            str(header.StudyInstanceUID),
-            str(header.SeriesInstanceUID),
-            str(header.SOPInstanceUID),
-        )
-        stored = self.store.write(data, study, series, sop)
-        return ReceivedInstance(
-            study_instance_uid=study,
-            series_instance_uid=series,
-            sop_instance_uid=sop,
-            sop_class_uid=str(header.SOPClassUID),
+        uids = InstanceUids.of(header)
+        stored = self.store.write(data, uids.study, uids.series, uids.sop_instance)
+        return uids.received(
+            stored,
             transfer_syntax_uid=str(header.file_meta.TransferSyntaxUID),
             modality=str(header.Modality),
-            triageable=True,
-            path=stored.relative_path,
-            size_bytes=stored.size_bytes,
-            sha256=stored.sha256,
             calling_ae_title=calling_ae_title,
             urgent=urgent,
         )

@@ -435,7 +435,7 @@ class StorageSCP:
             pixel_problem = f"pixel data cannot be decoded ({type(error).__name__})"
         if pixel_problem:
             raise StoreRefusedError(CANNOT_UNDERSTAND, pixel_problem)
-        uids = _InstanceUids.checked(values, event.request)
+        uids = InstanceUids.checked(values, event.request)
         stored = self._store.write(encoded, uids.study, uids.series, uids.sop_instance)
         self._record(event, calling_ae, uids, stored, _short_string(values["Modality"]))
         return SUCCESS
@@ -444,22 +444,15 @@ class StorageSCP:
         self,
         event: evt.Event,
         calling_ae: str,
-        uids: _InstanceUids,
+        uids: InstanceUids,
         stored: StoredFile,
         modality: str | None,
     ) -> None:
         """The instance's row and its audit event, in one transaction."""
-        received = ReceivedInstance(
-            study_instance_uid=uids.study,
-            series_instance_uid=uids.series,
-            sop_instance_uid=uids.sop_instance,
-            sop_class_uid=uids.sop_class,
+        received = uids.received(
+            stored,
             transfer_syntax_uid=str(event.context.transfer_syntax),
             modality=modality,
-            triageable=uids.sop_class in TRIAGEABLE_SOP_CLASSES,
-            path=stored.relative_path,
-            size_bytes=stored.size_bytes,
-            sha256=stored.sha256,
             calling_ae_title=calling_ae,
             urgent=self._settings.priority.is_urgent(calling_ae, modality),
         )
@@ -502,14 +495,51 @@ class StorageSCP:
 
 
 @dataclass(frozen=True)
-class _InstanceUids:
+class InstanceUids:
+    """The four UIDs that name an instance's file and row."""
+
     sop_instance: str
     sop_class: str
     study: str
     series: str
 
     @classmethod
-    def checked(cls, values: dict[str, Any], request: Any) -> _InstanceUids:
+    def of(cls, header: Dataset) -> InstanceUids:
+        """A trusted header's UIDs, unchecked (instances the node writes itself)."""
+        return cls(
+            str(header.SOPInstanceUID),
+            str(header.SOPClassUID),
+            str(header.StudyInstanceUID),
+            str(header.SeriesInstanceUID),
+        )
+
+    def received(
+        self,
+        stored: StoredFile,
+        *,
+        transfer_syntax_uid: str,
+        modality: str | None,
+        calling_ae_title: str,
+        urgent: bool,
+    ) -> ReceivedInstance:
+        """The row of this instance, stored as ``stored``: triageable by its SOP class."""
+        return ReceivedInstance(
+            study_instance_uid=self.study,
+            series_instance_uid=self.series,
+            sop_instance_uid=self.sop_instance,
+            sop_class_uid=self.sop_class,
+            transfer_syntax_uid=transfer_syntax_uid,
+            modality=modality,
+            triageable=self.sop_class in TRIAGEABLE_SOP_CLASSES,
+            path=stored.relative_path,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            calling_ae_title=calling_ae_title,
+            urgent=urgent,
+        )
+
+    @classmethod
+    def checked(cls, values: dict[str, Any], request: Any) -> InstanceUids:
         """The data set's UIDs, valid and matching the C-STORE request, or refused
         (0xA900: they name the files and rows, so nothing else will do)."""
         try:
