@@ -45,6 +45,19 @@ class ViewResult:
     box: BoundingBox | None = None
     not_assessed: NotAssessed | None = None
 
+    @classmethod
+    def no_region(
+        cls, sop_instance_uid: str, region_probability: float | None, reason: str
+    ) -> ViewResult:
+        """Stage 1 named none of the bundle's regions (out of distribution, unsupported,
+        unsure): the view is not assessed by its pixels. The node and the evaluation both
+        say it this way, so the figures describe what the node does."""
+        return cls(
+            sop_instance_uid,
+            region_probability=region_probability,
+            not_assessed=NotAssessed(Gate.PIXELS, reason),
+        )
+
 
 def aggregate_study(probabilities: Sequence[float], method: str = "mean") -> float:
     """Combine the fracture probabilities of a study's views into one.

@@ -251,8 +251,7 @@ def _view_result(model_pass: ModelPass, uid: str, geometry: Geometry | None, k: 
     stage1 = model_pass.regions[k]
     if stage1.region is None:
         assert stage1.rejection_reason is not None  # RegionResult holds one or the other
-        gated = NotAssessed(Gate.PIXELS, stage1.rejection_reason)
-        return ViewResult(uid, region_probability=stage1.probability, not_assessed=gated)
+        return ViewResult.no_region(uid, stage1.probability, stage1.rejection_reason)
     if uid in model_pass.conflicts:
         return ViewResult(
             uid, region_probability=stage1.probability, not_assessed=model_pass.conflicts[uid]

@@ -51,7 +51,6 @@ from monai.visualize import OcclusionSensitivity
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
 from config.domain.decision import ViewResult
-from config.domain.findings import Gate, NotAssessed
 from models.runtime.bundle import MODEL_CARD_FILE, load_bundle, update_metadata
 from models.runtime.gradcam import CAM_METHODS, hottest_box
 from models.runtime.inference import HierarchicalModel, RegionCall
@@ -375,8 +374,7 @@ def _node_view(
     and the fracture probability of that region's network."""
     uid = str(record.path)
     if call.region is None:
-        reason = NotAssessed(Gate.PIXELS, call.reason or "stage 1 named no region")
-        return ViewResult(uid, region_probability=call.probability, not_assessed=reason)
+        return ViewResult.no_region(uid, call.probability, call.reason or "stage 1 named no region")
     probability = (
         true_region_probability
         if call.region == record.region
