@@ -6,9 +6,12 @@ home and a fresh SQLite database. Once its ``/readyz`` answers 200, a real Ortha
 pushes phantom studies one at a time, each after the previous study's SR arrived. Per
 study, from the node's database: the seconds from READY to the SR stored in Orthanc.
 Reported per variant, medians over the rounds: the seconds from the process's start to
-ready, the first study's time, the later studies' time and first / later. Several
-rounds, because one study's time varies by up to a second with the phase of Prefect's
-heartbeat thread, which each flow run joins at its end.
+ready, the first study's time, the later studies' time, and first / later (each round's
+first study against the median of its own later ones). Every study is the same work
+(one three-view study with a break, 1024 pixels square, sent again with new UIDs), so
+the first and the later ones differ only in coming first. Several rounds, because one
+study's time varies by up to a second with the phase of Prefect's heartbeat thread,
+which each flow run joins at its end.
 
     python -m benchmarks.cold_start --bundle var/bundles/demo [--studies 5] [--rounds 3]
         [--json out.json]
@@ -29,11 +32,12 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import write_report
-from benchmarks.end_to_end import study_timings, write_studies
+from benchmarks.common import write_phantom_study, write_report
+from benchmarks.end_to_end import study_timings
 from db.engine import make_engine, make_session_factory
 from tests.peers import free_port, run_orthanc
 
@@ -63,15 +67,20 @@ class ColdStart:
 
     @classmethod
     def of(cls, variant: str, rounds: list[Round]) -> ColdStart:
+        """Medians over the rounds; first / later per round first (the machine's speed
+        drifts between rounds, so a round's first study is set against its own later ones)."""
         first = statistics.median(r.ready_to_sr[0] for r in rounds)
         later = statistics.median(t for r in rounds for t in r.ready_to_sr[1:])
+        ratio = statistics.median(
+            r.ready_to_sr[0] / statistics.median(r.ready_to_sr[1:]) for r in rounds
+        )
         return cls(
             variant,
             len(rounds),
             round(statistics.median(r.start_to_ready for r in rounds), 1),
             round(first, 2),
             round(later, 2),
-            round(first / later, 2),
+            round(ratio, 2),
         )
 
 
@@ -117,6 +126,17 @@ def wait_ready(process: subprocess.Popen[bytes], http_port: int, log: Path) -> N
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.1)
     raise TimeoutError("the node did not become ready")
+
+
+def identical_studies(out_dir: Path, count: int, rows: int = 1024) -> list[Path]:
+    """``count`` copies of one 3-view study with a break: the same pixels, new UIDs.
+
+    1024 pixels square: larger than the warm-up's views (twice the network's input).
+    """
+    return [
+        write_phantom_study(out_dir, 0, 3, True, np.random.default_rng(13), rows=rows)
+        for _ in range(count)
+    ]
 
 
 def one_round(work: Path, bundle: Path, studies: list[Path], warm_up: bool) -> Round:
@@ -169,7 +189,7 @@ def main() -> None:
         for number in range(args.rounds):
             for name, warm_up in variants.items():  # taking turns: load drifts over a run
                 work = Path(temp) / f"{number}-{warm_up}"
-                studies = write_studies(work / "studies", max(2, args.studies), seed=13)
+                studies = identical_studies(work / "studies", max(2, args.studies))
                 rounds[name].append(one_round(work, args.bundle.resolve(), studies, warm_up))
                 console.print(f"round {number + 1} {name}: {rounds[name][-1]}")
     results = [ColdStart.of(name, done) for name, done in rounds.items()]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 import pytest
+from pydicom import dcmread
+from pydicom.uid import JPEG2000Lossless
 from sqlalchemy import func, select
 
 from config import Settings
 from db.migrate import upgrade
-from db.models import AuditEvent, Study
-from flows.node.warm_up import warm_up
+from db.models import AuditEvent, Instance, Study
+from flows.node.service import TriageService
+from flows.node.warm_up import _store_phantom_study, warm_up
 from flows.runtime import Runtime, current_runtime, install_runtime
 from flows.triage.payloads import TriageStatus
 
@@ -55,3 +59,31 @@ def test_a_failed_warm_up_is_logged_and_the_node_starts_anyway(
     finally:
         install_runtime(None)
         runtime.close()
+
+
+def test_the_warm_up_study_takes_the_paths_a_real_one_does(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Views twice the network's input (resampled both ways), one of them JPEG 2000 coded."""
+    runtime = Runtime.create(make_settings())
+    upgrade(runtime.engine)
+    try:
+        _store_phantom_study(runtime)
+        with runtime.sessions() as session:
+            paths = session.scalars(select(Instance.path)).all()
+        views = [dcmread(runtime.store.absolute(path)) for path in paths]
+        assert len(views) == 3
+        assert {int(view.Rows) for view in views} == {2 * runtime.model().image_size}
+        syntaxes = [view.file_meta.TransferSyntaxUID for view in views]
+        assert syntaxes.count(JPEG2000Lossless) == 1
+    finally:
+        runtime.close()
+
+
+def test_the_node_keeps_its_start_up_objects_from_the_collector_while_it_runs(
+    make_settings: Callable[..., Settings],
+) -> None:
+    runtime = Runtime.create(make_settings(warm_up_at_start=False))
+    with TriageService(runtime):
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0  # collectable again: one process may start many nodes
