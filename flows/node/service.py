@@ -73,7 +73,6 @@ class TriageService:
             # Prefect keep per thread is set up for it, not for the main thread.
             self._executor.submit(warm_up, runtime).result()  # installs the runtime again
         install_runtime(runtime)
-        freeze_start_up_objects()
         # Writes a crash cut short left their .part files: removed (and audited) first.
         sweep_partial_writes(
             runtime.sessions, {"store": settings.store_dir, "outputs": settings.output_dir}
@@ -87,6 +86,8 @@ class TriageService:
         self.outbox.start()  # also sends what a previous run left pending
         if self.audit_export is not None:
             self.audit_export.start()  # resumes after the last event the collector got
+        # Only once nothing before can fail: stop() unfreezes, a failed start never calls it.
+        freeze_start_up_objects()
         try:
             self.operations.start()  # last: /readyz sees everything else running
         except OSError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -14,6 +15,7 @@ from config import Settings
 from db.migrate import upgrade
 from db.models import AuditEvent, Instance, Study
 from flows.node.service import TriageService
+from flows.node.startup import NodeStartError
 from flows.node.warm_up import _store_phantom_study, warm_up
 from flows.runtime import Runtime, current_runtime, install_runtime
 from flows.triage.payloads import TriageStatus
@@ -87,3 +89,15 @@ def test_the_node_keeps_its_start_up_objects_from_the_collector_while_it_runs(
     with TriageService(runtime):
         assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0  # collectable again: one process may start many nodes
+
+
+def test_a_node_that_fails_to_start_leaves_nothing_frozen(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = make_settings(warm_up_at_start=False, port=taken.getsockname()[1])
+        with pytest.raises(NodeStartError, match="is taken by another program"):
+            TriageService(Runtime.create(settings)).start()
+    assert gc.get_freeze_count() == 0
