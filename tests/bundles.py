@@ -19,7 +19,7 @@ import torch
 
 from config.domain.findings import OperatingPoints
 from config.domain.intended_use import IntendedUse
-from config.domain.vocabulary import REGION_CLASSES, REGIONS
+from config.domain.vocabulary import REGIONS, region_classes
 from models.runtime.bundle import save_bundle
 from models.runtime.metadata import BundleMetadata
 from models.runtime.networks import NetworkSpec, build_network
@@ -45,11 +45,14 @@ def build_test_bundle(
     stage1_region: str = "wrist",
     version: str = "0.1.0",
     seed: int = 0,
+    regions: tuple[str, ...] = REGIONS,
 ) -> Path:
-    """Write the untrained test bundle to ``path`` (see the module's description)."""
+    """Write the untrained test bundle to ``path`` (see the module's description);
+    ``regions`` are its stage-1 regions (MURA's seven unless given)."""
     torch.manual_seed(seed)
+    classes = region_classes(regions)
     region_spec = NetworkSpec(
-        architecture="densenet-small", out_channels=len(REGION_CLASSES), kwargs=_TINY
+        architecture="densenet-small", out_channels=len(classes), kwargs=_TINY
     )
     fracture_spec = NetworkSpec(architecture="densenet-small", out_channels=1, kwargs=_TINY)
     region_network = build_network(region_spec)
@@ -57,14 +60,14 @@ def build_test_bundle(
     with torch.no_grad():
         final.weight.zero_()
         final.bias.fill_(-8.0)
-        final.bias[REGION_CLASSES.index(stage1_region)] = 8.0
+        final.bias[classes.index(stage1_region)] = 8.0
     metadata = BundleMetadata(
         name=TEST_BUNDLE_NAME,
         version=version,
         description="UNTRAINED test bundle: rigged stage 1, random stage 2. Tests only.",
         intended_use=IntendedUse(
             statement="Tests of the node's pipeline only; untrained, not a model.",
-            regions=REGIONS,
+            regions=regions,
             header_conflict="header",
         ),
         training_data="None: untrained (random weights, a rigged final layer), for tests.",
@@ -72,8 +75,9 @@ def build_test_bundle(
         image_size=IMAGE_SIZE,
         region_network=region_spec,
         fracture_network=fracture_spec,
+        regions=regions,
         region_min_probability=0.5,
         thresholds=points or DEFAULT_POINTS,
     )
-    fracture_networks = {region: build_network(fracture_spec) for region in REGIONS}
+    fracture_networks = {region: build_network(fracture_spec) for region in regions}
     return save_bundle(path, metadata, region_network, fracture_networks)

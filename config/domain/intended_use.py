@@ -80,9 +80,30 @@ class IntendedUse(BaseModel):
             raise ValueError(f"max_age_years ({high}) is below min_age_years ({low})")
         return self
 
+    @field_validator("regions")
+    @classmethod
+    def _distinct_regions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"regions {list(value)} name a body part twice")
+        return value
+
+    def region_for(self, part_name: str) -> str | None:
+        """The assessed region a specific body part falls under, or None.
+
+        The region of that name first; else a generic region that covers it (a bundle
+        trained on FracAtlas assesses "lower limb" beside "hip": a knee falls under the
+        former, a hip under the latter).
+        """
+        if part_name in self.regions:
+            return part_name
+        for region in self.regions:
+            if part_name in BODY_PARTS[region].parts:
+                return region
+        return None
+
     def covers(self, part: BodyPart) -> bool:
         """Whether ``part`` is, or (generic) may be, one of the assessed regions."""
-        return bool(specific_parts(part) & set(self.regions))
+        return any(self.region_for(name) is not None for name in specific_parts(part))
 
 
 @dataclass(frozen=True)
@@ -146,8 +167,8 @@ def header_gate(facts: HeaderFacts, use: IntendedUse) -> HeaderVerdict:
                 f"{where} names {part.name}: outside the intended use (assessed: {regions})",
             )
         )
-    specific = {part.name for _, part in inside if not part.generic} & set(use.regions)
-    return HeaderVerdict(regions=frozenset(specific))
+    specific = {use.region_for(part.name) for _, part in inside if not part.generic}
+    return HeaderVerdict(regions=frozenset(region for region in specific if region is not None))
 
 
 def resolve_region(

@@ -12,8 +12,14 @@ REGIONS: tuple[str, ...] = ("elbow", "finger", "forearm", "hand", "humerus", "sh
 #: Stage-1 outcome for anything that is none of a bundle's regions.
 UNSUPPORTED = "unsupported"
 
-#: Stage-1 classes in network output order (the default regions, then unsupported).
-REGION_CLASSES: tuple[str, ...] = (*REGIONS, UNSUPPORTED)
+
+def region_classes(regions: tuple[str, ...]) -> tuple[str, ...]:
+    """Stage 1's classes in network output order: a bundle's regions, then unsupported."""
+    return (*regions, UNSUPPORTED)
+
+
+#: Stage-1 classes of the default regions.
+REGION_CLASSES: tuple[str, ...] = region_classes(REGIONS)
 
 #: Said by every result object and burned into every picture.
 AI_RESULT_DISCLAIMER: Final = "AI result, not for diagnostic use"

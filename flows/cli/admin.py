@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from config import REGIONS, Settings
+from config import Settings
 from db.models import StudyStatus
 from flows.cli.options import (
     ConfigOption,
@@ -97,7 +97,8 @@ def reprocess(
         list[str] | None, typer.Option(help=f"Study status (repeatable): {STATUSES}.")
     ] = None,
     region: Annotated[
-        list[str] | None, typer.Option(help=f"Region (repeatable): {', '.join(REGIONS)}.")
+        list[str] | None,
+        typer.Option(help="Region, a body part the bundle assesses (repeatable), e.g. wrist."),
     ] = None,
     model_older_than: Annotated[
         str | None, typer.Option(help="Only studies last triaged by an older model version.")

@@ -18,9 +18,15 @@ if TYPE_CHECKING:
 
 LayoutOption = Annotated[
     str,
-    typer.Option("--layout", help="Data layout: mura, csv (path, region, label[, box]), dicom."),
+    typer.Option(
+        "--layout",
+        help="Data layout: mura, csv (path, region, label[, box]), dicom, fracatlas, grazpedwri.",
+    ),
 ]
-DataOption = Annotated[Path, typer.Option(help="Data set: MURA folder, CSV file or DICOM folder.")]
+DataOption = Annotated[
+    Path,
+    typer.Option(help="Data set: MURA, FracAtlas or GRAZPEDWRI-DX folder, CSV file, DICOM folder."),
+]
 LabelsOption = Annotated[
     Path | None, typer.Option(help="DICOM layout: labels CSV (default DATA/labels.csv).")
 ]
@@ -75,6 +81,13 @@ LabelMeaningOption = Annotated[
         "mura layout: MURA's labels mark any abnormality)."
     ),
 ]
+AgeOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Age limit of the intended use in years (default: the layout's; adults, or "
+        "0 to 19 for grazpedwri). --min-age 0 assesses any age."
+    ),
+]
 
 
 def _problems(error: ValidationError) -> str:
@@ -85,7 +98,8 @@ def _problems(error: ValidationError) -> str:
 
 
 def _load_data(data: Path, layout: str, labels: Path | None) -> list[ImageRecord]:
-    from models.training.datasets import LAYOUTS, DatasetError, load_records
+    from models.training.datasets import DatasetError
+    from models.training.layouts import LAYOUTS, load_records
 
     if layout not in LAYOUTS:
         fail(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -137,12 +151,15 @@ def train(
     version: str = "0.1.0",
     synthetic: SyntheticOption = None,
     label_meaning: LabelMeaningOption = None,
+    min_age: AgeOption = None,
+    max_age: AgeOption = None,
     seed: int = 0,
     config: ConfigOption = None,
 ) -> None:
     """Train a two-stage bundle (region, then per-region fracture) on labelled radiographs."""
     settings_for(config)
     from models.training.config import PRESETS, preset_config
+    from models.training.layouts import LAYOUT_DEFAULTS, LayoutDefaults
     from models.training.train import train as train_bundle
 
     if preset not in PRESETS:
@@ -159,11 +176,14 @@ def train(
         "specificity_target": specificity_target,
         "study_aggregation": aggregation,
         "max_steps_per_epoch": max_steps_per_epoch,
+        "label_meaning": label_meaning,
+        "min_age_years": min_age,
+        "max_age_years": max_age,
     }
-    options: dict[str, object] = {k: v for k, v in chosen.items() if v is not None}
+    options = LAYOUT_DEFAULTS.get(layout, LayoutDefaults()).training_options()
+    options.update({k: v for k, v in chosen.items() if v is not None})
     options.update(device=device, resume=resume, name=name, version=version, seed=seed)
     options["training_data"] = f"{layout} data set at {data.name}"
-    options["label_meaning"] = label_meaning or ("abnormality" if layout == "mura" else "fracture")
     if epochs is not None:
         options.update(region_epochs=epochs, fracture_epochs=epochs, finetune_epochs=epochs)
     try:
@@ -257,7 +277,7 @@ def make_phantom_dataset(
 ) -> None:
     """Write a small synthetic data set in the MURA, CSV or DICOM layout (for trying train)."""
     settings_for(config)
-    from models.training.datasets import LAYOUTS, write_phantom_dataset
+    from models.training.layouts import LAYOUTS, write_phantom_dataset
 
     if layout not in LAYOUTS:
         fail(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")

@@ -17,7 +17,8 @@ from typing import Literal
 from packaging.version import InvalidVersion, Version
 from prefect import flow, task
 
-from config import REGIONS, Destination
+from config import Destination
+from config.domain.anatomy import BODY_PARTS
 from db.audit import AuditEventType, AuditLog
 from db.models import StudyStatus
 from db.repositories import StudyRepository
@@ -49,9 +50,12 @@ class ReprocessCriteria:
         unknown = [s for s in self.statuses if s not in known]
         if unknown:
             raise ValueError(f"unknown study statuses {unknown}; expected some of {sorted(known)}")
-        unknown = [r for r in self.regions if r not in REGIONS]
+        # A bundle's regions are body parts (MURA's seven for the demo, FracAtlas's four...).
+        unknown = [r for r in self.regions if r not in BODY_PARTS]
         if unknown:
-            raise ValueError(f"unknown regions {unknown}; expected some of {list(REGIONS)}")
+            raise ValueError(
+                f"unknown regions {unknown}; expected body parts of {sorted(BODY_PARTS)}"
+            )
         if self.model_version_older_than is not None:
             Version(self.model_version_older_than)  # raises InvalidVersion naming the value
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from config import REGION_CLASSES, REGIONS, UNSUPPORTED
+from config import UNSUPPORTED
 from models.runtime.gradcam import CAM_METHODS, CamExplainer, hottest_box
 from models.runtime.metadata import BundleMetadata
 from models.runtime.networks import gradcam_target_layer
@@ -42,7 +42,7 @@ class RegionCall:
     probability
         Calibrated softmax probability of the arg-max class.
     probabilities
-        Calibrated probability per class of :data:`config.REGION_CLASSES`.
+        Calibrated probability per class of the bundle's ``region_classes``.
     distance
         The out-of-distribution score (:class:`~models.runtime.ood.FeatureDistance`);
         None for a bundle without a pixel gate.
@@ -85,7 +85,7 @@ class ImagePrediction:
     region_probability
         Softmax probability of the arg-max region class.
     region_probabilities
-        Probability per class of :data:`config.REGION_CLASSES`.
+        Probability per class of the bundle's ``region_classes``.
     fracture_probability
         Probability of a fracture from the region's network; None without a region.
     cam
@@ -129,7 +129,7 @@ class HierarchicalModel:
     metadata
         The bundle metadata (thresholds, image size, network specs).
     region_network
-        Stage 1, logits over :data:`config.REGION_CLASSES`.
+        Stage 1, logits over ``metadata.region_classes``.
     fracture_networks
         Stage 2 per region in ``metadata.regions``.
     device
@@ -192,7 +192,9 @@ class HierarchicalModel:
             If ``region`` is not one of the bundle's regions.
         """
         if region not in self.metadata.thresholds:
-            raise ValueError(f"no thresholds for region {region!r}; expected one of {REGIONS}")
+            raise ValueError(
+                f"no thresholds for region {region!r}; expected one of {self.metadata.regions}"
+            )
         points = self.metadata.thresholds[region]
         return points.suspected, points.likely
 
@@ -228,9 +230,10 @@ class HierarchicalModel:
         if batch.shape[0] == 0:
             return []
         logits, features = self._region_outputs(batch)
-        if logits.shape[1] != len(REGION_CLASSES):
+        classes = self.metadata.region_classes
+        if logits.shape[1] != len(classes):
             raise ValueError(
-                f"region network gives {logits.shape[1]} classes; expected {len(REGION_CLASSES)}"
+                f"region network gives {logits.shape[1]} classes; expected {len(classes)}"
             )
         probabilities = torch.softmax(logits / self.metadata.temperature("region"), dim=1)
         distances: list[float | None] = [None] * batch.shape[0]
@@ -253,8 +256,9 @@ class HierarchicalModel:
         return torch.cat(logits), torch.cat(features) if features else torch.empty(0)
 
     def _region_call(self, probs: np.ndarray, distance: float | None) -> RegionCall:
-        name = REGION_CLASSES[int(np.argmax(probs))]
-        by_class = {c: float(p) for c, p in zip(REGION_CLASSES, probs, strict=True)}
+        classes = self.metadata.region_classes
+        name = classes[int(np.argmax(probs))]
+        by_class = {c: float(p) for c, p in zip(classes, probs, strict=True)}
         probability = float(probs.max())
         gate = self.metadata.pixel_gate
         rejection = None

@@ -15,11 +15,11 @@ import monai
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from config import REGION_CLASSES, REGIONS
+from config import REGIONS, UNSUPPORTED
 from config.domain.anatomy import BODY_PARTS
 from config.domain.findings import OperatingPoints
 from config.domain.intended_use import IntendedUse
-from config.domain.vocabulary import LabelMeaning
+from config.domain.vocabulary import LabelMeaning, region_classes
 from models.runtime.networks import NetworkSpec
 
 METADATA_FILE = Path("configs/metadata.json")
@@ -67,7 +67,12 @@ class BundleMetadata(BaseModel):
     image_size: int = Field(ge=32, description="Side of the square model input (preprocessing).")
     region_network: NetworkSpec
     fracture_network: NetworkSpec
-    regions: tuple[str, ...] = REGIONS
+    regions: tuple[str, ...] = Field(
+        default=REGIONS,
+        min_length=1,
+        description="Stage 1's regions in network output order ('unsupported' follows them); "
+        "bundles made before the field existed have MURA's seven.",
+    )
     region_min_probability: float = Field(
         ge=0.0,
         le=1.0,
@@ -111,13 +116,12 @@ class BundleMetadata(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleMetadata:
-        # The region network's outputs are REGION_CLASSES in order, so regions must match.
-        if tuple(self.regions) != REGIONS:
-            raise ValueError(f"regions {self.regions} must be {REGIONS} (network output order)")
-        if self.region_network.out_channels != len(REGION_CLASSES):
+        self._known_regions()
+        # The region network's outputs are region_classes in order, one per class.
+        if self.region_network.out_channels != len(self.region_classes):
             raise ValueError(
                 f"region_network.out_channels is {self.region_network.out_channels}; "
-                f"expected {len(REGION_CLASSES)} ({REGION_CLASSES})"
+                f"expected {len(self.region_classes)} ({list(self.region_classes)})"
             )
         if self.fracture_network.out_channels not in (1, 2):
             raise ValueError(
@@ -143,6 +147,21 @@ class BundleMetadata(BaseModel):
         except ValueError as error:
             raise ValueError(f"created {self.created!r} is not an ISO timestamp") from error
         return self
+
+    def _known_regions(self) -> None:
+        unknown = [r for r in self.regions if r not in BODY_PARTS or r == UNSUPPORTED]
+        if unknown:
+            raise ValueError(f"regions {unknown} are not body parts of {sorted(BODY_PARTS)}")
+        if len(set(self.regions)) != len(self.regions):
+            raise ValueError(f"regions {list(self.regions)} name a region twice")
+        beyond = [r for r in self.intended_use.regions if r not in self.regions]
+        if beyond:
+            raise ValueError(f"intended_use.regions {beyond} are not among regions")
+
+    @property
+    def region_classes(self) -> tuple[str, ...]:
+        """Stage 1's classes in network output order: the regions, then 'unsupported'."""
+        return region_classes(self.regions)
 
     def temperature(self, network: str) -> float:
         """Calibration temperature of ``network`` ('region' or a region name); 1.0 if absent."""
@@ -361,8 +380,9 @@ Labels: {metadata.label_meaning.value}: {metadata.label_meaning.description}
 
 - Input: one display-rendered radiograph, fitted to {metadata.image_size}x{metadata.image_size},
   standardised per image (see `models.runtime.preprocessing`).
-- Stage 1 (region): `{metadata.region_network.architecture}`, softmax over {list(REGION_CLASSES)};
-  a region below (calibrated) probability {metadata.region_min_probability} counts as unsupported.
+- Stage 1 (region): `{metadata.region_network.architecture}`, softmax over
+  {list(metadata.region_classes)}; a region below (calibrated) probability
+  {metadata.region_min_probability} counts as unsupported.
 - Pixel gate: {_pixel_gate_line(metadata.pixel_gate)}
 - Stage 2 (fracture): one `{metadata.fracture_network.architecture}` per region.
 - Study probability: {metadata.study_aggregation} of the image probabilities.

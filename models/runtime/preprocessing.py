@@ -148,12 +148,13 @@ def preprocess_dicom_file(path: str | Path, size: int) -> tuple[np.ndarray, Geom
 
 
 def display_image_from_png(path: str | Path) -> np.ndarray:
-    """Load an already display-rendered 8-bit PNG (as in MURA) as float32 in [0, 1].
+    """Load an already display-rendered PNG or JPEG (MURA, FracAtlas) as float32 in [0, 1].
 
     Parameters
     ----------
     path
-        Path to an 8-bit grayscale or RGB(A) PNG; colour is converted to luminance.
+        Path to an 8-bit grayscale or RGB(A) image (colour is converted to luminance) or
+        a 16-bit grayscale PNG (GRAZPEDWRI-DX), scaled by its full range.
 
     Returns
     -------
@@ -163,11 +164,15 @@ def display_image_from_png(path: str | Path) -> np.ndarray:
     Raises
     ------
     ValueError
-        If the PNG is not 8 bits per channel.
+        If the image is neither 8 bits per channel nor 16-bit grayscale.
     """
     with Image.open(path) as image:
+        if image.mode in ("I;16", "I;16B", "I;16L"):
+            return np.asarray(image, dtype=np.float32) / 65535.0
         if image.mode not in ("L", "RGB", "RGBA", "LA", "P"):
-            raise ValueError(f"PNG {path} has mode {image.mode!r}; expected 8-bit grayscale/RGB")
+            raise ValueError(
+                f"PNG {path} has mode {image.mode!r}; expected 8-bit grayscale/RGB or 16-bit gray"
+            )
         gray = np.asarray(image.convert("L"), dtype=np.float32)
     return gray / 255.0
 

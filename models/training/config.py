@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from config.domain.vocabulary import LabelMeaning
 from models.runtime.networks import ArchitectureName
@@ -104,6 +104,19 @@ class TrainConfig(BaseModel):
         description="Youngest patients the bundle assesses (intended use); None: any age. "
         "Adults by default: children's growth plates are not in the training data.",
     )
+    max_age_years: float | None = Field(
+        default=None,
+        ge=0,
+        description="Oldest patients the bundle assesses (intended use); None: no limit. "
+        "A paediatric data set (GRAZPEDWRI-DX: 0.2 to 19 years) sets it.",
+    )
+
+    @model_validator(mode="after")
+    def _age_range(self) -> TrainConfig:
+        low, high = self.min_age_years, self.max_age_years
+        if low is not None and high is not None and high < low:
+            raise ValueError(f"max_age_years ({high}) is below min_age_years ({low})")
+        return self
 
     @field_validator("device")
     @classmethod

@@ -15,7 +15,8 @@ Layouts
     our ``test`` split; ``train`` is split by patient into train and validation.
 ``csv``
     A CSV file with a header: ``path`` (relative to the CSV's folder or absolute),
-    ``region`` (one of :data:`config.REGION_CLASSES`), ``label`` (0/1) and optionally
+    ``region`` (a body part of :data:`config.domain.anatomy.BODY_PARTS` or
+    ``unsupported``), ``label`` (0/1) and optionally
     ``patient_id``, ``study_id``, ``split`` and a fracture box ``row_min, col_min,
     row_max, col_max`` in source pixels (e.g. FracAtlas, whose boxes come from its COCO
     annotations). Without ``patient_id`` each image counts as its own patient (FracAtlas
@@ -51,7 +52,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -59,6 +60,7 @@ from monai.transforms import MapTransform, Transform
 from PIL import Image
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
+from config.domain.anatomy import BODY_PARTS
 from models.runtime.preprocessing import (
     Geometry,
     display_image_from_dataset,
@@ -68,9 +70,6 @@ from models.runtime.preprocessing import (
 from models.training.phantoms import phantom_dataset, render_phantom, seeded_uids
 
 logger = logging.getLogger(__name__)
-
-#: Names of the data layouts :func:`load_records` understands.
-LAYOUTS: tuple[str, ...] = ("mura", "csv", "dicom")
 
 #: Split names; ``None`` on a record means "not assigned by the source".
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -115,7 +114,8 @@ class ImageRecord:
         Study identifier, unique across the data set (the unit of labels in MURA and of
         the study-level decision).
     region
-        One of :data:`config.REGION_CLASSES`.
+        A body part of :data:`config.domain.anatomy.BODY_PARTS` or ``"unsupported"``
+        (an image of none of the regions a bundle may assess).
     label
         1 fracture / abnormal, 0 not.
     box
@@ -133,9 +133,10 @@ class ImageRecord:
     split: str | None = None
 
     def __post_init__(self) -> None:
-        if self.region not in REGION_CLASSES:
+        if not is_known_region(self.region):
             raise DatasetError(
-                f"{self.path}: region {self.region!r} is not one of {REGION_CLASSES}"
+                f"{self.path}: region {self.region!r} is neither {UNSUPPORTED!r} nor a body "
+                f"part of {sorted(BODY_PARTS)}"
             )
         if self.label not in (0, 1):
             raise DatasetError(f"{self.path}: label {self.label!r} is not 0 or 1")
@@ -144,10 +145,15 @@ class ImageRecord:
         if self.split is not None and self.split not in SPLITS:
             raise DatasetError(f"{self.path}: split {self.split!r} is not one of {SPLITS}")
 
-    @property
-    def region_index(self) -> int:
-        """Index of the region in :data:`config.REGION_CLASSES` (stage-1 target)."""
-        return REGION_CLASSES.index(self.region)
+
+def is_known_region(region: str) -> bool:
+    """Whether a record's region is one a bundle may have, or 'unsupported'."""
+    return region == UNSUPPORTED or region in BODY_PARTS
+
+
+def data_regions(records: Iterable[ImageRecord]) -> tuple[str, ...]:
+    """The regions the records show, in name order: a bundle trained on them has these."""
+    return tuple(sorted({r.region for r in records} - {UNSUPPORTED}))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -209,12 +215,13 @@ class LoadRecordImaged(MapTransform):
         return out
 
 
-def record_dicts(records: Sequence[ImageRecord]) -> list[dict[str, Any]]:
-    """MONAI data dictionaries: ``image`` (path), ``region`` (class index), ``fracture`` (0/1)."""
+def record_dicts(records: Sequence[ImageRecord], classes: Sequence[str]) -> list[dict[str, Any]]:
+    """MONAI data dictionaries: ``image`` (path), ``region`` (index in stage 1's
+    ``classes``), ``fracture`` (0/1)."""
     return [
         {
             "image": str(r.path),
-            "region": r.region_index,
+            "region": classes.index(r.region),
             "fracture": np.float32(r.label),
         }
         for r in records
@@ -224,10 +231,14 @@ def record_dicts(records: Sequence[ImageRecord]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- sources
 
 
-def _read_rows(path: Path, header: bool) -> list[list[str]] | list[dict[str, str]]:
+def read_rows(path: Path, header: bool) -> list[list[str]] | list[dict[str, str]]:
+    """A CSV's rows: dicts by lower-cased column (``header``) or lists of cells, trimmed.
+
+    A UTF-8 byte-order mark (GRAZPEDWRI-DX's ``dataset.csv`` has one) is dropped.
+    """
     if not path.is_file():
         raise DatasetError(f"CSV file {path} does not exist")
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         if header:
             reader = csv.DictReader(handle)
             if reader.fieldnames is None:
@@ -239,7 +250,8 @@ def _read_rows(path: Path, header: bool) -> list[list[str]] | list[dict[str, str
         return [[cell.strip() for cell in row] for row in csv.reader(handle) if row]
 
 
-def _label(value: str, where: str) -> int:
+def parse_label(value: str, where: str) -> int:
+    """A 0/1 label from the ways sources write it (errors name ``where``)."""
     text = value.strip().lower()
     if text in ("1", "1.0", "true", "yes", "positive", "abnormal", "fracture", "fractured"):
         return 1
@@ -261,10 +273,10 @@ def _mura_root(path: Path) -> Path:
 def _mura_study_labels(root: Path, split: str) -> dict[str, int]:
     labels: dict[str, int] = {}
     studies_csv = root / _MURA_DIR / f"{split}_labeled_studies.csv"
-    for line, row in enumerate(_read_rows(studies_csv, header=False), start=1):
+    for line, row in enumerate(read_rows(studies_csv, header=False), start=1):
         if len(row) < 2:
             raise DatasetError(f"{studies_csv}:{line}: expected 'study_dir,label', got {row}")
-        labels[row[0].rstrip("/")] = _label(row[1], f"{studies_csv}:{line}")
+        labels[row[0].rstrip("/")] = parse_label(row[1], f"{studies_csv}:{line}")
     return labels
 
 
@@ -273,7 +285,7 @@ def _load_mura_split(root: Path, split: str) -> list[ImageRecord]:
     labels = _mura_study_labels(root, split)
     images_csv = root / _MURA_DIR / f"{split}_image_paths.csv"
     records = []
-    for line, row in enumerate(_read_rows(images_csv, header=False), start=1):
+    for line, row in enumerate(read_rows(images_csv, header=False), start=1):
         relative = row[0]
         match = _MURA_PATH.search(relative)
         if match is None:
@@ -347,15 +359,14 @@ def _box(row: Mapping[str, str], where: str) -> tuple[float, float, float, float
 def _labelled_record(
     row: Mapping[str, str], where: str, file: Path, patient: str, study: str, region: str
 ) -> ImageRecord:
-    """One labels row's record, its region, label and box checked (errors name ``where``)."""
-    if region not in REGION_CLASSES:
-        raise DatasetError(f"{where}: region {region!r} is not one of {REGION_CLASSES}")
+    """One labels row's record, its label and box checked (errors name ``where``; a
+    region no bundle may have is refused by :class:`ImageRecord`, naming the file)."""
     return ImageRecord(
         path=file,
         patient_id=patient,
         study_id=study,
         region=region,
-        label=_label(row["label"], where),
+        label=parse_label(row["label"], where),
         box=_box(row, where),
         split=row.get("split") or None,
     )
@@ -370,7 +381,7 @@ def load_csv(path: str | Path) -> list[ImageRecord]:
         For a missing column, file, bad label, region or box (each named with its line).
     """
     path = Path(path)
-    rows = _read_rows(path, header=True)
+    rows = read_rows(path, header=True)
     records = []
     for line, row in enumerate(rows, start=2):
         assert isinstance(row, dict)
@@ -451,7 +462,7 @@ def load_dicom_folder(path: str | Path, labels_csv: str | Path | None = None) ->
     if not root.is_dir():
         raise DatasetError(f"DICOM folder {root} does not exist")
     labels_file = Path(labels_csv) if labels_csv is not None else root / "labels.csv"
-    rows = _read_rows(labels_file, header=True)
+    rows = read_rows(labels_file, header=True)
     folder = _DicomFolder.index(root, labels_file)
     records = []
     for line, row in enumerate(rows, start=2):
@@ -466,30 +477,6 @@ def load_dicom_folder(path: str | Path, labels_csv: str | Path | None = None) ->
         records.append(_labelled_record(row, where, file, patient, study, region))
     logger.info("DICOM folder %s: %d labelled images", root, len(records))
     return records
-
-
-def load_records(
-    path: str | Path, layout: Literal["mura", "csv", "dicom"], labels_csv: str | Path | None = None
-) -> list[ImageRecord]:
-    """Load a data source of the given layout (``mura``, ``csv`` or ``dicom``).
-
-    Parameters
-    ----------
-    path
-        MURA folder, CSV file (or a folder holding ``labels.csv``), or DICOM folder.
-    layout
-        One of :data:`LAYOUTS`.
-    labels_csv
-        DICOM layout only: the labels CSV (default ``<path>/labels.csv``).
-    """
-    if layout == "mura":
-        return load_mura(path)
-    if layout == "csv":
-        path = Path(path)
-        return load_csv(path / "labels.csv" if path.is_dir() else path)
-    if layout == "dicom":
-        return load_dicom_folder(path, labels_csv)
-    raise DatasetError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
 
 
 # ----------------------------------------------------------------------------- splits
@@ -557,7 +544,8 @@ def region_counts(records: Iterable[ImageRecord]) -> dict[str, dict[str, int]]:
 # ----------------------------------------------------------------------------- fixtures
 
 
-def _save_png(image: np.ndarray, path: Path) -> None:
+def save_png(image: np.ndarray, path: Path) -> None:
+    """An image in [0, 1] as an 8-bit grayscale PNG (or JPEG, by the suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)).save(path)
 
@@ -575,7 +563,7 @@ def write_unsupported_phantoms(
     for k in range(count):
         path = out_dir / f"unsupported_{k:05d}.png"
         if not path.is_file():
-            _save_png(render_phantom(UNSUPPORTED, False, rng, size=size).image, path)
+            save_png(render_phantom(UNSUPPORTED, False, rng, size=size).image, path)
         patient = f"synthetic-unsupported-{k:05d}"
         records.append(ImageRecord(path, patient, patient, UNSUPPORTED, 0))
     return records
@@ -627,7 +615,7 @@ def write_phantom_mura(
                     for view in range(1, int(rng.integers(1, 4)) + 1):
                         phantom = render_phantom(region, positive, rng, size=size)
                         relative = f"{study_dir}image{view}.png"
-                        _save_png(phantom.image, out_dir / relative)
+                        save_png(phantom.image, out_dir / relative)
                         image_lines.append(relative)
         (mura / f"{split}_image_paths.csv").write_text("\n".join(image_lines) + "\n")
         (mura / f"{split}_labeled_studies.csv").write_text("\n".join(study_lines) + "\n")
@@ -656,7 +644,7 @@ def write_phantom_csv(
             fracture = region != UNSUPPORTED and k % 2 == 1
             phantom = render_phantom(region, fracture, rng, size=size)
             relative = f"images/{region}_{k:04d}.png"
-            _save_png(phantom.image, out_dir / relative)
+            save_png(phantom.image, out_dir / relative)
             box = ",".join(str(v) for v in phantom.break_box) if phantom.break_box else ",,,"
             lines.append(f"{relative},{region},{int(fracture)},{region}-{k:04d},{box}")
     labels = out_dir / "labels.csv"
@@ -723,34 +711,3 @@ def write_phantom_dicom_folder(
     labels = out_dir / "labels.csv"
     labels.write_text("\n".join(lines) + "\n")
     return labels
-
-
-def write_phantom_dataset(
-    out_dir: str | Path,
-    layout: Literal["mura", "csv", "dicom"],
-    size: int = 96,
-    seed: int = 0,
-    patients: int | None = None,
-) -> Path:
-    """Write a phantom data set in ``layout``; returns the path to pass to the loader.
-
-    ``patients`` per class (default: each writer's small default): images per class in
-    the CSV layout, train patients per region in the MURA layout (a third as many, at
-    least one, in ``valid``), two-view studies per class in the DICOM layout.
-
-    Raises
-    ------
-    DatasetError
-        If ``layout`` is unknown or ``patients`` is below 1.
-    """
-    if patients is not None and patients < 1:
-        raise DatasetError(f"patients {patients} is below 1")
-    if layout == "mura":
-        counts = (patients, max(1, patients // 3)) if patients else (8, 3)
-        return write_phantom_mura(out_dir, counts, size=size, seed=seed).parent
-    if layout == "csv":
-        return write_phantom_csv(out_dir, patients or 20, size=size, seed=seed)
-    if layout == "dicom":
-        write_phantom_dicom_folder(out_dir, patients or 2, size=size, seed=seed)
-        return Path(out_dir)
-    raise DatasetError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")

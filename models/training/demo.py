@@ -67,7 +67,7 @@ class DemoRecipe:
     Attributes
     ----------
     per_class
-        Phantoms per class of REGION_CLASSES (half of the region phantoms fractured),
+        Phantoms per class of config.REGION_CLASSES (half of the region phantoms fractured),
         split by patient (one image each) with the preset's validation and test fractions.
     overrides
         :class:`models.training.config.TrainConfig` fields to change from the preset (tests

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from monai.visualize import OcclusionSensitivity
 
-from config import REGION_CLASSES, REGIONS, UNSUPPORTED
+from config import UNSUPPORTED
 from config.domain.decision import ViewResult
 from models.runtime.bundle import MODEL_CARD_FILE, load_bundle, update_metadata
 from models.runtime.gradcam import CAM_METHODS, hottest_box
@@ -256,6 +256,7 @@ def evaluate_bundle(
 class _Tally:
     """What the pass over the records counted: regions, study probabilities, box hits."""
 
+    region_classes: tuple[str, ...] = ()  # the bundle's stage-1 classes
     region_truth: list[int] = field(default_factory=list)
     region_predicted: list[int] = field(default_factory=list)
     # The records of a supported region and their fracture probabilities (image level).
@@ -283,7 +284,7 @@ class _Tally:
         progress: bool,
     ) -> _Tally:
         """One pass of the bundle over the records (a progress bar if ``progress``)."""
-        tally = cls()
+        tally = cls(region_classes=model.metadata.region_classes)
         with progress_bar(progress, "evaluating", len(records)) as advance:
             for record in records:
                 tally.add(model, record, occlusion)
@@ -295,10 +296,14 @@ class _Tally:
         image, geometry = preprocess(load_display_image(record.path), model.image_size)
         batch = image[None]
         call = model.classify_regions(batch)[0]
-        self.region_truth.append(record.region_index)
-        self.region_predicted.append(REGION_CLASSES.index(call.region or UNSUPPORTED))
-        if record.region == UNSUPPORTED:
-            self.gate_unsupported.append(call)
+        classes = self.region_classes
+        # An image of a body part the bundle does not assess should be 'unsupported'.
+        truth = record.region if record.region in classes else UNSUPPORTED
+        self.region_truth.append(classes.index(truth))
+        self.region_predicted.append(classes.index(call.region or UNSUPPORTED))
+        if truth == UNSUPPORTED:
+            if record.region == UNSUPPORTED:
+                self.gate_unsupported.append(call)
             return
         self.gate_in_distribution.append(call)
         probability = model.classify_fractures(batch, [record.region])[0]
@@ -325,13 +330,13 @@ class _Tally:
     def region_metrics(self) -> dict[str, Any]:
         """Stage 1 at image level: accuracy, kappa and the confusion matrix over the classes."""
         truth, predicted = np.asarray(self.region_truth), np.asarray(self.region_predicted)
-        classes = len(REGION_CLASSES)
+        classes = len(self.region_classes)
         matrix = np.bincount(truth * classes + predicted, minlength=classes * classes)
         return {
             "region_accuracy": round(float((truth == predicted).mean()), 4),
             "region_kappa": round(cohen_kappa(truth, predicted), 4),
             "region_confusion": {
-                "classes": list(REGION_CLASSES),
+                "classes": list(self.region_classes),
                 "matrix": matrix.reshape(classes, classes).tolist(),
             },
         }
@@ -422,7 +427,7 @@ def _fracture_metrics(
     # Overall: each study against its own region's thresholds (what the node does).
     points = np.asarray([model.thresholds_for(r) for r in studies.regions])
     scopes = {"overall": (np.ones(studies.labels.size, dtype=bool), points[:, 0], points[:, 1])}
-    for region in REGIONS:
+    for region in model.metadata.regions:
         mask = studies.regions == region
         if mask.any():
             scopes[region] = (mask, *model.thresholds_for(region))

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from config import REGIONS
 from config.domain.decision import aggregate_study
 from models.runtime.bundle import OperatingPoints
 from models.training.datasets import ImageRecord
@@ -86,7 +85,7 @@ class RegionOperatingPoints:
     Attributes
     ----------
     thresholds
-        Operating points per region of :data:`config.REGIONS`.
+        Operating points per region of the bundle.
     validation_auroc
         Study-level AUROC per region on the validation split (None without both classes).
     pooled_for
@@ -109,7 +108,7 @@ def region_operating_points(
     Parameters
     ----------
     calibrated
-        Per region of :data:`config.REGIONS`: its validation records and their calibrated
+        Per region of the bundle: its validation records and their calibrated
         image probabilities (from that region's network).
     aggregation
         How a study's views are combined (the bundle's ``study_aggregation``).
@@ -130,8 +129,8 @@ def region_operating_points(
     thresholds: dict[str, OperatingPoints] = {}
     validation_auroc: dict[str, float | None] = {}
     pooled_for: list[str] = []
-    for region in REGIONS:
-        _, scores, labels = study_scores(*calibrated[region], aggregation)
+    for region, (records, probabilities) in calibrated.items():
+        _, scores, labels = study_scores(records, probabilities, aggregation)
         if 0 < labels.sum() < len(labels):
             validation_auroc[region] = round(auroc(labels, scores), 4)
             points = pick_operating_points(labels, scores, sensitivity, specificity)

@@ -16,11 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from config import REGION_CLASSES, UNSUPPORTED
 from models.runtime.metadata import PixelGate
 from models.runtime.ood import FeatureDistance
-
-_UNSUPPORTED_INDEX = REGION_CLASSES.index(UNSUPPORTED)
 
 
 @dataclass(frozen=True)
@@ -33,8 +30,8 @@ class StageOneOutputs:
 
     @property
     def in_distribution(self) -> torch.Tensor:
-        """Mask of the images of the bundle's regions (not the 'unsupported' class)."""
-        return self.targets != _UNSUPPORTED_INDEX
+        """Mask of the images of the bundle's regions ('unsupported' is the last class)."""
+        return self.targets != self.logits.shape[1] - 1
 
 
 @dataclass(frozen=True)

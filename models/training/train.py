@@ -33,8 +33,9 @@ from monai.utils import set_determinism
 from torch import nn
 from torch.utils.data import Subset
 
-from config import REGION_CLASSES, REGIONS, UNSUPPORTED
+from config import UNSUPPORTED
 from config.domain.intended_use import IntendedUse
+from config.domain.vocabulary import region_classes
 from models.runtime.bundle import BundleMetadata, save_bundle
 from models.runtime.inference import fracture_probability
 from models.runtime.networks import NetworkSpec, build_network, resolve_device
@@ -42,6 +43,7 @@ from models.training.calibration import fit_temperature
 from models.training.config import TrainConfig
 from models.training.datasets import (
     ImageRecord,
+    data_regions,
     record_dicts,
     region_counts,
     split_by_patient,
@@ -76,7 +78,8 @@ def train(
 ) -> Path:
     """Train a two-stage bundle (region network, one fracture network per region).
 
-    Stage 1 classifies :data:`config.REGION_CLASSES` (7 regions + 'unsupported'); if the
+    Stage 1 classifies the regions the training images show (MURA: its seven; FracAtlas:
+    its four) plus 'unsupported'; the bundle assesses exactly those regions. If the
     data has no 'unsupported' images (MURA), ``config.unsupported_phantoms`` synthetic
     non-extremity images are added and the model card says so. Stage 2 first trains one
     fracture network on all regions (a break looks alike on every bone), then fine-tunes
@@ -106,7 +109,8 @@ def train(
     Raises
     ------
     ValueError
-        If the train or validation split is empty, or a region has no training images.
+        If the train or validation split is empty, or a region of the validation images
+        has no training images.
     """
     started = time.perf_counter()
     code = training_code_fingerprint()  # of the code that starts the run, not edits during it
@@ -123,7 +127,7 @@ def train(
     elapsed = time.perf_counter() - started
     metrics = _metrics(splits, calibration, networks.summary, elapsed, runner)
     training_data = _training_data_text(config, splits, synthetic_unsupported)
-    metadata = _bundle_metadata(config, training_data, calibration, metrics, code)
+    metadata = _bundle_metadata(config, data.regions, training_data, calibration, metrics, code)
     (work / "train_config.json").write_text(config.model_dump_json(indent=2) + "\n")
     save_bundle(
         out_dir,
@@ -166,17 +170,22 @@ def _split(
         raise ValueError(
             f"training needs train and val images; got {len(train_records)} and {len(val_records)}"
         )
-    missing = [r for r in REGIONS if not any(x.region == r for x in train_records)]
+    missing = sorted(set(data_regions(val_records)) - set(data_regions(train_records)))
     if missing:
-        raise ValueError(f"no training images for regions {missing}")
+        raise ValueError(f"no training images for regions {missing} of the validation images")
     patients = {name: {r.patient_id for r in split} for name, split in splits.items()}
     PatientSplits.of(patients).write(work.parent)  # work is <bundle>/training
     return splits, synthetic_unsupported
 
 
-def _cached(records: Sequence[ImageRecord], transforms: Compose, config: TrainConfig) -> Any:
+def _cached(
+    records: Sequence[ImageRecord],
+    classes: tuple[str, ...],
+    transforms: Compose,
+    config: TrainConfig,
+) -> Any:
     return CacheDataset(
-        record_dicts(records),
+        record_dicts(records, classes),
         transforms,
         cache_rate=config.cache_rate,
         num_workers=config.num_workers or None,
@@ -188,6 +197,7 @@ def _cached(records: Sequence[ImageRecord], transforms: Compose, config: TrainCo
 class _TrainingData:
     """The train and validation images of one run, with their stage-1 class indices."""
 
+    regions: tuple[str, ...]
     train_records: list[ImageRecord]
     val_records: list[ImageRecord]
     train_set: CacheDataset
@@ -198,41 +208,47 @@ class _TrainingData:
     @classmethod
     def load(cls, config: TrainConfig, splits: dict[str, list[ImageRecord]]) -> _TrainingData:
         train_records, val_records = splits["train"], splits["val"]
+        regions = data_regions(train_records)
+        classes = region_classes(regions)
         return cls(
+            regions,
             train_records,
             val_records,
-            _cached(train_records, training_transforms(config, augment=True), config),
-            _cached(val_records, training_transforms(config, augment=False), config),
-            np.asarray([r.region_index for r in train_records]),
-            np.asarray([r.region_index for r in val_records]),
+            _cached(train_records, classes, training_transforms(config, augment=True), config),
+            _cached(val_records, classes, training_transforms(config, augment=False), config),
+            np.asarray([classes.index(r.region) for r in train_records]),
+            np.asarray([classes.index(r.region) for r in val_records]),
         )
 
     @property
     def supported_train(self) -> np.ndarray:
         """Indices of the training images of a supported region (stage 2's data)."""
-        return np.nonzero(self.train_regions < len(REGIONS))[0]
+        return np.nonzero(self.train_regions < len(self.regions))[0]
 
     @property
     def supported_val(self) -> np.ndarray:
         """Indices of the validation images of a supported region."""
-        return np.nonzero(self.val_regions < len(REGIONS))[0]
+        return np.nonzero(self.val_regions < len(self.regions))[0]
 
     def total_steps(self, config: TrainConfig) -> int:
         """Optimiser steps of the whole run (the progress bar's length)."""
         total = config.region_epochs * epoch_steps(config, len(self.train_records))
         total += config.fracture_epochs * epoch_steps(config, len(self.supported_train))
         return total + config.finetune_epochs * sum(
-            epoch_steps(config, int((self.train_regions == k).sum())) for k in range(len(REGIONS))
+            epoch_steps(config, int((self.train_regions == k).sum()))
+            for k in range(len(self.regions))
         )
 
 
 # ----------------------------------------------------------------------------- stages
 
 
-def _network_specs(config: TrainConfig) -> tuple[NetworkSpec, NetworkSpec]:
-    """Stage 1 (logits over REGION_CLASSES) and stage 2 (one fracture logit) networks."""
+def _network_specs(
+    config: TrainConfig, regions: tuple[str, ...]
+) -> tuple[NetworkSpec, NetworkSpec]:
+    """Stage 1 (logits over the regions and 'unsupported') and stage 2 (one fracture logit)."""
     return (
-        NetworkSpec(architecture=config.architecture, out_channels=len(REGION_CLASSES)),
+        NetworkSpec(architecture=config.architecture, out_channels=len(regions) + 1),
         NetworkSpec(architecture=config.architecture, out_channels=1),
     )
 
@@ -251,10 +267,11 @@ class _Networks:
 
 def _train_networks(config: TrainConfig, runner: StageRunner, data: _TrainingData) -> _Networks:
     """Stage 1, then the shared stage-2 network, then its fine-tuned copy per region."""
-    region_spec, fracture_spec = _network_specs(config)
+    region_spec, fracture_spec = _network_specs(config, data.regions)
     torch.manual_seed(config.seed)
     region_net = _new_network(region_spec, config)
-    region_loss = nn.CrossEntropyLoss(weight=class_weights(data.train_regions, len(REGION_CLASSES)))
+    weights = class_weights(data.train_regions, region_spec.out_channels)
+    region_loss = nn.CrossEntropyLoss(weight=weights)
     region_stage = Stage(
         "region",
         region_net,
@@ -281,7 +298,7 @@ def _train_networks(config: TrainConfig, runner: StageRunner, data: _TrainingDat
     )
     summary[stage.name] = runner.fit(stage)
     fracture_nets: dict[str, nn.Module] = {}
-    for label, region in enumerate(REGIONS):
+    for label, region in enumerate(data.regions):
         val_idx = np.nonzero(data.val_regions == label)[0].tolist()
         stage = Stage(
             f"fracture-{region}",
@@ -353,7 +370,7 @@ def _calibrate(
         config.region_min_probability,
     )
     calibrated: dict[str, tuple[list[ImageRecord], np.ndarray]] = {}
-    for label, region in enumerate(REGIONS):
+    for label, region in enumerate(data.regions):
         idx = np.nonzero(data.val_regions == label)[0].tolist()
         if not idx:
             temperatures[region] = 1.0
@@ -415,12 +432,13 @@ def _training_data_text(
 
 def _bundle_metadata(
     config: TrainConfig,
+    regions: tuple[str, ...],
     training_data: str,
     calibration: _Calibration,
     metrics: dict[str, Any],
     code_fingerprint: str,
 ) -> BundleMetadata:
-    region_spec, fracture_spec = _network_specs(config)
+    region_spec, fracture_spec = _network_specs(config, regions)
     return BundleMetadata(
         name=config.name,
         version=config.version,
@@ -429,7 +447,10 @@ def _bundle_metadata(
             "then per-region fracture, calibrated by temperature scaling, with Grad-CAM."
         ),
         intended_use=IntendedUse(
-            statement=config.intended_use, regions=REGIONS, min_age_years=config.min_age_years
+            statement=config.intended_use,
+            regions=regions,
+            min_age_years=config.min_age_years,
+            max_age_years=config.max_age_years,
         ),
         training_data=training_data,
         trained_on_synthetic_data=config.trained_on_synthetic_data,
@@ -437,7 +458,7 @@ def _bundle_metadata(
         image_size=config.image_size,
         region_network=region_spec,
         fracture_network=fracture_spec,
-        regions=REGIONS,
+        regions=regions,
         region_min_probability=calibration.pixel_gate.region_min_probability,
         pixel_gate=calibration.pixel_gate.gate,
         thresholds=calibration.operating_points.thresholds,

@@ -149,3 +149,26 @@ def test_intended_use_is_checked_at_construction() -> None:
         IntendedUse(statement="x", regions=("wrist", "tentacle"))
     with pytest.raises(ValueError, match="below min_age_years"):
         IntendedUse(statement="x", regions=("wrist",), min_age_years=18, max_age_years=5)
+    with pytest.raises(ValueError, match="twice"):
+        IntendedUse(statement="x", regions=("wrist", "wrist"))
+
+
+def test_a_generic_region_covers_its_parts_the_bundles_other_regions_excepted() -> None:
+    """FracAtlas's regions: 'lower limb' beside 'hip'. A knee falls under the former, a hip
+    under the latter, a wrist under neither."""
+    fracatlas = IntendedUse(statement="x", regions=("hand", "hip", "lower limb", "shoulder"))
+    assert fracatlas.region_for("knee") == "lower limb"
+    assert fracatlas.region_for("hip") == "hip"
+    assert fracatlas.region_for("wrist") is None
+    for term, regions in (("KNEE", {"lower limb"}), ("ANKLE", {"lower limb"}), ("HIP", {"hip"})):
+        verdict = header_gate(HeaderFacts(body_part_examined=term), fracatlas)
+        assert verdict.not_assessed is None and verdict.regions == regions, term
+    # "LEG" names the whole lower limb: generic, left to the pixels.
+    assert header_gate(HeaderFacts(body_part_examined="LEG"), fracatlas).regions == frozenset()
+    wrist = header_gate(HeaderFacts(body_part_examined="WRIST"), fracatlas).not_assessed
+    assert wrist is not None and wrist.gate is Gate.HEADER and "wrist" in wrist.reason
+    # The knee's header and stage 1's 'lower limb' agree: no conflict.
+    assert resolve_region(frozenset({"lower limb"}), "lower limb", fracatlas) == (
+        "lower limb",
+        None,
+    )

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from config import Settings
+from config.domain.intended_use import HeaderFacts, header_gate
 from db.migrate import upgrade
 from db.models import StudyStatus
 from db.repositories import RunRepository
@@ -19,9 +20,9 @@ from flows.cli.app import app
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
 from flows.triage.flow import triage_study
-from models.runtime.bundle import load_bundle
+from models.runtime.bundle import load_bundle, load_metadata
 from models.runtime.preprocessing import preprocess
-from models.training.datasets import load_records
+from models.training.layouts import load_records
 from models.training.phantoms import render_phantom
 from models.training.splits import PatientSplits
 from tests.flows.conftest import store_study
@@ -31,7 +32,13 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(
     ("layout", "images", "patients"),
-    [("mura", None, 7 * (3 + 1)), ("csv", 8 * 3, 8 * 3), ("dicom", 8 * 3 * 2, 8 * 3)],
+    [
+        ("mura", None, 7 * (3 + 1)),
+        ("csv", 8 * 3, 8 * 3),
+        ("dicom", 8 * 3 * 2, 8 * 3),
+        ("fracatlas", 4 * 3, 4 * 3),  # four regions; the 'mixed' image is left out
+        ("grazpedwri", 3 * 2, 3),  # two views each
+    ],
 )
 def test_make_phantom_dataset_writes_a_loadable_layout(
     layout: str, images: int | None, patients: int, tmp_path: Path
@@ -39,10 +46,28 @@ def test_make_phantom_dataset_writes_a_loadable_layout(
     options = ["--layout", layout, "--out", str(tmp_path), "--size", "48", "--patients", "3"]
     result = runner.invoke(app, ["make-phantom-dataset", *options])
     assert result.exit_code == 0, result.output
-    path = tmp_path if layout == "dicom" else tmp_path / "labels.csv"
-    records = load_records(tmp_path if layout == "mura" else path, layout)  # type: ignore[arg-type]
+    path = tmp_path / "labels.csv" if layout == "csv" else tmp_path
+    records = load_records(path, layout)  # type: ignore[arg-type]
     assert images is None or len(records) == images
     assert len({r.patient_id for r in records}) == patients
+
+
+def test_a_paediatric_data_set_gives_a_paediatric_intended_use(tmp_path: Path) -> None:
+    """GRAZPEDWRI-DX's children: the bundle assesses 0 to 19 years, not adults only."""
+    data, bundle = tmp_path / "data", tmp_path / "bundle"
+    options = ["--layout", "grazpedwri", "--out", str(data), "--size", "48", "--patients", "6"]
+    assert runner.invoke(app, ["make-phantom-dataset", *options]).exit_code == 0
+    tiny = ["--preset", "phantom", "--image-size", "32", "--epochs", "1"]
+    source = ["--data", str(data), "--layout", "grazpedwri", "--max-steps-per-epoch", "1"]
+    result = runner.invoke(app, ["train", *source, *tiny, "--out", str(bundle)])
+    assert result.exit_code == 0, result.output
+    use = load_metadata(bundle).intended_use
+    assert (use.min_age_years, use.max_age_years, use.regions) == (None, 19.0, ("wrist",))
+    adult = header_gate(HeaderFacts(body_part_examined="WRIST", age_years=30.0), use)
+    assert adult.not_assessed is not None and "older than 19" in adult.not_assessed.reason
+    ages = ["--max-age", "9", "--min-age", "12", "--out", str(tmp_path / "none")]
+    result = runner.invoke(app, ["train", *source, *tiny, *ages])
+    assert result.exit_code == 2 and "below min_age_years" in result.output
 
 
 def test_unknown_layout_is_named(tmp_path: Path) -> None:

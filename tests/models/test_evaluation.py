@@ -14,14 +14,10 @@ from config import REGIONS
 from models.runtime.bundle import load_bundle, update_metadata
 from models.training.calibration import fit_temperature
 from models.training.config import PRESETS, TrainConfig, preset_config
-from models.training.datasets import (
-    load_records,
-    split_by_patient,
-    write_phantom_csv,
-    write_phantom_mura,
-)
+from models.training.datasets import split_by_patient, write_phantom_csv, write_phantom_mura
 from models.training.evaluation import CardRefusedError, evaluate_bundle
 from models.training.fingerprint import training_code_fingerprint
+from models.training.layouts import load_records
 from models.training.metrics import (
     auroc,
     bootstrap_auroc_ci,
@@ -31,6 +27,7 @@ from models.training.metrics import (
 from models.training.operating_points import pick_operating_points
 from models.training.splits import SPLITS_FILE, PatientSplits
 from models.training.train import train
+from tests.models.conftest import tiny_train_config
 
 
 def test_thresholds_on_a_known_score_set_give_the_expected_sensitivity() -> None:
@@ -182,19 +179,8 @@ def test_train_then_evaluate_writes_a_loadable_bundle_with_a_model_card(tmp_path
 def test_same_seed_same_weights_and_resume_continues_mid_stage(tmp_path: Path) -> None:
     """A fixed seed reproduces a run; an interrupted stage resumes after its last epoch."""
     records = load_records(write_phantom_mura(tmp_path / "data", (3, 2), size=40, seed=4), "mura")
-    config = TrainConfig(
-        architecture="densenet-small",
-        image_size=32,
-        batch_size=16,
-        region_epochs=2,
-        fracture_epochs=0,
-        finetune_epochs=0,
-        max_steps_per_epoch=2,
-        learning_rate=1e-3,
-        lr_schedule="plateau",
-        unsupported_phantoms=16,
-        trained_on_synthetic_data=True,
-        val_fraction=0.25,
+    config = tiny_train_config(
+        region_epochs=2, max_steps_per_epoch=2, learning_rate=1e-3, lr_schedule="plateau"
     )
 
     def region_weights(bundle: Path) -> dict[str, torch.Tensor]:

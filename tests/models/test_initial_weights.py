@@ -10,10 +10,11 @@ from monai.networks.nets import DenseNet121
 
 from models.runtime.bundle import load_bundle
 from models.runtime.networks import NetworkSpec, build_network
-from models.training.config import TrainConfig
-from models.training.datasets import load_records, write_phantom_mura
+from models.training.datasets import write_phantom_mura
 from models.training.initial_weights import load_initial_weights
+from models.training.layouts import load_records
 from models.training.train import train
+from tests.models.conftest import tiny_train_config
 
 
 def torchvision_style_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -57,18 +58,6 @@ def test_training_starts_from_the_checkpoint_and_the_card_says_so(tmp_path: Path
     records = load_records(write_phantom_mura(tmp_path / "data", (3, 2), size=40, seed=4), "mura")
     start = build_network(NetworkSpec(architecture="densenet-small", out_channels=8))
     torch.save(start.state_dict(), tmp_path / "start.pt")
-    config = TrainConfig(
-        architecture="densenet-small",
-        image_size=32,
-        batch_size=16,
-        region_epochs=1,
-        fracture_epochs=0,
-        finetune_epochs=0,
-        max_steps_per_epoch=1,
-        unsupported_phantoms=16,
-        trained_on_synthetic_data=True,
-        val_fraction=0.25,
-        init_weights=tmp_path / "start.pt",
-    )
+    config = tiny_train_config(init_weights=tmp_path / "start.pt")
     bundle = train(config, records, tmp_path / "bundle", progress=False)
     assert "started from the weights in start.pt" in load_bundle(bundle).metadata.training_data
