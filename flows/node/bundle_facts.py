@@ -14,6 +14,8 @@ from pathlib import Path
 
 #: models.runtime.bundle.METADATA_FILE
 METADATA_FILE = Path("configs/metadata.json")
+#: models.runtime.monai_spec.NAMESPACE: where our keys sit beside the MONAI specification's.
+NAMESPACE = "fracture_triage"
 
 
 class BundleUnreadableError(ValueError):
@@ -36,7 +38,9 @@ class BundleFacts:
 def read_bundle_facts(bundle_dir: Path) -> BundleFacts:
     path = bundle_dir / METADATA_FILE
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(path.read_text(encoding="utf-8"))
+        # Bundles written before the MONAI specification's layout hold our keys on top.
+        metadata = document.get(NAMESPACE, document)
         return BundleFacts(
             name=str(metadata["name"]),
             version=str(metadata["version"]),

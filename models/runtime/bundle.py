@@ -1,8 +1,10 @@
 """MONAI-bundle-style model directories: read, write and load them into a model.
 
-Layout::
+Layout (the MONAI Bundle specification's, see :mod:`models.runtime.monai_spec`)::
 
-    <bundle>/configs/metadata.json   BundleMetadata as JSON
+    <bundle>/configs/metadata.json   the specification's keys; BundleMetadata under
+                                     "fracture_triage"
+    <bundle>/configs/inference.json  one image through the bundle (python -m monai.bundle run)
     <bundle>/models/model.pt         {"region": state_dict, "fracture": {region: state_dict},
                                       "pixel_gate": state_dict (when the metadata has one)}
     <bundle>/docs/README.md          model card
@@ -32,6 +34,7 @@ from models.runtime.metadata import (
     OperatingPoints,
     model_card,
 )
+from models.runtime.monai_spec import INFERENCE_CONFIG, INFERENCE_FILE, our_keys, spec_metadata
 from models.runtime.networks import build_network
 from models.runtime.ood import FeatureDistance
 
@@ -102,8 +105,8 @@ def save_bundle(
     if pixel_gate is not None:
         weights["pixel_gate"] = {k: v.detach().cpu() for k, v in pixel_gate.state_dict().items()}
     torch.save(weights, path / WEIGHTS_FILE)
-    (path / METADATA_FILE).write_text(metadata.model_dump_json(indent=2) + "\n")
-    (path / MODEL_CARD_FILE).write_text(model_card(metadata))
+    _write_metadata(path, metadata)
+    (path / INFERENCE_FILE).write_text(json.dumps(INFERENCE_CONFIG, indent=2) + "\n")
     logger.info("saved bundle %s %s to %s", metadata.name, metadata.version, path)
     return path
 
@@ -129,9 +132,14 @@ def update_metadata(path: Path, **updates: Any) -> BundleMetadata:
         metadata = BundleMetadata.model_validate({**current.model_dump(), **updates})
     except ValidationError as error:
         raise BundleError(f"metadata update for {path} is invalid: {error}") from error
-    (path / METADATA_FILE).write_text(metadata.model_dump_json(indent=2) + "\n")
-    (path / MODEL_CARD_FILE).write_text(model_card(metadata))
+    _write_metadata(path, metadata)
     return metadata
+
+
+def _write_metadata(path: Path, metadata: BundleMetadata) -> None:
+    """The metadata file (in the MONAI specification's terms) and the model card."""
+    (path / METADATA_FILE).write_text(json.dumps(spec_metadata(metadata), indent=2) + "\n")
+    (path / MODEL_CARD_FILE).write_text(model_card(metadata))
 
 
 def load_metadata(path: Path) -> BundleMetadata:
@@ -146,7 +154,7 @@ def load_metadata(path: Path) -> BundleMetadata:
     if not file.is_file():
         raise BundleError(f"bundle {path} has no {METADATA_FILE}")
     try:
-        return BundleMetadata.model_validate(json.loads(file.read_text()))
+        return BundleMetadata.model_validate(our_keys(json.loads(file.read_text())))
     except json.JSONDecodeError as error:
         raise BundleError(f"{file} is not valid JSON: {error}") from error
     except ValidationError as error:

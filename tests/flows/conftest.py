@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +13,7 @@ from config import Settings
 from db.models import StudyStatus
 from db.repositories import StudyRepository
 from flows.runtime import Runtime
+from models.runtime.bundle import update_metadata
 
 #: The version the upgraded copy of the demo bundle claims.
 UPGRADED_VERSION = "0.2.0"
@@ -22,10 +22,7 @@ UPGRADED_VERSION = "0.2.0"
 def bundle_with_version(bundle: Path, version: str, target: Path) -> Path:
     """A copy of ``bundle`` that says it is model version ``version``."""
     shutil.copytree(bundle, target)
-    metadata_path = target / "configs" / "metadata.json"
-    metadata = json.loads(metadata_path.read_text())
-    metadata["version"] = version
-    metadata_path.write_text(json.dumps(metadata, indent=2))
+    update_metadata(target, version=version)
     return target
 
 

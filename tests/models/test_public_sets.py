@@ -125,12 +125,13 @@ def test_bundle_regions_must_fit_the_network_and_the_intended_use(tmp_path: Path
         tiny_train_config(), load_records(data, "grazpedwri"), tmp_path / "b", progress=False
     )
     file = bundle / "configs/metadata.json"
-    good = json.loads(file.read_text())
+    document = json.loads(file.read_text())
+    good = document["fracture_triage"]
     for change, message in (
         ({"regions": ["wrist", "knee"]}, "out_channels is 2; expected 3"),
         ({"regions": ["wristlet"]}, "are not body parts"),
         ({"intended_use": {**good["intended_use"], "regions": ["knee"]}}, "not among regions"),
     ):
-        file.write_text(json.dumps({**good, **change}))
+        file.write_text(json.dumps({**document, "fracture_triage": {**good, **change}}))
         with pytest.raises(BundleError, match=message):
             load_metadata(bundle)

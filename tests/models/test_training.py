@@ -131,7 +131,7 @@ def test_incomplete_bundles_name_the_problem(demo_bundle_dir: Path, tmp_path: Pa
     shutil.copytree(demo_bundle_dir, broken, dirs_exist_ok=True)
     metadata_file = broken / "configs" / "metadata.json"
     metadata = json.loads(metadata_file.read_text())
-    del metadata["image_size"]
+    del metadata["fracture_triage"]["image_size"]
     metadata_file.write_text(json.dumps(metadata))
     with pytest.raises(BundleError, match="image_size"):
         load_bundle(broken)
