@@ -176,6 +176,10 @@ class ImageResult(Base):
         String(16), doc="What stopped the image: header, pixels, conflict, unreadable."
     )
     not_assessed_reason: Mapped[str | None] = mapped_column(Text)
+    fracture_type: Mapped[str | None] = mapped_column(
+        String(64), doc="The type head's call on a flagged view (bundles with a type head)."
+    )
+    fracture_type_probability: Mapped[float | None] = mapped_column(Float)
 
     run: Mapped[TriageRun] = relationship(back_populates="image_results")
 

@@ -488,10 +488,12 @@ class ImageResultRow:
     level: str | None
     not_assessed_gate: str | None = None
     not_assessed_reason: str | None = None
+    fracture_type: str | None = None
+    fracture_type_probability: float | None = None
 
     @classmethod
     def of(cls, image: ImageFinding) -> ImageResultRow:
-        reason = image.not_assessed
+        reason, kind = image.not_assessed, image.fracture_type
         return cls(
             image.sop_instance_uid,
             image.region,
@@ -500,6 +502,8 @@ class ImageResultRow:
             image.level.value if image.level else None,
             str(reason.gate) if reason else None,
             reason.reason if reason else None,
+            kind.name if kind else None,
+            kind.probability if kind else None,
         )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from config.domain.findings import OperatingPoints
 from config.domain.intended_use import IntendedUse
@@ -38,6 +39,18 @@ DEFAULT_POINTS = {region: NEVER for region in REGIONS} | {
 }
 
 
+def _rigged(classes: int, pick: int) -> tuple[NetworkSpec, nn.Module]:
+    """A tiny network whose zero final layer and biased output always pick ``pick``."""
+    spec = NetworkSpec(architecture="densenet-small", out_channels=classes, kwargs=_TINY)
+    network = build_network(spec)
+    final = network.class_layers.out
+    with torch.no_grad():
+        final.weight.zero_()
+        final.bias.fill_(-8.0)
+        final.bias[pick] = 8.0
+    return spec, network
+
+
 def build_test_bundle(
     path: Path,
     *,
@@ -46,21 +59,16 @@ def build_test_bundle(
     version: str = "0.1.0",
     seed: int = 0,
     regions: tuple[str, ...] = REGIONS,
+    fracture_types: tuple[str, ...] = (),
 ) -> Path:
     """Write the untrained test bundle to ``path`` (see the module's description);
-    ``regions`` are its stage-1 regions (MURA's seven unless given)."""
+    ``regions`` are its stage-1 regions (MURA's seven unless given). With
+    ``fracture_types`` it has a type head rigged (like stage 1) to call the first type."""
     torch.manual_seed(seed)
     classes = region_classes(regions)
-    region_spec = NetworkSpec(
-        architecture="densenet-small", out_channels=len(classes), kwargs=_TINY
-    )
+    region_spec, region_network = _rigged(len(classes), classes.index(stage1_region))
     fracture_spec = NetworkSpec(architecture="densenet-small", out_channels=1, kwargs=_TINY)
-    region_network = build_network(region_spec)
-    final = region_network.class_layers.out
-    with torch.no_grad():
-        final.weight.zero_()
-        final.bias.fill_(-8.0)
-        final.bias[classes.index(stage1_region)] = 8.0
+    type_spec, type_network = _rigged(len(fracture_types), 0) if fracture_types else (None, None)
     metadata = BundleMetadata(
         name=TEST_BUNDLE_NAME,
         version=version,
@@ -76,8 +84,10 @@ def build_test_bundle(
         region_network=region_spec,
         fracture_network=fracture_spec,
         regions=regions,
+        fracture_types=fracture_types,
+        type_network=type_spec,
         region_min_probability=0.5,
         thresholds=points or DEFAULT_POINTS,
     )
     fracture_networks = {region: build_network(fracture_spec) for region in regions}
-    return save_bundle(path, metadata, region_network, fracture_networks)
+    return save_bundle(path, metadata, region_network, fracture_networks, type_network=type_network)

@@ -17,6 +17,7 @@ import numpy as np
 
 from config.domain.findings import (
     BoundingBox,
+    FractureType,
     Gate,
     ImageFinding,
     NotAssessed,
@@ -44,6 +45,7 @@ class ViewResult:
     fracture_probability: float | None = None
     box: BoundingBox | None = None
     not_assessed: NotAssessed | None = None
+    fracture_type: FractureType | None = None  # the type head's call, kept where positive
 
     @classmethod
     def no_region(
@@ -106,14 +108,17 @@ def image_finding(view: ViewResult, points: Mapping[str, OperatingPoints]) -> Im
         raise ValueError(f"view {view.sop_instance_uid} has no region result and no gate")
     if view.region not in points:
         raise ValueError(f"no operating points for region {view.region!r}; have {sorted(points)}")
+    level = points[view.region].level(view.fracture_probability)
     return ImageFinding(
         view.sop_instance_uid,
         region=view.region,
         region_probability=view.region_probability,
         fracture_probability=view.fracture_probability,
-        level=points[view.region].level(view.fracture_probability),
+        level=level,
         box=view.box,
         operating_points=points[view.region],
+        # A type is a claim about a fracture: said only where the view is flagged.
+        fracture_type=view.fracture_type if level.is_positive else None,
     )
 
 

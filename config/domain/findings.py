@@ -90,6 +90,19 @@ class OperatingPoints(BaseModel):
         return self.suspected < self.likely
 
 
+@dataclass(frozen=True)
+class FractureType:
+    """The most probable fracture type of a positive view, from a bundle's type head."""
+
+    name: str  # one of the bundle's fracture_types
+    probability: float  # calibrated probability of that type, given a fracture
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError("a fracture type needs a name")
+        _check_probability(self.probability, f"fracture type {self.name!r}: probability")
+
+
 class Gate(StrEnum):
     """What stopped an image or study from being assessed."""
 
@@ -144,9 +157,12 @@ class ImageFinding(_Outcome):
     box: BoundingBox | None = None  # hottest Grad-CAM region, source pixel coordinates
     operating_points: OperatingPoints | None = None  # what the level was decided with
     not_assessed: NotAssessed | None = None
+    fracture_type: FractureType | None = None  # positive views of a bundle with a type head
 
     def __post_init__(self) -> None:
         where = f"image {self.sop_instance_uid}"
+        if self.fracture_type is not None and not self.is_positive:
+            raise ValueError(f"{where}: only a positive view has a fracture type")
         _check_probability(self.region_probability, f"{where}: region probability")
         _check_probability(self.fracture_probability, f"{where}: fracture probability")
         if self.not_assessed is not None:

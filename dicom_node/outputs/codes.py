@@ -22,10 +22,15 @@ Choices worth knowing:
   concept ``FXLEVEL`` with one code per :class:`~config.domain.vocabulary.FractureLevel`,
   the concept ``FXNOTASSESSED`` with one code per :class:`~config.domain.findings.Gate`,
   and ``FXREGIONP``, stage 1's probability of the region (a NUM, unit ``1``).
+* Fracture type (bundles with a type head): the concept ``FXTYPE`` whose value is a
+  code of the bundle's own type (``FXT`` and eight hex digits of the name's SHA-1, the
+  name as the meaning: the types are the training data's, not a standard list), and
+  ``FXTYPEP``, the type's probability given a fracture (a NUM, unit ``1``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from types import MappingProxyType
 from typing import Final
 
@@ -43,6 +48,8 @@ __all__ = [
     "FINDING_SITE",
     "FRACTURE_LEVEL",
     "FRACTURE_OF_BONE",
+    "FRACTURE_TYPE",
+    "FRACTURE_TYPE_PROBABILITY",
     "LATERALITY",
     "LATERALITY_CONCEPT",
     "LEVEL_CODES",
@@ -57,6 +64,7 @@ __all__ = [
     "REGION_PROBABILITY",
     "UNDETERMINED",
     "finding_site",
+    "fracture_type_code",
     "presence",
 ]
 
@@ -106,13 +114,23 @@ REGION_PROBABILITY: Final = Code(
     "FXREGIONP", PRIVATE_CODING_SCHEME, "Probability of the anatomic region"
 )
 
-#: Every private code, for the conformance statement and its test.
+#: Concept name of a flagged view's most probable fracture type (a CODE item whose
+#: value is :func:`fracture_type_code`), and of that type's probability (a NUM, unit 1).
+FRACTURE_TYPE: Final = Code("FXTYPE", PRIVATE_CODING_SCHEME, "Most probable fracture type")
+FRACTURE_TYPE_PROBABILITY: Final = Code(
+    "FXTYPEP", PRIVATE_CODING_SCHEME, "Probability of the fracture type"
+)
+
+#: Every private code, for the conformance statement and its test (the type values are
+#: each bundle's own, see :func:`fracture_type_code`).
 PRIVATE_CODES: Final = (
     FRACTURE_LEVEL,
     *LEVEL_CODES.values(),
     NOT_ASSESSED_REASON,
     *REASON_CODES.values(),
     REGION_PROBABILITY,
+    FRACTURE_TYPE,
+    FRACTURE_TYPE_PROBABILITY,
 )
 
 #: Concept name of free-text remarks (disclaimers, operating points, reasons).
@@ -143,6 +161,21 @@ def finding_site(region: str) -> Code:
     """
     scheme, value, meaning = finding_site_code(region)
     return Code(value, scheme, meaning)
+
+
+def fracture_type_code(name: str) -> Code:
+    """The private code of a bundle's fracture type: a short stable value (Code Value is
+    at most 16 characters), the type's name as the meaning (at most 64).
+
+    Raises
+    ------
+    ValueError
+        When `name` is empty.
+    """
+    if not name.strip():
+        raise ValueError("a fracture type code needs a name")
+    digest = hashlib.sha1(name.encode("utf-8"), usedforsecurity=False).hexdigest()[:8].upper()
+    return Code(f"FXT{digest}", PRIVATE_CODING_SCHEME, name.strip()[:64])
 
 
 def presence(level: FractureLevel) -> Code:

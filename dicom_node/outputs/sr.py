@@ -38,6 +38,7 @@ from pydicom.sr.coding import Code
 from config.domain.findings import (
     AlgorithmIdentity,
     BoundingBox,
+    FractureType,
     ImageFinding,
     NotAssessed,
     OperatingPoints,
@@ -56,6 +57,8 @@ from dicom_node.outputs.codes import (
     FINDING_SITE,
     FRACTURE_LEVEL,
     FRACTURE_OF_BONE,
+    FRACTURE_TYPE,
+    FRACTURE_TYPE_PROBABILITY,
     LATERALITY,
     LATERALITY_CONCEPT,
     LEVEL_CODES,
@@ -68,6 +71,7 @@ from dicom_node.outputs.codes import (
     REGION_PROBABILITY,
     UNDETERMINED,
     finding_site,
+    fracture_type_code,
     presence,
 )
 from dicom_node.outputs.equipment import common_laterality, contributing_equipment, laterality
@@ -75,6 +79,7 @@ from dicom_node.outputs.instance import NewInstance
 from dicom_node.outputs.sources import check_types, quiet_warnings, study_headers
 from dicom_node.outputs.wording import (
     finding_sentence,
+    fracture_type_sentence,
     not_assessed_sentence,
     operating_points_sentence,
 )
@@ -208,6 +213,7 @@ class _Result:
     not_assessed: NotAssessed | None
     side: str | None = None
     region_probability: float | None = None
+    fracture_type: FractureType | None = None
 
     @classmethod
     def of_image(cls, image: ImageFinding, source: Dataset) -> _Result:
@@ -219,6 +225,7 @@ class _Result:
             image.not_assessed,
             laterality(source),
             image.region_probability if image.assessed else None,
+            image.fracture_type,
         )
 
     @classmethod
@@ -416,15 +423,22 @@ def _assessed(result: _Result) -> dict[str, object]:
     measurements = [_number(PROBABILITY, result.probability)]
     if result.region_probability is not None:
         measurements.append(_number(REGION_PROBABILITY, result.region_probability))
+    evaluations = [
+        hd.sr.QualitativeEvaluation(name=FRACTURE_OF_BONE, value=presence(result.level)),
+        hd.sr.QualitativeEvaluation(name=FRACTURE_LEVEL, value=LEVEL_CODES[result.level]),
+    ]
+    kind = result.fracture_type
+    if kind is not None:  # only ever on a flagged view (ImageFinding checks it)
+        measurements.append(_number(FRACTURE_TYPE_PROBABILITY, kind.probability))
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(name=FRACTURE_TYPE, value=fracture_type_code(kind.name))
+        )
     return {
         "finding_sites": [
             hd.sr.FindingSite(anatomic_location=finding_site(result.region), laterality=side)
         ],
         "measurements": measurements,
-        "qualitative_evaluations": [
-            hd.sr.QualitativeEvaluation(name=FRACTURE_OF_BONE, value=presence(result.level)),
-            hd.sr.QualitativeEvaluation(name=FRACTURE_LEVEL, value=LEVEL_CODES[result.level]),
-        ],
+        "qualitative_evaluations": evaluations,
     }
 
 
@@ -451,7 +465,11 @@ def _sentence(result: _Result) -> str:
 
 
 def _points(result: _Result) -> list[str]:
-    return [operating_points_sentence(result.points)] if result.points is not None else []
+    """The operating points, and a flagged view's fracture type, as sentences."""
+    sentences = [operating_points_sentence(result.points)] if result.points is not None else []
+    if result.fracture_type is not None:
+        sentences.append(fracture_type_sentence(result.fracture_type))
+    return sentences
 
 
 def _library_view(ds: Dataset) -> Dataset:

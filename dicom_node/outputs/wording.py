@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Final
 
-from config.domain.findings import Gate, NotAssessed, OperatingPoints
+from config.domain.findings import FractureType, Gate, NotAssessed, OperatingPoints
 from config.domain.vocabulary import FractureLevel
 
 __all__ = [
@@ -48,6 +48,14 @@ def finding_sentence(
     return (
         f"{level.value.capitalize()} in the {site_text(region, side)} "
         f"(probability {probability_text(probability)})."
+    )
+
+
+def fracture_type_sentence(kind: FractureType) -> str:
+    """E.g. ``"Most probable fracture type: 23r-M (probability 0.71, given a fracture)."``"""
+    return (
+        f"Most probable fracture type: {kind.name} "
+        f"(probability {probability_text(kind.probability)}, given a fracture)."
     )
 
 

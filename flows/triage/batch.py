@@ -19,6 +19,7 @@ from config.domain.decision import ViewResult, decide
 from config.domain.findings import (
     AlgorithmIdentity,
     BoundingBox,
+    FractureType,
     Gate,
     NotAssessed,
     OperatingPoints,
@@ -45,6 +46,7 @@ from flows.triage.tasks import (
     build_outputs,
     classify_fractures,
     classify_regions,
+    classify_types,
     explain_fractures,
     load_studies,
     preprocess_views,
@@ -201,7 +203,11 @@ def _run_models(runtime: Runtime, views: tuple[SourceView, ...], work_dir: str) 
     probabilities = classify_fractures(batch.inputs_path, tuple(stage2))
     wanted = explained_regions(runtime, stage2, probabilities)
     explanations = explain_fractures(batch.inputs_path, wanted, work_dir)
-    fractures = FractureResults(probabilities, explanations.boxes, explanations.cams_path)
+    types: tuple[FractureType | None, ...] = ()
+    if runtime.model().type_network is not None:
+        flagged = flagged_views(runtime, stage2, probabilities)
+        types = classify_types(batch.inputs_path, tuple(r is not None for r in flagged))
+    fractures = FractureResults(probabilities, explanations.boxes, explanations.cams_path, types)
     return ModelPass(screens, batch, regions, conflicts, tuple(stage2), fractures)
 
 
@@ -214,6 +220,14 @@ def explained_regions(
     drawn = (outputs.sr and outputs.sr_rois) or outputs.annotated or outputs.gsps
     if not (drawn or outputs.parametric_map):
         return tuple(None for _ in regions)
+    return flagged_views(runtime, regions, probabilities)
+
+
+def flagged_views(
+    runtime: Runtime, regions: Sequence[str | None], probabilities: Sequence[float | None]
+) -> tuple[str | None, ...]:
+    """The views at or above their region's "suspected" point (their region; None for the
+    others): where a box, a heatmap or a fracture type is said."""
     points = operating_points(runtime.model(), runtime.settings)
     return tuple(
         region if region is not None and p is not None and p >= points[region].suspected else None
@@ -257,12 +271,14 @@ def _view_result(model_pass: ModelPass, uid: str, geometry: Geometry | None, k: 
             uid, region_probability=stage1.probability, not_assessed=model_pass.conflicts[uid]
         )
     box = model_pass.fractures.boxes[k]
+    types = model_pass.fractures.types
     return ViewResult(
         uid,
         region=model_pass.stage2_regions[k],
         region_probability=stage1.probability,
         fracture_probability=model_pass.fractures.probabilities[k],
         box=BoundingBox(*geometry.box_to_source(*box)) if box is not None else None,
+        fracture_type=types[k] if types else None,
     )
 
 

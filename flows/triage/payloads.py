@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from config.domain.findings import NotAssessed
+from config.domain.findings import FractureType, NotAssessed
 from models.runtime.preprocessing import Geometry
 
 Box = tuple[int, int, int, int]  # (row_min, col_min, row_max, col_max), model-input pixels
@@ -82,11 +82,13 @@ class Explanations:
 
 @dataclass(frozen=True)
 class FractureResults:
-    """Stage 2 for a batch, in the batch's order: probability, hottest box, heatmaps' file."""
+    """Stage 2 for a batch, in the batch's order: probability, hottest box, heatmaps' file,
+    and the type head's call where the bundle has one."""
 
     probabilities: tuple[float | None, ...]
     boxes: tuple[Box | None, ...]
     cams_path: str  # (N, S, S) float32 .npy, zeros for views without a region
+    types: tuple[FractureType | None, ...] = ()  # the type head's call on flagged views
 
 
 @dataclass(frozen=True)

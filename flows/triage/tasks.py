@@ -14,7 +14,7 @@ import numpy as np
 from prefect import task
 from pydicom import dcmread
 
-from config.domain.findings import StudyFinding
+from config.domain.findings import FractureType, StudyFinding
 from config.domain.intended_use import header_gate
 from db.repositories import WrittenOutput
 from dicom_node.delivery.outbox import OutboxPass
@@ -126,6 +126,19 @@ def classify_fractures(
     """Stage 2 without gradients: each view's fracture probability (None without a region)."""
     images = np.load(inputs_path)
     return tuple(current_runtime().model().classify_fractures(images, list(regions)))
+
+
+@task(name="classify-fracture-type")
+@shielded("classify-fracture-type")
+def classify_types(inputs_path: str, wanted: tuple[bool, ...]) -> tuple[FractureType | None, ...]:
+    """The type head on the wanted views (those flagged as a fracture), None elsewhere."""
+    rows = [k for k, want in enumerate(wanted) if want]
+    calls: list[FractureType | None] = [None] * len(wanted)
+    if rows:
+        images = np.load(inputs_path)[rows]
+        for k, call in zip(rows, current_runtime().model().classify_types(images), strict=True):
+            calls[k] = call
+    return tuple(calls)
 
 
 @task(name="explain-fracture")

@@ -64,6 +64,7 @@ def save_bundle(
     region_model: nn.Module,
     fracture_models: dict[str, nn.Module],
     pixel_gate: FeatureDistance | None = None,
+    type_network: nn.Module | None = None,
 ) -> Path:
     """Write a bundle directory.
 
@@ -79,6 +80,8 @@ def save_bundle(
         Stage-2 network per region; keys must be exactly ``metadata.regions``.
     pixel_gate
         The out-of-distribution statistics; given exactly when ``metadata.pixel_gate`` is.
+    type_network
+        The type head; given exactly when ``metadata.type_network`` is.
 
     Returns
     -------
@@ -93,6 +96,8 @@ def save_bundle(
         )
     if (pixel_gate is None) != (metadata.pixel_gate is None):
         raise BundleError("the pixel gate's statistics and its metadata go together")
+    if (type_network is None) != (metadata.type_network is None):
+        raise BundleError("the type head's network and its metadata go together")
     for sub in (METADATA_FILE, WEIGHTS_FILE, MODEL_CARD_FILE):
         (path / sub).parent.mkdir(parents=True, exist_ok=True)
     weights: dict[str, Any] = {
@@ -104,6 +109,8 @@ def save_bundle(
     }
     if pixel_gate is not None:
         weights["pixel_gate"] = {k: v.detach().cpu() for k, v in pixel_gate.state_dict().items()}
+    if type_network is not None:
+        weights["type"] = {k: v.detach().cpu() for k, v in type_network.state_dict().items()}
     torch.save(weights, path / WEIGHTS_FILE)
     _write_metadata(path, metadata)
     (path / INFERENCE_FILE).write_text(json.dumps(INFERENCE_CONFIG, indent=2) + "\n")
@@ -229,7 +236,17 @@ def load_bundle(
         device=device,
         max_batch=max_batch,
         feature_distance=_pixel_gate(metadata, weights),
+        type_network=_type_network(metadata, weights),
     )
+
+
+def _type_network(metadata: BundleMetadata, weights: dict[str, Any]) -> nn.Module | None:
+    """The type head, when the metadata has one."""
+    if metadata.type_network is None:
+        return None
+    if "type" not in weights:
+        raise BundleError(f"{WEIGHTS_FILE} has no type weights for the metadata's type head")
+    return _load_state(build_network(metadata.type_network), weights["type"], "type")
 
 
 def _pixel_gate(metadata: BundleMetadata, weights: dict[str, Any]) -> FeatureDistance | None:

@@ -35,7 +35,8 @@ def classify_file(
     dict
         What was written: ``region`` (None when not assessed), ``not_assessed`` (why,
         or None), ``region_probabilities`` (calibrated, per class), ``fracture_probability``
-        (calibrated; None without a region) and ``bundle`` (name and version).
+        (calibrated; None without a region), ``fracture_type`` (the type head's call
+        given a fracture, for a bundle with one) and ``bundle`` (name and version).
 
     Raises
     ------
@@ -53,12 +54,17 @@ def classify_file(
     batch = tensor[None]
     call = model.classify_regions(batch)[0]
     fracture = model.classify_fractures(batch, [call.region])[0]
+    kind = model.classify_types(batch)[0] if call.region is not None else None
     result = {
         "bundle": {"name": model.metadata.name, "version": model.metadata.version},
         "region": call.region,
         "not_assessed": call.reason,
         "region_probabilities": call.probabilities,
         "fracture_probability": fracture,
+        # The type head's call given a fracture (not a claim that there is one).
+        "fracture_type": None
+        if kind is None
+        else {"name": kind.name, "probability": kind.probability},
         "trained_on_synthetic_data": model.metadata.trained_on_synthetic_data,
     }
     Path(output).write_text(json.dumps(result, indent=2) + "\n")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from config import UNSUPPORTED
+from config.domain.findings import FractureType
 from models.runtime.gradcam import CAM_METHODS, CamExplainer, hottest_box
 from models.runtime.metadata import BundleMetadata
 from models.runtime.networks import gradcam_target_layer
@@ -147,7 +148,10 @@ class HierarchicalModel:
         device: str | torch.device = "cpu",
         max_batch: int | None = None,
         feature_distance: FeatureDistance | None = None,
+        type_network: nn.Module | None = None,
     ) -> None:
+        if (type_network is None) != (metadata.type_network is None):
+            raise ValueError("a type head needs both its metadata and its network")
         missing = [region for region in metadata.regions if region not in fracture_networks]
         if missing:
             raise ValueError(f"no fracture network for regions {missing}")
@@ -160,6 +164,7 @@ class HierarchicalModel:
         self.fracture_networks = {
             region: fracture_networks[region].to(self.device).eval() for region in metadata.regions
         }
+        self.type_network = type_network.to(self.device).eval() if type_network else None
         self._explainers: dict[tuple[str, str], CamExplainer] = {}
         if (feature_distance is None) != (metadata.pixel_gate is None):
             raise ValueError("a pixel gate needs both its metadata and its statistics")
@@ -299,6 +304,23 @@ class HierarchicalModel:
                 for k, i in enumerate(indices):
                     fracture[i] = float(probabilities[k])
         return fracture
+
+    def classify_types(self, images: np.ndarray | torch.Tensor) -> list[FractureType | None]:
+        """The type head's most probable type per image (None for every image of a bundle
+        without one). The caller keeps it only for views flagged as a fracture."""
+        batch = self._as_batch(images)
+        if self.type_network is None:
+            return [None] * batch.shape[0]
+        names = self.metadata.fracture_types
+        calls: list[FractureType | None] = []
+        for indices in _chunks(list(range(batch.shape[0])), self.max_batch):
+            with torch.no_grad():
+                logits = self.type_network(batch[indices]) / self.metadata.temperature("type")
+                probabilities = torch.softmax(logits, dim=1).cpu().numpy()
+            calls += [
+                FractureType(names[int(row.argmax())], float(row.max())) for row in probabilities
+            ]
+        return calls
 
     def explain(
         self,

@@ -84,6 +84,15 @@ class BundleMetadata(BaseModel):
         description="The out-of-distribution limit; None in bundles made before it existed "
         "(their only pixel gate is stage 1's 'unsupported' class and the floor).",
     )
+    fracture_types: tuple[str, ...] = Field(
+        default=(),
+        description="The type head's classes in output order (e.g. the AO groups of "
+        "GRAZPEDWRI-DX); empty for a bundle without one.",
+    )
+    type_network: NetworkSpec | None = Field(
+        default=None,
+        description="The type head: one network over all regions, run on positive views.",
+    )
     thresholds: dict[str, OperatingPoints]
     study_aggregation: Literal["mean", "max"] = "mean"
     temperatures: dict[str, float] = Field(
@@ -128,13 +137,14 @@ class BundleMetadata(BaseModel):
                 f"fracture_network.out_channels is {self.fracture_network.out_channels}; "
                 "expected 1 (sigmoid) or 2 (softmax)"
             )
+        self._type_head()
         missing = [region for region in self.regions if region not in self.thresholds]
         if missing:
             raise ValueError(f"thresholds missing for regions {missing}")
         unknown = [region for region in self.thresholds if region not in self.regions]
         if unknown:
             raise ValueError(f"thresholds for unknown regions {unknown}")
-        allowed = ("region", *self.regions)
+        allowed = ("region", *self.regions, *(("type",) if self.type_network else ()))
         for network, temperature in self.temperatures.items():
             if network not in allowed:
                 raise ValueError(f"temperature for unknown network {network!r}; expected {allowed}")
@@ -158,13 +168,26 @@ class BundleMetadata(BaseModel):
         if beyond:
             raise ValueError(f"intended_use.regions {beyond} are not among regions")
 
+    def _type_head(self) -> None:
+        if (self.type_network is None) != (not self.fracture_types):
+            raise ValueError("fracture_types and type_network go together")
+        if self.type_network is not None:
+            if len(set(self.fracture_types)) != len(self.fracture_types):
+                raise ValueError(f"fracture_types {list(self.fracture_types)} repeat a name")
+            if self.type_network.out_channels != len(self.fracture_types):
+                raise ValueError(
+                    f"type_network.out_channels is {self.type_network.out_channels}; "
+                    f"expected {len(self.fracture_types)} ({list(self.fracture_types)})"
+                )
+
     @property
     def region_classes(self) -> tuple[str, ...]:
         """Stage 1's classes in network output order: the regions, then 'unsupported'."""
         return region_classes(self.regions)
 
     def temperature(self, network: str) -> float:
-        """Calibration temperature of ``network`` ('region' or a region name); 1.0 if absent."""
+        """Calibration temperature of ``network`` ('region', 'type' or a region name); 1.0
+        if absent."""
         return float(self.temperatures.get(network, 1.0))
 
 
@@ -196,6 +219,16 @@ def _intended_use_section(use: IntendedUse) -> str:
             "- Anything else (another body part, a child, a non-human subject, an image the "
             "region model does not recognise) is reported as not assessed, with the reason.",
         ]
+    )
+
+
+def _type_line(metadata: BundleMetadata) -> str:
+    if metadata.type_network is None:
+        return "none (no type head)."
+    return (
+        f"one `{metadata.type_network.architecture}` over all regions, softmax over "
+        f"{list(metadata.fracture_types)}; its most probable type is reported on views "
+        "flagged as a fracture (a type is never a claim that there is a fracture)."
     )
 
 
@@ -289,6 +322,22 @@ def localisation_lines(figures: dict[str, Any]) -> list[str]:
     return lines
 
 
+def type_lines(figures: dict[str, Any]) -> list[str]:
+    """The type head's evaluation as Markdown: accuracy, sensitivity per type, confusion."""
+    classes = figures["type_confusion"]["classes"]
+    lines = [
+        f"The type head on {figures['type_images']} positive images with a known type (each "
+        f"image's true region and fracture given): accuracy {figures['type_accuracy']}.",
+        "",
+        "| true type | sensitivity | " + " | ".join(classes) + " |",
+        "|---|---|" + "---|" * len(classes),
+    ]
+    for name, row in zip(classes, figures["type_confusion"]["matrix"], strict=True):
+        sensitivity = figures["type_sensitivity"].get(name)
+        lines.append(f"| {name} | {sensitivity} | " + " | ".join(str(n) for n in row) + " |")
+    return lines
+
+
 def _metric_lines(metrics: dict[str, Any]) -> str:
     lines = []
     for key, value in metrics.items():
@@ -335,6 +384,8 @@ def _evaluation_section(metadata: BundleMetadata) -> str:
             parts += ["### End to end", "", *end_to_end_lines(evaluation["end_to_end"]), ""]
         if "gradcam_detected_positives_with_box" in evaluation:
             parts += ["### Localisation", "", *localisation_lines(evaluation), ""]
+        if "type_confusion" in evaluation:
+            parts += ["### Fracture type", "", *type_lines(evaluation), ""]
         if isinstance(evaluation.get("pixel_gate"), dict):
             parts += ["", "### Pixel gate", "", *pixel_gate_lines(evaluation["pixel_gate"])]
     for name, file in figures.items():
@@ -385,6 +436,7 @@ Labels: {metadata.label_meaning.value}: {metadata.label_meaning.description}
   {metadata.region_min_probability} counts as unsupported.
 - Pixel gate: {_pixel_gate_line(metadata.pixel_gate)}
 - Stage 2 (fracture): one `{metadata.fracture_network.architecture}` per region.
+- Fracture type: {_type_line(metadata)}
 - Study probability: {metadata.study_aggregation} of the image probabilities.
 - Calibration (temperature scaling, fitted on the validation split): {temperatures}.
 - Explanation: Grad-CAM on the fracture output.

@@ -71,7 +71,7 @@ def _network_data_format(metadata: BundleMetadata) -> dict[str, Any]:
     """The specification's description of the input and the two stages' outputs."""
     size = metadata.image_size
     positive = metadata.label_meaning.value
-    return {
+    described: dict[str, Any] = {
         "inputs": {
             "image": {
                 "type": "image",
@@ -108,6 +108,18 @@ def _network_data_format(metadata: BundleMetadata) -> dict[str, Any]:
             },
         },
     }
+    if metadata.type_network is not None:
+        described["outputs"]["type"] = {
+            "type": "probabilities",
+            "format": "classes",
+            "num_channels": len(metadata.fracture_types),
+            "spatial_shape": [1],
+            "dtype": "float32",
+            "value_range": [0, 1],
+            "is_onehot": False,
+            "channel_def": {str(k): name for k, name in enumerate(metadata.fracture_types)},
+        }
+    return described
 
 
 def spec_metadata(metadata: BundleMetadata) -> dict[str, Any]:

@@ -17,10 +17,10 @@ Layouts
     A CSV file with a header: ``path`` (relative to the CSV's folder or absolute),
     ``region`` (a body part of :data:`config.domain.anatomy.BODY_PARTS` or
     ``unsupported``), ``label`` (0/1) and optionally
-    ``patient_id``, ``study_id``, ``split`` and a fracture box ``row_min, col_min,
-    row_max, col_max`` in source pixels (e.g. FracAtlas, whose boxes come from its COCO
-    annotations). Without ``patient_id`` each image counts as its own patient (FracAtlas
-    has no patient identifiers), and without ``study_id`` each image is its own study.
+    ``patient_id``, ``study_id``, ``split``, ``fracture_type`` (positive rows) and a
+    fracture box ``row_min, col_min, row_max, col_max`` in source pixels. Without
+    ``patient_id`` each image counts as its own patient, and without ``study_id`` each
+    image is its own study.
 ``dicom``
     A folder of DICOM files (any depth) plus a labels CSV with a header: ``label``, one of
     ``sop_instance_uid`` or ``file`` (relative to the folder) and optionally ``region``;
@@ -122,6 +122,9 @@ class ImageRecord:
         Fracture box ``(row_min, col_min, row_max, col_max)`` in source pixels, or None.
     split
         ``"train"``, ``"val"``, ``"test"`` when the source fixes it, else None.
+    fracture_type
+        The fracture's type where the source names one (a positive image only), e.g.
+        an AO group of GRAZPEDWRI-DX or a class folder of the fracture-type layout.
     """
 
     path: Path
@@ -131,6 +134,7 @@ class ImageRecord:
     label: int
     box: tuple[float, float, float, float] | None = None
     split: str | None = None
+    fracture_type: str | None = None
 
     def __post_init__(self) -> None:
         if not is_known_region(self.region):
@@ -142,6 +146,8 @@ class ImageRecord:
             raise DatasetError(f"{self.path}: label {self.label!r} is not 0 or 1")
         if self.region == UNSUPPORTED and self.label:
             raise DatasetError(f"{self.path}: an 'unsupported' image cannot be labelled 1")
+        if self.fracture_type is not None and not self.label:
+            raise DatasetError(f"{self.path}: a fracture type on an image labelled 0")
         if self.split is not None and self.split not in SPLITS:
             raise DatasetError(f"{self.path}: split {self.split!r} is not one of {SPLITS}")
 
@@ -215,17 +221,25 @@ class LoadRecordImaged(MapTransform):
         return out
 
 
-def record_dicts(records: Sequence[ImageRecord], classes: Sequence[str]) -> list[dict[str, Any]]:
+def record_dicts(
+    records: Sequence[ImageRecord], classes: Sequence[str], types: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """MONAI data dictionaries: ``image`` (path), ``region`` (index in stage 1's
-    ``classes``), ``fracture`` (0/1)."""
+    ``classes``), ``fracture`` (0/1), ``type`` (index in ``types``, -1 without one)."""
     return [
         {
             "image": str(r.path),
             "region": classes.index(r.region),
             "fracture": np.float32(r.label),
+            "type": types.index(r.fracture_type) if r.fracture_type in types else -1,
         }
         for r in records
     ]
+
+
+def data_fracture_types(records: Iterable[ImageRecord]) -> tuple[str, ...]:
+    """The fracture types the records name, in name order (a type head's classes)."""
+    return tuple(sorted({r.fracture_type for r in records if r.fracture_type is not None}))
 
 
 # ----------------------------------------------------------------------------- sources
@@ -369,6 +383,7 @@ def _labelled_record(
         label=parse_label(row["label"], where),
         box=_box(row, where),
         split=row.get("split") or None,
+        fracture_type=row.get("fracture_type") or None,
     )
 
 

@@ -274,6 +274,8 @@ class _Tally:
     gate_unsupported: list[RegionCall] = field(default_factory=list)
     # Each supported record as the node would see it (stage 1's region, not the true one).
     end_to_end: list[tuple[ImageRecord, ViewResult]] = field(default_factory=list)
+    # The type head on the positive records that name one of its types: (truth, call).
+    types: list[tuple[str, str]] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -311,6 +313,10 @@ class _Tally:
         self.fracture_records.append(record)
         self.fracture_probabilities.append(probability)
         self.end_to_end.append((record, _node_view(model, batch, record, call, probability)))
+        if record.fracture_type in model.metadata.fracture_types:
+            called = model.classify_types(batch)[0]
+            assert called is not None
+            self.types.append((record.fracture_type, called.name))
         suspected, _ = model.thresholds_for(record.region)
         if not (record.label and record.box is not None and probability >= suspected):
             return
@@ -346,6 +352,26 @@ class _Tally:
         return {
             "in_distribution": gate_figures(self.gate_in_distribution),
             "synthetic_unsupported": gate_figures(self.gate_unsupported),
+        }
+
+    def type_metrics(self, types: tuple[str, ...]) -> dict[str, Any]:
+        """The type head on the positive images with a known type: accuracy, sensitivity
+        per type and the confusion matrix (rows: the true type)."""
+        if not types or not self.types:
+            return {}
+        truth = np.asarray([types.index(t) for t, _ in self.types])
+        called = np.asarray([types.index(c) for _, c in self.types])
+        size = len(types)
+        matrix = np.bincount(truth * size + called, minlength=size * size).reshape(size, size)
+        sensitivity = {
+            name: round(float(matrix[k, k] / matrix[k].sum()), 4) if matrix[k].sum() else None
+            for k, name in enumerate(types)
+        }
+        return {
+            "type_images": len(self.types),
+            "type_accuracy": round(float((truth == called).mean()), 4),
+            "type_sensitivity": sensitivity,
+            "type_confusion": {"classes": list(types), "matrix": matrix.tolist()},
         }
 
     def localisation_metrics(self, occlusion: bool) -> dict[str, Any]:
@@ -460,6 +486,7 @@ def _metrics(
             decide_studies(tally.end_to_end, model.metadata.thresholds, aggregation)
         ),
         **tally.localisation_metrics(occlusion),
+        **tally.type_metrics(model.metadata.fracture_types),
     }
     return metrics, curves, studies
 

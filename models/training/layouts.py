@@ -24,12 +24,14 @@ from models.training.datasets import (
 )
 from models.training.public_sets import (
     load_fracatlas,
+    load_fracture_types,
     load_grazpedwri,
     write_phantom_fracatlas,
+    write_phantom_fracture_types,
     write_phantom_grazpedwri,
 )
 
-Layout = Literal["mura", "csv", "dicom", "fracatlas", "grazpedwri"]
+Layout = Literal["mura", "csv", "dicom", "fracatlas", "grazpedwri", "fracture-types"]
 
 #: Names of the data layouts :func:`load_records` understands.
 LAYOUTS: tuple[str, ...] = get_args(Layout)
@@ -88,6 +90,8 @@ def load_records(
         return load_fracatlas(path)
     if layout == "grazpedwri":
         return load_grazpedwri(path)
+    if layout == "fracture-types":
+        return load_fracture_types(path)
     raise DatasetError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
 
 
@@ -103,7 +107,8 @@ def write_phantom_dataset(
     ``patients`` per class (default: each writer's small default): images per class in
     the CSV layout, train patients per region in the MURA layout (a third as many, at
     least one, in ``valid``), two-view studies per class in the DICOM layout, images per
-    region in the FracAtlas layout, two-view patients in the GRAZPEDWRI-DX layout.
+    region in the FracAtlas layout, two-view patients in the GRAZPEDWRI-DX layout,
+    training images per class in the fracture-type layout.
 
     Raises
     ------
@@ -125,4 +130,6 @@ def write_phantom_dataset(
         return write_phantom_fracatlas(out_dir, patients or 6, size=size, seed=seed)
     if layout == "grazpedwri":
         return write_phantom_grazpedwri(out_dir, patients or 8, size=size, seed=seed)
+    if layout == "fracture-types":
+        return write_phantom_fracture_types(out_dir, patients or 4, size=size, seed=seed)
     raise DatasetError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")

@@ -23,8 +23,17 @@ writer draws phantoms into the same files and folders, so the tests read the rea
     ``images_part1`` ... ``images_part4``, and YOLO labels in
     ``folder_structure/yolov5/labels/<filestem>.txt`` (``class x_centre y_centre width
     height``, normalised; class 3 is ``fracture``). One region, ``wrist``; an image is
-    positive when ``fracture_visible`` is 1; a study is (patient, study number). The
-    AO classification is not read yet (no fracture-type head).
+    positive when ``fracture_visible`` is 1; a study is (patient, study number). A
+    positive image's fracture type is the bone and segment of its study's first AO code
+    (``23r-M/2.1`` gives ``23r-M``: distal radius, metaphysis), for the type head.
+``fracture-types`` (the public "bone break classification" sets)
+    One folder per fracture type (``Avulsion fracture/``, ``Comminuted fracture/`` ...),
+    each with ``Train/`` and ``Test/`` (or the images directly); every image shows a
+    fracture of that type. These sets name no body part and hold no image without a
+    fracture, so the region is ``extremity`` and such a set alone trains a type head but
+    no useful fracture network: combine it with data that has negatives (the ``csv``
+    layout takes a ``fracture_type`` column). Each image is its own patient; ``Test/``
+    images are the test split.
 """
 
 from __future__ import annotations
@@ -283,9 +292,16 @@ def load_grazpedwri(path: str | Path) -> list[ImageRecord]:
         patient = f"grazpedwri:{row['patient_id']}"
         box = _grazpedwri_box(root / _GRAZPEDWRI_LABELS, image, row["filestem"]) if label else None
         study = f"{patient}/{row['study_number']}"
-        records.append(ImageRecord(image, patient, study, "wrist", label, box))
+        kind = ao_group(row.get("ao_classification", "")) if label else None
+        records.append(ImageRecord(image, patient, study, "wrist", label, box, fracture_type=kind))
     logger.info("GRAZPEDWRI-DX at %s: %d images", root, len(records))
     return records
+
+
+def ao_group(classification: str) -> str | None:
+    """The bone and segment of the first AO code (``23r-M/2.1; 23u-E/7`` -> ``23r-M``)."""
+    first = classification.split(";")[0].strip()
+    return first.split("/")[0].strip() or None
 
 
 @dataclass(frozen=True)
@@ -298,13 +314,18 @@ class _Wrist:
     fracture: bool
 
     @property
+    def ao(self) -> str:
+        """Two AO groups, so the fixture's type head has two classes."""
+        return ("23r-M/2.1" if self.patient % 4 == 0 else "23r-E/2.1") if self.fracture else ""
+
+    @property
     def stem(self) -> str:
         timehash = 1297860395 + 40 * (10 * self.patient + self.projection)
         return f"{self.patient:04d}_{timehash:010d}_{self.study:02d}_WRI-L{self.projection}_M012"
 
     def csv_line(self) -> str:
         visible = "1" if self.fracture else ""
-        ao = "23r-M/2.1" if self.fracture else ""
+        ao = self.ao
         timehash = int(self.stem.split("_")[1])
         return (
             f"{self.stem},{self.patient},{self.study},{timehash},M,12.4,L,{self.projection},1,"
@@ -348,4 +369,66 @@ def write_phantom_grazpedwri(
             (labels_dir / f"{view.stem}.txt").write_text("\n".join(yolo))
             lines.append(view.csv_line())
     (root / "dataset.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8-sig"))
+    return root
+
+
+# ----------------------------------------------------------------------------- fracture types
+
+#: The classes of the public ten-class "bone break classification" sets.
+FRACTURE_TYPE_CLASSES = (
+    "Avulsion fracture", "Comminuted fracture", "Fracture Dislocation", "Greenstick fracture",
+    "Hairline Fracture", "Impacted fracture", "Longitudinal fracture", "Oblique fracture",
+    "Pathological fracture", "Spiral Fracture",
+)  # fmt: skip
+_RASTER = (".png", ".jpg", ".jpeg")
+
+
+def load_fracture_types(path: str | Path) -> list[ImageRecord]:
+    """Records of a class-per-folder fracture-type set (see the module docstring).
+
+    Raises
+    ------
+    DatasetError
+        If the folder holds no class folder with images.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError(f"fracture-type folder {root} does not exist")
+    records = []
+    for folder in sorted(d for d in root.iterdir() if d.is_dir()):
+        for image in sorted(p for p in folder.rglob("*") if p.suffix.lower() in _RASTER):
+            held_out = "test" in (part.lower() for part in image.relative_to(folder).parts[:-1])
+            patient = f"types:{folder.name}/{image.relative_to(folder).as_posix()}"
+            records.append(
+                ImageRecord(
+                    image, patient, patient, "extremity", 1,
+                    split="test" if held_out else None, fracture_type=folder.name,
+                )
+            )  # fmt: skip
+    if not records:
+        raise DatasetError(f"{root} has no class folders with PNG or JPEG images")
+    logger.info("fracture-type set at %s: %d images", root, len(records))
+    return records
+
+
+def write_phantom_fracture_types(
+    out_dir: str | Path, per_class: int = 4, size: int = 96, seed: int = 0
+) -> Path:
+    """Fractured phantoms in the ten-class layout: ``<class>/Train/`` and one per class in
+    ``<class>/Test/``. The phantoms do not differ by type: the fixture tests the layout
+    and the type head's plumbing, not what a type looks like.
+
+    Returns
+    -------
+    pathlib.Path
+        The set's root folder.
+    """
+    root = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    drawn = ("forearm", "wrist", "hand", "humerus", "elbow")
+    for number, name in enumerate(FRACTURE_TYPE_CLASSES):
+        for k in range(per_class + 1):
+            phantom = render_phantom(drawn[(number + k) % len(drawn)], True, rng, size=size)
+            split = "Test" if k == per_class else "Train"
+            save_png(phantom.image, root / name / split / f"{number:02d}_{k:03d}.jpg")
     return root

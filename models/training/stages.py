@@ -45,7 +45,7 @@ def training_transforms(config: TrainConfig, augment: bool) -> Compose:
                 padding_mode="zeros",
             ),
         ]
-    steps.append(EnsureTyped(["image", "region", "fracture"], track_meta=False))
+    steps.append(EnsureTyped(["image", "region", "fracture", "type"], track_meta=False))
     return Compose(steps)
 
 
@@ -82,7 +82,8 @@ class Stage:
     train_set, val_set
         Data dictionaries with ``image`` and the ``target`` key.
     target
-        ``"region"`` (class index, cross-entropy) or ``"fracture"`` (0/1, one logit).
+        ``"region"`` or ``"type"`` (class index, cross-entropy) or ``"fracture"`` (0/1, one
+        logit).
     loss
         The loss on the network's logits.
     epochs, learning_rate
@@ -93,7 +94,7 @@ class Stage:
     network: nn.Module
     train_set: Dataset[Any]
     val_set: Dataset[Any]
-    target: Literal["region", "fracture"]
+    target: Literal["region", "fracture", "type"]
     loss: nn.Module
     epochs: int
     learning_rate: float

@@ -1,9 +1,10 @@
 """Training: :func:`train` builds a two-stage bundle from labelled radiographs.
 
 :func:`train` (``fracture-triage train``) reads records of any layout of
-:mod:`models.training.datasets`, splits them by patient, and trains stage 1 (region, 8 classes
-with 'unsupported') and stage 2 (one fracture network on all regions, a break looks alike
-on every bone, then a copy fine-tuned per region), calibrates by temperature scaling and
+:mod:`models.training.layouts`, splits them by patient, and trains stage 1 (the data's
+regions plus 'unsupported') and stage 2 (one fracture network on all regions, a break looks
+alike on every bone, then a copy fine-tuned per region), and, where the data names two or
+more fracture types, a type head over all regions; calibrates by temperature scaling and
 picks the study-level operating points on the validation split. Images go through the
 node's own display rendering and :func:`models.runtime.preprocessing.preprocess`.
 :data:`models.training.config.PRESETS` names two configurations: ``"mura"`` (MURA's
@@ -43,6 +44,7 @@ from models.training.calibration import fit_temperature
 from models.training.config import TrainConfig
 from models.training.datasets import (
     ImageRecord,
+    data_fracture_types,
     data_regions,
     record_dicts,
     region_counts,
@@ -127,7 +129,7 @@ def train(
     elapsed = time.perf_counter() - started
     metrics = _metrics(splits, calibration, networks.summary, elapsed, runner)
     training_data = _training_data_text(config, splits, synthetic_unsupported)
-    metadata = _bundle_metadata(config, data.regions, training_data, calibration, metrics, code)
+    metadata = _bundle_metadata(config, data, training_data, calibration, metrics, code)
     (work / "train_config.json").write_text(config.model_dump_json(indent=2) + "\n")
     save_bundle(
         out_dir,
@@ -135,6 +137,7 @@ def train(
         networks.region.cpu(),
         networks.fracture_on_cpu(),
         calibration.pixel_gate.statistics,
+        networks.type.cpu() if networks.type is not None else None,
     )
     logger.info("bundle trained in %.1f s on %s: %s", elapsed, device, metrics)
     return out_dir
@@ -181,11 +184,12 @@ def _split(
 def _cached(
     records: Sequence[ImageRecord],
     classes: tuple[str, ...],
+    types: tuple[str, ...],
     transforms: Compose,
     config: TrainConfig,
 ) -> Any:
     return CacheDataset(
-        record_dicts(records, classes),
+        record_dicts(records, classes, types),
         transforms,
         cache_rate=config.cache_rate,
         num_workers=config.num_workers or None,
@@ -198,6 +202,7 @@ class _TrainingData:
     """The train and validation images of one run, with their stage-1 class indices."""
 
     regions: tuple[str, ...]
+    types: tuple[str, ...]  # the type head's classes; empty: no head (fewer than two types)
     train_records: list[ImageRecord]
     val_records: list[ImageRecord]
     train_set: CacheDataset
@@ -210,12 +215,16 @@ class _TrainingData:
         train_records, val_records = splits["train"], splits["val"]
         regions = data_regions(train_records)
         classes = region_classes(regions)
+        types = data_fracture_types(train_records)
+        types = types if len(types) >= 2 else ()
+        augmented, plain = (training_transforms(config, augment=a) for a in (True, False))
         return cls(
             regions,
+            types,
             train_records,
             val_records,
-            _cached(train_records, classes, training_transforms(config, augment=True), config),
-            _cached(val_records, classes, training_transforms(config, augment=False), config),
+            _cached(train_records, classes, types, augmented, config),
+            _cached(val_records, classes, types, plain, config),
             np.asarray([classes.index(r.region) for r in train_records]),
             np.asarray([classes.index(r.region) for r in val_records]),
         )
@@ -224,6 +233,10 @@ class _TrainingData:
     def supported_train(self) -> np.ndarray:
         """Indices of the training images of a supported region (stage 2's data)."""
         return np.nonzero(self.train_regions < len(self.regions))[0]
+
+    def typed(self, records: Sequence[ImageRecord]) -> list[int]:
+        """Indices of the records that name one of the type head's types."""
+        return [i for i, r in enumerate(records) if r.fracture_type in self.types]
 
     @property
     def supported_val(self) -> np.ndarray:
@@ -234,6 +247,7 @@ class _TrainingData:
         """Optimiser steps of the whole run (the progress bar's length)."""
         total = config.region_epochs * epoch_steps(config, len(self.train_records))
         total += config.fracture_epochs * epoch_steps(config, len(self.supported_train))
+        total += config.fracture_epochs * epoch_steps(config, len(self.typed(self.train_records)))
         return total + config.finetune_epochs * sum(
             epoch_steps(config, int((self.train_regions == k).sum()))
             for k in range(len(self.regions))
@@ -260,6 +274,7 @@ class _Networks:
     region: nn.Module
     fracture: dict[str, nn.Module]
     summary: dict[str, dict[str, Any]]
+    type: nn.Module | None = None  # the type head, when the data names fracture types
 
     def fracture_on_cpu(self) -> dict[str, nn.Module]:
         return {region: network.cpu() for region, network in self.fracture.items()}
@@ -312,7 +327,47 @@ def _train_networks(config: TrainConfig, runner: StageRunner, data: _TrainingDat
         )
         summary[stage.name] = runner.fit(stage)
         fracture_nets[region] = stage.network
-    return _Networks(region_net, fracture_nets, summary)
+    type_net = _train_type_head(config, runner, data, summary)
+    return _Networks(region_net, fracture_nets, summary, type_net)
+
+
+def _type_spec(config: TrainConfig, types: tuple[str, ...]) -> NetworkSpec | None:
+    """The type head's network: logits over the types (None without two types)."""
+    if not types:
+        return None
+    return NetworkSpec(architecture=config.architecture, out_channels=len(types))
+
+
+def _train_type_head(
+    config: TrainConfig,
+    runner: StageRunner,
+    data: _TrainingData,
+    summary: dict[str, dict[str, Any]],
+) -> nn.Module | None:
+    """The type head on the positive images that name a type (one network, all regions).
+
+    Validated on the validation images with a type, or on its training images when
+    the validation split names none (a small data set; the card's figures say which).
+    """
+    spec = _type_spec(config, data.types)
+    if spec is None:
+        return None
+    train_idx = data.typed(data.train_records)
+    val_idx = data.typed(data.val_records)
+    labels = np.asarray([data.types.index(data.train_records[i].fracture_type) for i in train_idx])
+    torch.manual_seed(config.seed + 2)
+    stage = Stage(
+        "fracture-type",
+        _new_network(spec, config),
+        Subset(data.train_set, train_idx),
+        Subset(data.val_set, val_idx) if val_idx else Subset(data.train_set, train_idx),
+        "type",
+        nn.CrossEntropyLoss(weight=class_weights(labels, len(data.types))),
+        config.fracture_epochs,
+        config.learning_rate,
+    )
+    summary[stage.name] = runner.fit(stage)
+    return stage.network
 
 
 def _new_network(spec: NetworkSpec, config: TrainConfig) -> nn.Module:
@@ -384,6 +439,9 @@ def _calibrate(
     points = region_operating_points(
         calibrated, config.study_aggregation, config.sensitivity_target, config.specificity_target
     )
+    if networks.type is not None and (typed := data.typed(data.val_records)):
+        logits, targets = runner.predict(networks.type, Subset(data.val_set, typed), "type")
+        temperatures["type"] = round(fit_temperature(logits, targets), 4)
     return _Calibration(temperatures, region_accuracy, pixel_gate, points)
 
 
@@ -432,12 +490,13 @@ def _training_data_text(
 
 def _bundle_metadata(
     config: TrainConfig,
-    regions: tuple[str, ...],
+    data: _TrainingData,
     training_data: str,
     calibration: _Calibration,
     metrics: dict[str, Any],
     code_fingerprint: str,
 ) -> BundleMetadata:
+    regions = data.regions
     region_spec, fracture_spec = _network_specs(config, regions)
     return BundleMetadata(
         name=config.name,
@@ -459,6 +518,8 @@ def _bundle_metadata(
         region_network=region_spec,
         fracture_network=fracture_spec,
         regions=regions,
+        fracture_types=data.types,
+        type_network=_type_spec(config, data.types),
         region_min_probability=calibration.pixel_gate.region_min_probability,
         pixel_gate=calibration.pixel_gate.gate,
         thresholds=calibration.operating_points.thresholds,

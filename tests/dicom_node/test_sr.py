@@ -13,9 +13,16 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from config.domain.decision import ViewResult
-from config.domain.findings import AlgorithmIdentity, Gate, NotAssessed, StudyFinding
+from config.domain.findings import (
+    AlgorithmIdentity,
+    FractureType,
+    Gate,
+    ImageFinding,
+    NotAssessed,
+    StudyFinding,
+)
 from config.domain.vocabulary import AI_RESULT_DISCLAIMER, SYNTHETIC_DATA_WARNING
-from dicom_node.outputs.codes import PRIVATE_CODES, finding_site
+from dicom_node.outputs.codes import PRIVATE_CODES, finding_site, fracture_type_code
 from dicom_node.outputs.instance import NewInstance
 from dicom_node.outputs.sr import build_triage_sr, device_observer_uid
 from tests.dicom_node.conftest import study_finding
@@ -331,3 +338,43 @@ def test_an_unreadable_view_is_not_assessed_in_the_sr_with_its_coded_reason(
     assert comments == ["Not assessed for fracture: the pixel data could not be decoded."]
     assert not _children(unreadable_view, "Finding Site")
     assert _children(assessed_view, "Finding Site")
+
+
+def test_a_flagged_views_fracture_type_is_coded_in_its_group(
+    study_uid: str,
+    dx_images: list[Dataset],
+    algorithm: AlgorithmIdentity,
+    tmp_path: Path,
+    dciodvfy_clean: Callable[[Path], str],
+) -> None:
+    """A bundle with a type head: the flagged view's group names the type (FXTYPE, a code
+    of the bundle's own type) and its probability (FXTYPEP); the negative view none."""
+    first, second = dx_images
+    kind = FractureType("23r-M", 0.71)
+    finding = study_finding(
+        study_uid,
+        [
+            ViewResult(first.SOPInstanceUID, "wrist", 0.97, 0.83, fracture_type=kind),
+            # Below every point: the type head's call is dropped, never a claim.
+            ViewResult(second.SOPInstanceUID, "wrist", 0.95, 0.01, fracture_type=kind),
+        ],
+    )
+    assert finding.images[0].fracture_type == kind and finding.images[1].fracture_type is None
+    sr = _build(dx_images, finding, algorithm)
+    dciodvfy_clean(_write(sr, tmp_path / "sr.dcm"))
+    flagged, negative = _groups(sr)
+    (typed,) = _children(flagged, "Most probable fracture type")
+    assert _code(typed) == (fracture_type_code("23r-M").value, "99FXTRIAGE")
+    assert typed.ConceptCodeSequence[0].CodeMeaning == "23r-M"
+    (probability,) = _children(flagged, "Probability of the fracture type")
+    assert float(probability.MeasuredValueSequence[0].NumericValue) == pytest.approx(0.71)
+    assert not _children(negative, "Most probable fracture type")
+    assert any("Most probable fracture type: 23r-M" in text for text in _texts(sr))
+
+
+def test_a_fracture_type_on_a_view_not_flagged_cannot_be_made() -> None:
+    with pytest.raises(ValueError, match="only a positive view has a fracture type"):
+        ImageFinding("1.2.3", not_assessed=NotAssessed(Gate.PIXELS, "x"),
+                     fracture_type=FractureType("Oblique fracture", 0.5))  # fmt: skip
+    assert fracture_type_code("Comminuted fracture") == fracture_type_code("Comminuted fracture")
+    assert len(fracture_type_code("a much longer fracture type name").value) <= 16

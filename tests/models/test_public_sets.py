@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 
 from config.domain.intended_use import HeaderFacts, header_gate
-from models.runtime.bundle import BundleError, load_bundle, load_metadata
+from models.runtime.bundle import BundleError, load_bundle, load_metadata, update_metadata
 from models.runtime.preprocessing import display_image_from_png
-from models.training.datasets import DatasetError
+from models.training.datasets import DatasetError, ImageRecord, save_png
 from models.training.evaluation import evaluate_bundle
 from models.training.layouts import LAYOUTS, load_records, write_phantom_dataset
 from models.training.public_sets import (
     FRACATLAS_COLUMNS,
+    FRACTURE_TYPE_CLASSES,
     GRAZPEDWRI_COLUMNS,
+    ao_group,
     write_phantom_fracatlas,
+    write_phantom_fracture_types,
     write_phantom_grazpedwri,
 )
 from models.training.train import train
@@ -135,3 +138,52 @@ def test_bundle_regions_must_fit_the_network_and_the_intended_use(tmp_path: Path
         file.write_text(json.dumps({**document, "fracture_triage": {**good, **change}}))
         with pytest.raises(BundleError, match=message):
             load_metadata(bundle)
+
+
+def test_fracture_type_sets_and_ao_groups_give_types(tmp_path: Path) -> None:
+    root = write_phantom_fracture_types(tmp_path / "types", per_class=2, size=48)
+    records = load_records(root, "fracture-types")
+    assert len(records) == 10 * 3
+    assert {r.fracture_type for r in records} == set(FRACTURE_TYPE_CLASSES)
+    assert {r.region for r in records} == {"extremity"} and all(r.label for r in records)
+    assert sum(r.split == "test" for r in records) == 10  # the Test/ folders
+    assert ao_group("23r-M/2.1; 23u-E/7") == "23r-M" and ao_group("") is None
+    graz = load_records(write_phantom_grazpedwri(tmp_path / "graz", patients=4), "grazpedwri")
+    assert {r.fracture_type for r in graz if r.label} == {"23r-M", "23r-E"}
+    assert all(r.fracture_type is None for r in graz if not r.label)
+    with pytest.raises(DatasetError, match="fracture type on an image labelled 0"):
+        ImageRecord(tmp_path / "a.png", "p", "s", "wrist", 0, fracture_type="23r-M")
+
+
+@pytest.mark.slow
+def test_a_type_head_is_trained_evaluated_and_on_the_card(tmp_path: Path) -> None:
+    root = write_phantom_fracture_types(tmp_path / "types", per_class=3, size=48, seed=6)
+    records = load_records(root, "fracture-types")
+    config = tiny_train_config(fracture_epochs=1)
+    bundle = train(config, records, tmp_path / "bundle", progress=False)
+    metadata = load_metadata(bundle)
+    assert metadata.fracture_types == tuple(sorted(FRACTURE_TYPE_CLASSES))
+    assert metadata.type_network is not None and metadata.type_network.out_channels == 10
+    assert "fracture-type" in metadata.metrics["stages"]
+    model = load_bundle(bundle)
+    calls = model.classify_types(np.zeros((2, 1, 32, 32), np.float32))
+    assert all(c is not None and c.name in metadata.fracture_types for c in calls)
+    test = [r for r in records if r.split == "test"]
+    metrics = evaluate_bundle(bundle, test, tmp_path / "eval", progress=False).metrics
+    assert metrics["type_images"] == 10
+    assert metrics["type_confusion"]["classes"] == list(metadata.fracture_types)
+    assert np.asarray(metrics["type_confusion"]["matrix"]).sum() == 10
+    assert set(metrics["type_sensitivity"]) == set(FRACTURE_TYPE_CLASSES)
+    card = update_metadata(bundle, metrics={**metadata.metrics, "evaluation": metrics})
+    text = (bundle / "docs" / "README.md").read_text()
+    assert card.fracture_types and "### Fracture type" in text and "| true type |" in text
+
+
+def test_the_csv_layout_takes_a_fracture_type_column(tmp_path: Path) -> None:
+    for name in ("a.png", "b.png"):
+        save_png(np.zeros((8, 8), np.float32), tmp_path / name)
+    (tmp_path / "labels.csv").write_text(
+        "path,region,label,fracture_type\na.png,wrist,1,Oblique fracture\nb.png,wrist,0,\n"
+    )
+    first, second = load_records(tmp_path / "labels.csv", "csv")
+    assert (first.fracture_type, second.fracture_type) == ("Oblique fracture", None)
