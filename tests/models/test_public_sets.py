@@ -187,3 +187,18 @@ def test_the_csv_layout_takes_a_fracture_type_column(tmp_path: Path) -> None:
     )
     first, second = load_records(tmp_path / "labels.csv", "csv")
     assert (first.fracture_type, second.fracture_type) == ("Oblique fracture", None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_trains_and_evaluates_on_its_fixture(layout: str, tmp_path: Path) -> None:
+    """Each layout's phantom fixture, in its exact files, through `train` and `evaluate`
+    (a few steps: what the commands do with the format, not what a model learns)."""
+    data = write_phantom_dataset(tmp_path / "data", layout, size=48, seed=8)  # type: ignore[arg-type]
+    records = load_records(data, layout)  # type: ignore[arg-type]
+    bundle = train(tiny_train_config(fracture_epochs=1), records, tmp_path / "b", progress=False)
+    evaluation = evaluate_bundle(bundle, records, tmp_path / "eval", progress=False)
+    assert evaluation.metrics["images"] == len(records) and evaluation.report.is_file()
+    boxed = [r for r in records if r.box is not None]
+    if boxed:  # the layouts with boxes are scored for localisation
+        assert "gradcam_detected_positives_with_box" in evaluation.metrics
