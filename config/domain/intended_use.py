@@ -35,6 +35,12 @@ HOMO_SAPIENS_CODE = "337915000"
 _HUMAN_WORDS = frozenset({"homo sapiens", "human", "humain", "mensch", "humano", "umano"})
 
 
+def check_age_range(low: float | None, high: float | None) -> None:
+    """An age range whose upper end is not below its lower end (None: open)."""
+    if low is not None and high is not None and high < low:
+        raise ValueError(f"max_age_years ({high}) is below min_age_years ({low})")
+
+
 class IntendedUse(BaseModel):
     """What a bundle was made for; the model card, the conformance statement and the
     header gate all read it from here."""
@@ -75,9 +81,7 @@ class IntendedUse(BaseModel):
 
     @model_validator(mode="after")
     def _age_range(self) -> IntendedUse:
-        low, high = self.min_age_years, self.max_age_years
-        if low is not None and high is not None and high < low:
-            raise ValueError(f"max_age_years ({high}) is below min_age_years ({low})")
+        check_age_range(self.min_age_years, self.max_age_years)
         return self
 
     @field_validator("regions")

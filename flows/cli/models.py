@@ -6,7 +6,7 @@ Offline tooling: no node, no database; logs go to the console as the settings sa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 from pydantic import ValidationError
@@ -65,6 +65,14 @@ SpecificityOption = Annotated[
 ]
 AggregationOption = Annotated[
     str | None, typer.Option(help="Study probability from its views: mean (MURA's) or max.")
+]
+TtaOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tta",
+        help="Test-time augmentation of stage 2: none, or flip (each view averaged with "
+        "its mirror image; the operating points are picked the same way).",
+    ),
 ]
 MaxStepsOption = Annotated[
     int | None, typer.Option(help="Cap each epoch (a quick trial of a configuration).")
@@ -145,6 +153,7 @@ def train(
     sensitivity_target: SensitivityOption = None,
     specificity_target: SpecificityOption = None,
     aggregation: AggregationOption = None,
+    tta: TtaOption = None,
     max_steps_per_epoch: MaxStepsOption = None,
     resume: ResumeOption = False,
     name: str = "fracture-triage",
@@ -175,6 +184,7 @@ def train(
         "sensitivity_target": sensitivity_target,
         "specificity_target": specificity_target,
         "study_aggregation": aggregation,
+        "test_time_augmentation": tta,
         "max_steps_per_epoch": max_steps_per_epoch,
         "label_meaning": label_meaning,
         "min_age_years": min_age,
@@ -230,14 +240,23 @@ def evaluate(
             "patient evaluated was held out of its training and validation)."
         ),
     ] = False,
+    tta: TtaOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Evaluate a bundle: AUROC with CI, operating points, kappa, calibration, ROC, report."""
+    """Evaluate a bundle: AUROC with CI, operating points, kappa, calibration, ROC, report.
+
+    ``--tta`` evaluates with another test-time augmentation than the bundle's, to measure
+    what it changes (the bundle's operating points are kept; not with ``--write-card``).
+    """
     settings_for(config)
     from models.training.evaluation import CardRefusedError, evaluate_bundle
 
     if split not in ("test", "all"):
         fail(f"unknown split {split!r}; choose test or all")
+    from models.runtime.metadata import TestTimeAugmentation  # torch: imported when run
+
+    if tta is not None and tta not in get_args(TestTimeAugmentation):
+        fail(f"unknown test-time augmentation {tta!r}; choose none or flip")
     records = _load_data(data, layout, labels)
     if split == "test":
         records = _test_split(bundle, data, records)
@@ -249,6 +268,7 @@ def evaluate(
             data_description=f"{layout} data set {data.name}, {split} split",
             occlusion=occlusion,
             write_into_bundle=write_card,
+            test_time_augmentation=tta,  # type: ignore[arg-type]
         )
     except CardRefusedError as error:
         fail(str(error))

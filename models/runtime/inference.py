@@ -103,6 +103,19 @@ class ImagePrediction:
     box: tuple[int, int, int, int] | None
 
 
+def calibrated_fracture_probability(
+    network: nn.Module, images: torch.Tensor, temperature: float, augmentation: str = "none"
+) -> torch.Tensor:
+    """A fracture network's calibrated probability per image; with ``"flip"``
+    test-time augmentation, the mean of the image's and its left-right mirror's. The
+    node and the operating points' fitting both call this, so they agree."""
+    probabilities = fracture_probability(network(images) / temperature)
+    if augmentation == "flip":
+        mirrored = fracture_probability(network(torch.flip(images, dims=[3])) / temperature)
+        probabilities = (probabilities + mirrored) / 2
+    return probabilities
+
+
 def fracture_probability(logits: torch.Tensor) -> torch.Tensor:
     """Fracture probability from (N, 1) sigmoid or (N, 2) softmax logits."""
     if logits.dim() != 2 or logits.shape[1] not in (1, 2):
@@ -297,10 +310,13 @@ class HierarchicalModel:
         for region, all_indices in self._by_region(regions).items():
             for indices in _chunks(all_indices, self.max_batch):
                 with torch.no_grad():
-                    logits = self.fracture_networks[region](batch[indices])
                     # Temperature scaling: the probability written into the SR is calibrated.
-                    calibrated = logits / self.metadata.temperature(region)
-                    probabilities = fracture_probability(calibrated).cpu()
+                    probabilities = calibrated_fracture_probability(
+                        self.fracture_networks[region],
+                        batch[indices],
+                        self.metadata.temperature(region),
+                        self.metadata.test_time_augmentation,
+                    ).cpu()
                 for k, i in enumerate(indices):
                     fracture[i] = float(probabilities[k])
         return fracture
@@ -366,6 +382,9 @@ class HierarchicalModel:
                 for k, i in enumerate(indices):
                     fracture[i] = float(probabilities[k])
                     explained[i] = (maps[k], hottest_box(maps[k], BOX_FRACTION))
+        if self.metadata.test_time_augmentation != "none":
+            # The mirrored pass belongs to the probability, not to the heatmap.
+            fracture = self.classify_fractures(batch, regions)
         return fracture, explained
 
     def predict(

@@ -27,6 +27,10 @@ WEIGHTS_FILE = Path("models/model.pt")
 MODEL_CARD_FILE = Path("docs/README.md")
 
 
+#: Test-time augmentation of stage 2: none, or the mean of the view and its mirror image.
+TestTimeAugmentation = Literal["none", "flip"]
+
+
 class PixelGate(BaseModel):
     """The pixel gate's out-of-distribution limit (:mod:`models.runtime.ood`).
 
@@ -95,6 +99,11 @@ class BundleMetadata(BaseModel):
     )
     thresholds: dict[str, OperatingPoints]
     study_aggregation: Literal["mean", "max"] = "mean"
+    test_time_augmentation: TestTimeAugmentation = Field(
+        default="none",
+        description="'flip': stage 2's probability is the mean of the view's and its "
+        "left-right mirror's (calibrated each); the operating points were picked that way.",
+    )
     temperatures: dict[str, float] = Field(
         default_factory=dict,
         description=(
@@ -438,6 +447,7 @@ Labels: {metadata.label_meaning.value}: {metadata.label_meaning.description}
 - Stage 2 (fracture): one `{metadata.fracture_network.architecture}` per region.
 - Fracture type: {_type_line(metadata)}
 - Study probability: {metadata.study_aggregation} of the image probabilities.
+- Test-time augmentation of stage 2: {metadata.test_time_augmentation}.
 - Calibration (temperature scaling, fitted on the validation split): {temperatures}.
 - Explanation: Grad-CAM on the fracture output.
 

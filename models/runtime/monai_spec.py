@@ -22,6 +22,7 @@ operating points and temperatures, and the pixel gate's limit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
@@ -67,59 +68,43 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+def _probabilities(classes: Sequence[str]) -> dict[str, Any]:
+    """One output of calibrated class probabilities, in the specification's terms."""
+    return {
+        "type": "probabilities",
+        "format": "classes",
+        "num_channels": len(classes),
+        "spatial_shape": [1],
+        "dtype": "float32",
+        "value_range": [0, 1],
+        "is_onehot": False,
+        "channel_def": {str(k): name for k, name in enumerate(classes)},
+    }
+
+
 def _network_data_format(metadata: BundleMetadata) -> dict[str, Any]:
-    """The specification's description of the input and the two stages' outputs."""
+    """The specification's description of the input and each stage's output."""
     size = metadata.image_size
-    positive = metadata.label_meaning.value
-    described: dict[str, Any] = {
-        "inputs": {
-            "image": {
-                "type": "image",
-                "format": "magnitude",
-                "modality": "/".join(metadata.intended_use.modalities),
-                "num_channels": 1,
-                "spatial_shape": [size, size],
-                "dtype": "float32",
-                "value_range": [],  # standardised per image: zero mean, unit variance
-                "is_patch_data": False,
-                "channel_def": {"0": "display-rendered radiograph, fitted and standardised"},
-            }
-        },
-        "outputs": {
-            "pred": {
-                "type": "probabilities",
-                "format": "classes",
-                "num_channels": len(metadata.region_classes),
-                "spatial_shape": [1],
-                "dtype": "float32",
-                "value_range": [0, 1],
-                "is_onehot": False,
-                "channel_def": {str(k): name for k, name in enumerate(metadata.region_classes)},
-            },
-            "fracture": {
-                "type": "probabilities",
-                "format": "classes",
-                "num_channels": 1,
-                "spatial_shape": [1],
-                "dtype": "float32",
-                "value_range": [0, 1],
-                "is_onehot": False,
-                "channel_def": {"0": f"{positive} (the region's network, calibrated)"},
-            },
-        },
+    outputs = {
+        "pred": _probabilities(metadata.region_classes),
+        "fracture": _probabilities(
+            [f"{metadata.label_meaning.value} (the region's network, calibrated)"]
+        ),
     }
     if metadata.type_network is not None:
-        described["outputs"]["type"] = {
-            "type": "probabilities",
-            "format": "classes",
-            "num_channels": len(metadata.fracture_types),
-            "spatial_shape": [1],
-            "dtype": "float32",
-            "value_range": [0, 1],
-            "is_onehot": False,
-            "channel_def": {str(k): name for k, name in enumerate(metadata.fracture_types)},
-        }
-    return described
+        outputs["type"] = _probabilities(metadata.fracture_types)
+    image = {
+        "type": "image",
+        "format": "magnitude",
+        "modality": "/".join(metadata.intended_use.modalities),
+        "num_channels": 1,
+        "spatial_shape": [size, size],
+        "dtype": "float32",
+        "value_range": [],  # standardised per image: zero mean, unit variance
+        "is_patch_data": False,
+        "channel_def": {"0": "display-rendered radiograph, fitted and standardised"},
+    }
+    return {"inputs": {"image": image}, "outputs": outputs}
 
 
 def spec_metadata(metadata: BundleMetadata) -> dict[str, Any]:

@@ -8,7 +8,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from config.domain.intended_use import check_age_range
 from config.domain.vocabulary import LabelMeaning
+from models.runtime.metadata import TestTimeAugmentation
 from models.runtime.networks import ArchitectureName
 
 #: Intended use of a bundle trained on phantoms (the ``"phantom"`` preset, the demo bundle).
@@ -75,6 +77,11 @@ class TrainConfig(BaseModel):
         "(the out-of-distribution limit and the confidence floor are chosen for it).",
     )
     study_aggregation: Literal["mean", "max"] = "mean"
+    test_time_augmentation: TestTimeAugmentation = Field(
+        default="none",
+        description="'flip': stage 2 averages each view with its mirror image, in the "
+        "operating points' fitting as in the node.",
+    )
     unsupported_phantoms: int = Field(
         default=300,
         ge=0,
@@ -113,9 +120,7 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _age_range(self) -> TrainConfig:
-        low, high = self.min_age_years, self.max_age_years
-        if low is not None and high is not None and high < low:
-            raise ValueError(f"max_age_years ({high}) is below min_age_years ({low})")
+        check_age_range(self.min_age_years, self.max_age_years)  # the intended use's rule
         return self
 
     @field_validator("device")

@@ -54,6 +54,7 @@ from config.domain.decision import ViewResult
 from models.runtime.bundle import MODEL_CARD_FILE, load_bundle, update_metadata
 from models.runtime.gradcam import CAM_METHODS, hottest_box
 from models.runtime.inference import HierarchicalModel, RegionCall
+from models.runtime.metadata import TestTimeAugmentation
 from models.runtime.preprocessing import preprocess
 from models.training.datasets import ImageRecord, load_display_image
 from models.training.end_to_end import decide_studies, end_to_end_metrics
@@ -187,6 +188,7 @@ def evaluate_bundle(
     progress: bool = True,
     seed: int = 0,
     out_of_distribution: Sequence[OodImage] = (),
+    test_time_augmentation: TestTimeAugmentation | None = None,
 ) -> Evaluation:
     """Evaluate a bundle on labelled records; write the report, figures and metrics.
 
@@ -214,6 +216,10 @@ def evaluate_bundle(
     out_of_distribution
         Images outside the intended use (:mod:`models.training.ood_set`); the pixel gate's
         figures on them join those on the records.
+    test_time_augmentation
+        Evaluate with this stage-2 augmentation instead of the bundle's (to measure what
+        it would change; the operating points stay the bundle's). Not with
+        ``write_into_bundle``: the card describes the bundle as it runs.
 
     Returns
     -------
@@ -234,9 +240,19 @@ def evaluate_bundle(
         refuse_seen_patients(bundle_dir, records)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_bundle(bundle_dir)
+    if test_time_augmentation is not None:
+        if write_into_bundle and test_time_augmentation != model.metadata.test_time_augmentation:
+            raise CardRefusedError(
+                f"the card describes the bundle as it runs (test-time augmentation "
+                f"{model.metadata.test_time_augmentation!r}, not {test_time_augmentation!r})"
+            )
+        model.metadata = model.metadata.model_copy(
+            update={"test_time_augmentation": test_time_augmentation}
+        )
     tally = _Tally.of(model, records, occlusion, progress)
     description = data_description or f"{len(records)} labelled images"
     metrics, curves, studies = _metrics(model, tally, description, occlusion, seed)
+    metrics["test_time_augmentation"] = model.metadata.test_time_augmentation
     metrics["pixel_gate"] = {
         **tally.pixel_gate_metrics(),
         **out_of_distribution_figures(model, out_of_distribution),

@@ -38,7 +38,7 @@ from config import UNSUPPORTED
 from config.domain.intended_use import IntendedUse
 from config.domain.vocabulary import region_classes
 from models.runtime.bundle import BundleMetadata, save_bundle
-from models.runtime.inference import fracture_probability
+from models.runtime.inference import calibrated_fracture_probability, fracture_probability
 from models.runtime.networks import NetworkSpec, build_network, resolve_device
 from models.training.calibration import fit_temperature
 from models.training.config import TrainConfig
@@ -435,6 +435,8 @@ def _calibrate(
         logits, targets = runner.predict(network, Subset(data.val_set, idx), "fracture")
         temperatures[region] = round(fit_temperature(logits, targets), 4)
         probabilities = fracture_probability(logits / temperatures[region]).numpy()
+        if config.test_time_augmentation != "none":  # the points see what the node computes
+            probabilities = _augmented(network, data, idx, temperatures[region], config, runner)
         calibrated[region] = ([data.val_records[i] for i in idx], probabilities)
     points = region_operating_points(
         calibrated, config.study_aggregation, config.sensitivity_target, config.specificity_target
@@ -443,6 +445,30 @@ def _calibrate(
         logits, targets = runner.predict(networks.type, Subset(data.val_set, typed), "type")
         temperatures["type"] = round(fit_temperature(logits, targets), 4)
     return _Calibration(temperatures, region_accuracy, pixel_gate, points)
+
+
+def _augmented(
+    network: nn.Module,
+    data: _TrainingData,
+    indices: list[int],
+    temperature: float,
+    config: TrainConfig,
+    runner: StageRunner,
+) -> np.ndarray:
+    """Calibrated validation probabilities with the bundle's test-time augmentation."""
+    network.eval()
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(indices), config.batch_size):
+            images = torch.stack(
+                [data.val_set[i]["image"] for i in indices[start : start + config.batch_size]]
+            ).to(runner.device)
+            chunks.append(
+                calibrated_fracture_probability(
+                    network, images, temperature, config.test_time_augmentation
+                ).cpu()
+            )
+    return torch.cat(chunks).numpy()
 
 
 # ----------------------------------------------------------------------------- the bundle
@@ -524,6 +550,7 @@ def _bundle_metadata(
         pixel_gate=calibration.pixel_gate.gate,
         thresholds=calibration.operating_points.thresholds,
         study_aggregation=config.study_aggregation,
+        test_time_augmentation=config.test_time_augmentation,
         temperatures=calibration.temperatures,
         metrics=metrics,
         training_code_fingerprint=code_fingerprint,

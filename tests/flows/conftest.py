@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from config import Settings
 from db.models import StudyStatus
@@ -61,3 +62,11 @@ def node_environment(settings: Settings, **extra: object) -> dict[str, str]:
     }.items():
         env[f"FRACTURE_TRIAGE_{key}"] = str(value)
     return env
+
+
+def concept_codes(item: Dataset) -> list[str]:
+    """Every code value of the CODE items in an SR content tree (values, not names)."""
+    found = [str(code.CodeValue) for code in item.get("ConceptCodeSequence", [])]
+    for child in item.get("ContentSequence", []):
+        found += concept_codes(child)
+    return found

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 
 from config import FractureLevel, Settings
 from config.domain.findings import Gate
@@ -24,7 +23,7 @@ from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
 from flows.triage.flow import triage_study
 from tests.bundles import ALWAYS_LIKELY, NEVER, build_test_bundle
-from tests.flows.conftest import store_study
+from tests.flows.conftest import concept_codes, store_study
 from tests.peers import assert_dciodvfy_clean
 
 FRACATLAS_REGIONS = ("hand", "hip", "lower limb", "shoulder")
@@ -42,14 +41,6 @@ def _as_body_part(study: Path, body_part: str, target: Path) -> Path:
         del dataset.AnatomicRegionSequence
         dataset.save_as(path, enforce_file_format=True)
     return target
-
-
-def _codes(item: Dataset) -> list[str]:
-    """Every code value in an SR content tree."""
-    found = [str(code.CodeValue) for code in item.get("ConceptCodeSequence", [])]
-    for child in item.get("ContentSequence", []):
-        found += _codes(child)
-    return found
 
 
 @pytest.mark.slow
@@ -84,6 +75,6 @@ def test_a_fracatlas_bundle_assesses_a_knee_and_not_a_wrist(
         runs_outputs = [*knee_run.outputs, *wrist_run.outputs]
         outputs = [runtime.output_dir / output.path for output in runs_outputs]
         knee_sr = [runtime.output_dir / o.path for o in knee_run.outputs if o.kind == "sr"]
-    assert len(knee_sr) == 1 and LOWER_LIMB_CODE in _codes(dcmread(knee_sr[0]))
+    assert len(knee_sr) == 1 and LOWER_LIMB_CODE in concept_codes(dcmread(knee_sr[0]))
     for path in outputs:
         assert_dciodvfy_clean(path)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 
 from config import Settings
 from db.migrate import upgrade
@@ -22,17 +21,10 @@ from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
 from flows.triage.flow import triage_study
 from tests.bundles import build_test_bundle
-from tests.flows.conftest import store_study
+from tests.flows.conftest import concept_codes, store_study
 from tests.peers import assert_dciodvfy_clean
 
 TYPES = ("23r-M", "23r-E")
-
-
-def _codes(item: Dataset) -> list[str]:
-    found = [str(code.CodeValue) for code in item.get("ConceptCodeSequence", [])]
-    for child in item.get("ContentSequence", []):
-        found += _codes(child)
-    return found
 
 
 @pytest.mark.slow
@@ -60,7 +52,7 @@ def test_flagged_views_get_the_type_head_s_call_in_the_sr_and_the_database(
                 assert image.fracture_type == ("23r-M" if flagged else None)
                 assert (image.fracture_type_probability is not None) is flagged
             (sr,) = [runtime.output_dir / o.path for o in run.outputs if o.kind == "sr"]
-            assert (code in _codes(dcmread(sr))) is flagged
+            assert (code in concept_codes(dcmread(sr))) is flagged
             for output in run.outputs:
                 if output.kind != "hl7":
                     assert_dciodvfy_clean(runtime.output_dir / output.path)

@@ -70,6 +70,24 @@ def test_a_paediatric_data_set_gives_a_paediatric_intended_use(tmp_path: Path) -
     assert result.exit_code == 2 and "below min_age_years" in result.output
 
 
+def test_unknown_test_time_augmentation_is_named(tmp_path: Path) -> None:
+    data = ["--data", str(tmp_path), "--layout", "csv", "--split", "all"]
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            *data,
+            "--bundle",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r"),
+            "--tta",
+            "rotate",
+        ],
+    )
+    assert result.exit_code == 2 and "rotate" in result.output
+
+
 def test_unknown_layout_is_named(tmp_path: Path) -> None:
     result = runner.invoke(
         app, ["make-phantom-dataset", "--layout", "nifti", "--out", str(tmp_path)]
