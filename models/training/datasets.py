@@ -60,7 +60,7 @@ from monai.transforms import MapTransform, Transform
 from PIL import Image
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
-from config.domain.anatomy import BODY_PARTS
+from config.domain.anatomy import BODY_PARTS, part_of_term
 from models.runtime.preprocessing import (
     Geometry,
     display_image_from_dataset,
@@ -73,20 +73,6 @@ logger = logging.getLogger(__name__)
 
 #: Split names; ``None`` on a record means "not assigned by the source".
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-#: Body Part Examined (PS3.16 Annex L) to region, for DICOM labels without a region.
-BODY_PART_REGIONS: dict[str, str] = {
-    "ELBOW": "elbow",
-    "FINGER": "finger",
-    "THUMB": "finger",
-    "FOREARM": "forearm",
-    "HAND": "hand",
-    "ARM": "humerus",
-    "HUMERUS": "humerus",
-    "UPPERARM": "humerus",
-    "SHOULDER": "shoulder",
-    "WRIST": "wrist",
-}
 
 _MURA_DIR = "MURA-v1.1"
 _MURA_PATH = re.compile(
@@ -454,14 +440,16 @@ class _DicomFolder:
 
 
 def _body_part_region(ds: pydicom.Dataset, where: str) -> str:
-    body_part = str(ds.get("BodyPartExamined", "")).upper()
-    region = BODY_PART_REGIONS.get(body_part, "")
-    if not region:
+    """The region Body Part Examined names, read with the domain's vocabulary (the node's
+    header gate reads it the same way); a generic or unknown term names none."""
+    body_part = str(ds.get("BodyPartExamined", ""))
+    part = part_of_term(body_part) if body_part.strip() else None
+    if part is None or part.generic:
         raise DatasetError(
-            f"{where}: no region column and Body Part Examined {body_part!r} is not "
-            f"one of {sorted(BODY_PART_REGIONS)}"
+            f"{where}: no region column and Body Part Examined {body_part!r} names no one "
+            "body part (e.g. WRIST, HUMERUS, KNEE)"
         )
-    return region
+    return part.name
 
 
 def load_dicom_folder(path: str | Path, labels_csv: str | Path | None = None) -> list[ImageRecord]:

@@ -26,6 +26,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 from torch.nn import functional
 
 from config import REGION_CLASSES, REGIONS, UNSUPPORTED
+from config.domain.anatomy import BODY_PARTS
 from models.runtime.preprocessing import preprocess
 
 logger = logging.getLogger(__name__)
@@ -35,17 +36,13 @@ DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 #: A fictional birth date, distinctive so tests can prove it never reaches a log.
 PHANTOM_BIRTH_DATE = "19480229"
 
-# Body Part Examined (PS3.16 Annex L) and SNOMED CT anatomic region per phantom region.
-_ANATOMY: dict[str, tuple[str, str, str]] = {
-    "elbow": ("ELBOW", "16953009", "Elbow joint"),
-    "finger": ("FINGER", "7569003", "Finger"),
-    "forearm": ("FOREARM", "14975008", "Forearm"),
-    "hand": ("HAND", "85562004", "Hand"),
-    "humerus": ("ARM", "40983000", "Upper arm"),
-    "shoulder": ("SHOULDER", "16982005", "Shoulder"),
-    "wrist": ("WRIST", "74670003", "Wrist joint"),
-    UNSUPPORTED: ("CHEST", "51185008", "Chest"),
-}
+
+def _anatomy(region: str) -> tuple[str, str, str]:
+    """Body Part Examined (PS3.16 Annex L) and the SNOMED CT code and meaning of a phantom's
+    region, from the domain's one body-part vocabulary ('unsupported' phantoms are chests)."""
+    part = BODY_PARTS["chest" if region == UNSUPPORTED else region]
+    _, value, meaning = part.code
+    return part.terms[0], value, meaning
 
 
 @dataclass(frozen=True)
@@ -632,7 +629,7 @@ def phantom_dataset(
     ds = Dataset()
     ds.file_meta = _file_meta(sop_instance_uid)
     when = study_datetime or datetime(2024, 1, 15, 10, 30, 0)
-    body_part = _ANATOMY[phantom.region][0]
+    body_part = _anatomy(phantom.region)[0]
     _identify(ds, sop_instance_uid, when, accession_number, body_part, view_position)
     ds.PatientName, ds.PatientID = patient_name, patient_id
     ds.PatientBirthDate, ds.PatientSex = PHANTOM_BIRTH_DATE, "O"
@@ -684,7 +681,7 @@ def _identify(
 
 def _describe_anatomy(ds: Dataset, phantom: Phantom) -> None:
     """Orientation, laterality and the SNOMED CT anatomic region of the phantom's region."""
-    _, code, meaning = _ANATOMY[phantom.region]
+    _, code, meaning = _anatomy(phantom.region)
     ds.PatientOrientation = ["A", "F"] if phantom.region == UNSUPPORTED else ["L", "F"]
     ds.Laterality = ""
     ds.ImageLaterality = "U" if phantom.region == UNSUPPORTED else phantom.laterality
