@@ -20,8 +20,12 @@ from dicom_node.outputs.codes import fracture_type_code
 from flows.prefect_env import flow_run_settings
 from flows.runtime import Runtime, install_runtime
 from flows.triage.flow import triage_study
+from models.training.layouts import load_records
+from models.training.public_sets import FRACTURE_TYPE_CLASSES, write_phantom_fracture_types
+from models.training.train import train
 from tests.bundles import build_test_bundle
 from tests.flows.conftest import concept_codes, store_study
+from tests.models.conftest import tiny_train_config
 from tests.peers import assert_dciodvfy_clean
 
 TYPES = ("23r-M", "23r-E")
@@ -56,3 +60,41 @@ def test_flagged_views_get_the_type_head_s_call_in_the_sr_and_the_database(
             for output in run.outputs:
                 if output.kind != "hl7":
                     assert_dciodvfy_clean(runtime.output_dir / output.path)
+
+
+@pytest.mark.slow
+def test_a_type_head_trained_on_phantoms_reaches_the_sr(
+    make_settings: Callable[..., Settings], sample_studies: list[Path], tmp_path: Path
+) -> None:
+    """Trained, not rigged: a few steps on the ten-class fixture give a bundle (region
+    'extremity') whose type head names one of the fixture's types in the wrist study's SR.
+    The site's thresholds at 0 flag every view, so the type is said whatever the briefly
+    trained stage 2 thinks."""
+    data = write_phantom_fracture_types(tmp_path / "types", per_class=2, size=48, seed=3)
+    config = tiny_train_config(
+        region_epochs=2,
+        max_steps_per_epoch=3,
+        fracture_epochs=1,
+        image_size=64,
+        in_distribution_acceptance=1.0,  # the gate lets every in-distribution view through
+    )
+    bundle = train(config, load_records(data, "fracture-types"), tmp_path / "b", progress=False)
+    settings = make_settings(
+        model_bundle_dir=bundle, fracture_suspected_threshold=0.0, fracture_likely_threshold=0.0
+    )
+    runtime = Runtime.create(settings)
+    upgrade(runtime.engine)
+    install_runtime(runtime)
+    try:
+        wrist = store_study(runtime, sample_studies[0])
+        with flow_run_settings(False):
+            triage_study(wrist)
+    finally:
+        install_runtime(None)
+    codes = {fracture_type_code(name).value: name for name in FRACTURE_TYPE_CLASSES}
+    with runtime.sessions() as session:
+        run = RunRepository(session).latest_for_study(wrist)
+        assert run is not None and run.image_results
+        assert all(image.fracture_type in FRACTURE_TYPE_CLASSES for image in run.image_results)
+        (sr,) = [runtime.output_dir / o.path for o in run.outputs if o.kind == "sr"]
+    assert set(concept_codes(dcmread(sr))) & set(codes)
