@@ -397,7 +397,9 @@ def node_configurations(diagnostic: bool = True) -> dict[str, dict[str, object]]
     from config.settings import OutputSettings
 
     switches = ("sr", "summary", "annotated", "gsps", "parametric_map")
-    only_sr = OutputSettings(**{name: name == "sr" for name in switches})
+    # The peer's SR names no image region, so neither does this one (no SCOORD ROIs): the
+    # node then needs no Grad-CAM at all, as nothing it writes draws a box or a map.
+    only_sr = OutputSettings(**{name: name == "sr" for name in switches}, sr_rois=False)
     configurations: dict[str, dict[str, object]] = {
         "node-sr-only": {"outputs": only_sr},
         "node-default-outputs": {},

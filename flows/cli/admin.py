@@ -85,6 +85,12 @@ class ReprocessRequest:
             fail(str(error))
 
 
+RegionOption = Annotated[
+    list[str] | None,
+    typer.Option(help="Region, a body part the bundle assesses (repeatable), e.g. wrist."),
+]
+
+
 def reprocess(
     config: ConfigOption = None,
     received_from: Annotated[
@@ -96,10 +102,7 @@ def reprocess(
     status: Annotated[
         list[str] | None, typer.Option(help=f"Study status (repeatable): {STATUSES}.")
     ] = None,
-    region: Annotated[
-        list[str] | None,
-        typer.Option(help="Region, a body part the bundle assesses (repeatable), e.g. wrist."),
-    ] = None,
+    region: RegionOption = None,
     model_older_than: Annotated[
         str | None, typer.Option(help="Only studies last triaged by an older model version.")
     ] = None,

@@ -402,6 +402,26 @@ def _evaluation_section(metadata: BundleMetadata) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _models_section(metadata: BundleMetadata) -> str:
+    """The card's description of the networks and what is done with their outputs."""
+    temperatures = (
+        ", ".join(f"{k} {v:.3f}" for k, v in metadata.temperatures.items()) or "none (1.0)"
+    )
+    side = metadata.image_size
+    return f"""- Input: one display-rendered radiograph, fitted to {side}x{side},
+  standardised per image (see `models.runtime.preprocessing`).
+- Stage 1 (region): `{metadata.region_network.architecture}`, softmax over
+  {list(metadata.region_classes)}; a region below (calibrated) probability
+  {metadata.region_min_probability} counts as unsupported.
+- Pixel gate: {_pixel_gate_line(metadata.pixel_gate)}
+- Stage 2 (fracture): one `{metadata.fracture_network.architecture}` per region.
+- Fracture type: {_type_line(metadata)}
+- Study probability: {metadata.study_aggregation} of the image probabilities.
+- Test-time augmentation of stage 2: {metadata.test_time_augmentation}.
+- Calibration (temperature scaling, fitted on the validation split): {temperatures}.
+- Explanation: Grad-CAM on the fracture output."""
+
+
 def model_card(metadata: BundleMetadata) -> str:
     """The Markdown model card (``docs/README.md``) that describes a bundle to a reader."""
     thresholds = "\n".join(
@@ -409,9 +429,6 @@ def model_card(metadata: BundleMetadata) -> str:
         for region, points in metadata.thresholds.items()
     )
     metrics = _metric_lines(metadata.metrics)
-    temperatures = (
-        ", ".join(f"{k} {v:.3f}" for k, v in metadata.temperatures.items()) or "none (1.0)"
-    )
     fingerprint = (
         f"Training code fingerprint: {metadata.training_code_fingerprint}.\n"
         if metadata.training_code_fingerprint
@@ -438,18 +455,7 @@ Labels: {metadata.label_meaning.value}: {metadata.label_meaning.description}
 
 ## Models
 
-- Input: one display-rendered radiograph, fitted to {metadata.image_size}x{metadata.image_size},
-  standardised per image (see `models.runtime.preprocessing`).
-- Stage 1 (region): `{metadata.region_network.architecture}`, softmax over
-  {list(metadata.region_classes)}; a region below (calibrated) probability
-  {metadata.region_min_probability} counts as unsupported.
-- Pixel gate: {_pixel_gate_line(metadata.pixel_gate)}
-- Stage 2 (fracture): one `{metadata.fracture_network.architecture}` per region.
-- Fracture type: {_type_line(metadata)}
-- Study probability: {metadata.study_aggregation} of the image probabilities.
-- Test-time augmentation of stage 2: {metadata.test_time_augmentation}.
-- Calibration (temperature scaling, fitted on the validation split): {temperatures}.
-- Explanation: Grad-CAM on the fracture output.
+{_models_section(metadata)}
 
 ## Operating points
 

@@ -136,7 +136,7 @@ def database(tmp_path: Path) -> str:
     [
         (["purge"], "Missing option '--older-than-days'"),
         (["status", "--bogus"], "No such option: --bogus"),
-        (["reprocess", "--region", "knee"], "unknown regions ['knee']; expected some of"),
+        (["reprocess", "--region", "kneecap"], "unknown regions ['kneecap']; expected body parts"),
         (["reprocess", "--status", "exploded"], "unknown study statuses ['exploded']"),
         (["run-study", "1.2.3.4.5"], "no study 1.2.3.4.5 in the database"),
         (["audit", "--study", "1.2.3.4.5"], "No study 1.2.3.4.5"),
