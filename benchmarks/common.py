@@ -42,15 +42,17 @@ def write_phantom_study(
     *,
     computed_radiography: bool = False,
     series_per_view: bool = False,
+    region: str | None = None,
 ) -> Path:
     """One phantom DX study of ``views`` views (``rows`` square) under ``out_dir/<study UID>/``.
 
-    The region follows ``index`` through REGIONS; the first view carries the break
-    when ``fractured``. Patient names and IDs are fictional (``name`` and ``index``).
+    The region is ``region``, else it follows ``index`` through REGIONS; the first view
+    carries the break when ``fractured``. Patient names and IDs are fictional (``name``
+    and ``index``).
     ``computed_radiography`` writes CR Image Storage instead of DX (same pixels);
     ``series_per_view`` puts each view in a series of its own, as CR units often do.
     """
-    region = REGIONS[index % len(REGIONS)]
+    region = region or REGIONS[index % len(REGIONS)]
     study_uid, series_uid = generate_uid(), generate_uid()
     study_dir = out_dir / study_uid
     study_dir.mkdir(parents=True)

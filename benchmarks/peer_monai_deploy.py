@@ -426,6 +426,9 @@ def write_studies(root: Path, count: int, views: int, rows: int) -> list[Path]:
             rows,
             computed_radiography=True,
             series_per_view=True,
+            # The node's stage 1 is steered to this region: a header naming another would
+            # be a conflict, not assessed, and the node would skip work the peer does.
+            region=BENCH_REGION,
         )
         for index in range(count)
     ]
