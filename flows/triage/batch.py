@@ -201,26 +201,25 @@ def _run_models(runtime: Runtime, views: tuple[SourceView, ...], work_dir: str) 
         if conflict is not None:
             conflicts[view.sop_instance_uid] = conflict
     probabilities = classify_fractures(batch.inputs_path, tuple(stage2))
-    wanted = explained_regions(runtime, stage2, probabilities)
-    explanations = explain_fractures(batch.inputs_path, wanted, work_dir)
+    flagged = flagged_views(runtime, stage2, probabilities)
+    explanations = explain_fractures(
+        batch.inputs_path, explained_regions(runtime, flagged), work_dir
+    )
     types: tuple[FractureType | None, ...] = ()
     if runtime.model().type_network is not None:
-        flagged = flagged_views(runtime, stage2, probabilities)
         types = classify_types(batch.inputs_path, tuple(r is not None for r in flagged))
     fractures = FractureResults(probabilities, explanations.boxes, explanations.cams_path, types)
     return ModelPass(screens, batch, regions, conflicts, tuple(stage2), fractures)
 
 
-def explained_regions(
-    runtime: Runtime, regions: Sequence[str | None], probabilities: Sequence[float | None]
-) -> tuple[str | None, ...]:
-    """The views Grad-CAM must explain (their region; None for the others): those at or
-    above their region's "suspected" point, when an output draws a box or a heatmap."""
+def explained_regions(runtime: Runtime, flagged: Sequence[str | None]) -> tuple[str | None, ...]:
+    """The views Grad-CAM must explain (their region; None for the others): the flagged
+    ones (:func:`flagged_views`), when an output draws a box or a heatmap."""
     outputs = runtime.settings.outputs
     drawn = (outputs.sr and outputs.sr_rois) or outputs.annotated or outputs.gsps
     if not (drawn or outputs.parametric_map):
-        return tuple(None for _ in regions)
-    return flagged_views(runtime, regions, probabilities)
+        return tuple(None for _ in flagged)
+    return tuple(flagged)
 
 
 def flagged_views(

@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from models.runtime.bundle import load_bundle
-from models.runtime.preprocessing import display_image_from_png, preprocess, preprocess_dicom_file
-
-_RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+from models.runtime.preprocessing import display_image_from_file, preprocess
 
 
 def classify_file(
@@ -46,11 +44,7 @@ def classify_file(
     if not str(image):
         raise ValueError("no image given: pass --image PATH (PNG, JPEG or DICOM)")
     model = load_bundle(Path(bundle_root), device=device)
-    path = Path(image)
-    if path.suffix.lower() in _RASTER_SUFFIXES:
-        tensor, _ = preprocess(display_image_from_png(path), model.image_size)
-    else:
-        tensor, _ = preprocess_dicom_file(path, model.image_size)
+    tensor, _ = preprocess(display_image_from_file(image), model.image_size)
     batch = tensor[None]
     call = model.classify_regions(batch)[0]
     fracture = model.classify_fractures(batch, [call.region])[0]

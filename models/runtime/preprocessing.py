@@ -147,6 +147,19 @@ def preprocess_dicom_file(path: str | Path, size: int) -> tuple[np.ndarray, Geom
     return preprocess(display_image_from_dataset(dataset), size)
 
 
+#: File suffixes read as already display-rendered raster images; anything else is DICOM.
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def display_image_from_file(path: str | Path) -> np.ndarray:
+    """A PNG/JPEG (:func:`display_image_from_png`) or a DICOM file
+    (:func:`display_image_from_dataset`, as the node renders it), by the file's suffix."""
+    path = Path(path)
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        return display_image_from_png(path)
+    return display_image_from_dataset(pydicom.dcmread(path))
+
+
 def display_image_from_png(path: str | Path) -> np.ndarray:
     """Load an already display-rendered PNG or JPEG (MURA, FracAtlas) as float32 in [0, 1].
 

@@ -63,8 +63,7 @@ from config import REGION_CLASSES, REGIONS, UNSUPPORTED
 from config.domain.anatomy import BODY_PARTS, part_of_term
 from models.runtime.preprocessing import (
     Geometry,
-    display_image_from_dataset,
-    display_image_from_png,
+    display_image_from_file,
     preprocess,
 )
 from models.training.phantoms import phantom_dataset, render_phantom, seeded_uids
@@ -154,8 +153,8 @@ def data_regions(records: Iterable[ImageRecord]) -> tuple[str, ...]:
 def load_display_image(path: str | Path) -> np.ndarray:
     """Display-rendered image in [0, 1] (bone bright) from a PNG/JPEG or a DICOM file.
 
-    Uses :func:`models.runtime.preprocessing.display_image_from_png` for 8-bit raster images and
-    :func:`models.runtime.preprocessing.display_image_from_dataset` for DICOM, as the node does.
+    Reads it with :func:`models.runtime.preprocessing.display_image_from_file`, as the
+    node's ``monai.bundle run`` entry does.
 
     Raises
     ------
@@ -165,9 +164,7 @@ def load_display_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"image file {path} does not exist")
-    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
-        return display_image_from_png(path)
-    return display_image_from_dataset(pydicom.dcmread(path))
+    return display_image_from_file(path)
 
 
 def load_record_image(record: ImageRecord, size: int) -> tuple[np.ndarray, Geometry]:

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from models.runtime.preprocessing import RASTER_SUFFIXES
 from models.training.datasets import (
     DatasetError,
     ImageRecord,
@@ -380,7 +381,6 @@ FRACTURE_TYPE_CLASSES = (
     "Hairline Fracture", "Impacted fracture", "Longitudinal fracture", "Oblique fracture",
     "Pathological fracture", "Spiral Fracture",
 )  # fmt: skip
-_RASTER = (".png", ".jpg", ".jpeg")
 
 
 def load_fracture_types(path: str | Path) -> list[ImageRecord]:
@@ -396,7 +396,7 @@ def load_fracture_types(path: str | Path) -> list[ImageRecord]:
         raise DatasetError(f"fracture-type folder {root} does not exist")
     records = []
     for folder in sorted(d for d in root.iterdir() if d.is_dir()):
-        for image in sorted(p for p in folder.rglob("*") if p.suffix.lower() in _RASTER):
+        for image in sorted(p for p in folder.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES):
             held_out = "test" in (part.lower() for part in image.relative_to(folder).parts[:-1])
             patient = f"types:{folder.name}/{image.relative_to(folder).as_posix()}"
             records.append(
