@@ -60,6 +60,19 @@ def test_gpu_benchmark_runs_on_whatever_device_there_is(demo_bundle: Path, tmp_p
     assert result["device_name"] and isinstance(result["goal_met"], bool)
 
 
+def test_training_speed_benchmark_projects_mura_hours(tmp_path: Path) -> None:
+    out = tmp_path / "training.json"
+    _run(
+        "benchmarks.training_speed",
+        "--preset", "phantom", "--patients", "3", "--size", "64", "--image-size", "32",
+        "--json", str(out),
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["bundle_written"] and result["preset_image_epochs"] == 16
+    assert result["projected_hours_mura_whole_run_rate"] > 0
+    assert result["projected_hours_mura_bare_step_rate"] > 0
+
+
 def test_output_size_benchmark_runs_the_default_profile(tmp_path: Path) -> None:
     out = tmp_path / "output_size.json"
     _run("benchmarks.output_size", "--quick", "--json", str(out))

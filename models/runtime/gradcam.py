@@ -14,9 +14,13 @@ import logging
 import numpy as np
 import torch
 from monai.visualize import GradCAM, GradCAMpp
+from scipy import ndimage
 from torch import nn
 
 logger = logging.getLogger(__name__)
+
+#: Neighbours of a pixel in the hot region: its 8 (diagonals join a thin oblique break).
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 #: Supported CAM methods.
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcampp")
@@ -115,29 +119,6 @@ def compute_cam(
     return CamExplainer(network, target_layer, method)(images, class_index)
 
 
-def _connected_component(mask: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
-    # 8-connected flood fill by repeated dilation inside the mask. A labelling call
-    # (scipy.ndimage.label, or skimage.measure.label, which MONAI's connected-component
-    # transforms need) would replace it, but neither SciPy nor scikit-image is a dependency;
-    # torch's max_pool2d as the dilation gives the same component 20x slower on a CPU.
-    component = np.zeros_like(mask)
-    component[seed] = True
-    while True:
-        grown = component.copy()
-        grown[1:, :] |= component[:-1, :]
-        grown[:-1, :] |= component[1:, :]
-        grown[:, 1:] |= component[:, :-1]
-        grown[:, :-1] |= component[:, 1:]
-        grown[1:, 1:] |= component[:-1, :-1]
-        grown[:-1, :-1] |= component[1:, 1:]
-        grown[1:, :-1] |= component[:-1, 1:]
-        grown[:-1, 1:] |= component[1:, :-1]
-        grown &= mask
-        if np.array_equal(grown, component):
-            return component
-        component = grown
-
-
 def hottest_box(cam: np.ndarray, fraction: float = 0.5) -> tuple[int, int, int, int]:
     """Bounding box of the connected hot region that contains the maximum.
 
@@ -168,5 +149,6 @@ def hottest_box(cam: np.ndarray, fraction: float = 0.5) -> tuple[int, int, int, 
     seed = np.unravel_index(int(np.argmax(cam)), cam.shape)
     peak = cam[seed]
     mask = cam >= fraction * peak if peak > 0 else cam >= peak
-    rows, cols = np.nonzero(_connected_component(mask, (int(seed[0]), int(seed[1]))))
+    labels, _ = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    rows, cols = np.nonzero(labels == labels[seed])
     return int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())
