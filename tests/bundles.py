@@ -22,6 +22,7 @@ from config.domain.findings import OperatingPoints
 from config.domain.intended_use import IntendedUse
 from config.domain.vocabulary import REGIONS, region_classes
 from models.runtime.bundle import save_bundle
+from models.runtime.detection import DetectorSpec, build_detector
 from models.runtime.metadata import BundleMetadata
 from models.runtime.networks import NetworkSpec, build_network
 
@@ -60,10 +61,13 @@ def build_test_bundle(
     seed: int = 0,
     regions: tuple[str, ...] = REGIONS,
     fracture_types: tuple[str, ...] = (),
+    detector: DetectorSpec | None = None,
 ) -> Path:
     """Write the untrained test bundle to ``path`` (see the module's description);
     ``regions`` are its stage-1 regions (MURA's seven unless given). With
-    ``fracture_types`` it has a type head rigged (like stage 1) to call the first type."""
+    ``fracture_types`` it has a type head rigged (like stage 1) to call the first type;
+    with ``detector`` an untrained detector of that spec (a report score of 0 makes it
+    box every flagged view)."""
     torch.manual_seed(seed)
     classes = region_classes(regions)
     region_spec, region_network = _rigged(len(classes), classes.index(stage1_region))
@@ -86,8 +90,17 @@ def build_test_bundle(
         regions=regions,
         fracture_types=fracture_types,
         type_network=type_spec,
+        detector=detector,
         region_min_probability=0.5,
         thresholds=points or DEFAULT_POINTS,
     )
     fracture_networks = {region: build_network(fracture_spec) for region in regions}
-    return save_bundle(path, metadata, region_network, fracture_networks, type_network=type_network)
+    detector_network = build_detector(detector).network if detector is not None else None
+    return save_bundle(
+        path,
+        metadata,
+        region_network,
+        fracture_networks,
+        type_network=type_network,
+        detector=detector_network,
+    )

@@ -24,6 +24,7 @@ from config.domain.findings import (
     OperatingPoints,
     StudyFinding,
 )
+from config.domain.vocabulary import BoxSource
 
 #: Study aggregation methods a bundle may name.
 Aggregation = Literal["mean", "max"]
@@ -46,6 +47,7 @@ class ViewResult:
     box: BoundingBox | None = None
     not_assessed: NotAssessed | None = None
     fracture_type: FractureType | None = None  # the type head's call, kept where positive
+    box_source: BoxSource = BoxSource.GRAD_CAM
 
     @classmethod
     def no_region(
@@ -116,6 +118,7 @@ def image_finding(view: ViewResult, points: Mapping[str, OperatingPoints]) -> Im
         fracture_probability=view.fracture_probability,
         level=level,
         box=view.box,
+        box_source=view.box_source,
         operating_points=points[view.region],
         # A type is a claim about a fracture: said only where the view is flagged.
         fracture_type=view.fracture_type if level.is_positive else None,

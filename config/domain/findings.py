@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from config.domain.vocabulary import FractureLevel, is_positive
+from config.domain.vocabulary import BoxSource, FractureLevel, is_positive
 
 
 @dataclass(frozen=True)
@@ -154,10 +154,11 @@ class ImageFinding(_Outcome):
     region_probability: float | None = None
     fracture_probability: float | None = None
     level: FractureLevel | None = None
-    box: BoundingBox | None = None  # hottest Grad-CAM region, source pixel coordinates
+    box: BoundingBox | None = None  # source pixel coordinates, drawn by box_source
     operating_points: OperatingPoints | None = None  # what the level was decided with
     not_assessed: NotAssessed | None = None
     fracture_type: FractureType | None = None  # positive views of a bundle with a type head
+    box_source: BoxSource = BoxSource.GRAD_CAM  # what drew the box (detector or Grad-CAM)
 
     def __post_init__(self) -> None:
         where = f"image {self.sop_instance_uid}"

@@ -68,6 +68,13 @@ class FractureLevel(StrEnum):
         return _LEVEL_CODE_VALUES[self]
 
 
+class BoxSource(StrEnum):
+    """What drew a flagged view's box: Grad-CAM's hottest region or the bundle's detector."""
+
+    GRAD_CAM = "Grad-CAM"
+    DETECTOR = "detector"
+
+
 _LEVEL_CODE_VALUES = {
     FractureLevel.NOT_SUSPECTED: "FXNOTSUSPECTED",
     FractureLevel.SUSPECTED: "FXSUSPECTED",

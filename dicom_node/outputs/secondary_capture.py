@@ -194,8 +194,9 @@ def _describe_derivation(
 ) -> None:
     """What was drawn, and the references to the source (no highdicom argument for these:
     SC Image and General Image)."""
-    drawn = "Grad-CAM heatmap (absolute scale) and finding box" if picture.heatmap_drawn else ""
-    drawn = drawn or ("finding box" if finding.is_positive and finding.box else "no marks")
+    box = f"finding box ({finding.box_source})" if finding.is_positive and finding.box else ""
+    heatmap = "Grad-CAM heatmap (absolute scale)" if picture.heatmap_drawn else ""
+    drawn = " and ".join(part for part in (heatmap, box) if part) or "no marks"
     sc.DerivationDescription = (
         f"{drawn} of {algorithm.name} {algorithm.version} over the source image "
         f"(dotted: suspected, solid: likely); result band of {picture.band_rows} rows added "

@@ -15,10 +15,11 @@ A view's group holds the same finding for the view, its fracture probability and
 stage 1's probability of the region (NUMs, unit 1), the level, TID 4019 Algorithm
 Identification and a sentence; a view not assessed holds "undetermined" and the coded
 reason instead. With ``include_rois`` (the default) every view's group is a TID 1410
-planar ROI group: a closed POLYLINE around the Grad-CAM box on a positive view, around
-the whole view otherwise, and the probability inferred from that region (TID 300's
-INFERRED FROM SCOORD), so viewers such as OHIF draw and list every group. A re-run's
-report names the report it supersedes in the Predecessor Documents Sequence.
+planar ROI group: a closed POLYLINE around the finding box (the detector's or Grad-CAM's)
+on a positive view, around the whole view otherwise, and the probability inferred from
+that region (TID 300's INFERRED FROM SCOORD), so viewers such as OHIF draw and list every
+group. A re-run's report names the report it supersedes in the Predecessor Documents
+Sequence.
 """
 
 from __future__ import annotations

@@ -74,6 +74,13 @@ TtaOption = Annotated[
         "its mirror image; the operating points are picked the same way).",
     ),
 ]
+DetectorEpochsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Train the fracture detector (MONAI's RetinaNet) for this many epochs on the "
+        "images with fracture boxes; its box replaces Grad-CAM's (default 0: none)."
+    ),
+]
 MaxStepsOption = Annotated[
     int | None, typer.Option(help="Cap each epoch (a quick trial of a configuration).")
 ]
@@ -154,6 +161,7 @@ def train(
     specificity_target: SpecificityOption = None,
     aggregation: AggregationOption = None,
     tta: TtaOption = None,
+    detector_epochs: DetectorEpochsOption = None,
     max_steps_per_epoch: MaxStepsOption = None,
     resume: ResumeOption = False,
     name: str = "fracture-triage",
@@ -185,6 +193,7 @@ def train(
         "specificity_target": specificity_target,
         "study_aggregation": aggregation,
         "test_time_augmentation": tta,
+        "detector_epochs": detector_epochs,
         "max_steps_per_epoch": max_steps_per_epoch,
         "label_meaning": label_meaning,
         "min_age_years": min_age,

@@ -26,6 +26,7 @@ from config.domain.findings import (
     StudyFinding,
 )
 from config.domain.intended_use import resolve_region
+from config.domain.vocabulary import BoxSource
 from config.settings import Settings
 from dicom_node.delivery.outbox import Backoff
 from dicom_node.phi import patient_values, scrub
@@ -47,6 +48,7 @@ from flows.triage.tasks import (
     classify_fractures,
     classify_regions,
     classify_types,
+    detect_fractures,
     explain_fractures,
     load_studies,
     preprocess_views,
@@ -205,10 +207,16 @@ def _run_models(runtime: Runtime, views: tuple[SourceView, ...], work_dir: str) 
     explanations = explain_fractures(
         batch.inputs_path, explained_regions(runtime, flagged), work_dir
     )
+    wanted = tuple(r is not None for r in flagged)
     types: tuple[FractureType | None, ...] = ()
     if runtime.model().type_network is not None:
-        types = classify_types(batch.inputs_path, tuple(r is not None for r in flagged))
-    fractures = FractureResults(probabilities, explanations.boxes, explanations.cams_path, types)
+        types = classify_types(batch.inputs_path, wanted)
+    boxes, detected = explanations.boxes, ()
+    if runtime.model().detector is not None:  # its box where it finds one, else Grad-CAM's
+        found = detect_fractures(batch.inputs_path, wanted)
+        boxes = tuple(d if d is not None else g for d, g in zip(found, boxes, strict=True))
+        detected = tuple(d is not None for d in found)
+    fractures = FractureResults(probabilities, boxes, explanations.cams_path, types, detected)
     return ModelPass(screens, batch, regions, conflicts, tuple(stage2), fractures)
 
 
@@ -270,7 +278,7 @@ def _view_result(model_pass: ModelPass, uid: str, geometry: Geometry | None, k: 
             uid, region_probability=stage1.probability, not_assessed=model_pass.conflicts[uid]
         )
     box = model_pass.fractures.boxes[k]
-    types = model_pass.fractures.types
+    types, detected = model_pass.fractures.types, model_pass.fractures.detected
     return ViewResult(
         uid,
         region=model_pass.stage2_regions[k],
@@ -278,6 +286,7 @@ def _view_result(model_pass: ModelPass, uid: str, geometry: Geometry | None, k: 
         fracture_probability=model_pass.fractures.probabilities[k],
         box=BoundingBox(*geometry.box_to_source(*box)) if box is not None else None,
         fracture_type=types[k] if types else None,
+        box_source=BoxSource.DETECTOR if detected and detected[k] else BoxSource.GRAD_CAM,
     )
 
 

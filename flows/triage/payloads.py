@@ -89,6 +89,7 @@ class FractureResults:
     boxes: tuple[Box | None, ...]
     cams_path: str  # (N, S, S) float32 .npy, zeros for views without a region
     types: tuple[FractureType | None, ...] = ()  # the type head's call on flagged views
+    detected: tuple[bool, ...] = ()  # True where the box is the detector's, not Grad-CAM's
 
 
 @dataclass(frozen=True)

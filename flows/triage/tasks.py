@@ -25,6 +25,7 @@ from flows.triage import records
 from flows.triage.assemble import StudyRun, ViewPixels, assemble, read_headers
 from flows.triage.errors import shielded
 from flows.triage.payloads import (
+    Box,
     Explanations,
     HeaderScreen,
     PreprocessedBatch,
@@ -139,6 +140,20 @@ def classify_types(inputs_path: str, wanted: tuple[bool, ...]) -> tuple[Fracture
         for k, call in zip(rows, current_runtime().model().classify_types(images), strict=True):
             calls[k] = call
     return tuple(calls)
+
+
+@task(name="detect-fracture")
+@shielded("detect-fracture")
+def detect_fractures(inputs_path: str, wanted: tuple[bool, ...]) -> tuple[Box | None, ...]:
+    """The detector's best box on the wanted views (those flagged), None elsewhere and
+    where it finds none at its report score; boxes in model-input pixels."""
+    rows = [k for k, want in enumerate(wanted) if want]
+    boxes: list[Box | None] = [None] * len(wanted)
+    if rows:
+        images = np.load(inputs_path)[rows]
+        for k, found in zip(rows, current_runtime().model().detect(images), strict=True):
+            boxes[k] = found.box if found is not None else None
+    return tuple(boxes)
 
 
 @task(name="explain-fracture")

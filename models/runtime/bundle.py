@@ -25,6 +25,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from models.runtime.detection import FractureDetector, build_detector
 from models.runtime.inference import HierarchicalModel
 from models.runtime.metadata import (
     METADATA_FILE,
@@ -65,6 +66,7 @@ def save_bundle(
     fracture_models: dict[str, nn.Module],
     pixel_gate: FeatureDistance | None = None,
     type_network: nn.Module | None = None,
+    detector: nn.Module | None = None,
 ) -> Path:
     """Write a bundle directory.
 
@@ -82,6 +84,9 @@ def save_bundle(
         The out-of-distribution statistics; given exactly when ``metadata.pixel_gate`` is.
     type_network
         The type head; given exactly when ``metadata.type_network`` is.
+    detector
+        The detector's network (``FractureDetector.network``); given exactly when
+        ``metadata.detector`` is.
 
     Returns
     -------
@@ -89,33 +94,46 @@ def save_bundle(
         ``path``.
     """
     path = Path(path)
-    if set(fracture_models) != set(metadata.regions):
-        raise BundleError(
-            f"fracture models for {sorted(fracture_models)} do not match regions "
-            f"{sorted(metadata.regions)}"
-        )
-    if (pixel_gate is None) != (metadata.pixel_gate is None):
-        raise BundleError("the pixel gate's statistics and its metadata go together")
-    if (type_network is None) != (metadata.type_network is None):
-        raise BundleError("the type head's network and its metadata go together")
+    optional = {"pixel_gate": pixel_gate, "type": type_network, "detector": detector}
+    _check_parts(metadata, fracture_models, optional)
     for sub in (METADATA_FILE, WEIGHTS_FILE, MODEL_CARD_FILE):
         (path / sub).parent.mkdir(parents=True, exist_ok=True)
     weights: dict[str, Any] = {
-        "region": {k: v.detach().cpu() for k, v in region_model.state_dict().items()},
-        "fracture": {
-            region: {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            for region, model in fracture_models.items()
-        },
+        "region": _on_cpu(region_model),
+        "fracture": {region: _on_cpu(model) for region, model in fracture_models.items()},
     }
-    if pixel_gate is not None:
-        weights["pixel_gate"] = {k: v.detach().cpu() for k, v in pixel_gate.state_dict().items()}
-    if type_network is not None:
-        weights["type"] = {k: v.detach().cpu() for k, v in type_network.state_dict().items()}
+    weights |= {key: _on_cpu(part) for key, part in optional.items() if part is not None}
     torch.save(weights, path / WEIGHTS_FILE)
     _write_metadata(path, metadata)
     (path / INFERENCE_FILE).write_text(json.dumps(INFERENCE_CONFIG, indent=2) + "\n")
     logger.info("saved bundle %s %s to %s", metadata.name, metadata.version, path)
     return path
+
+
+def _check_parts(
+    metadata: BundleMetadata,
+    fracture_models: dict[str, nn.Module],
+    optional: dict[str, nn.Module | None],
+) -> None:
+    """Raise BundleError unless the networks are exactly those the metadata describes."""
+    if set(fracture_models) != set(metadata.regions):
+        raise BundleError(
+            f"fracture models for {sorted(fracture_models)} do not match regions "
+            f"{sorted(metadata.regions)}"
+        )
+    described = {
+        "pixel_gate": ("pixel gate's statistics", metadata.pixel_gate),
+        "type": ("type head's network", metadata.type_network),
+        "detector": ("detector's network", metadata.detector),
+    }
+    for key, part in optional.items():
+        name, spec = described[key]
+        if (part is None) != (spec is None):
+            raise BundleError(f"the {name} and its metadata go together")
+
+
+def _on_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 def update_metadata(path: Path, **updates: Any) -> BundleMetadata:
@@ -237,7 +255,19 @@ def load_bundle(
         max_batch=max_batch,
         feature_distance=_pixel_gate(metadata, weights),
         type_network=_type_network(metadata, weights),
+        detector=_detector(metadata, weights),
     )
+
+
+def _detector(metadata: BundleMetadata, weights: dict[str, Any]) -> FractureDetector | None:
+    """The fracture detector, when the metadata has one."""
+    if metadata.detector is None:
+        return None
+    if "detector" not in weights:
+        raise BundleError(f"{WEIGHTS_FILE} has no detector weights for the metadata's detector")
+    detector = build_detector(metadata.detector)
+    _load_state(detector.network, weights["detector"], "detector")
+    return detector
 
 
 def _type_network(metadata: BundleMetadata, weights: dict[str, Any]) -> nn.Module | None:

@@ -13,6 +13,7 @@ from torch import nn
 
 from config import UNSUPPORTED
 from config.domain.findings import FractureType
+from models.runtime.detection import DetectedBox, FractureDetector, detect_boxes
 from models.runtime.gradcam import CAM_METHODS, CamExplainer, hottest_box
 from models.runtime.metadata import BundleMetadata
 from models.runtime.networks import gradcam_target_layer
@@ -151,6 +152,12 @@ class HierarchicalModel:
     max_batch
         Images per forward (and Grad-CAM) pass; larger batches are split. None: the
         device's default (:data:`DEFAULT_MAX_BATCH`).
+    feature_distance
+        The pixel gate's statistics; given exactly when ``metadata.pixel_gate`` is.
+    type_network
+        The type head; given exactly when ``metadata.type_network`` is.
+    detector
+        The fracture detector; given exactly when ``metadata.detector`` is.
     """
 
     def __init__(
@@ -162,9 +169,12 @@ class HierarchicalModel:
         max_batch: int | None = None,
         feature_distance: FeatureDistance | None = None,
         type_network: nn.Module | None = None,
+        detector: FractureDetector | None = None,
     ) -> None:
         if (type_network is None) != (metadata.type_network is None):
             raise ValueError("a type head needs both its metadata and its network")
+        if (detector is None) != (metadata.detector is None):
+            raise ValueError("a detector needs both its metadata and its network")
         missing = [region for region in metadata.regions if region not in fracture_networks]
         if missing:
             raise ValueError(f"no fracture network for regions {missing}")
@@ -178,6 +188,10 @@ class HierarchicalModel:
             region: fracture_networks[region].to(self.device).eval() for region in metadata.regions
         }
         self.type_network = type_network.to(self.device).eval() if type_network else None
+        self.detector = detector
+        if detector is not None:
+            detector.network.to(self.device)
+            detector.eval()
         self._explainers: dict[tuple[str, str], CamExplainer] = {}
         if (feature_distance is None) != (metadata.pixel_gate is None):
             raise ValueError("a pixel gate needs both its metadata and its statistics")
@@ -337,6 +351,24 @@ class HierarchicalModel:
                 FractureType(names[int(row.argmax())], float(row.max())) for row in probabilities
             ]
         return calls
+
+    def detect(self, images: np.ndarray | torch.Tensor) -> list[DetectedBox | None]:
+        """The detector's best box per image (model-input pixels), None where it finds none
+        at its ``report_score``.
+
+        Raises
+        ------
+        ValueError
+            If the bundle has no detector, or the images are not a preprocessed batch.
+        """
+        if self.detector is None or self.metadata.detector is None:
+            raise ValueError("this bundle has no detector")
+        batch = self._as_batch(images)
+        least = self.metadata.detector.report_score
+        found: list[DetectedBox | None] = []
+        for indices in _chunks(list(range(batch.shape[0])), self.max_batch):
+            found += detect_boxes(self.detector, batch[indices], least)
+        return found
 
     def explain(
         self,

@@ -20,6 +20,7 @@ from config.domain.anatomy import BODY_PARTS
 from config.domain.findings import OperatingPoints
 from config.domain.intended_use import IntendedUse
 from config.domain.vocabulary import LabelMeaning, region_classes
+from models.runtime.detection import DetectorSpec
 from models.runtime.networks import NetworkSpec
 
 METADATA_FILE = Path("configs/metadata.json")
@@ -96,6 +97,11 @@ class BundleMetadata(BaseModel):
     type_network: NetworkSpec | None = Field(
         default=None,
         description="The type head: one network over all regions, run on positive views.",
+    )
+    detector: DetectorSpec | None = Field(
+        default=None,
+        description="The fracture detector (MONAI's RetinaNet, weights key 'detector'): its "
+        "box replaces Grad-CAM's on flagged views; None for a bundle without one.",
     )
     thresholds: dict[str, OperatingPoints]
     study_aggregation: Literal["mean", "max"] = "mean"
@@ -320,12 +326,17 @@ def localisation_lines(figures: dict[str, Any]) -> list[str]:
         "",
     ]
     rows = (
-        ("Grad-CAM (what the node draws)", "gradcam_box_hit_rate"),
+        ("Grad-CAM (what the node draws without a detector)", "gradcam_box_hit_rate"),
         ("Grad-CAM++", "gradcampp_box_hit_rate"),
         ("occlusion sensitivity (second opinion)", "occlusion_box_hit_rate"),
         ("baseline: the same size at the centre", "centre_box_hit_rate"),
         ("baseline: the same size at random (expected)", "random_box_hit_rate"),
         ("Grad-CAM's box, mean IoU with the true box", "gradcam_box_iou_mean"),
+        ("the detector's box (what the node draws where it finds one)", "detector_box_hit_rate"),
+        ("the detector's box, mean IoU with the true box", "detector_box_iou_mean"),
+        ("detector: COCO average precision at IoU 0.1", "detector_ap_iou_0_1"),
+        ("detector: COCO average precision at IoU 0.5", "detector_ap_iou_0_5"),
+        ("detector: FROC score (mean sensitivity at 1/8 to 8 FP/image)", "detector_froc_score"),
     )
     lines += [f"- {name}: {figures[key]}" for name, key in rows if key in figures]
     return lines
@@ -419,7 +430,18 @@ def _models_section(metadata: BundleMetadata) -> str:
 - Study probability: {metadata.study_aggregation} of the image probabilities.
 - Test-time augmentation of stage 2: {metadata.test_time_augmentation}.
 - Calibration (temperature scaling, fitted on the validation split): {temperatures}.
-- Explanation: Grad-CAM on the fracture output."""
+- Explanation: Grad-CAM on the fracture output (the heatmap).
+- Box on a flagged view: {_box_line(metadata.detector)}"""
+
+
+def _box_line(detector: DetectorSpec | None) -> str:
+    if detector is None:
+        return "Grad-CAM's hottest region (no detector)."
+    return (
+        "the detector's best box (MONAI's 2D RetinaNet, trained on the data's fracture "
+        f"boxes) at score {detector.report_score:g} or more; Grad-CAM's hottest region "
+        "where the detector finds none."
+    )
 
 
 def model_card(metadata: BundleMetadata) -> str:

@@ -38,6 +38,13 @@ class TrainConfig(BaseModel):
     region_epochs: int = Field(default=8, ge=0)
     fracture_epochs: int = Field(default=12, ge=0, description="Shared fracture network.")
     finetune_epochs: int = Field(default=4, ge=0, description="Per-region fine-tuning.")
+    detector_epochs: int = Field(
+        default=0,
+        ge=0,
+        description="Epochs of the fracture detector (MONAI's RetinaNet), trained where the "
+        "training images have fracture boxes; 0: no detector (Grad-CAM's boxes).",
+    )
+    detector_learning_rate: float = Field(default=1e-3, gt=0)
     learning_rate: float = Field(default=1e-4, gt=0)
     finetune_learning_rate: float = Field(default=3e-5, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)

@@ -165,10 +165,18 @@ def demo_bundle_is_current(bundle_dir: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry: ``python -m models.training.demo OUT_DIR [--seed N] [--if-stale]``."""
+    """Command-line entry: ``python -m models.training.demo OUT_DIR [--seed N] [--if-stale]
+    [--detector-epochs N]``."""
     parser = argparse.ArgumentParser(description="Train the synthetic demo bundle.")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--detector-epochs",
+        type=int,
+        default=0,
+        help="Also train the fracture detector on the phantoms' break boxes (not the demo's "
+        "default: it is measured on a GPU, see README).",
+    )
     parser.add_argument(
         "--if-stale",
         action="store_true",
@@ -179,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.if_stale and demo_bundle_is_current(args.out_dir):
         logging.getLogger(__name__).info("demo bundle %s is current; kept", args.out_dir)
         return
-    train_demo_bundle(args.out_dir, seed=args.seed, progress=True)
+    recipe = DemoRecipe(overrides=(("detector_epochs", args.detector_epochs),))
+    train_demo_bundle(args.out_dir, seed=args.seed, progress=True, recipe=recipe)
 
 
 if __name__ == "__main__":

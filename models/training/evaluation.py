@@ -57,6 +57,7 @@ from models.runtime.inference import HierarchicalModel, RegionCall
 from models.runtime.metadata import TestTimeAugmentation
 from models.runtime.preprocessing import preprocess
 from models.training.datasets import ImageRecord, load_display_image
+from models.training.detection import detection_metrics, detection_samples
 from models.training.end_to_end import decide_studies, end_to_end_metrics
 from models.training.metrics import binary_metrics, cohen_kappa, roc_curve
 from models.training.ood_set import OodImage, gate_figures, out_of_distribution_figures
@@ -253,6 +254,11 @@ def evaluate_bundle(
     description = data_description or f"{len(records)} labelled images"
     metrics, curves, studies = _metrics(model, tally, description, occlusion, seed)
     metrics["test_time_augmentation"] = model.metadata.test_time_augmentation
+    if model.detector is not None:
+        supported = [r for r in records if r.region in model.metadata.regions]
+        samples = detection_samples(supported, model.image_size)
+        metrics |= detection_metrics(model.detector, samples, model.device)
+        metrics |= tally.detector_localisation()
     metrics["pixel_gate"] = {
         **tally.pixel_gate_metrics(),
         **out_of_distribution_figures(model, out_of_distribution),
@@ -285,6 +291,9 @@ class _Tally:
     centre_hits: int = 0
     random_hit_chances: float = 0.0
     iou_sum: float = 0.0
+    # The detector's best box on the same views, where the bundle has one.
+    detector_hits: int = 0
+    detector_iou_sum: float = 0.0
     # The pixel gate on the records of the bundle's regions, and on the 'unsupported' ones.
     gate_in_distribution: list[RegionCall] = field(default_factory=list)
     gate_unsupported: list[RegionCall] = field(default_factory=list)
@@ -348,6 +357,21 @@ class _Tally:
         if occlusion:
             box = _occlusion_box(model, record.region, torch.as_tensor(image))
             self.occlusion_hits += box_contains(box, target)
+        if model.detector is not None:
+            found = model.detect(batch)[0]
+            self.detector_hits += bool(found is not None and box_contains(found.box, target))
+            self.detector_iou_sum += box_iou(found.box, target) if found is not None else 0.0
+
+    def detector_localisation(self) -> dict[str, Any]:
+        """The detector's box on the views Grad-CAM's is scored on (a view where it finds
+        no box at its report score counts as a miss, with IoU 0)."""
+        detected = self.detected
+        return {
+            "detector_box_hit_rate": round(self.detector_hits / detected, 4) if detected else None,
+            "detector_box_iou_mean": round(self.detector_iou_sum / detected, 4)
+            if detected
+            else None,
+        }
 
     def region_metrics(self) -> dict[str, Any]:
         """Stage 1 at image level: accuracy, kappa and the confusion matrix over the classes."""

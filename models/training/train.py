@@ -51,6 +51,7 @@ from models.training.datasets import (
     split_by_patient,
     write_unsupported_phantoms,
 )
+from models.training.detection import fit_detector
 from models.training.fingerprint import training_code_fingerprint
 from models.training.initial_weights import load_initial_weights
 from models.training.operating_points import RegionOperatingPoints, region_operating_points
@@ -126,10 +127,19 @@ def train(
         runner = StageRunner(config, device, work / "checkpoints", advance)
         networks = _train_networks(config, runner, data)
     calibration = _calibrate(config, runner, networks, data)
+    detector, detector_figures = fit_detector(
+        config,
+        [r for r in data.train_records if r.region in data.regions],
+        [r for r in data.val_records if r.region in data.regions],
+        device,
+        progress,
+    )
     elapsed = time.perf_counter() - started
-    metrics = _metrics(splits, calibration, networks.summary, elapsed, runner)
+    metrics = _metrics(splits, calibration, networks.summary, elapsed, runner) | detector_figures
     training_data = _training_data_text(config, splits, synthetic_unsupported)
     metadata = _bundle_metadata(config, data, training_data, calibration, metrics, code)
+    if detector is not None:
+        metadata = metadata.model_copy(update={"detector": detector.spec})
     (work / "train_config.json").write_text(config.model_dump_json(indent=2) + "\n")
     save_bundle(
         out_dir,
@@ -138,6 +148,7 @@ def train(
         networks.fracture_on_cpu(),
         calibration.pixel_gate.statistics,
         networks.type.cpu() if networks.type is not None else None,
+        detector.network.cpu() if detector is not None else None,
     )
     logger.info("bundle trained in %.1f s on %s: %s", elapsed, device, metrics)
     return out_dir

@@ -53,14 +53,17 @@ def test_make_phantom_dataset_writes_a_loadable_layout(
 
 
 def test_a_paediatric_data_set_gives_a_paediatric_intended_use(tmp_path: Path) -> None:
-    """GRAZPEDWRI-DX's children: the bundle assesses 0 to 19 years, not adults only."""
+    """GRAZPEDWRI-DX's children: the bundle assesses 0 to 19 years, not adults only; and
+    its YOLO fracture boxes train a detector when asked (``--detector-epochs``)."""
     data, bundle = tmp_path / "data", tmp_path / "bundle"
     options = ["--layout", "grazpedwri", "--out", str(data), "--size", "48", "--patients", "6"]
     assert runner.invoke(app, ["make-phantom-dataset", *options]).exit_code == 0
     tiny = ["--preset", "phantom", "--image-size", "32", "--epochs", "1"]
     source = ["--data", str(data), "--layout", "grazpedwri", "--max-steps-per-epoch", "1"]
-    result = runner.invoke(app, ["train", *source, *tiny, "--out", str(bundle)])
+    detector = ["--detector-epochs", "1"]
+    result = runner.invoke(app, ["train", *source, *tiny, *detector, "--out", str(bundle)])
     assert result.exit_code == 0, result.output
+    assert load_metadata(bundle).detector is not None
     use = load_metadata(bundle).intended_use
     assert (use.min_age_years, use.max_age_years, use.regions) == (None, 19.0, ("wrist",))
     adult = header_gate(HeaderFacts(body_part_examined="WRIST", age_years=30.0), use)
