@@ -11,9 +11,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from config import Settings
+from db.migrate import upgrade
 from db.models import StudyStatus
 from db.repositories import StudyRepository
-from flows.runtime import Runtime
+from flows.prefect_env import flow_run_settings
+from flows.runtime import Runtime, install_runtime
+from flows.triage.flow import triage_study
 from models.runtime.bundle import update_metadata
 
 #: The version the upgraded copy of the demo bundle claims.
@@ -45,6 +48,22 @@ def store_study(runtime: Runtime, study_dir: Path, *, urgent: bool = False) -> s
             studies.record_instance(received)
         studies.set_status(uid, StudyStatus.READY)
     return uid
+
+
+def triage_in_process(settings: Settings, *study_dirs: Path) -> tuple[Runtime, list[str]]:
+    """A runtime on ``settings`` (database migrated) that stores each study and triages it
+    in this process (no Prefect server); returned with the studies' UIDs, in order."""
+    runtime = Runtime.create(settings)
+    upgrade(runtime.engine)
+    install_runtime(runtime)
+    try:
+        uids = [store_study(runtime, study) for study in study_dirs]
+        with flow_run_settings(False):
+            for uid in uids:
+                triage_study(uid)
+    finally:
+        install_runtime(None)
+    return runtime, uids
 
 
 def node_environment(settings: Settings, **extra: object) -> dict[str, str]:

@@ -16,18 +16,14 @@ import pytest
 from pydicom import Dataset, dcmread
 
 from config import Settings
-from db.migrate import upgrade
 from db.repositories import RunRepository
-from flows.prefect_env import flow_run_settings
-from flows.runtime import Runtime, install_runtime
-from flows.triage.flow import triage_study
 from models.runtime.bundle import load_metadata, update_metadata
 from models.runtime.detection import DetectorSpec
 from models.training.layouts import load_records
 from models.training.public_sets import write_phantom_grazpedwri
 from models.training.train import train
 from tests.bundles import build_test_bundle
-from tests.flows.conftest import store_study
+from tests.flows.conftest import triage_in_process
 from tests.models.conftest import tiny_train_config
 from tests.peers import assert_dciodvfy_clean
 
@@ -39,15 +35,8 @@ def test_a_flagged_view_gets_the_detector_s_box_in_every_output(
     make_settings: Callable[..., Settings], sample_studies: list[Path], tmp_path: Path
 ) -> None:
     bundle = build_test_bundle(tmp_path / "bundle", detector=BOXES_EVERY_FLAGGED_VIEW)
-    runtime = Runtime.create(make_settings(model_bundle_dir=bundle))
-    upgrade(runtime.engine)
-    install_runtime(runtime)
-    try:  # sample 0 is a wrist study, flagged "likely" by the test bundle's points
-        wrist = store_study(runtime, sample_studies[0])
-        with flow_run_settings(False):
-            triage_study(wrist)
-    finally:
-        install_runtime(None)
+    # Sample 0 is a wrist study, flagged "likely" by the test bundle's points.
+    runtime, (wrist,) = triage_in_process(make_settings(model_bundle_dir=bundle), sample_studies[0])
     with runtime.sessions() as session:
         run = RunRepository(session).latest_for_study(wrist)
         assert run is not None and run.image_results
@@ -88,15 +77,7 @@ def test_a_detector_trained_on_phantoms_draws_the_sr_roi(
     settings = make_settings(
         model_bundle_dir=bundle, fracture_suspected_threshold=0.0, fracture_likely_threshold=0.0
     )
-    runtime = Runtime.create(settings)
-    upgrade(runtime.engine)
-    install_runtime(runtime)
-    try:
-        wrist = store_study(runtime, sample_studies[0])
-        with flow_run_settings(False):
-            triage_study(wrist)
-    finally:
-        install_runtime(None)
+    runtime, (wrist,) = triage_in_process(settings, sample_studies[0])
     with runtime.sessions() as session:
         run = RunRepository(session).latest_for_study(wrist)
         assert run is not None and run.image_results

@@ -14,17 +14,13 @@ import pytest
 from pydicom import dcmread
 
 from config import Settings
-from db.migrate import upgrade
 from db.repositories import RunRepository
 from dicom_node.outputs.codes import fracture_type_code
-from flows.prefect_env import flow_run_settings
-from flows.runtime import Runtime, install_runtime
-from flows.triage.flow import triage_study
 from models.training.layouts import load_records
 from models.training.public_sets import FRACTURE_TYPE_CLASSES, write_phantom_fracture_types
 from models.training.train import train
 from tests.bundles import build_test_bundle
-from tests.flows.conftest import concept_codes, store_study
+from tests.flows.conftest import concept_codes, triage_in_process
 from tests.models.conftest import tiny_train_config
 from tests.peers import assert_dciodvfy_clean
 
@@ -36,17 +32,10 @@ def test_flagged_views_get_the_type_head_s_call_in_the_sr_and_the_database(
     make_settings: Callable[..., Settings], sample_studies: list[Path], tmp_path: Path
 ) -> None:
     bundle = build_test_bundle(tmp_path / "bundle", fracture_types=TYPES)
-    runtime = Runtime.create(make_settings(model_bundle_dir=bundle))
-    upgrade(runtime.engine)
-    install_runtime(runtime)
-    try:  # sample 0 is a wrist (flagged "likely"), sample 1 a hand (never flagged)
-        wrist = store_study(runtime, sample_studies[0])
-        hand = store_study(runtime, sample_studies[1])
-        with flow_run_settings(False):
-            triage_study(wrist)
-            triage_study(hand)
-    finally:
-        install_runtime(None)
+    # Sample 0 is a wrist (flagged "likely"), sample 1 a hand (never flagged).
+    runtime, (wrist, hand) = triage_in_process(
+        make_settings(model_bundle_dir=bundle), sample_studies[0], sample_studies[1]
+    )
     code = fracture_type_code("23r-M").value
     with runtime.sessions() as session:
         for uid, flagged in ((wrist, True), (hand, False)):
@@ -82,15 +71,7 @@ def test_a_type_head_trained_on_phantoms_reaches_the_sr(
     settings = make_settings(
         model_bundle_dir=bundle, fracture_suspected_threshold=0.0, fracture_likely_threshold=0.0
     )
-    runtime = Runtime.create(settings)
-    upgrade(runtime.engine)
-    install_runtime(runtime)
-    try:
-        wrist = store_study(runtime, sample_studies[0])
-        with flow_run_settings(False):
-            triage_study(wrist)
-    finally:
-        install_runtime(None)
+    runtime, (wrist,) = triage_in_process(settings, sample_studies[0])
     codes = {fracture_type_code(name).value: name for name in FRACTURE_TYPE_CLASSES}
     with runtime.sessions() as session:
         run = RunRepository(session).latest_for_study(wrist)
