@@ -334,11 +334,19 @@ def localisation_lines(figures: dict[str, Any]) -> list[str]:
         ("Grad-CAM's box, mean IoU with the true box", "gradcam_box_iou_mean"),
         ("the detector's box (what the node draws where it finds one)", "detector_box_hit_rate"),
         ("the detector's box, mean IoU with the true box", "detector_box_iou_mean"),
-        ("detector: COCO average precision at IoU 0.1", "detector_ap_iou_0_1"),
-        ("detector: COCO average precision at IoU 0.5", "detector_ap_iou_0_5"),
-        ("detector: FROC score (mean sensitivity at 1/8 to 8 FP/image)", "detector_froc_score"),
     )
     lines += [f"- {name}: {figures[key]}" for name, key in rows if key in figures]
+    if "detector_froc_score" in figures:
+        lines += [
+            "",
+            f"The detector on all {figures['detector_images']} images of the bundle's regions "
+            f"({figures['detector_true_boxes']} true boxes; a detection is true at IoU 0.1):",
+            "",
+            f"- COCO average precision at IoU 0.1: {figures['detector_ap_iou_0_1']}",
+            f"- COCO average precision at IoU 0.5: {figures['detector_ap_iou_0_5']}",
+            "- FROC score (mean sensitivity at 1/8 to 8 false positives per image): "
+            f"{figures['detector_froc_score']}",
+        ]
     return lines
 
 

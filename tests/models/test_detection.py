@@ -93,3 +93,4 @@ def test_train_writes_a_bundle_whose_detector_the_node_and_evaluation_use(tmp_pa
     assert "detector_froc_score" in evaluation.metrics
     assert "detector_box_hit_rate" in evaluation.metrics
     assert "COCO average precision at IoU 0.1" in evaluation.report.read_text()
+    assert "The detector on all" in evaluation.report.read_text()
