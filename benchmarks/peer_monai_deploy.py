@@ -11,10 +11,10 @@ seed) at 320 px on 2 torch threads.
   study folder per tick. One network forward per study, one Basic Text SR written.
 - Node: ``triage_batch`` on one study at a time (as a study arriving alone is triaged),
   with the node's default settings, twice: only the SR switched on, then the default
-  outputs (and, to show that setting's share, SR only without Prefect's flow-run
-  heartbeat). It runs both its stages (region, then fracture with Grad-CAM: two networks
-  of the same size), records everything in SQLite with its audit events and writes each
-  output with fsync.
+  outputs (and, to show that setting's share, SR only with Prefect's flow-run heartbeat,
+  as server mode's runs send it). It runs both its stages (region, then fracture with
+  Grad-CAM: two networks of the same size), records everything in SQLite with its audit
+  events and writes each output with fsync.
 
 The first study of each side (torch's first calls, Prefect's first flow run) and the
 model load are reported apart; the per-study figures are over the others (warm).
@@ -277,13 +277,13 @@ def run_node(
     from flows.triage.flow import triage_batch
     from tests.flows.conftest import store_study
 
-    # As shipped (Prefect's flow-run heartbeat on) unless ``settings`` say otherwise.
+    # As shipped (embedded: no flow-run heartbeat) unless ``settings`` say otherwise.
     defaults = {
         "torch_threads": threads,
         "prefect_flow_heartbeat": Settings.model_fields["prefect_flow_heartbeat"].default,
     }
     runtime = make_runtime(work, bundle, **(defaults | settings))
-    heartbeat = runtime.settings.prefect_flow_heartbeat
+    heartbeat = runtime.settings.flow_heartbeat
     uids = [store_study(runtime, study) for study in study_dirs]
     started = time.perf_counter()
     runtime.model()  # loaded once per process, as in the node
@@ -390,9 +390,9 @@ def print_table(summaries: dict[str, dict[str, float | int]], title: str) -> Non
 def node_configurations(diagnostic: bool = True) -> dict[str, dict[str, object]]:
     """The node's configurations: only the SR switched on, and the default outputs.
 
-    ``diagnostic`` adds the SR-only one without Prefect's flow-run heartbeat (on by
-    default; a synchronous run waits for its thread at the end), to show that setting's
-    share of the gap.
+    ``diagnostic`` adds the SR-only one with Prefect's flow-run heartbeat (off embedded,
+    on in server mode; a synchronous run waits for its thread at the end), to show that
+    setting's share.
     """
     from config.settings import OutputSettings
 
@@ -404,10 +404,10 @@ def node_configurations(diagnostic: bool = True) -> dict[str, dict[str, object]]
         "node-sr-only": {"outputs": only_sr},
         "node-default-outputs": {},
     }
-    if diagnostic:
-        configurations["node-sr-only-no-heartbeat"] = {
+    if diagnostic:  # what server mode's flow runs pay for Prefect's crash detection
+        configurations["node-sr-only-heartbeat"] = {
             "outputs": only_sr,
-            "prefect_flow_heartbeat": False,
+            "prefect_flow_heartbeat": True,
         }
     return configurations
 

@@ -583,9 +583,12 @@ class Settings(BaseSettings):
     retention_days: int = Field(
         default=30, ge=0, description="The nightly purge deletes pixel data older than this."
     )
-    prefect_flow_heartbeat: bool = Field(
-        default=True,
-        description="Prefect's flow-run heartbeat (crash detection); costs ~1 s a run.",
+    prefect_flow_heartbeat: bool | None = Field(
+        default=None,
+        description="Prefect's flow-run heartbeat: how a Prefect server tells a crashed flow "
+        "run from a slow one; a synchronous run waits for it at its end (up to ~1 s). None: "
+        "on in server mode (prefect_api_url set), off embedded, where the node's own claim "
+        "timeout (triage_timeout_seconds) triages a study again whose run died.",
     )
     warm_up_at_start: bool = Field(
         default=True,
@@ -731,6 +734,13 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls))
         sources.append(file_secret_settings)
         return tuple(sources)
+
+    @property
+    def flow_heartbeat(self) -> bool:
+        """Whether the node's own flow runs send Prefect's heartbeat (see the field)."""
+        if self.prefect_flow_heartbeat is not None:
+            return self.prefect_flow_heartbeat
+        return self.prefect_api_url is not None
 
     @property
     def pdu_length_announced(self) -> int:

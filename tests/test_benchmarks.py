@@ -104,7 +104,7 @@ def test_peer_benchmark_runs_the_monai_deploy_app_and_the_node(tmp_path: Path) -
     )  # fmt: skip
     report = json.loads(out.read_text())
     summaries = report["summaries"]
-    sides = ["node-sr-only", "node-default-outputs", "node-sr-only-no-heartbeat"]
+    sides = ["node-sr-only", "node-default-outputs", "node-sr-only-heartbeat"]
     assert list(summaries) == ["peer", *sides]
     assert all(row["warm_studies"] == 1 and row["median_seconds"] > 0 for row in summaries.values())
     assert report["peer_versions"]["monai-deploy-app-sdk"] == "4.0.0"

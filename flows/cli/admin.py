@@ -188,7 +188,7 @@ def _reprocess_here(
     outcome: dict[str, int] = {}
 
     def run() -> None:
-        with flow_run_settings(settings.prefect_flow_heartbeat):
+        with flow_run_settings(settings.flow_heartbeat):
             outcome.update(reprocess_flow(**asdict(request)))  # type: ignore[arg-type]
 
     worker = threading.Thread(target=run, name="reprocess")

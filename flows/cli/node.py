@@ -144,7 +144,7 @@ def run_study(study_instance_uid: str, config: ConfigOption = None) -> None:
         if StudyRepository(session).get(study_instance_uid) is None:
             fail(f"no study {study_instance_uid} in the database (see fracture-triage status)")
     install_runtime(runtime)
-    with flow_run_settings(settings.prefect_flow_heartbeat):
+    with flow_run_settings(settings.flow_heartbeat):
         summary = triage_study(study_instance_uid, force=True)
     print_results(runtime.sessions, [summary.study_instance_uid], runtime.output_dir)
 

@@ -119,7 +119,7 @@ class TriageService:
         limit = self.runtime.settings.batch_max_studies
         while self._any_ready():  # no flow run (and no heartbeat) for an empty batch
             try:
-                with flow_run_settings(self.runtime.settings.prefect_flow_heartbeat):
+                with flow_run_settings(self.runtime.settings.flow_heartbeat):
                     batch = triage_batch(max_studies=limit)
             except Exception as error:
                 # The flow records each run's failure itself; what is still READY was never

@@ -67,7 +67,7 @@ def warm_up(runtime: Runtime) -> WarmUp | None:
             try:
                 _store_phantom_study(scratch)
                 install_runtime(scratch)
-                with flow_run_settings(runtime.settings.prefect_flow_heartbeat):
+                with flow_run_settings(runtime.settings.flow_heartbeat):
                     (summary,) = triage_batch(max_studies=1)
             finally:
                 install_runtime(runtime)

@@ -263,7 +263,7 @@ def triage_with(settings: Settings, study_uid: str, node: Runtime) -> TriageSumm
     an admin's run beside the node would; the node's runtime is installed again after."""
     install_runtime(Runtime.create(settings))
     try:
-        with flow_run_settings(settings.prefect_flow_heartbeat):
+        with flow_run_settings(settings.flow_heartbeat):
             return triage_study(study_uid, force=True)
     finally:
         install_runtime(node)
@@ -369,7 +369,7 @@ def test_orthanc_study_is_triaged_and_results_arrive_back(
 
             # The same instances, the same model: triaging again changes nothing.
             first_series = {s["ID"] for s in orthanc.series_of_study(study_uid)}
-            with flow_run_settings(settings.prefect_flow_heartbeat):
+            with flow_run_settings(settings.flow_heartbeat):
                 again = triage_study(study_uid, force=True)
             assert again.status == UNCHANGED
             assert {s["ID"] for s in orthanc.series_of_study(study_uid)} == first_series
