@@ -120,3 +120,17 @@ def test_toml_syntax_error_is_one_settings_error(tmp_path: Path) -> None:
     path.write_text('ae_title = "NODE"\nport = \n')
     with pytest.raises(SettingsError, match=r"is not valid TOML: .*line 2"):
         load_settings(path)
+
+
+def test_the_flow_run_heartbeat_follows_the_mode_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Server mode: a Prefect server tells crashed runs by it; embedded: nobody reads it."""
+    monkeypatch.delenv("FRACTURE_TRIAGE_PREFECT_FLOW_HEARTBEAT", raising=False)
+    monkeypatch.delenv("FRACTURE_TRIAGE_PREFECT_API_URL", raising=False)
+    assert load_settings(None).flow_heartbeat is False
+    server = "http://127.0.0.1:4200/api"
+    assert load_settings(None, prefect_api_url=server).flow_heartbeat is True
+    assert load_settings(None, prefect_flow_heartbeat=True).flow_heartbeat is True
+    off = load_settings(None, prefect_api_url=server, prefect_flow_heartbeat=False)
+    assert off.flow_heartbeat is False
