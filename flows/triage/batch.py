@@ -212,8 +212,8 @@ def _run_models(runtime: Runtime, views: tuple[SourceView, ...], work_dir: str) 
     if runtime.model().type_network is not None:
         types = classify_types(batch.inputs_path, wanted)
     boxes, detected = explanations.boxes, ()
-    if runtime.model().detector is not None:  # its box where it finds one, else Grad-CAM's
-        found = detect_fractures(batch.inputs_path, wanted)
+    if runtime.model().detector is not None and boxes_drawn(runtime.settings):
+        found = detect_fractures(batch.inputs_path, wanted)  # where it finds none: Grad-CAM's
         boxes = tuple(d if d is not None else g for d, g in zip(found, boxes, strict=True))
         detected = tuple(d is not None for d in found)
     fractures = FractureResults(probabilities, boxes, explanations.cams_path, types, detected)
@@ -223,11 +223,16 @@ def _run_models(runtime: Runtime, views: tuple[SourceView, ...], work_dir: str) 
 def explained_regions(runtime: Runtime, flagged: Sequence[str | None]) -> tuple[str | None, ...]:
     """The views Grad-CAM must explain (their region; None for the others): the flagged
     ones (:func:`flagged_views`), when an output draws a box or a heatmap."""
-    outputs = runtime.settings.outputs
-    drawn = (outputs.sr and outputs.sr_rois) or outputs.annotated or outputs.gsps
-    if not (drawn or outputs.parametric_map):
+    if not (boxes_drawn(runtime.settings) or runtime.settings.outputs.parametric_map):
         return tuple(None for _ in flagged)
     return tuple(flagged)
+
+
+def boxes_drawn(settings: Settings) -> bool:
+    """Whether an output the site switched on draws a flagged view's box (the SR's ROIs,
+    the annotated captures, the GSPS): the detector and Grad-CAM's box serve those only."""
+    outputs = settings.outputs
+    return bool((outputs.sr and outputs.sr_rois) or outputs.annotated or outputs.gsps)
 
 
 def flagged_views(

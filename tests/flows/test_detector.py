@@ -16,9 +16,11 @@ import pytest
 from pydicom import Dataset, dcmread
 
 from config import Settings
+from config.settings import OutputSettings
 from db.repositories import RunRepository
 from models.runtime.bundle import load_metadata, update_metadata
 from models.runtime.detection import DetectorSpec
+from models.runtime.inference import HierarchicalModel
 from models.training.layouts import load_records
 from models.training.public_sets import write_phantom_grazpedwri
 from models.training.train import train
@@ -96,3 +98,29 @@ def test_a_detector_trained_on_phantoms_draws_the_sr_roi(
         extent = (*points.min(axis=0), *points.max(axis=0))
         assert tuple(float(v) for v in extent) not in outlines
     assert_dciodvfy_clean(sr)
+
+
+@pytest.mark.slow
+def test_the_detector_does_not_run_where_no_output_draws_a_box(
+    make_settings: Callable[..., Settings],
+    sample_studies: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SR only, without ROIs: nothing draws a box, so neither the detector nor Grad-CAM runs
+    (a detector that raised would fail the study)."""
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("the detector ran although no output draws a box")
+
+    monkeypatch.setattr(HierarchicalModel, "detect", refuse)
+    bundle = build_test_bundle(tmp_path / "bundle", detector=BOXES_EVERY_FLAGGED_VIEW)
+    switches = ("summary", "annotated", "gsps", "parametric_map", "sr_rois")
+    only_sr = OutputSettings(**dict.fromkeys(switches, False))
+    settings = make_settings(model_bundle_dir=bundle, outputs=only_sr)
+    runtime, (wrist,) = triage_in_process(settings, sample_studies[0])
+    with runtime.sessions() as session:
+        run = RunRepository(session).latest_for_study(wrist)
+        assert run is not None and run.image_results
+        assert all(image.level is not None for image in run.image_results)
+        assert [o.kind for o in run.outputs if o.kind != "hl7"] == ["sr"]
