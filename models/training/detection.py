@@ -166,7 +166,9 @@ def detection_metrics(
     boxes = [p[BOX_KEY].cpu().numpy() for p in predicted]
     scores = [p[f"{LABEL_KEY}_scores"].cpu().numpy() for p in predicted]
     truth = [sample.boxes.numpy() for sample in samples]
-    coco = COCOMetric(classes=["fracture"], iou_list=(0.1, 0.5), max_detection=(5,), verbose=False)
+    coco = COCOMetric(
+        classes=["fracture"], iou_list=(TRUE_DETECTION_IOU, 0.5), max_detection=(5,), verbose=False
+    )
     matches = matching_batch(
         iou_fn=box_iou,
         iou_thresholds=coco.iou_thresholds,
@@ -178,35 +180,34 @@ def detection_metrics(
         max_detections=5,
     )
     average_precision = coco(matches)[0]
+    targets = int(sum(len(t) for t in truth))
+    threshold = int(np.argmin(np.abs(coco.iou_thresholds - TRUE_DETECTION_IOU)))
     return {
         "detector_images": len(samples),
-        "detector_true_boxes": int(sum(len(t) for t in truth)),
+        "detector_true_boxes": targets,
         "detector_ap_iou_0_1": round(float(average_precision["fracture_AP_IoU_0.10_MaxDet_5"]), 4),
         "detector_ap_iou_0_5": round(float(average_precision["fracture_AP_IoU_0.50_MaxDet_5"]), 4),
-        **_froc(boxes, scores, truth),
+        **_froc(matches, threshold, targets, len(samples)),
     }
 
 
 def _froc(
-    boxes: list[np.ndarray], scores: list[np.ndarray], truth: list[np.ndarray]
+    matches: list[dict[int, dict[str, np.ndarray]]], threshold: int, targets: int, images: int
 ) -> dict[str, Any]:
-    """FROC: sensitivity per false positives per image, each detection matched greedily."""
-    true_scores, false_scores = [], []
-    for predicted, score, targets in zip(boxes, scores, truth, strict=True):
-        unmatched = set(range(len(targets)))
-        for k in np.argsort(-score):
-            overlaps = box_iou(predicted[k : k + 1], targets)[0] if len(targets) else np.zeros(0)
-            candidates = [t for t in unmatched if overlaps[t] >= TRUE_DETECTION_IOU]
-            if candidates:
-                unmatched.remove(max(candidates, key=lambda t: overlaps[t]))
-                true_scores.append(float(score[k]))
-            else:
-                false_scores.append(float(score[k]))
-    targets = int(sum(len(t) for t in truth))
+    """FROC from MONAI's matching (``matching_batch``) at its ``threshold``-th IoU: each
+    detection true where it matched a true box, false otherwise."""
+    true_scores: list[float] = []
+    false_scores: list[float] = []
+    for image in matches:
+        for found in image.values():
+            kept = ~found["dtIgnore"][threshold].astype(bool)
+            hit = found["dtMatches"][threshold].astype(bool)
+            true_scores += found["dtScores"][kept & hit].tolist()
+            false_scores += found["dtScores"][kept & ~hit].tolist()
     if not targets:
         return {"detector_froc_score": None}
     fps_per_image, sensitivity = compute_froc_curve_data(
-        np.asarray(false_scores), np.asarray(true_scores), targets, len(truth)
+        np.asarray(false_scores), np.asarray(true_scores), targets, images
     )
     at = compute_froc_score(fps_per_image, sensitivity, FROC_FALSE_POSITIVES)
     return {
