@@ -11,10 +11,11 @@ bundle's metadata, on the device the node would use (``model_device = "auto"``).
   results back on the host; every image is given its phantom's region, since the
   untrained region network is confident of none (predict would skip stage 2);
 * reference: the bare networks on the same batch: the region network's forward, one
-  fracture network's forward and Grad-CAM of it.
+  fracture network's forward and Grad-CAM of it; with ``--shared-backbone`` (the bundle's
+  one-network form) the shared network's forward and Grad-CAM of it.
 
     python -m benchmarks.gpu --bundle var/bundles/demo [--batch-sizes 1,16,64]
-        [--architecture densenet121 --image-size 320] [--json out.json]
+        [--architecture densenet121 --image-size 320] [--shared-backbone] [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from benchmarks.inference import realistic_bundle
 from config import REGIONS
 from models.runtime.bundle import load_bundle
 from models.runtime.gradcam import CamExplainer
-from models.runtime.networks import gradcam_target_layer, resolve_device
+from models.runtime.inference import HierarchicalModel
+from models.runtime.networks import SharedStages, gradcam_target_layer, resolve_device
 from models.runtime.preprocessing import preprocess
 from models.training.phantoms import render_phantom
 
@@ -80,23 +82,45 @@ def forced_regions(calls: list) -> list[str]:
     return [call.region or REGIONS[k % len(REGIONS)] for k, call in enumerate(calls)]
 
 
+def bare_networks(model: HierarchicalModel) -> Callable[[torch.Tensor], None]:
+    """The reference: the networks' forward passes and one Grad-CAM, nothing around them."""
+    layer = gradcam_target_layer(model.metadata.fracture_network)
+    shared = model.shared
+    if shared is not None:  # one network: its forward, and Grad-CAM of one fracture logit
+        explain_shared = CamExplainer(shared, SharedStages.layer_name(layer))
+        column = shared.fracture_column(model.metadata.regions[0])
+
+        def one_network(tensor: torch.Tensor) -> None:
+            with torch.no_grad():
+                shared(tensor).cpu()
+            explain_shared(tensor, column)
+
+        return one_network
+    region_net = model.region_network
+    fracture_net = model.fracture_networks[model.metadata.regions[0]]
+    explainer = CamExplainer(fracture_net, layer)
+
+    def two_networks(tensor: torch.Tensor) -> None:
+        with torch.no_grad():
+            region_net(tensor).cpu()
+            fracture_net(tensor).cpu()
+        explainer(tensor, 0)
+
+    return two_networks
+
+
 def measure(bundle: Path, batch_sizes: list[int], seconds: float) -> dict:
     device = resolve_device("auto")
     model = load_bundle(bundle, device=device)
     size = model.image_size
-    region_net = model.region_network
-    fracture_net = model.fracture_networks[model.metadata.regions[0]]
-    explainer = CamExplainer(fracture_net, gradcam_target_layer(model.metadata.fracture_network))
+    networks = bare_networks(model)
     rows = []
     for batch_size in batch_sizes:
         host = phantom_batch(size, batch_size)
         tensor = torch.as_tensor(host).to(device)
 
         def bare(tensor: torch.Tensor = tensor) -> None:
-            with torch.no_grad():
-                region_net(tensor).cpu()
-                fracture_net(tensor).cpu()
-            explainer(tensor, 0)
+            networks(tensor)
 
         def pipeline(host: np.ndarray = host) -> None:
             # predict()'s steps, with every image given a region: the untrained region
@@ -118,6 +142,7 @@ def measure(bundle: Path, batch_sizes: list[int], seconds: float) -> dict:
         "device": str(device),
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"),
         "network": f"{model.metadata.region_network.architecture} at {size}px",
+        "shared_backbone": model.shared is not None,
         "rows": rows,
     }
 
@@ -130,6 +155,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=320)
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's)")
+    parser.add_argument(
+        "--shared-backbone", action="store_true", help="the bundle's one-network form"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.threads:
@@ -137,7 +165,11 @@ def main() -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     with tempfile.TemporaryDirectory() as temp:
         bundle = realistic_bundle(
-            args.bundle, args.architecture, args.image_size, Path(temp) / "bundle"
+            args.bundle,
+            args.architecture,
+            args.image_size,
+            Path(temp) / "bundle",
+            args.shared_backbone,
         )
         result = measure(bundle, batch_sizes, args.seconds)
     largest = max(result["rows"], key=lambda row: row["batch"])

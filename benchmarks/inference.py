@@ -101,15 +101,20 @@ def batch_task_runs(studies: int) -> int:
     return 4 + 2 * studies
 
 
-def realistic_bundle(demo: Path, architecture: str, size: int, target: Path) -> Path:
-    """An untrained bundle of a production-sized network (timing only; weights random)."""
+def realistic_bundle(
+    demo: Path, architecture: str, size: int, target: Path, shared_backbone: bool = False
+) -> Path:
+    """An untrained bundle of a production-sized network (timing only; weights random);
+    with ``shared_backbone`` its one-network form."""
     import torch.nn as nn
 
     from models.runtime.bundle import load_metadata, save_bundle
-    from models.runtime.networks import NetworkSpec, build_network
+    from models.runtime.networks import NetworkSpec, SharedStages, build_network, shared_outputs
 
     metadata = load_metadata(demo)
-    region = NetworkSpec(architecture=architecture, out_channels=len(REGION_CLASSES))
+    regions = len(metadata.regions)
+    outputs = shared_outputs(regions) if shared_backbone else len(REGION_CLASSES)
+    region = NetworkSpec(architecture=architecture, out_channels=outputs)
     fracture = NetworkSpec(architecture=architecture, out_channels=1)
     # Random weights: the demo's pixel gate statistics do not fit them, so none is kept.
     metadata = metadata.model_copy(
@@ -117,9 +122,14 @@ def realistic_bundle(demo: Path, architecture: str, size: int, target: Path) -> 
             "image_size": size,
             "region_network": region,
             "fracture_network": fracture,
+            "shared_backbone": shared_backbone,
             "pixel_gate": None,
         }
     )
+    if shared_backbone:
+        shared = SharedStages(build_network(region), metadata.regions)
+        save_bundle(target, metadata, shared, None)
+        return target
     nets: dict[str, nn.Module] = {r: build_network(fracture) for r in metadata.regions}
     save_bundle(target, metadata, build_network(region), nets)
     return target

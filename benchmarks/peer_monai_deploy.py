@@ -220,8 +220,11 @@ def run_peer(
 # -- the node ------------------------------------------------------------------------------
 
 
-def save_node_bundle(architecture: str, image_size: int, seed: int, target: Path) -> Path:
-    """An untrained bundle: the peer's very network as every region's fracture network.
+def save_node_bundle(
+    architecture: str, image_size: int, seed: int, target: Path, shared_backbone: bool = False
+) -> Path:
+    """An untrained bundle: the peer's very network as every region's fracture network;
+    or, with ``shared_backbone``, one network of the same architecture for both stages.
 
     The region network is random too, but its output is steered to one region (a large
     bias on that class), so every view goes through stage 2 as a trained model's would
@@ -229,15 +232,17 @@ def save_node_bundle(architecture: str, image_size: int, seed: int, target: Path
     """
     from config import REGIONS
     from models.runtime.bundle import BundleMetadata, OperatingPoints, save_bundle
-    from models.runtime.networks import NetworkSpec, build_network
+    from models.runtime.networks import NetworkSpec, SharedStages, build_network, shared_outputs
 
-    region_spec = NetworkSpec(architecture=architecture, out_channels=len(REGION_CLASSES))
+    outputs = shared_outputs(len(REGIONS)) if shared_backbone else len(REGION_CLASSES)
+    region_spec = NetworkSpec(architecture=architecture, out_channels=outputs)
     fracture_spec = NetworkSpec(architecture=architecture, out_channels=1)
+    torch.manual_seed(seed)  # as save_peer_model: the same weights (the shared form's too)
     region = build_network(region_spec)
     last_layer = [m for m in region.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         last_layer.bias[REGION_CLASSES.index(BENCH_REGION)] += 20.0
-    torch.manual_seed(seed)  # as save_peer_model: the same weights
+    torch.manual_seed(seed)
     fracture = build_network(fracture_spec)
     metadata = BundleMetadata(
         name="bench-untrained",
@@ -249,9 +254,13 @@ def save_node_bundle(architecture: str, image_size: int, seed: int, target: Path
         image_size=image_size,
         region_network=region_spec,
         fracture_network=fracture_spec,
+        shared_backbone=shared_backbone,
         region_min_probability=0.0,
         thresholds={r: OperatingPoints(suspected=0.3, likely=0.7) for r in REGIONS},
     )
+    if shared_backbone:
+        shared = SharedStages(region, REGIONS)
+        return save_bundle(target, metadata, shared, None)
     return save_bundle(target, metadata, region, dict.fromkeys(REGIONS, fracture))
 
 
@@ -387,8 +396,18 @@ def print_table(summaries: dict[str, dict[str, float | int]], title: str) -> Non
     console.print(table)
 
 
-def node_configurations(diagnostic: bool = True) -> dict[str, dict[str, object]]:
-    """The node's configurations: only the SR switched on, and the default outputs.
+@dataclass(frozen=True)
+class NodeConfiguration:
+    """One way the node runs: its settings, and whether its bundle is the shared-backbone
+    form (one network for both stages) or the two-network one."""
+
+    settings: dict[str, object]
+    shared_backbone: bool = False
+
+
+def node_configurations(diagnostic: bool = True) -> dict[str, NodeConfiguration]:
+    """The node's configurations: only the SR switched on, and the default outputs, each
+    with the two-network bundle and the shared-backbone one.
 
     ``diagnostic`` adds the SR-only one with Prefect's flow-run heartbeat (off embedded,
     on in server mode; a synchronous run waits for its thread at the end), to show that
@@ -400,15 +419,16 @@ def node_configurations(diagnostic: bool = True) -> dict[str, dict[str, object]]
     # The peer's SR names no image region, so neither does this one (no SCOORD ROIs): the
     # node then needs no Grad-CAM at all, as nothing it writes draws a box or a map.
     only_sr = OutputSettings(**{name: name == "sr" for name in switches}, sr_rois=False)
-    configurations: dict[str, dict[str, object]] = {
-        "node-sr-only": {"outputs": only_sr},
-        "node-default-outputs": {},
+    configurations = {
+        "node-sr-only": NodeConfiguration({"outputs": only_sr}),
+        "node-default-outputs": NodeConfiguration({}),
+        "node-sr-only-shared": NodeConfiguration({"outputs": only_sr}, shared_backbone=True),
+        "node-default-outputs-shared": NodeConfiguration({}, shared_backbone=True),
     }
     if diagnostic:  # what server mode's flow runs pay for Prefect's crash detection
-        configurations["node-sr-only-heartbeat"] = {
-            "outputs": only_sr,
-            "prefect_flow_heartbeat": True,
-        }
+        configurations["node-sr-only-heartbeat"] = NodeConfiguration(
+            {"outputs": only_sr, "prefect_flow_heartbeat": True}
+        )
     return configurations
 
 
@@ -443,6 +463,10 @@ class BenchInputs:
     studies: list[Path]
     peer_model: Path
     node_bundle: Path
+    shared_bundle: Path  # the shared-backbone form of the same architecture
+
+    def bundle(self, configuration: NodeConfiguration) -> Path:
+        return self.shared_bundle if configuration.shared_backbone else self.node_bundle
 
 
 def run_round(
@@ -459,11 +483,10 @@ def run_round(
         inputs.peer_model, args.architecture, args.seed, args.views, args.image_size
     )
     results = [peer]
-    for side, settings in node_configurations().items():
+    for side, node in node_configurations().items():
+        bundle = inputs.bundle(node)
         results.append(
-            run_node(
-                side, inputs.node_bundle, inputs.studies, work / side, args.threads, **settings
-            )
+            run_node(side, bundle, inputs.studies, work / side, args.threads, **node.settings)
         )
     return results, versions, bare
 
@@ -471,10 +494,11 @@ def run_round(
 def profile_node(inputs: BenchInputs, args: argparse.Namespace) -> dict[str, dict]:
     """Where the node's time goes, per configuration (a separate, profiled pass)."""
     profiles = {}
-    for side, settings in node_configurations(diagnostic=False).items():
+    for side, node in node_configurations(diagnostic=False).items():
         profile = cProfile.Profile()
         work = inputs.work / f"profile-{side}"
-        run_node(side, inputs.node_bundle, inputs.studies, work, args.threads, profile, **settings)
+        bundle = inputs.bundle(node)
+        run_node(side, bundle, inputs.studies, work, args.threads, profile, **node.settings)
         profiles[side] = profile_summary(profile, len(inputs.studies) - 1)
     return profiles
 
@@ -540,6 +564,9 @@ def main() -> None:
             peer_model=save_peer_model(args.architecture, args.seed, work / "model.ts"),
             node_bundle=save_node_bundle(
                 args.architecture, args.image_size, args.seed, work / "bundle"
+            ),
+            shared_bundle=save_node_bundle(
+                args.architecture, args.image_size, args.seed, work / "shared", True
             ),
         )
         bare: list[dict[str, float]] = []

@@ -24,7 +24,7 @@ from config.domain.vocabulary import REGIONS, region_classes
 from models.runtime.bundle import save_bundle
 from models.runtime.detection import DetectorSpec, build_detector
 from models.runtime.metadata import BundleMetadata
-from models.runtime.networks import NetworkSpec, build_network
+from models.runtime.networks import NetworkSpec, SharedStages, build_network, shared_outputs
 
 TEST_BUNDLE_NAME = "untrained-test-bundle"
 IMAGE_SIZE = 64
@@ -62,15 +62,23 @@ def build_test_bundle(
     regions: tuple[str, ...] = REGIONS,
     fracture_types: tuple[str, ...] = (),
     detector: DetectorSpec | None = None,
+    shared_backbone: bool = False,
 ) -> Path:
     """Write the untrained test bundle to ``path`` (see the module's description);
     ``regions`` are its stage-1 regions (MURA's seven unless given). With
     ``fracture_types`` it has a type head rigged (like stage 1) to call the first type;
     with ``detector`` an untrained detector of that spec (a report score of 0 makes it
-    box every flagged view)."""
+    box every flagged view). With ``shared_backbone`` stage 1 and stage 2 are one network
+    (stage 1 rigged the same way, the fracture logits random)."""
     torch.manual_seed(seed)
     classes = region_classes(regions)
-    region_spec, region_network = _rigged(len(classes), classes.index(stage1_region))
+    outputs = shared_outputs(len(regions)) if shared_backbone else len(classes)
+    region_spec, region_network = _rigged(outputs, classes.index(stage1_region))
+    if shared_backbone:  # the fracture logits random, as the two-network form's stage 2
+        final = region_network.class_layers.out
+        with torch.no_grad():
+            final.bias[len(classes) :] = 0.0
+            final.weight[len(classes) :] = 0.1 * torch.randn_like(final.weight[len(classes) :])
     fracture_spec = NetworkSpec(architecture="densenet-small", out_channels=1, kwargs=_TINY)
     type_spec, type_network = _rigged(len(fracture_types), 0) if fracture_types else (None, None)
     metadata = BundleMetadata(
@@ -87,6 +95,7 @@ def build_test_bundle(
         image_size=IMAGE_SIZE,
         region_network=region_spec,
         fracture_network=fracture_spec,
+        shared_backbone=shared_backbone,
         regions=regions,
         fracture_types=fracture_types,
         type_network=type_spec,
@@ -95,12 +104,14 @@ def build_test_bundle(
         thresholds=points or DEFAULT_POINTS,
     )
     fracture_networks = {region: build_network(fracture_spec) for region in regions}
+    if shared_backbone:
+        region_network = SharedStages(region_network, regions)
     detector_network = build_detector(detector).network if detector is not None else None
     return save_bundle(
         path,
         metadata,
         region_network,
-        fracture_networks,
+        None if shared_backbone else fracture_networks,
         type_network=type_network,
         detector=detector_network,
     )

@@ -46,17 +46,21 @@ def test_ingest_benchmark_runs_against_storescp_and_orthanc(tmp_path: Path) -> N
     )
 
 
-def test_gpu_benchmark_runs_on_whatever_device_there_is(demo_bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", [(), ("--shared-backbone",)], ids=["two-networks", "shared"])
+def test_gpu_benchmark_runs_on_whatever_device_there_is(
+    demo_bundle: Path, tmp_path: Path, form: tuple[str, ...]
+) -> None:
     out = tmp_path / "gpu.json"
     _run(
         "benchmarks.gpu",
         "--bundle", str(demo_bundle),
         "--architecture", "densenet-small", "--image-size", "64",
-        "--batch-sizes", "1,4", "--seconds", "0.2",
+        "--batch-sizes", "1,4", "--seconds", "0.2", *form,
         "--json", str(out),
     )  # fmt: skip
     result = json.loads(out.read_text())
     assert [row["batch"] for row in result["rows"]] == [1, 4]
+    assert result["shared_backbone"] == bool(form)
     assert result["device_name"] and isinstance(result["goal_met"], bool)
 
 
@@ -104,7 +108,13 @@ def test_peer_benchmark_runs_the_monai_deploy_app_and_the_node(tmp_path: Path) -
     )  # fmt: skip
     report = json.loads(out.read_text())
     summaries = report["summaries"]
-    sides = ["node-sr-only", "node-default-outputs", "node-sr-only-heartbeat"]
+    sides = [
+        "node-sr-only",
+        "node-default-outputs",
+        "node-sr-only-shared",
+        "node-default-outputs-shared",
+        "node-sr-only-heartbeat",
+    ]
     assert list(summaries) == ["peer", *sides]
     assert all(row["warm_studies"] == 1 and row["median_seconds"] > 0 for row in summaries.values())
     assert report["peer_versions"]["monai-deploy-app-sdk"] == "4.0.0"
@@ -112,6 +122,12 @@ def test_peer_benchmark_runs_the_monai_deploy_app_and_the_node(tmp_path: Path) -
     assert set(report["bare_forward_seconds"][0]) == {"torchscript", "eager"}
     steps = report["profiles"]["node-default-outputs"]["ms_per_study"]
     assert steps["stage 2: fracture network"] > 0 and steps["outputs: build and write"] > 0
+    # The shared backbone's stage 1 gave stage 2's probabilities: no pass of its own.
+    shared = report["profiles"]["node-default-outputs-shared"]["ms_per_study"]
+    assert (
+        shared["stage 2: fracture network"] == 0
+        and shared["stage 1: region network, pixel gate"] > 0
+    )
 
 
 def test_cold_start_benchmark_starts_serve_with_and_without_the_warm_up(

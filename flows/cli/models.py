@@ -74,6 +74,21 @@ TtaOption = Annotated[
         "its mirror image; the operating points are picked the same way).",
     ),
 ]
+SharedBackboneOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--shared-backbone/--two-networks",
+        help="One network for both stages (the region and each region's fracture logit "
+        "from one forward pass) instead of a region network and one per region.",
+    ),
+]
+BesideOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="With --write-card: another bundle whose card holds an evaluation on the same "
+        "data (e.g. the other stage form); the card shows its figures beside these."
+    ),
+]
 DetectorEpochsOption = Annotated[
     int | None,
     typer.Option(
@@ -161,6 +176,7 @@ def train(
     specificity_target: SpecificityOption = None,
     aggregation: AggregationOption = None,
     tta: TtaOption = None,
+    shared_backbone: SharedBackboneOption = None,
     detector_epochs: DetectorEpochsOption = None,
     max_steps_per_epoch: MaxStepsOption = None,
     resume: ResumeOption = False,
@@ -193,6 +209,7 @@ def train(
         "specificity_target": specificity_target,
         "study_aggregation": aggregation,
         "test_time_augmentation": tta,
+        "shared_backbone": shared_backbone,
         "detector_epochs": detector_epochs,
         "max_steps_per_epoch": max_steps_per_epoch,
         "label_meaning": label_meaning,
@@ -229,6 +246,7 @@ def _test_split(bundle: Path, data: Path, records: list[ImageRecord]) -> list[Im
     return records
 
 
+# Long: a command's parameters are its options, one line each.
 def evaluate(
     bundle: Annotated[Path, typer.Option(help="Bundle directory to evaluate.")],
     data: DataOption,
@@ -249,6 +267,7 @@ def evaluate(
             "patient evaluated was held out of its training and validation)."
         ),
     ] = False,
+    beside: BesideOption = None,
     tta: TtaOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -258,10 +277,12 @@ def evaluate(
     what it changes (the bundle's operating points are kept; not with ``--write-card``).
     """
     settings_for(config)
-    from models.training.evaluation import CardRefusedError, evaluate_bundle
+    from models.training.evaluation import CardRefusedError, evaluate_bundle, write_beside
 
     if split not in ("test", "all"):
         fail(f"unknown split {split!r}; choose test or all")
+    if beside is not None and not write_card:
+        fail("--beside puts figures into the model card: add --write-card")
     from models.runtime.metadata import TestTimeAugmentation  # torch: imported when run
 
     if tta is not None and tta not in get_args(TestTimeAugmentation):
@@ -281,6 +302,11 @@ def evaluate(
         )
     except CardRefusedError as error:
         fail(str(error))
+    if beside is not None:
+        try:
+            write_beside(bundle, beside)
+        except ValueError as error:  # BundleError is one too
+            fail(str(error))
     overall = result.metrics.get("overall", {})
     console.print(
         f"AUROC {overall.get('auroc')} (95% CI {overall.get('auroc_ci')}), region accuracy "

@@ -202,7 +202,9 @@ def _run_models(runtime: Runtime, views: tuple[SourceView, ...], work_dir: str) 
         stage2.append(resolved)
         if conflict is not None:
             conflicts[view.sop_instance_uid] = conflict
-    probabilities = classify_fractures(batch.inputs_path, tuple(stage2))
+    probabilities = fractures_from_stage_one(regions, stage2)
+    if probabilities is None:
+        probabilities = classify_fractures(batch.inputs_path, tuple(stage2))
     flagged = flagged_views(runtime, stage2, probabilities)
     explanations = explain_fractures(
         batch.inputs_path, explained_regions(runtime, flagged), work_dir
@@ -218,6 +220,20 @@ def _run_models(runtime: Runtime, views: tuple[SourceView, ...], work_dir: str) 
         detected = tuple(d is not None for d in found)
     fractures = FractureResults(probabilities, boxes, explanations.cams_path, types, detected)
     return ModelPass(screens, batch, regions, conflicts, tuple(stage2), fractures)
+
+
+def fractures_from_stage_one(
+    regions: Sequence[RegionResult], stage2: Sequence[str | None]
+) -> tuple[float | None, ...] | None:
+    """Stage 2's probability of each view (None without a region) where stage 1's pass
+    gave every one needed (a shared-backbone bundle); None where stage 2 must run."""
+    found: list[float | None] = []
+    for result, region in zip(regions, stage2, strict=True):
+        known = result.fracture_probabilities or {}
+        if region is not None and region not in known:
+            return None
+        found.append(known[region] if region is not None else None)
+    return tuple(found)
 
 
 def explained_regions(runtime: Runtime, flagged: Sequence[str | None]) -> tuple[str | None, ...]:

@@ -63,6 +63,9 @@ class RegionResult:
     region: str | None
     probability: float
     rejection_reason: str | None = None
+    #: Each region's fracture probability from the same pass (a shared-backbone bundle),
+    #: so stage 2 needs no pass of its own; None otherwise.
+    fracture_probabilities: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if (self.region is None) == (self.rejection_reason is None):

@@ -114,7 +114,7 @@ def classify_regions(inputs_path: str) -> tuple[RegionResult, ...]:
     """Stage 1 and the pixel gate: each view's region (None: why not) and its confidence."""
     images = np.load(inputs_path)
     return tuple(
-        RegionResult(call.region, call.probability, call.reason)
+        RegionResult(call.region, call.probability, call.reason, call.fracture_probabilities)
         for call in current_runtime().model().classify_regions(images)
     )
 

@@ -6,7 +6,9 @@ Layout (the MONAI Bundle specification's, see :mod:`models.runtime.monai_spec`):
                                      "fracture_triage"
     <bundle>/configs/inference.json  one image through the bundle (python -m monai.bundle run)
     <bundle>/models/model.pt         {"region": state_dict, "fracture": {region: state_dict},
-                                      "pixel_gate": state_dict (when the metadata has one)}
+                                      "pixel_gate": state_dict (when the metadata has one)};
+                                     a shared-backbone bundle has {"shared": state_dict}
+                                     instead of "region" and "fracture"
     <bundle>/docs/README.md          model card
 
 Networks are described as data (:class:`models.runtime.networks.NetworkSpec`), never as code
@@ -36,7 +38,7 @@ from models.runtime.metadata import (
     model_card,
 )
 from models.runtime.monai_spec import INFERENCE_CONFIG, INFERENCE_FILE, our_keys, spec_metadata
-from models.runtime.networks import build_network
+from models.runtime.networks import SharedStages, build_network
 from models.runtime.ood import FeatureDistance
 
 __all__ = [
@@ -63,7 +65,7 @@ def save_bundle(
     path: Path,
     metadata: BundleMetadata,
     region_model: nn.Module,
-    fracture_models: dict[str, nn.Module],
+    fracture_models: dict[str, nn.Module] | None,
     pixel_gate: FeatureDistance | None = None,
     type_network: nn.Module | None = None,
     detector: nn.Module | None = None,
@@ -77,9 +79,11 @@ def save_bundle(
     metadata
         The bundle metadata.
     region_model
-        Stage-1 network.
+        Stage-1 network; of a shared-backbone bundle, its
+        :class:`~models.runtime.networks.SharedStages`.
     fracture_models
-        Stage-2 network per region; keys must be exactly ``metadata.regions``.
+        Stage-2 network per region; keys must be exactly ``metadata.regions``. None for a
+        shared-backbone bundle.
     pixel_gate
         The out-of-distribution statistics; given exactly when ``metadata.pixel_gate`` is.
     type_network
@@ -95,13 +99,10 @@ def save_bundle(
     """
     path = Path(path)
     optional = {"pixel_gate": pixel_gate, "type": type_network, "detector": detector}
-    _check_parts(metadata, fracture_models, optional)
+    weights = _stage_weights(metadata, region_model, fracture_models)
+    _check_parts(metadata, optional)
     for sub in (METADATA_FILE, WEIGHTS_FILE, MODEL_CARD_FILE):
         (path / sub).parent.mkdir(parents=True, exist_ok=True)
-    weights: dict[str, Any] = {
-        "region": _on_cpu(region_model),
-        "fracture": {region: _on_cpu(model) for region, model in fracture_models.items()},
-    }
     weights |= {key: _on_cpu(part) for key, part in optional.items() if part is not None}
     torch.save(weights, path / WEIGHTS_FILE)
     _write_metadata(path, metadata)
@@ -110,17 +111,31 @@ def save_bundle(
     return path
 
 
-def _check_parts(
+def _stage_weights(
     metadata: BundleMetadata,
-    fracture_models: dict[str, nn.Module],
-    optional: dict[str, nn.Module | None],
-) -> None:
-    """Raise BundleError unless the networks are exactly those the metadata describes."""
-    if set(fracture_models) != set(metadata.regions):
+    region_model: nn.Module,
+    fracture_models: dict[str, nn.Module] | None,
+) -> dict[str, Any]:
+    """The two stages' weights, or BundleError unless the networks are the metadata's form."""
+    if metadata.shared_backbone:
+        if not isinstance(region_model, SharedStages) or fracture_models is not None:
+            raise BundleError(
+                "a shared-backbone bundle takes one SharedStages network and no fracture models"
+            )
+        return {"shared": _on_cpu(region_model.network)}
+    if fracture_models is None or set(fracture_models) != set(metadata.regions):
         raise BundleError(
-            f"fracture models for {sorted(fracture_models)} do not match regions "
+            f"fracture models for {sorted(fracture_models or {})} do not match regions "
             f"{sorted(metadata.regions)}"
         )
+    return {
+        "region": _on_cpu(region_model),
+        "fracture": {region: _on_cpu(model) for region, model in fracture_models.items()},
+    }
+
+
+def _check_parts(metadata: BundleMetadata, optional: dict[str, nn.Module | None]) -> None:
+    """Raise BundleError unless the optional parts are exactly those the metadata describes."""
     described = {
         "pixel_gate": ("pixel gate's statistics", metadata.pixel_gate),
         "type": ("type head's network", metadata.type_network),
@@ -235,18 +250,9 @@ def load_bundle(
     if not (path / MODEL_CARD_FILE).is_file():
         raise BundleError(f"bundle {path} has no {MODEL_CARD_FILE} (model card)")
     weights = torch.load(weights_file, map_location="cpu", weights_only=True)
-    if not isinstance(weights, dict) or "region" not in weights or "fracture" not in weights:
-        raise BundleError(f"{weights_file} must hold a dict with keys 'region' and 'fracture'")
-    missing = [region for region in metadata.regions if region not in weights["fracture"]]
-    if missing:
-        raise BundleError(f"{weights_file} has no fracture weights for regions {missing}")
-    region_net = _load_state(build_network(metadata.region_network), weights["region"], "region")
-    fracture_nets = {
-        region: _load_state(
-            build_network(metadata.fracture_network), weights["fracture"][region], region
-        )
-        for region in metadata.regions
-    }
+    if not isinstance(weights, dict):
+        raise BundleError(f"{weights_file} must hold a dict of weights")
+    region_net, fracture_nets = _stage_networks(metadata, weights)
     return HierarchicalModel(
         metadata,
         region_net,
@@ -257,6 +263,30 @@ def load_bundle(
         type_network=_type_network(metadata, weights),
         detector=_detector(metadata, weights),
     )
+
+
+def _stage_networks(
+    metadata: BundleMetadata, weights: dict[str, Any]
+) -> tuple[nn.Module, dict[str, nn.Module] | None]:
+    """Stage 1's network and stage 2's per region, or a shared-backbone bundle's one."""
+    if metadata.shared_backbone:
+        if "shared" not in weights:
+            raise BundleError(f"{WEIGHTS_FILE} has no 'shared' weights for a shared backbone")
+        network = _load_state(build_network(metadata.region_network), weights["shared"], "shared")
+        return SharedStages(network, metadata.regions), None
+    if "region" not in weights or "fracture" not in weights:
+        raise BundleError(f"{WEIGHTS_FILE} must hold a dict with keys 'region' and 'fracture'")
+    missing = [region for region in metadata.regions if region not in weights["fracture"]]
+    if missing:
+        raise BundleError(f"{WEIGHTS_FILE} has no fracture weights for regions {missing}")
+    region_net = _load_state(build_network(metadata.region_network), weights["region"], "region")
+    fracture_nets = {
+        region: _load_state(
+            build_network(metadata.fracture_network), weights["fracture"][region], region
+        )
+        for region in metadata.regions
+    }
+    return region_net, fracture_nets
 
 
 def _detector(metadata: BundleMetadata, weights: dict[str, Any]) -> FractureDetector | None:

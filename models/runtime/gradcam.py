@@ -89,9 +89,10 @@ class CamExplainer:
         return self.explain_with_logits(images, class_index)[0]
 
     def explain_with_logits(
-        self, images: torch.Tensor, class_index: int
+        self, images: torch.Tensor, class_index: int, **forward: torch.Tensor
     ) -> tuple[np.ndarray, torch.Tensor]:
-        """Heatmaps as :meth:`__call__` does, and the logits of the same forward pass.
+        """Heatmaps as :meth:`__call__` does, and the logits of the same forward pass;
+        ``forward`` goes to the network's forward with the images (MONAI passes it on).
 
         Returns
         -------
@@ -102,7 +103,7 @@ class CamExplainer:
             raise ValueError(f"images shape {tuple(images.shape)} is not (N, C, H, W)")
         self._logits = None
         with torch.enable_grad():  # the caller may be inside torch.no_grad()
-            maps = self.cam(x=images, class_idx=class_index)
+            maps = self.cam(x=images, class_idx=class_index, **forward)
         if self._logits is None:  # pragma: no cover - the hook runs on every forward
             raise RuntimeError("the explained network produced no logits")
         return maps[:, 0].detach().cpu().numpy().astype(np.float32), self._logits

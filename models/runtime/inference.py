@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -16,7 +16,7 @@ from config.domain.findings import FractureType
 from models.runtime.detection import DetectedBox, FractureDetector, detect_boxes
 from models.runtime.gradcam import CAM_METHODS, CamExplainer, hottest_box
 from models.runtime.metadata import BundleMetadata
-from models.runtime.networks import gradcam_target_layer
+from models.runtime.networks import SharedStages, gradcam_target_layer, shared_outputs
 from models.runtime.ood import FeatureDistance, classifier_layer, penultimate_features
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,10 @@ class RegionCall:
         None for a bundle without a pixel gate.
     rejection
         Why no region was named (None when one was).
+    fracture_probabilities
+        Each region's calibrated fracture probability from the same forward pass: a
+        shared-backbone bundle without test-time augmentation gives them (stage 2 then
+        needs no pass of its own); None otherwise.
     """
 
     region: str | None
@@ -57,6 +61,7 @@ class RegionCall:
     probabilities: dict[str, float]
     distance: float | None = None
     rejection: StageOneRejection | None = None
+    fracture_probabilities: dict[str, float] | None = None
 
     @property
     def reason(self) -> str | None:
@@ -137,16 +142,19 @@ def _chunks(indices: list[int], size: int) -> list[list[int]]:
 
 
 class HierarchicalModel:
-    """Region network plus one fracture network per region, in eval mode.
+    """Region network plus one fracture network per region, in eval mode; or, for a
+    shared-backbone bundle, one network giving both.
 
     Parameters
     ----------
     metadata
         The bundle metadata (thresholds, image size, network specs).
     region_network
-        Stage 1, logits over ``metadata.region_classes``.
+        Stage 1, logits over ``metadata.region_classes``; for a shared-backbone bundle the
+        :class:`~models.runtime.networks.SharedStages` of both stages.
     fracture_networks
-        Stage 2 per region in ``metadata.regions``.
+        Stage 2 per region in ``metadata.regions``; None for a shared-backbone bundle (its
+        regions' views of the shared network).
     device
         Torch device to run on.
     max_batch
@@ -164,7 +172,7 @@ class HierarchicalModel:
         self,
         metadata: BundleMetadata,
         region_network: nn.Module,
-        fracture_networks: dict[str, nn.Module],
+        fracture_networks: dict[str, nn.Module] | None,
         device: str | torch.device = "cpu",
         max_batch: int | None = None,
         feature_distance: FeatureDistance | None = None,
@@ -175,6 +183,11 @@ class HierarchicalModel:
             raise ValueError("a type head needs both its metadata and its network")
         if (detector is None) != (metadata.detector is None):
             raise ValueError("a detector needs both its metadata and its network")
+        self.shared = self._shared(metadata, region_network, fracture_networks)
+        if self.shared is not None:
+            region_network = self.shared.region_view()
+            fracture_networks = {r: self.shared.fracture_view(r) for r in metadata.regions}
+        assert fracture_networks is not None  # _shared refuses a two-network bundle without
         missing = [region for region in metadata.regions if region not in fracture_networks]
         if missing:
             raise ValueError(f"no fracture network for regions {missing}")
@@ -205,6 +218,28 @@ class HierarchicalModel:
             feature_distance = feature_distance.to(self.device)
         self.feature_distance = feature_distance
 
+    @staticmethod
+    def _shared(
+        metadata: BundleMetadata,
+        region_network: nn.Module,
+        fracture_networks: dict[str, nn.Module] | None,
+    ) -> SharedStages | None:
+        """The shared network of a shared-backbone bundle (None for the two-network form)."""
+        if not metadata.shared_backbone:
+            if fracture_networks is None:
+                raise ValueError("a two-network bundle needs its fracture networks")
+            return None
+        if not isinstance(region_network, SharedStages) or fracture_networks is not None:
+            raise ValueError(
+                "a shared-backbone bundle takes one SharedStages network and no fracture networks"
+            )
+        if region_network.regions != metadata.regions:
+            raise ValueError(
+                f"the shared network's regions {region_network.regions} are not the "
+                f"bundle's {metadata.regions}"
+            )
+        return region_network
+
     @property
     def fracture_class(self) -> int:
         """Output index of the fracture logit: 0 of a sigmoid head, 1 of a softmax head."""
@@ -231,13 +266,15 @@ class HierarchicalModel:
         return points.suspected, points.likely
 
     def _explainer(self, region: str, method: str) -> CamExplainer:
-        if (region, method) not in self._explainers:
-            self._explainers[region, method] = CamExplainer(
-                self.fracture_networks[region],
-                gradcam_target_layer(self.metadata.fracture_network),
-                method,
-            )
-        return self._explainers[region, method]
+        """Grad-CAM of ``region``'s network; of a shared network, one for every region."""
+        key = (region if self.shared is None else "", method)
+        if key not in self._explainers:
+            layer = gradcam_target_layer(self.metadata.fracture_network)
+            network = self.fracture_networks[region]
+            if self.shared is not None:
+                network, layer = self.shared, SharedStages.layer_name(layer)
+            self._explainers[key] = CamExplainer(network, layer, method)
+        return self._explainers[key]
 
     def _as_batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         batch = torch.as_tensor(images, dtype=torch.float32)
@@ -261,31 +298,55 @@ class HierarchicalModel:
         batch = self._as_batch(images)
         if batch.shape[0] == 0:
             return []
-        logits, features = self._region_outputs(batch)
+        outputs, features = self._region_outputs(batch)
         classes = self.metadata.region_classes
-        if logits.shape[1] != len(classes):
+        logits = outputs[:, : len(classes)]
+        expected = shared_outputs(len(classes) - 1) if self.shared else len(classes)
+        if outputs.shape[1] != expected:
             raise ValueError(
-                f"region network gives {logits.shape[1]} classes; expected {len(classes)}"
+                f"region network gives {outputs.shape[1]} outputs; expected {expected}"
             )
         probabilities = torch.softmax(logits / self.metadata.temperature("region"), dim=1)
         distances: list[float | None] = [None] * batch.shape[0]
         if self.feature_distance is not None:
             distances = [float(d) for d in self.feature_distance(features).cpu()]
+        fractures = self._fractures_from_stage_one(outputs)
         return [
-            self._region_call(probs, distance)
-            for probs, distance in zip(probabilities.cpu().numpy(), distances, strict=True)
+            replace(self._region_call(probs, distance), fracture_probabilities=fracture)
+            for probs, distance, fracture in zip(
+                probabilities.cpu().numpy(), distances, fractures, strict=True
+            )
         ]
 
     def _region_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage 1's logits and penultimate features, a chunk of views at a time."""
+        """Stage 1's logits (a shared network's all) and penultimate features, a chunk of
+        views at a time."""
         logits = []
+        network = self.shared if self.shared is not None else self.region_network
         # The features are kept only where a pixel gate measures them.
         gated = self.feature_distance is not None
-        watch = penultimate_features(self.region_network) if gated else nullcontext([])
+        watch = penultimate_features(network) if gated else nullcontext([])
         with torch.no_grad(), watch as features:
             for chunk in _chunks(list(range(batch.shape[0])), self.max_batch):
-                logits.append(self.region_network(batch[chunk]))
+                logits.append(network(batch[chunk]))
         return torch.cat(logits), torch.cat(features) if features else torch.empty(0)
+
+    @property
+    def fractures_in_stage_one(self) -> bool:
+        """Whether stage 1's pass also gives every region's fracture probability (a
+        shared-backbone bundle without test-time augmentation, whose mirrored pass stage 2
+        would add)."""
+        return self.shared is not None and self.metadata.test_time_augmentation == "none"
+
+    def _fractures_from_stage_one(self, outputs: torch.Tensor) -> list[dict[str, float] | None]:
+        """Each view's calibrated fracture probability per region from the shared pass."""
+        if self.shared is None or not self.fractures_in_stage_one:
+            return [None] * outputs.shape[0]
+        regions = self.metadata.regions
+        logits = self.shared.fracture_logits(outputs).cpu()
+        temperatures = torch.tensor([self.metadata.temperature(r) for r in regions])
+        probabilities = torch.sigmoid(logits / temperatures).numpy()
+        return [dict(zip(regions, map(float, row), strict=True)) for row in probabilities]
 
     def _region_call(self, probs: np.ndarray, distance: float | None) -> RegionCall:
         classes = self.metadata.region_classes
@@ -405,12 +466,14 @@ class HierarchicalModel:
         explained: list[tuple[np.ndarray | None, tuple[int, int, int, int] | None]] = [
             (None, None)
         ] * batch.shape[0]
-        for region, all_indices in self._by_region(regions).items():
+        for region, all_indices in self._explained_groups(regions):
             explainer = self._explainer(region, method)
             for indices in _chunks(all_indices, self.max_batch):
-                maps, logits = explainer.explain_with_logits(batch[indices], self.fracture_class)
-                calibrated = logits / self.metadata.temperature(region)
-                probabilities = fracture_probability(calibrated).cpu()
+                maps, logits = self._explained(explainer, batch, indices, regions)
+                temperatures = torch.tensor(
+                    [[self.metadata.temperature(regions[i])] for i in indices]
+                )
+                probabilities = fracture_probability(logits.cpu() / temperatures)
                 for k, i in enumerate(indices):
                     fracture[i] = float(probabilities[k])
                     explained[i] = (maps[k], hottest_box(maps[k], BOX_FRACTION))
@@ -418,6 +481,29 @@ class HierarchicalModel:
             # The mirrored pass belongs to the probability, not to the heatmap.
             fracture = self.classify_fractures(batch, regions)
         return fracture, explained
+
+    def _explained_groups(self, regions: list[str | None]) -> list[tuple[str, list[int]]]:
+        """The views Grad-CAM explains together: a region's views (its own network), or
+        for a shared network all of them (the group named by its first view's region)."""
+        groups = self._by_region(regions)
+        if self.shared is None or not groups:
+            return list(groups.items())
+        every = sorted(i for indices in groups.values() for i in indices)
+        return [(next(iter(groups)), every)]
+
+    def _explained(
+        self,
+        explainer: CamExplainer,
+        batch: torch.Tensor,
+        indices: list[int],
+        regions: list[str | None],
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """Grad-CAM maps and the fracture logits of ``indices``' views (a shared network
+        explains each view's own region's logit)."""
+        if self.shared is None:
+            return explainer.explain_with_logits(batch[indices], self.fracture_class)
+        columns = torch.tensor([self.shared.fracture_column(str(regions[i])) for i in indices])
+        return explainer.explain_with_logits(batch[indices], 0, columns=columns)
 
     def predict(
         self, images: np.ndarray | torch.Tensor, explain: bool = True

@@ -21,7 +21,7 @@ from config.domain.findings import OperatingPoints
 from config.domain.intended_use import IntendedUse
 from config.domain.vocabulary import LabelMeaning, region_classes
 from models.runtime.detection import DetectorSpec
-from models.runtime.networks import NetworkSpec
+from models.runtime.networks import NetworkSpec, shared_outputs
 
 METADATA_FILE = Path("configs/metadata.json")
 WEIGHTS_FILE = Path("models/model.pt")
@@ -70,8 +70,20 @@ class BundleMetadata(BaseModel):
         "were trained on fracture labels or phantoms.",
     )
     image_size: int = Field(ge=32, description="Side of the square model input (preprocessing).")
-    region_network: NetworkSpec
-    fracture_network: NetworkSpec
+    region_network: NetworkSpec = Field(
+        description="Stage 1's network; in the shared-backbone form the one network of both "
+        "stages, with the regions' fracture logits after stage 1's classes."
+    )
+    fracture_network: NetworkSpec = Field(
+        description="Each region's stage-2 network; in the shared-backbone form the shape of "
+        "a region's fracture logit (the region network's architecture, one output)."
+    )
+    shared_backbone: bool = Field(
+        default=False,
+        description="True: one network gives stage 1's region and every region's fracture "
+        "logit in one forward pass (weights key 'shared'); False: a region network and one "
+        "fracture network per region.",
+    )
     regions: tuple[str, ...] = Field(
         default=REGIONS,
         min_length=1,
@@ -141,17 +153,7 @@ class BundleMetadata(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> BundleMetadata:
         self._known_regions()
-        # The region network's outputs are region_classes in order, one per class.
-        if self.region_network.out_channels != len(self.region_classes):
-            raise ValueError(
-                f"region_network.out_channels is {self.region_network.out_channels}; "
-                f"expected {len(self.region_classes)} ({list(self.region_classes)})"
-            )
-        if self.fracture_network.out_channels not in (1, 2):
-            raise ValueError(
-                f"fracture_network.out_channels is {self.fracture_network.out_channels}; "
-                "expected 1 (sigmoid) or 2 (softmax)"
-            )
+        self._network_shapes()
         self._type_head()
         missing = [region for region in self.regions if region not in self.thresholds]
         if missing:
@@ -182,6 +184,33 @@ class BundleMetadata(BaseModel):
         beyond = [r for r in self.intended_use.regions if r not in self.regions]
         if beyond:
             raise ValueError(f"intended_use.regions {beyond} are not among regions")
+
+    def _network_shapes(self) -> None:
+        # The region network's outputs are region_classes in order, one per class (then, in
+        # the shared form, one fracture logit per region).
+        outputs = len(self.region_classes)
+        if self.shared_backbone:
+            outputs = shared_outputs(len(self.regions))
+        if self.region_network.out_channels != outputs:
+            raise ValueError(
+                f"region_network.out_channels is {self.region_network.out_channels}; "
+                f"expected {outputs} ({list(self.region_classes)}"
+                + (", a fracture logit per region, a common one)" if self.shared_backbone else ")")
+            )
+        if self.fracture_network.out_channels not in (1, 2):
+            raise ValueError(
+                f"fracture_network.out_channels is {self.fracture_network.out_channels}; "
+                "expected 1 (sigmoid) or 2 (softmax)"
+            )
+        if self.shared_backbone and (
+            self.fracture_network.out_channels != 1
+            or self.fracture_network.architecture != self.region_network.architecture
+        ):
+            raise ValueError(
+                "a shared-backbone bundle's fracture_network must be the region network's "
+                f"architecture ({self.region_network.architecture}) with one output; got "
+                f"{self.fracture_network.architecture} with {self.fracture_network.out_channels}"
+            )
 
     def _type_head(self) -> None:
         if (self.type_network is None) != (not self.fracture_types):
@@ -350,6 +379,20 @@ def localisation_lines(figures: dict[str, Any]) -> list[str]:
     return lines
 
 
+def beside_lines(beside: dict[str, Any], metadata: BundleMetadata) -> list[str]:
+    """This bundle's figures beside another's on the same held-out data, as Markdown."""
+    form = "shared backbone" if metadata.shared_backbone else "two networks"
+    lines = [
+        f"### Beside {beside['bundle']}",
+        "",
+        "The same held-out images through both bundles.",
+        "",
+        f"| figure | this bundle ({form}) | {beside['bundle']} |",
+        "|---|---|---|",
+    ]
+    return lines + [f"| {label} | {this} | {other} |" for label, this, other in beside["rows"]]
+
+
 def type_lines(figures: dict[str, Any]) -> list[str]:
     """The type head's evaluation as Markdown: accuracy, sensitivity per type, confusion."""
     classes = figures["type_confusion"]["classes"]
@@ -416,6 +459,8 @@ def _evaluation_section(metadata: BundleMetadata) -> str:
             parts += ["### Fracture type", "", *type_lines(evaluation), ""]
         if isinstance(evaluation.get("pixel_gate"), dict):
             parts += ["", "### Pixel gate", "", *pixel_gate_lines(evaluation["pixel_gate"])]
+        if isinstance(evaluation.get("beside"), dict):
+            parts += ["", *beside_lines(evaluation["beside"], metadata)]
     for name, file in figures.items():
         parts.append(f"\n![{name}]({Path(file).relative_to(MODEL_CARD_FILE.parent)})")
     return "\n".join(parts) + "\n"
@@ -433,13 +478,23 @@ def _models_section(metadata: BundleMetadata) -> str:
   {list(metadata.region_classes)}; a region below (calibrated) probability
   {metadata.region_min_probability} counts as unsupported.
 - Pixel gate: {_pixel_gate_line(metadata.pixel_gate)}
-- Stage 2 (fracture): one `{metadata.fracture_network.architecture}` per region.
+- Stage 2 (fracture): {_stage_two_line(metadata)}
 - Fracture type: {_type_line(metadata)}
 - Study probability: {metadata.study_aggregation} of the image probabilities.
 - Test-time augmentation of stage 2: {metadata.test_time_augmentation}.
 - Calibration (temperature scaling, fitted on the validation split): {temperatures}.
 - Explanation: Grad-CAM on the fracture output (the heatmap).
 - Box on a flagged view: {_box_line(metadata.detector)}"""
+
+
+def _stage_two_line(metadata: BundleMetadata) -> str:
+    if not metadata.shared_backbone:
+        return f"one `{metadata.fracture_network.architecture}` per region."
+    return (
+        "the same network as stage 1 (shared backbone): after stage 1's classes, one "
+        "fracture logit per region, so one forward pass gives a view's region and its "
+        "region's fracture logit; trained on both targets at once."
+    )
 
 
 def _box_line(detector: DetectorSpec | None) -> str:

@@ -141,3 +141,99 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return device
+
+
+def shared_outputs(regions: int) -> int:
+    """Outputs of a :class:`SharedStages` network over ``regions`` regions: stage 1's
+    classes (the regions and 'unsupported'), a fracture logit per region, one common to all."""
+    return (regions + 1) + regions + 1
+
+
+class SharedStages(nn.Module):
+    """One network for both stages (a bundle's ``shared_backbone`` form), so one forward
+    pass gives a view's region and every region's fracture logit.
+
+    Its outputs (:func:`shared_outputs`) are stage 1's ``classes`` logits, then one per
+    region, then one common to all regions; a region's fracture logit is its own plus the
+    common one, so what every region's breaks share is learnt from all of them (as the
+    two-network form's stage 2 starts from one network trained on every region).
+
+    Parameters
+    ----------
+    network
+        The network, with :func:`shared_outputs` outputs.
+    regions
+        The regions, in stage 1's order ('unsupported' follows them) and in the order of
+        their fracture logits.
+    """
+
+    def __init__(self, network: nn.Module, regions: tuple[str, ...]) -> None:
+        super().__init__()
+        if not regions:
+            raise ValueError("a shared network needs at least one region")
+        self.network = network
+        self.classes = len(regions) + 1  # stage 1's: the regions and 'unsupported'
+        self.regions = regions
+
+    def forward(self, images: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """All logits (N, :func:`shared_outputs`); with ``columns`` (N,) of
+        :meth:`fracture_column` each image's own region's fracture logit, (N, 1): Grad-CAM
+        then explains that logit for each image."""
+        logits = self.network(images)
+        if columns is None:
+            return logits
+        return logits.gather(1, columns.to(logits.device)[:, None]) + logits[:, -1:]
+
+    def fracture_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Every region's fracture logit (N, regions) from :meth:`forward`'s logits."""
+        return fracture_logits(logits, self.classes, len(self.regions))
+
+    @staticmethod
+    def layer_name(name: str) -> str:
+        """The name of the shared network's layer ``name`` among this module's modules."""
+        return f"network.{name}"
+
+    def fracture_column(self, region: str) -> int:
+        """Output index of ``region``'s own fracture logit (the common one is added)."""
+        if region not in self.regions:
+            raise ValueError(f"no fracture logit for region {region!r}; expected {self.regions}")
+        return self.classes + self.regions.index(region)
+
+    def region_view(self) -> nn.Module:
+        """Stage 1 as a network of its own: the region logits (the same weights)."""
+        return _RegionView(self)
+
+    def fracture_view(self, region: str) -> nn.Module:
+        """``region``'s stage 2 as a network of its own: its (N, 1) fracture logit."""
+        return _FractureView(self, self.fracture_column(region))
+
+
+def fracture_logits(logits: torch.Tensor, classes: int, regions: int) -> torch.Tensor:
+    """Each region's fracture logit (N, regions) from a :class:`SharedStages` network's
+    logits: its own plus the common one."""
+    return logits[:, classes : classes + regions] + logits[:, classes + regions :]
+
+
+class _RegionView(nn.Module):
+    """Stage 1's logits of a :class:`SharedStages`, so training, calibration and
+    evaluation use either form the same way. Its weights are the shared network's."""
+
+    def __init__(self, shared: SharedStages) -> None:
+        super().__init__()
+        self.shared = shared
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.shared(images)[:, : self.shared.classes]
+
+
+class _FractureView(nn.Module):
+    """One region's (N, 1) fracture logit of a :class:`SharedStages` (as :class:`_RegionView`)."""
+
+    def __init__(self, shared: SharedStages, column: int) -> None:
+        super().__init__()
+        self.shared = shared
+        self.column = column
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        columns = torch.full((images.shape[0],), self.column, dtype=torch.long)
+        return self.shared(images, columns=columns)

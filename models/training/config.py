@@ -38,6 +38,13 @@ class TrainConfig(BaseModel):
     region_epochs: int = Field(default=8, ge=0)
     fracture_epochs: int = Field(default=12, ge=0, description="Shared fracture network.")
     finetune_epochs: int = Field(default=4, ge=0, description="Per-region fine-tuning.")
+    shared_backbone: bool = Field(
+        default=False,
+        description="One network for both stages (the region and each region's fracture "
+        "logit from one forward pass), trained on both targets at once for as many epochs "
+        "as the two-network form's stages together (shared_epochs); False: a region network "
+        "and a fine-tuned fracture network per region.",
+    )
     detector_epochs: int = Field(
         default=0,
         ge=0,
@@ -129,6 +136,12 @@ class TrainConfig(BaseModel):
     def _age_range(self) -> TrainConfig:
         check_age_range(self.min_age_years, self.max_age_years)  # the intended use's rule
         return self
+
+    @property
+    def shared_epochs(self) -> int:
+        """Epochs of a shared-backbone network: the two-network form's stages' together
+        (region, fracture, fine-tuning), each an epoch over the training images."""
+        return self.region_epochs + self.fracture_epochs + self.finetune_epochs
 
     @field_validator("device")
     @classmethod

@@ -27,7 +27,7 @@ import torch
 from models.runtime.bundle import WEIGHTS_FILE, BundleError, load_metadata
 from models.training.config import TrainConfig, preset_config
 from models.training.datasets import load_csv, split_by_patient, write_phantom_csv
-from models.training.evaluation import evaluate_bundle
+from models.training.evaluation import evaluate_bundle, write_beside
 from models.training.fingerprint import training_code_fingerprint
 from models.training.ood_set import out_of_distribution_set
 from models.training.train import train
@@ -166,7 +166,7 @@ def demo_bundle_is_current(bundle_dir: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry: ``python -m models.training.demo OUT_DIR [--seed N] [--if-stale]
-    [--detector-epochs N]``."""
+    [--detector-epochs N] [--shared-backbone] [--beside OTHER]``."""
     parser = argparse.ArgumentParser(description="Train the synthetic demo bundle.")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
@@ -178,6 +178,16 @@ def main(argv: list[str] | None = None) -> None:
         "default: it is measured on a GPU, see README).",
     )
     parser.add_argument(
+        "--shared-backbone",
+        action="store_true",
+        help="One network for both stages (not the demo's default; compared in README).",
+    )
+    parser.add_argument(
+        "--beside",
+        type=Path,
+        help="A demo bundle of the same seed whose figures the card shows beside this one's.",
+    )
+    parser.add_argument(
         "--if-stale",
         action="store_true",
         help="Keep a bundle at OUT_DIR that the current training code made (its fingerprint).",
@@ -187,8 +197,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.if_stale and demo_bundle_is_current(args.out_dir):
         logging.getLogger(__name__).info("demo bundle %s is current; kept", args.out_dir)
         return
-    recipe = DemoRecipe(overrides=(("detector_epochs", args.detector_epochs),))
+    overrides = (
+        ("detector_epochs", args.detector_epochs),
+        ("shared_backbone", args.shared_backbone),
+    )
+    recipe = DemoRecipe(overrides=overrides)
     train_demo_bundle(args.out_dir, seed=args.seed, progress=True, recipe=recipe)
+    if args.beside is not None:
+        write_beside(args.out_dir, args.beside)
 
 
 if __name__ == "__main__":

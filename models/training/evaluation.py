@@ -51,7 +51,7 @@ from monai.visualize import OcclusionSensitivity
 
 from config import UNSUPPORTED
 from config.domain.decision import ViewResult
-from models.runtime.bundle import MODEL_CARD_FILE, load_bundle, update_metadata
+from models.runtime.bundle import MODEL_CARD_FILE, load_bundle, load_metadata, update_metadata
 from models.runtime.gradcam import CAM_METHODS, hottest_box
 from models.runtime.inference import HierarchicalModel, RegionCall
 from models.runtime.metadata import TestTimeAugmentation
@@ -63,7 +63,7 @@ from models.training.metrics import binary_metrics, cohen_kappa, roc_curve
 from models.training.ood_set import OodImage, gate_figures, out_of_distribution_figures
 from models.training.operating_points import study_scores
 from models.training.progress import progress_bar
-from models.training.report import evaluation_report, plot_reliability, plot_roc
+from models.training.report import beside_figures, evaluation_report, plot_reliability, plot_roc
 from models.training.splits import SPLITS_FILE, PatientSplits
 
 logger = logging.getLogger(__name__)
@@ -557,3 +557,20 @@ def _write_into_bundle(
         bundle_dir,
         metrics={**training_metrics, "evaluation": metrics, "figures": bundle_figures},
     )
+
+
+def write_beside(bundle_dir: str | Path, other_dir: str | Path) -> None:
+    """Put another bundle's figures on the same held-out data beside this bundle's in its
+    model card (e.g. the shared-backbone form beside the two-network form).
+
+    Raises
+    ------
+    ValueError
+        If either bundle's card has no evaluation, or not one on the same data.
+    """
+    this, other = load_metadata(bundle_dir), load_metadata(other_dir)
+    form = "shared backbone" if other.shared_backbone else "two networks"
+    name = f"{other.name} {other.version} ({form})"
+    beside = beside_figures(this.metrics, other.metrics, name)
+    evaluation = {**this.metrics["evaluation"], "beside": beside}
+    update_metadata(Path(bundle_dir), metrics={**this.metrics, "evaluation": evaluation})

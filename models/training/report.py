@@ -148,3 +148,50 @@ def evaluation_report(
         lines += ["## Pixel gate", "", *pixel_gate_lines(metrics["pixel_gate"]), ""]
     lines += [f"![{figure_name}]({file.name})" for figure_name, file in figures.items()]
     return "\n".join(lines) + "\n"
+
+
+#: The figures a comparison of two bundles shows: label, then the keys into an evaluation.
+COMPARED_FIGURES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("region accuracy (stage 1)", ("region_accuracy",)),
+    ("fracture AUROC, study level, true region given", ("overall", "auroc")),
+    ("sensitivity at 'suspected'", ("overall", "sensitivity_suspected")),
+    ("specificity at 'suspected'", ("overall", "specificity_suspected")),
+    ("end to end: sensitivity at 'suspected'", ("end_to_end", "sensitivity_suspected")),
+    ("end to end: specificity at 'suspected'", ("end_to_end", "specificity_suspected")),
+    ("Grad-CAM box hit rate", ("gradcam_box_hit_rate",)),
+)
+
+
+def _figure(evaluation: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    value: Any = evaluation
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def beside_figures(
+    metrics: dict[str, Any], other_metrics: dict[str, Any], other_name: str
+) -> dict[str, Any]:
+    """A bundle's figures beside another's evaluated on the same data (the model card's
+    "Beside" table), from both bundles' metadata metrics: ``{"bundle": other_name,
+    "rows": [[label, this, other], ...]}``, the training time last.
+
+    Raises
+    ------
+    ValueError
+        If either is not evaluated, or not on the same data (description and count).
+    """
+    this, other = metrics.get("evaluation"), other_metrics.get("evaluation")
+    if not (isinstance(this, dict) and isinstance(other, dict)) or any(
+        other.get(key) != this.get(key) for key in ("data", "images")
+    ):
+        raise ValueError(f"{other_name} was not evaluated on the same data as this bundle")
+    rows = [[label, _figure(this, keys), _figure(other, keys)] for label, keys in COMPARED_FIGURES]
+    rows.append(
+        [
+            "training time (s)",
+            metrics.get("training_seconds"),
+            other_metrics.get("training_seconds"),
+        ]
+    )
+    return {"bundle": other_name, "rows": rows}

@@ -1,7 +1,8 @@
 """One training stage: a network fitted to one target, checkpointed every epoch, resumable.
 
-:func:`models.training.train.train` runs four kinds of stage (the region network, the shared
-fracture network, and one fine-tuning per region) through one :class:`StageRunner`.
+:func:`models.training.train.train` runs its stages (the region network, the fracture
+network of all regions, one fine-tuning per region, the type head; or, for a shared-backbone
+bundle, one network on both stages' targets) through one :class:`StageRunner`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from monai.transforms import Compose, EnsureTyped, RandFlipd, RandRotated
 from torch import nn
 from torch.utils.data import Dataset
 
+from models.runtime.networks import fracture_logits, shared_outputs
 from models.runtime.ood import penultimate_features
 from models.training.config import TrainConfig
 from models.training.datasets import LoadRecordImaged
@@ -64,6 +66,10 @@ def epoch_steps(config: TrainConfig, images: int) -> int:
     return steps
 
 
+#: What a stage learns (see :attr:`Stage.target`).
+StageTarget = Literal["region", "fracture", "type", "both"]
+
+
 def _stage_seed(seed: int, stage: str) -> int:
     return seed * 1000 + sum(ord(c) * (i + 1) for i, c in enumerate(stage)) % 997
 
@@ -82,8 +88,9 @@ class Stage:
     train_set, val_set
         Data dictionaries with ``image`` and the ``target`` key.
     target
-        ``"region"`` or ``"type"`` (class index, cross-entropy) or ``"fracture"`` (0/1, one
-        logit).
+        ``"region"`` or ``"type"`` (class index, cross-entropy), ``"fracture"`` (0/1, one
+        logit) or ``"both"`` (region class index and fracture label, for
+        :class:`SharedStagesLoss`).
     loss
         The loss on the network's logits.
     epochs, learning_rate
@@ -94,15 +101,56 @@ class Stage:
     network: nn.Module
     train_set: Dataset[Any]
     val_set: Dataset[Any]
-    target: Literal["region", "fracture", "type"]
+    target: StageTarget
     loss: nn.Module
     epochs: int
     learning_rate: float
 
-    def targets(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-        """The batch's targets in the loss's form: (N, 1) floats or (N,) class indices."""
-        target = batch[self.target].to(device)
+    def targets(self, raw: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """:func:`batch_targets` in the loss's form: (N, 1) floats, (N,) class indices or
+        (N, 2) region and label."""
+        target = raw.to(device)
         return target.float()[:, None] if self.target == "fracture" else target.long()
+
+
+def batch_targets(batch: dict[str, torch.Tensor], target: StageTarget) -> torch.Tensor:
+    """A batch's ``target``: its key's values, or for ``"both"`` (N, 2) region and label."""
+    if target == "both":
+        return torch.stack([batch["region"], batch["fracture"]], dim=1)
+    return batch[target]
+
+
+class SharedStagesLoss(nn.Module):
+    """Both stages of a shared-backbone network at once: stage 1's (class-weighted)
+    cross-entropy over the first ``classes`` logits, plus the (positive-weighted) fracture
+    BCE of each supported image's own region's fracture logit (its own plus the common
+    one, :class:`~models.runtime.networks.SharedStages`); 'unsupported' is the last class.
+
+    Parameters
+    ----------
+    region_weights
+        Cross-entropy weights per stage-1 class (``classes`` of them).
+    pos_weight
+        BCE weight of the positives, shape (1,).
+    """
+
+    def __init__(self, region_weights: torch.Tensor, pos_weight: torch.Tensor) -> None:
+        super().__init__()
+        self.classes = int(region_weights.shape[0])
+        self.region = nn.CrossEntropyLoss(weight=region_weights)
+        self.fracture = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] != shared_outputs(self.classes - 1):
+            raise ValueError(f"{logits.shape[1]} logits for {self.classes} stage-1 classes")
+        regions, labels = targets[:, 0], targets[:, 1]
+        loss = self.region(logits[:, : self.classes], regions)
+        supported = regions < self.classes - 1
+        if supported.any():
+            by_region = fracture_logits(logits[supported], self.classes, self.classes - 1)
+            chosen = by_region.gather(1, regions[supported][:, None])
+            loss = loss + self.fracture(chosen, labels[supported].float()[:, None])
+        return loss
 
 
 @dataclass
@@ -181,14 +229,14 @@ class StageRunner:
         )
 
     def predict(
-        self, network: nn.Module, dataset: Dataset[Any], key: str
+        self, network: nn.Module, dataset: Dataset[Any], key: StageTarget
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and targets ``key`` of a dataset (eval mode, no augmentation)."""
         logits, targets, _features = self.predict_with_features(network, dataset, key)
         return logits, targets
 
     def predict_with_features(
-        self, network: nn.Module, dataset: Dataset[Any], key: str
+        self, network: nn.Module, dataset: Dataset[Any], key: StageTarget
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, targets ``key`` and the classifier layer's input features of a dataset."""
         network.eval()
@@ -198,7 +246,7 @@ class StageRunner:
                 with torch.autocast(self.device.type, enabled=self.amp):
                     out = network(batch["image"].to(self.device))
                 logits.append(out.float().cpu())
-                targets.append(batch[key])
+                targets.append(batch_targets(batch, key))
         if not logits:
             return torch.empty(0), torch.empty(0), torch.empty(0)
         return torch.cat(logits), torch.cat(targets), torch.cat(features).cpu()
@@ -276,7 +324,7 @@ class StageRunner:
             ):
                 break
             images = batch["image"].to(self.device, non_blocking=True)
-            target = stage.targets(batch, self.device)
+            target = stage.targets(batch_targets(batch, stage.target), self.device)
             optimisation.optimiser.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, enabled=self.amp):
                 loss = stage.loss(stage.network(images).float(), target)
@@ -292,5 +340,5 @@ class StageRunner:
             return 0.0
         logits, targets = self.predict(stage.network, stage.val_set, stage.target)
         with torch.no_grad():
-            target = stage.targets({stage.target: targets}, self.device)
+            target = stage.targets(targets, self.device)
             return float(stage.loss(logits.to(self.device), target))

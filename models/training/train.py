@@ -39,7 +39,13 @@ from config.domain.intended_use import IntendedUse
 from config.domain.vocabulary import region_classes
 from models.runtime.bundle import BundleMetadata, save_bundle
 from models.runtime.inference import calibrated_fracture_probability, fracture_probability
-from models.runtime.networks import NetworkSpec, build_network, resolve_device
+from models.runtime.networks import (
+    NetworkSpec,
+    SharedStages,
+    build_network,
+    resolve_device,
+    shared_outputs,
+)
 from models.training.calibration import fit_temperature
 from models.training.config import TrainConfig
 from models.training.datasets import (
@@ -59,6 +65,7 @@ from models.training.pixel_gate import FittedPixelGate, StageOneOutputs, fit_pix
 from models.training.progress import progress_bar
 from models.training.splits import PatientSplits
 from models.training.stages import (
+    SharedStagesLoss,
     Stage,
     StageRunner,
     class_weights,
@@ -86,7 +93,10 @@ def train(
     data has no 'unsupported' images (MURA), ``config.unsupported_phantoms`` synthetic
     non-extremity images are added and the model card says so. Stage 2 first trains one
     fracture network on all regions (a break looks alike on every bone), then fine-tunes
-    a copy per region. Losses are class-weighted (cross-entropy weights, BCE
+    a copy per region; with ``config.shared_backbone`` one network learns both stages at
+    once instead (:class:`~models.training.stages.SharedStagesLoss`, for
+    ``config.shared_epochs``), and the calibration, gate and operating points below are
+    fitted on its views alike. Losses are class-weighted (cross-entropy weights, BCE
     ``pos_weight``), the optimiser is AdamW with ReduceLROnPlateau on the validation loss,
     the best-validation weights are kept, and every epoch is checkpointed under
     ``out_dir/training/`` (``config.resume`` continues from there). Temperature scaling
@@ -144,8 +154,7 @@ def train(
     save_bundle(
         out_dir,
         metadata,
-        networks.region.cpu(),
-        networks.fracture_on_cpu(),
+        *networks.stages_on_cpu(),
         calibration.pixel_gate.statistics,
         networks.type.cpu() if networks.type is not None else None,
         detector.network.cpu() if detector is not None else None,
@@ -256,9 +265,12 @@ class _TrainingData:
 
     def total_steps(self, config: TrainConfig) -> int:
         """Optimiser steps of the whole run (the progress bar's length)."""
+        types = config.fracture_epochs * epoch_steps(config, len(self.typed(self.train_records)))
+        if config.shared_backbone:
+            return types + config.shared_epochs * epoch_steps(config, len(self.train_records))
         total = config.region_epochs * epoch_steps(config, len(self.train_records))
         total += config.fracture_epochs * epoch_steps(config, len(self.supported_train))
-        total += config.fracture_epochs * epoch_steps(config, len(self.typed(self.train_records)))
+        total += types
         return total + config.finetune_epochs * sum(
             epoch_steps(config, int((self.train_regions == k).sum()))
             for k in range(len(self.regions))
@@ -271,9 +283,11 @@ class _TrainingData:
 def _network_specs(
     config: TrainConfig, regions: tuple[str, ...]
 ) -> tuple[NetworkSpec, NetworkSpec]:
-    """Stage 1 (logits over the regions and 'unsupported') and stage 2 (one fracture logit)."""
+    """Stage 1 (logits over the regions and 'unsupported', then in the shared form one
+    fracture logit per region) and stage 2 (one fracture logit)."""
+    stage_one = shared_outputs(len(regions)) if config.shared_backbone else len(regions) + 1
     return (
-        NetworkSpec(architecture=config.architecture, out_channels=len(regions) + 1),
+        NetworkSpec(architecture=config.architecture, out_channels=stage_one),
         NetworkSpec(architecture=config.architecture, out_channels=1),
     )
 
@@ -282,17 +296,24 @@ def _network_specs(
 class _Networks:
     """The trained networks and each stage's summary (epochs, best validation loss)."""
 
-    region: nn.Module
-    fracture: dict[str, nn.Module]
+    region: nn.Module  # of a shared network, its view of stage 1
+    fracture: dict[str, nn.Module]  # of a shared network, its view of each region
     summary: dict[str, dict[str, Any]]
     type: nn.Module | None = None  # the type head, when the data names fracture types
+    shared: SharedStages | None = None  # the shared-backbone form's one network
 
-    def fracture_on_cpu(self) -> dict[str, nn.Module]:
-        return {region: network.cpu() for region, network in self.fracture.items()}
+    def stages_on_cpu(self) -> tuple[nn.Module, dict[str, nn.Module] | None]:
+        """The networks :func:`~models.runtime.bundle.save_bundle` takes for the stages."""
+        if self.shared is not None:
+            return self.shared.cpu(), None
+        return self.region.cpu(), {region: net.cpu() for region, net in self.fracture.items()}
 
 
 def _train_networks(config: TrainConfig, runner: StageRunner, data: _TrainingData) -> _Networks:
-    """Stage 1, then the shared stage-2 network, then its fine-tuned copy per region."""
+    """Stage 1, then the stage-2 network of all regions, then its fine-tuned copy per
+    region; or, for a shared backbone, the one network of both stages."""
+    if config.shared_backbone:
+        return _train_shared(config, runner, data)
     region_spec, fracture_spec = _network_specs(config, data.regions)
     torch.manual_seed(config.seed)
     region_net = _new_network(region_spec, config)
@@ -340,6 +361,32 @@ def _train_networks(config: TrainConfig, runner: StageRunner, data: _TrainingDat
         fracture_nets[region] = stage.network
     type_net = _train_type_head(config, runner, data, summary)
     return _Networks(region_net, fracture_nets, summary, type_net)
+
+
+def _train_shared(config: TrainConfig, runner: StageRunner, data: _TrainingData) -> _Networks:
+    """One network on both stages' targets: every training image teaches stage 1, the
+    supported ones also their region's fracture logit."""
+    spec, _ = _network_specs(config, data.regions)
+    torch.manual_seed(config.seed)
+    classes = len(data.regions) + 1
+    shared = SharedStages(_new_network(spec, config), data.regions)
+    loss = SharedStagesLoss(
+        class_weights(data.train_regions, classes), _fracture_loss(data).pos_weight
+    )
+    stage = Stage(
+        "shared",
+        shared,
+        data.train_set,
+        data.val_set,
+        "both",
+        loss,
+        config.shared_epochs,
+        config.learning_rate,
+    )
+    summary = {stage.name: runner.fit(stage)}
+    fracture = {region: shared.fracture_view(region) for region in data.regions}
+    type_net = _train_type_head(config, runner, data, summary)
+    return _Networks(shared.region_view(), fracture, summary, type_net, shared)
 
 
 def _type_spec(config: TrainConfig, types: tuple[str, ...]) -> NetworkSpec | None:
@@ -397,7 +444,7 @@ def _new_network(spec: NetworkSpec, config: TrainConfig) -> nn.Module:
     return network
 
 
-def _fracture_loss(data: _TrainingData) -> nn.Module:
+def _fracture_loss(data: _TrainingData) -> nn.BCEWithLogitsLoss:
     """BCE on the fracture logit, positives weighted by the negatives-to-positives ratio."""
     labels = np.asarray([data.train_records[i].label for i in data.supported_train])
     positives = max(int(labels.sum()), 1)
@@ -540,7 +587,9 @@ def _bundle_metadata(
         version=config.version,
         description=(
             f"Two-stage fracture triage ({config.architecture}, {config.image_size}px): region, "
-            "then per-region fracture, calibrated by temperature scaling, with Grad-CAM."
+            "then per-region fracture"
+            + (" (one shared network)" if config.shared_backbone else "")
+            + ", calibrated by temperature scaling, with Grad-CAM."
         ),
         intended_use=IntendedUse(
             statement=config.intended_use,
@@ -554,6 +603,7 @@ def _bundle_metadata(
         image_size=config.image_size,
         region_network=region_spec,
         fracture_network=fracture_spec,
+        shared_backbone=config.shared_backbone,
         regions=regions,
         fracture_types=data.types,
         type_network=_type_spec(config, data.types),

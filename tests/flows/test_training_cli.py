@@ -114,23 +114,29 @@ def test_unknown_preset_and_unrecorded_split_are_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("form", ["--two-networks", "--shared-backbone"])
 def test_phantom_preset_train_then_evaluate_meets_the_bars(
-    tmp_path: Path, make_settings: Callable[..., Settings], sample_studies: list[Path]
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    sample_studies: list[Path],
+    form: str,
 ) -> None:
-    """The issue's bar through the commands a user runs: phantoms, train, evaluate, load."""
+    """The issue's bar through the commands a user runs: phantoms, train, evaluate, load;
+    for both forms of the stages (two networks, one shared network)."""
     data, bundle, report = tmp_path / "data", tmp_path / "bundle", tmp_path / "report"
     options = ["--layout", "csv", "--out", str(data), "--patients", "300", "--seed", "3"]
     result = runner.invoke(app, ["make-phantom-dataset", *options])
     assert result.exit_code == 0, result.output
     source = ["--data", str(data / "labels.csv"), "--layout", "csv"]
     for command in (
-        ["train", "--preset", "phantom", *source, "--out", str(bundle)],
+        ["train", "--preset", "phantom", form, *source, "--out", str(bundle)],
         ["evaluate", "--bundle", str(bundle), *source, "--out", str(report), "--write-card"],
     ):
         result = runner.invoke(app, command)
         assert result.exit_code == 0, result.output
 
     model = load_bundle(bundle)
+    assert model.metadata.shared_backbone == (form == "--shared-backbone")
     metrics = model.metadata.metrics["evaluation"]
     held_out = PatientSplits.read(bundle)
     assert held_out is not None
