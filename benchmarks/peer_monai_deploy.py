@@ -256,7 +256,9 @@ def save_node_bundle(
         fracture_network=fracture_spec,
         shared_backbone=shared_backbone,
         region_min_probability=0.0,
-        thresholds={r: OperatingPoints(suspected=0.3, likely=0.7) for r in REGIONS},
+        # "suspected" at 0: every view is flagged whatever the random weights say, so both
+        # forms draw the same captures and Grad-CAMs (the most the default outputs do).
+        thresholds={r: OperatingPoints(suspected=0.0, likely=0.7) for r in REGIONS},
     )
     if shared_backbone:
         shared = SharedStages(region, REGIONS)
