@@ -60,10 +60,14 @@ def test_files_written_before_the_namespace_still_load(bundle: Path, tmp_path: P
     assert load_metadata(flat) == load_metadata(bundle)
 
 
-@pytest.mark.parametrize("kind", ["dicom", "png"])
+@pytest.mark.parametrize(
+    ("kind", "shared_backbone"), [("dicom", False), ("png", False), ("dicom", True)]
+)
 def test_monai_bundle_run_classifies_an_image_as_the_node_does(
-    bundle: Path, sample_studies: list[Path], tmp_path: Path, kind: str
+    bundle: Path, sample_studies: list[Path], tmp_path: Path, kind: str, shared_backbone: bool
 ) -> None:
+    if shared_backbone:  # the one-network form runs through the same config
+        bundle = build_test_bundle(tmp_path / "shared", shared_backbone=True)
     model = load_bundle(bundle)
     if kind == "dicom":
         image = sample_studies[0] / "001.dcm"
