@@ -34,11 +34,13 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from sqlalchemy import select
+from sqlalchemy import make_url, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from benchmarks.common import machine_description, write_phantom_study
 from config import Destination, Settings, load_settings
+from db.engine import make_engine, normalise_database_url
+from db.migrate import upgrade
 from db.models import Delivery, DeliveryStatus, OutputObject, Study, TriageRun
 from flows.node.service import TriageService
 from flows.runtime import Runtime
@@ -184,17 +186,48 @@ def percentile(values: list[float], share: float) -> float:
 
 
 @contextmanager
+def pass_database(server_url: str | None, work: Path) -> Iterator[str]:
+    """A fresh audit database for one pass (a pass counts what its database holds):
+    SQLite in ``work``, or a new database on ``server_url``'s PostgreSQL server, migrated
+    here and dropped afterwards."""
+    if server_url is None:
+        yield f"sqlite:///{work / 'audit.db'}"
+        return
+    server = make_url(normalise_database_url(server_url))
+    name = f"ft_e2e_{work.name}_{os.getpid()}"
+    admin = make_engine(
+        server.set(database="postgres").render_as_string(hide_password=False),
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = server.set(database=name).render_as_string(hide_password=False)
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
 def node_and_pacs(work: Path, bundle: Path, database_url: str | None) -> Iterator[tuple]:
     node_port = free_port()
-    with run_orthanc(
-        work / "orthanc", modalities={"triage": ("FRACTURE_TRIAGE", "127.0.0.1", node_port)}
-    ) as orthanc:
+    with (
+        pass_database(database_url, work) as url,
+        run_orthanc(
+            work / "orthanc", modalities={"triage": ("FRACTURE_TRIAGE", "127.0.0.1", node_port)}
+        ) as orthanc,
+    ):
         settings = load_settings(
             None,
             port=node_port,
             store_dir=work / "store",
             output_dir=work / "outputs",
-            database_url=database_url or f"sqlite:///{work / 'audit.db'}",
+            database_url=url,
             model_bundle_dir=bundle,
             study_stable_seconds=2.0,
             destinations=(
@@ -260,7 +293,12 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=50)
     parser.add_argument("--profiled-studies", type=int, default=12)
     parser.add_argument("--bundle", type=Path, default=None, help="default: train the demo")
-    parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL server (a fresh database a pass is made on it and dropped); "
+        "default: SQLite in a temp dir",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
 
