@@ -111,6 +111,11 @@ def test_unknown_preset_and_unrecorded_split_are_named(tmp_path: Path) -> None:
         app, ["evaluate", *data, "--bundle", str(tmp_path / "b"), "--out", str(tmp_path / "r")]
     )
     assert result.exit_code == 2 and "splits.json" in result.output.replace("\n", "")
+    beside = ["--beside", str(tmp_path / "other")]
+    result = runner.invoke(
+        app, ["evaluate", *data, "--bundle", str(tmp_path / "b"), "--out", str(tmp_path), *beside]
+    )
+    assert result.exit_code == 2 and "add --write-card" in result.output.replace("\n", "")
 
 
 @pytest.mark.slow
