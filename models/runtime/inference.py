@@ -187,7 +187,7 @@ class HierarchicalModel:
         if self.shared is not None:
             region_network = self.shared.region_view()
             fracture_networks = {r: self.shared.fracture_view(r) for r in metadata.regions}
-        assert fracture_networks is not None  # _shared refuses a two-network bundle without
+        assert fracture_networks is not None  # _shared refused a two-network form without them
         missing = [region for region in metadata.regions if region not in fracture_networks]
         if missing:
             raise ValueError(f"no fracture network for regions {missing}")
