@@ -237,13 +237,11 @@ def save_node_bundle(
     outputs = shared_outputs(len(REGIONS)) if shared_backbone else len(REGION_CLASSES)
     region_spec = NetworkSpec(architecture=architecture, out_channels=outputs)
     fracture_spec = NetworkSpec(architecture=architecture, out_channels=1)
-    torch.manual_seed(seed)  # as save_peer_model: the same weights (the shared form's too)
+    torch.manual_seed(seed)  # the same random weights in every run and round
     region = build_network(region_spec)
     last_layer = [m for m in region.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         last_layer.bias[REGION_CLASSES.index(BENCH_REGION)] += 20.0
-    torch.manual_seed(seed)
-    fracture = build_network(fracture_spec)
     metadata = BundleMetadata(
         name="bench-untrained",
         version="0",
@@ -261,8 +259,9 @@ def save_node_bundle(
         thresholds={r: OperatingPoints(suspected=0.0, likely=0.7) for r in REGIONS},
     )
     if shared_backbone:
-        shared = SharedStages(region, REGIONS)
-        return save_bundle(target, metadata, shared, None)
+        return save_bundle(target, metadata, SharedStages(region, REGIONS), None)
+    torch.manual_seed(seed)  # as save_peer_model: the peer's very weights
+    fracture = build_network(fracture_spec)
     return save_bundle(target, metadata, region, dict.fromkeys(REGIONS, fracture))
 
 
